@@ -1,0 +1,33 @@
+"""optisync: optimistic state for asyncio apps, kept in sync with a pushing server.
+
+Example:
+    >>> import optisync
+    >>> store = optisync.Store({"liked": False})
+    >>> store.state
+    {'liked': False}
+"""
+
+from optisync.errors import (
+    FollowUpLimitError,
+    MissingServerRevisionError,
+    StateError,
+    StoreClosedError,
+    WrongThreadError,
+)
+from optisync.revisions import PushMetadata, PushOutcome, default_device_id, set_device_id_provider
+from optisync.store import Store
+
+__all__ = [
+    "FollowUpLimitError",
+    "MissingServerRevisionError",
+    "PushMetadata",
+    "PushOutcome",
+    "StateError",
+    "Store",
+    "StoreClosedError",
+    "WrongThreadError",
+    "default_device_id",
+    "set_device_id_provider",
+]
+
+__version__ = "0.1.0"

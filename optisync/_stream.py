@@ -1,0 +1,77 @@
+"""The async iterator behind :meth:`Store.stream <optisync.Store.stream>`."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Generic, TypeVar
+
+__all__ = ["StateStream", "StreamChannel"]
+
+S = TypeVar("S")
+
+
+class StreamChannel(Generic[S]):
+    """The buffer between a store's emits and one stream's reader.
+
+    The store holds the channel, not the stream, so a stream that its reader
+    drops (``break`` out of ``async for``) is collected and unsubscribes.
+    """
+
+    __slots__ = ("buffer", "ended", "waiter")
+
+    def __init__(self) -> None:
+        self.buffer: deque[S] = deque()
+        self.ended = False
+        self.waiter: asyncio.Future[None] | None = None
+
+    def push(self, state: S) -> None:
+        # Unbounded on purpose: a slow reader must never slow emit() down,
+        # and it must see every state.
+        self.buffer.append(state)
+        self._wake()
+
+    def end(self) -> None:
+        self.ended = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class StateStream(AsyncIterator[S]):
+    """Every state a store emits after :meth:`Store.stream` was called, in order.
+
+    It ends once the store closes (after yielding the states emitted before
+    that). ``aclose()`` or dropping it stops the subscription.
+    """
+
+    __slots__ = ("__weakref__", "_channel", "_finalizer")
+
+    def __init__(self, channel: StreamChannel[S], unsubscribe: Callable[[], None]) -> None:
+        self._channel = channel
+        self._finalizer = weakref.finalize(self, unsubscribe)
+
+    def __aiter__(self) -> StateStream[S]:
+        return self
+
+    async def __anext__(self) -> S:
+        channel = self._channel
+        while not channel.buffer:
+            if channel.ended:
+                raise StopAsyncIteration
+            channel.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await channel.waiter
+            finally:
+                channel.waiter = None
+        return channel.buffer.popleft()
+
+    async def aclose(self) -> None:
+        """Stop receiving states; iteration ends after those already buffered."""
+        self._finalizer()
+        self._channel.end()

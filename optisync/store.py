@@ -1,0 +1,724 @@
+"""The :class:`Store`: an immutable state, ``emit()``, subscribers, and sync actions."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from optisync import sync as _sync
+from optisync import sync_with_push as _sync_with_push
+from optisync._stream import StateStream, StreamChannel
+from optisync._tasks import Cycle, CycleResult
+from optisync._types import OnFinish
+from optisync.errors import StateError, StoreClosedError, WrongThreadError
+from optisync.revisions import PushMetadata, PushOutcome, _KeyState, _next_device_id, _require_int
+
+__all__ = ["Store"]
+
+S = TypeVar("S")
+T = TypeVar("T")
+R = TypeVar("R")
+
+logger = logging.getLogger("optisync")
+
+
+class Store(Generic[S]):
+    """A container of one immutable state, in the style of a bloc Cubit.
+
+    Subclass it and write your actions as methods that call :meth:`emit` or one
+    of the sync methods. Listeners learn about every change through
+    :meth:`subscribe` (callbacks) or :meth:`stream` (an async iterator).
+
+    Args:
+        initial_state: the first state. Treat states as immutable values:
+            replace them with :meth:`emit`, never change them in place.
+        device_id: this store's device id for ``optimistic_sync_with_push``;
+            by default the one from :func:`optisync.set_device_id_provider`,
+            or a random id made once per process.
+
+    Example:
+        >>> import asyncio
+        >>> from optisync import Store
+        >>> class Counter(Store[int]):
+        ...     def increment(self) -> None:
+        ...         self.emit(self.state + 1)
+        >>> async def main() -> None:
+        ...     async with Counter(0) as counter:
+        ...         counter.subscribe(lambda state: print("now", state))
+        ...         counter.increment()
+        >>> asyncio.run(main())
+        now 1
+    """
+
+    def __init__(self, initial_state: S, *, device_id: int | None = None) -> None:
+        self._state = initial_state
+        if device_id is None:
+            self._device_id = _next_device_id()
+        else:
+            self._device_id = _require_int(device_id, "device_id")
+        self._closed = False
+        self._listeners: dict[int, Callable[[S], object]] = {}
+        self._snapshot: tuple[Callable[[S], object], ...] | None = ()
+        self._next_listener = 0
+        self._channels: set[StreamChannel[S]] = set()
+        self._keys: dict[Hashable, _KeyState] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+        self._loop_thread = threading.get_ident()
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def state(self) -> S:
+        """The current state.
+
+        Example:
+            >>> from optisync import Store
+            >>> Store("hello").state
+            'hello'
+        """
+        return self._state
+
+    @property
+    def device_id(self) -> int:
+        """This store's device id, sent with every request of ``optimistic_sync_with_push``.
+
+        Example:
+            >>> from optisync import Store
+            >>> Store(0, device_id=7).device_id
+            7
+        """
+        return self._device_id
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether :meth:`close` was called.
+
+        Example:
+            >>> from optisync import Store
+            >>> Store(0).is_closed
+            False
+        """
+        return self._closed
+
+    def emit(self, state: S) -> None:
+        """Replace the state and tell every listener and stream.
+
+        A state equal (``==``) to the current one changes nothing and tells no
+        one. :meth:`on_change` runs first (if it raises, nothing changes and
+        the error propagates); a listener that raises does not stop the others
+        and its error goes to :meth:`on_error`.
+
+        Raises:
+            StoreClosedError: the store is closed.
+
+        Example:
+            >>> from optisync import Store
+            >>> store = Store(1)
+            >>> _ = store.subscribe(print)
+            >>> store.emit(2)
+            2
+            >>> store.emit(2)  # equal: nobody is told
+        """
+        if self._closed:
+            raise StoreClosedError("Cannot emit a new state: the store is closed.")
+        current = self._state
+        if state is current or state == current:
+            return
+        self.on_change(current, state)
+        self._state = state
+        listeners = self._snapshot
+        if listeners is None:
+            listeners = self._snapshot = tuple(self._listeners.values())
+        for listener in listeners:
+            try:
+                listener(state)
+            except Exception as error:  # a listener's bug must not stop the others
+                self._report(error)
+
+    # -- hooks ---------------------------------------------------------------
+
+    def on_change(self, current: S, next: S) -> None:  # noqa: A002 - Cubit's name
+        """Hook called by :meth:`emit` just before the state changes. Override it.
+
+        Example:
+            >>> from optisync import Store
+            >>> class Logged(Store[int]):
+            ...     def on_change(self, current: int, next: int) -> None:
+            ...         print(f"{current} -> {next}")
+            >>> Logged(0).emit(5)
+            0 -> 5
+        """
+
+    def on_error(self, error: BaseException) -> None:
+        """Hook for errors nobody else receives. Override it; by default it logs.
+
+        It gets errors raised by listeners, and the errors of sync actions
+        that no caller awaits. The default logs them on the ``optisync``
+        logger at ERROR level.
+
+        Example:
+            >>> from optisync import Store
+            >>> class Loud(Store[int]):
+            ...     def on_error(self, error: BaseException) -> None:
+            ...         print("error:", error)
+            >>> store = Loud(0)
+            >>> def broken(state: int) -> None:
+            ...     raise ValueError("listener bug")
+            >>> _ = store.subscribe(broken)
+            >>> store.emit(1)
+            error: listener bug
+        """
+        logger.error("Unhandled error in an optisync store", exc_info=error)
+
+    def _report(self, error: BaseException) -> None:
+        try:
+            self.on_error(error)
+        except Exception:
+            logger.exception("on_error raised while reporting %r", error)
+
+    # -- subscriptions -------------------------------------------------------
+
+    def subscribe(self, listener: Callable[[S], object]) -> Callable[[], None]:
+        """Call ``listener(state)`` after every change; return a function that stops it.
+
+        A listener added or removed during an emit takes effect from the next
+        emit. Subscribing to a closed store is allowed; nothing will come.
+
+        Example:
+            >>> from optisync import Store
+            >>> store = Store(0)
+            >>> unsubscribe = store.subscribe(lambda s: print("got", s))
+            >>> store.emit(1)
+            got 1
+            >>> unsubscribe()
+            >>> store.emit(2)
+        """
+        if not callable(listener):
+            raise TypeError(f"listener must be callable, got {type(listener).__name__}")
+        token = self._next_listener
+        self._next_listener += 1
+        self._listeners[token] = listener
+        self._snapshot = None
+
+        def unsubscribe() -> None:
+            if self._listeners.pop(token, None) is not None:
+                self._snapshot = None
+
+        return unsubscribe
+
+    def stream(self) -> StateStream[S]:
+        """An async iterator over every state emitted from now on.
+
+        It buffers without bound, so a slow reader never slows :meth:`emit` and
+        misses nothing; it ends when the store closes. Stop early with
+        ``aclose()`` or by dropping it.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync import Store
+            >>> async def main() -> None:
+            ...     store = Store(0)
+            ...     states = store.stream()
+            ...     store.emit(1)
+            ...     store.emit(2)
+            ...     await store.close()
+            ...     print([s async for s in states])
+            >>> asyncio.run(main())
+            [1, 2]
+        """
+        channel: StreamChannel[S] = StreamChannel()
+        if self._closed:
+            channel.end()
+            return StateStream(channel, lambda: None)
+        stop_listening = self.subscribe(channel.push)
+        self._channels.add(channel)
+
+        def unsubscribe() -> None:
+            stop_listening()
+            self._channels.discard(channel)
+
+        return StateStream(channel, unsubscribe)
+
+    # -- life cycle ----------------------------------------------------------
+
+    async def close(self) -> None:
+        """Cancel every sync in flight, free its key, end the streams; wait for all of it.
+
+        After ``close()`` no task of the store is left, :meth:`emit` raises,
+        and the sync methods refuse new calls. ``on_finish`` is not called for
+        a cycle that close() cancels. Closing twice is harmless.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync import Store
+            >>> async def main() -> None:
+            ...     store = Store(0)
+            ...     await store.close()
+            ...     print(store.is_closed)
+            >>> asyncio.run(main())
+            True
+        """
+        self._closed = True
+        current = asyncio.current_task()
+        tasks = [task for task in self._tasks if task is not current]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        for channel in self._channels:
+            channel.end()
+        self._channels.clear()
+        self._listeners.clear()
+        self._snapshot = ()
+
+    async def __aenter__(self) -> Store[S]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- per-key status --------------------------------------------------------
+
+    def is_syncing(self, key: Hashable) -> bool:
+        """Whether a lock cycle (request, follow-ups) is in flight for ``key``.
+
+        Example:
+            >>> from optisync import Store
+            >>> Store(0).is_syncing(("like", 1))
+            False
+        """
+        state = self._keys.get(key)
+        return state is not None and state.locked
+
+    def local_revision(self, key: Hashable) -> int:
+        """How many optimistic changes this store made to ``key`` (0 if none).
+
+        Example:
+            >>> from optisync import Store
+            >>> Store(0).local_revision("k")
+            0
+        """
+        state = self._keys.get(key)
+        return 0 if state is None else state.local_revision
+
+    def server_revision(self, key: Hashable) -> int:
+        """The newest server revision this store has seen for ``key`` (-1 if none).
+
+        It is learnt from ``inform_server_revision`` and from pushes; persist it
+        with your state so that stale pushes are recognised after a restart.
+
+        Example:
+            >>> from optisync import Store
+            >>> Store(0).server_revision("k")
+            -1
+        """
+        state = self._keys.get(key)
+        return -1 if state is None else state.server_revision
+
+    # -- sync actions ----------------------------------------------------------
+
+    def optimistic_sync_with_push(
+        self,
+        *,
+        key: Hashable,
+        value_to_apply: Callable[[], T],
+        apply_optimistic_value_to_state: Callable[[S, T], S],
+        get_value_from_state: Callable[[S], T],
+        send_value_to_server: Callable[[T, int, int, Callable[[int], None]], Awaitable[R | None]],
+        get_server_revision_from_state: Callable[[Hashable], int],
+        apply_server_response_to_state: Callable[[S, R], S] | None = None,
+        on_finish: OnFinish[S] | None = None,
+        max_follow_up_requests: int = 10_000,
+    ) -> Awaitable[None]:
+        """Apply a change at once and sync it with a server that also pushes changes.
+
+        Before it returns, the call applies ``value_to_apply()`` to the state
+        and adds one to the key's local revision. If no request is in flight
+        for ``key``, it takes the key's lock and starts a task (owned by the
+        store) that sends the value; otherwise the change is coalesced into a
+        follow-up. When a request completes: if the key's latest change came
+        from a push there is no follow-up; else if the local revision moved
+        on, a follow-up sends the value now in the state; else the key is
+        stable and a non-None response is applied if its server revision is
+        the newest known. See the guide for the whole contract.
+
+        Args:
+            key: what is synced (hashable), e.g. ``("like", item_id)``.
+            value_to_apply: returns the value the user chose.
+            apply_optimistic_value_to_state: ``(state, value) -> state``.
+            get_value_from_state: ``state -> value``, read for follow-ups.
+            send_value_to_server: ``async (value, local_revision, device_id,
+                inform_server_revision) -> response``; it must call
+                ``inform_server_revision(server_revision)``.
+            get_server_revision_from_state: ``key -> int``, -1 when unknown.
+            apply_server_response_to_state: ``(state, response) -> state``.
+            on_finish: ``(error or None) -> state or None``, sync or async;
+                runs once per lock cycle after the lock is released.
+            max_follow_up_requests: follow-ups allowed per cycle; -1: no limit.
+
+        Returns:
+            An awaitable. The call that took the lock returns one that waits
+            for the cycle and raises its error; a coalesced call returns one
+            that is already complete. Awaiting is optional.
+
+        Raises:
+            TypeError: ``key`` is not hashable, or an argument has a wrong type.
+            StoreClosedError: the store is closed.
+            StateError: no running event loop, where a request must start.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync import Store
+            >>> class Like(Store[bool]):
+            ...     def toggle(self) -> object:
+            ...         async def send(value, local_rev, device, inform):
+            ...             inform(1)
+            ...             return value
+            ...         return self.optimistic_sync_with_push(
+            ...             key="like",
+            ...             value_to_apply=lambda: not self.state,
+            ...             apply_optimistic_value_to_state=lambda s, v: v,
+            ...             get_value_from_state=lambda s: s,
+            ...             send_value_to_server=send,
+            ...             get_server_revision_from_state=lambda key: -1,
+            ...         )
+            >>> async def main() -> None:
+            ...     async with Like(False) as store:
+            ...         await store.toggle()
+            ...         print(store.state, store.server_revision("like"))
+            >>> asyncio.run(main())
+            True 1
+        """
+        return _sync_with_push.start(
+            self,
+            key=key,
+            value_to_apply=value_to_apply,
+            apply_optimistic_value_to_state=apply_optimistic_value_to_state,
+            get_value_from_state=get_value_from_state,
+            send_value_to_server=send_value_to_server,
+            get_server_revision_from_state=get_server_revision_from_state,
+            apply_server_response_to_state=apply_server_response_to_state,
+            on_finish=on_finish,
+            max_follow_up_requests=max_follow_up_requests,
+        )
+
+    def server_push(
+        self,
+        *,
+        key: Hashable,
+        push_metadata: PushMetadata,
+        apply_server_push_to_state: Callable[[S, Hashable, int], S | None],
+        get_server_revision_from_state: Callable[[Hashable], int],
+    ) -> PushOutcome:
+        """Apply a change the server pushed, unless it is stale or a self-echo.
+
+        The newest known server revision of ``key`` is the larger of the
+        store's (:meth:`server_revision`) and ``get_server_revision_from_state(key)``.
+        A push not newer than that is ignored (out of order, replayed,
+        duplicated). A push that echoes an older local change of this very
+        device only records its server revision. Any other push is applied
+        with ``apply_server_push_to_state(state, key, server_revision)``
+        (store the revision in your state there), marks the key's latest
+        change as a push (so a request in flight gets no follow-up), and
+        records the revision even when the function returns ``None``.
+
+        Call it on the store's event-loop thread; from another thread use
+        :meth:`server_push_threadsafe`.
+
+        Returns:
+            What was done: :class:`~optisync.PushOutcome`.
+
+        Raises:
+            WrongThreadError: called from another thread; nothing changed.
+            StoreClosedError: the store is closed.
+            TypeError: bad ``push_metadata`` or unhashable ``key``.
+
+        Example:
+            >>> from optisync import PushMetadata, Store
+            >>> store = Store({"liked": False, "rev": -1}, device_id=1)
+            >>> def apply(state, key, rev):
+            ...     return {"liked": True, "rev": rev}
+            >>> meta = PushMetadata(server_revision=5, local_revision=1, device_id=2)
+            >>> store.server_push(key="like", push_metadata=meta,
+            ...     apply_server_push_to_state=apply,
+            ...     get_server_revision_from_state=lambda key: store.state["rev"])
+            <PushOutcome.APPLIED: 'applied'>
+            >>> store.server_push(key="like", push_metadata=meta,
+            ...     apply_server_push_to_state=apply,
+            ...     get_server_revision_from_state=lambda key: store.state["rev"])
+            <PushOutcome.STALE: 'stale'>
+        """
+        return _sync_with_push.push(
+            self,
+            key=key,
+            push_metadata=push_metadata,
+            apply_server_push_to_state=apply_server_push_to_state,
+            get_server_revision_from_state=get_server_revision_from_state,
+        )
+
+    def server_push_threadsafe(
+        self,
+        *,
+        key: Hashable,
+        push_metadata: PushMetadata,
+        apply_server_push_to_state: Callable[[S, Hashable, int], S | None],
+        get_server_revision_from_state: Callable[[Hashable], int],
+    ) -> concurrent.futures.Future[PushOutcome]:
+        """Hand a push over from any thread; it runs :meth:`server_push` on the loop.
+
+        For listeners that call back on threads of their own (Firebase-style
+        SDKs). The store must already be bound to its event loop: made inside
+        a running loop, or used there once.
+
+        Returns:
+            A :class:`concurrent.futures.Future` with the
+            :class:`~optisync.PushOutcome`, or the error ``server_push`` raised.
+
+        Example:
+            >>> import asyncio, threading
+            >>> from optisync import PushMetadata, Store
+            >>> async def main() -> None:
+            ...     store = Store(0, device_id=1)
+            ...     meta = PushMetadata(server_revision=1, local_revision=1, device_id=2)
+            ...     result = []
+            ...     def listener_thread() -> None:
+            ...         future = store.server_push_threadsafe(
+            ...             key="n", push_metadata=meta,
+            ...             apply_server_push_to_state=lambda s, k, rev: 42,
+            ...             get_server_revision_from_state=lambda key: -1)
+            ...         result.append(future.result(timeout=5))
+            ...     thread = threading.Thread(target=listener_thread)
+            ...     thread.start()
+            ...     while thread.is_alive():
+            ...         await asyncio.sleep(0.001)
+            ...     print(result[0], store.state)
+            >>> asyncio.run(main())
+            PushOutcome.APPLIED 42
+        """
+        loop = self._loop
+        if loop is None:
+            raise StateError(
+                "server_push_threadsafe() needs the store's event loop: create the store "
+                "inside a running loop, or use it there once first."
+            )
+        future: concurrent.futures.Future[PushOutcome] = concurrent.futures.Future()
+
+        def run_on_loop() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                outcome = self.server_push(
+                    key=key,
+                    push_metadata=push_metadata,
+                    apply_server_push_to_state=apply_server_push_to_state,
+                    get_server_revision_from_state=get_server_revision_from_state,
+                )
+            except BaseException as error:  # handed over to the other thread
+                future.set_exception(error)
+            else:
+                future.set_result(outcome)
+
+        loop.call_soon_threadsafe(run_on_loop)
+        return future
+
+    def optimistic_sync(
+        self,
+        *,
+        key: Hashable,
+        value_to_apply: Callable[[], T],
+        apply_optimistic_value_to_state: Callable[[S, T], S],
+        get_value_from_state: Callable[[S], T],
+        send_value_to_server: Callable[[T], Awaitable[R | None]],
+        apply_server_response_to_state: Callable[[S, R], S] | None = None,
+        on_finish: OnFinish[S] | None = None,
+        if_should_send_another_request: Callable[[T, T, int], bool] | None = None,
+        max_follow_up_requests: int = 10_000,
+    ) -> Awaitable[None]:
+        """Apply a change at once and sync it with a server that does not push.
+
+        The same lock, coalescing, ``on_finish``, limit and cancellation rules
+        as :meth:`optimistic_sync_with_push`, without revisions: after each
+        request, a follow-up is sent when
+        ``if_should_send_another_request(state_value, sent_value, request_count)``
+        says so (by default: when the value now in the state differs from the
+        value sent). When stable, a non-None response is applied.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync import Store
+            >>> sent = []
+            >>> class Like(Store[bool]):
+            ...     def toggle(self) -> object:
+            ...         async def send(value: bool) -> bool:
+            ...             sent.append(value)
+            ...             return value
+            ...         return self.optimistic_sync(
+            ...             key="like",
+            ...             value_to_apply=lambda: not self.state,
+            ...             apply_optimistic_value_to_state=lambda s, v: v,
+            ...             get_value_from_state=lambda s: s,
+            ...             send_value_to_server=send,
+            ...         )
+            >>> async def main() -> None:
+            ...     async with Like(False) as store:
+            ...         first = store.toggle()   # sends True
+            ...         store.toggle()           # coalesced
+            ...         store.toggle()           # coalesced: True again
+            ...         await first
+            ...         print(store.state, sent)
+            >>> asyncio.run(main())
+            True [True]
+        """
+        return _sync.start(
+            self,
+            key=key,
+            value_to_apply=value_to_apply,
+            apply_optimistic_value_to_state=apply_optimistic_value_to_state,
+            get_value_from_state=get_value_from_state,
+            send_value_to_server=send_value_to_server,
+            apply_server_response_to_state=apply_server_response_to_state,
+            on_finish=on_finish,
+            if_should_send_another_request=if_should_send_another_request,
+            max_follow_up_requests=max_follow_up_requests,
+        )
+
+    # -- machinery shared by the sync strategies (internal) -------------------
+
+    def _key_state(self, key: Hashable) -> _KeyState:
+        state = self._keys.get(key)
+        if state is None:
+            state = self._keys[key] = _KeyState()
+        return state
+
+    def _check_thread(self) -> None:
+        if threading.get_ident() != self._loop_thread:
+            raise WrongThreadError(
+                "This store belongs to another thread's event loop; "
+                "use server_push_threadsafe() to hand a push over."
+            )
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            raise StateError(
+                "A sync action needs a running event loop: call it from a coroutine "
+                "or a callback running on the loop."
+            ) from None
+        if self._loop is None:
+            self._loop = running
+            self._loop_thread = threading.get_ident()
+        elif running is not self._loop:
+            raise StateError("This store belongs to another event loop.")
+        return running
+
+    def _apply_optimistic(
+        self,
+        key: Hashable,
+        value_to_apply: Callable[[], T],
+        apply_optimistic_value_to_state: Callable[[S, T], S],
+    ) -> tuple[_KeyState, T, bool]:
+        """The synchronous part of a tap: apply, count, and maybe take the lock.
+
+        Returns the key's state, the value applied, and whether this call took
+        the lock (and so must start the cycle). Nothing changes if it raises.
+        """
+        if self._closed:
+            raise StoreClosedError("Cannot start a sync: the store is closed.")
+        key_state = self._key_state(key)
+        takes_lock = not key_state.locked
+        if takes_lock:
+            self._bind_loop()
+        value = value_to_apply()
+        new_state = apply_optimistic_value_to_state(self._state, value)
+        key_state.local_revision += 1
+        key_state.from_push = False
+        # Reserve the lock before emit: a listener that taps the same key
+        # re-entrantly must be coalesced, not start a second request.
+        if takes_lock:
+            key_state.locked = True
+        try:
+            self.emit(new_state)
+        except BaseException:
+            if takes_lock:
+                key_state.locked = False
+            raise
+        return key_state, value, takes_lock
+
+    def _start_cycle(
+        self,
+        key: Hashable,
+        key_state: _KeyState,
+        body: Callable[[], Coroutine[Any, Any, None]],
+        on_finish: OnFinish[S] | None,
+    ) -> CycleResult:
+        """Run ``body`` as the key's lock cycle in a task the store owns."""
+        assert self._loop is not None
+        assert key_state.locked
+        cycle = Cycle(key)
+        coro = self._run_cycle(key_state, body, on_finish)
+        try:
+            task = self._loop.create_task(coro)
+        except BaseException:
+            coro.close()
+            key_state.locked = False
+            raise
+        cycle.task = task
+        self._tasks.add(task)
+        task.add_done_callback(lambda done: self._cycle_done(cycle, done))
+        return CycleResult(cycle)
+
+    async def _run_cycle(
+        self,
+        key_state: _KeyState,
+        body: Callable[[], Coroutine[Any, Any, None]],
+        on_finish: OnFinish[S] | None,
+    ) -> None:
+        try:
+            try:
+                await body()
+            finally:
+                key_state.locked = False
+        except asyncio.CancelledError:
+            raise  # close() or loop shutdown: the cycle did not finish
+        except Exception as error:
+            # If on_finish raises, its error replaces this one (chained to it).
+            await self._finish(on_finish, error)
+            raise
+        await self._finish(on_finish, None)
+
+    async def _finish(
+        self,
+        on_finish: OnFinish[S] | None,
+        error: BaseException | None,
+    ) -> None:
+        if on_finish is None:
+            return
+        result = on_finish(error)
+        if inspect.isawaitable(result):
+            result = await result
+        if result is not None and not self._closed:
+            self.emit(result)
+
+    def _cycle_done(self, cycle: Cycle, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()  # also marks it retrieved: no asyncio warning
+        if error is not None and cycle.awaiters == 0:
+            self._report(error)

@@ -1,0 +1,200 @@
+"""``optimistic_sync_with_push`` and ``server_push``: revisions decide the follow-ups.
+
+Reached through :meth:`Store.optimistic_sync_with_push
+<optisync.Store.optimistic_sync_with_push>` and :meth:`Store.server_push
+<optisync.Store.server_push>`; this module holds their logic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Hashable
+from typing import TYPE_CHECKING, TypeVar
+
+from optisync._tasks import COMPLETED
+from optisync._types import OnFinish
+from optisync._validate import check_sync_arguments
+from optisync.errors import (
+    FollowUpLimitError,
+    MissingServerRevisionError,
+    StateError,
+    StoreClosedError,
+)
+from optisync.revisions import PushMetadata, PushOutcome, _KeyState, _require_int
+
+if TYPE_CHECKING:
+    from optisync.store import Store
+
+__all__: list[str] = []
+
+S = TypeVar("S")
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def start(
+    store: Store[S],
+    *,
+    key: Hashable,
+    value_to_apply: Callable[[], T],
+    apply_optimistic_value_to_state: Callable[[S, T], S],
+    get_value_from_state: Callable[[S], T],
+    send_value_to_server: Callable[[T, int, int, Callable[[int], None]], Awaitable[R | None]],
+    get_server_revision_from_state: Callable[[Hashable], int],
+    apply_server_response_to_state: Callable[[S, R], S] | None,
+    on_finish: OnFinish[S] | None,
+    max_follow_up_requests: int,
+) -> Awaitable[None]:
+    check_sync_arguments(
+        key,
+        max_follow_up_requests,
+        value_to_apply=value_to_apply,
+        apply_optimistic_value_to_state=apply_optimistic_value_to_state,
+        get_value_from_state=get_value_from_state,
+        send_value_to_server=send_value_to_server,
+        get_server_revision_from_state=get_server_revision_from_state,
+        apply_server_response_to_state=apply_server_response_to_state,
+        on_finish=on_finish,
+    )
+    key_state, value, takes_lock = store._apply_optimistic(
+        key, value_to_apply, apply_optimistic_value_to_state
+    )
+    if not takes_lock:
+        return COMPLETED
+    first_revision = key_state.local_revision
+
+    async def body() -> None:
+        await _send_until_stable(
+            store,
+            key,
+            key_state,
+            value,
+            first_revision,
+            get_value_from_state,
+            send_value_to_server,
+            get_server_revision_from_state,
+            apply_server_response_to_state,
+            max_follow_up_requests,
+        )
+
+    return store._start_cycle(key, key_state, body, on_finish)
+
+
+async def _send_until_stable(
+    store: Store[S],
+    key: Hashable,
+    key_state: _KeyState,
+    value: T,
+    revision: int,
+    get_value_from_state: Callable[[S], T],
+    send_value_to_server: Callable[[T, int, int, Callable[[int], None]], Awaitable[R | None]],
+    get_server_revision_from_state: Callable[[Hashable], int],
+    apply_server_response_to_state: Callable[[S, R], S] | None,
+    max_follow_up_requests: int,
+) -> None:
+    follow_ups = 0
+    while True:
+        informed, response = await _send_once(
+            store, key, key_state, value, revision, send_value_to_server
+        )
+        # A push since the last tap is the newest word: it already came from
+        # the server, so sending our older tap again would overwrite it.
+        if key_state.from_push or key_state.local_revision == revision:
+            break
+        follow_ups += 1
+        if max_follow_up_requests != -1 and follow_ups > max_follow_up_requests:
+            raise FollowUpLimitError(key, max_follow_up_requests)
+        revision = key_state.local_revision
+        value = get_value_from_state(store.state)
+
+    if response is None or apply_server_response_to_state is None:
+        return
+    known = max(
+        key_state.server_revision, _revision_from_state(get_server_revision_from_state, key)
+    )
+    if informed >= known:
+        store.emit(apply_server_response_to_state(store.state, response))
+
+
+async def _send_once(
+    store: Store[S],
+    key: Hashable,
+    key_state: _KeyState,
+    value: T,
+    revision: int,
+    send_value_to_server: Callable[[T, int, int, Callable[[int], None]], Awaitable[R | None]],
+) -> tuple[int, R | None]:
+    """Send one request; return the server revision it informed and its response."""
+    informed: int | None = None
+    finished = False
+
+    def inform_server_revision(server_revision: int) -> None:
+        nonlocal informed
+        _require_int(server_revision, "inform_server_revision()'s argument")
+        if finished:
+            raise StateError("inform_server_revision() was called after its request had finished.")
+        informed = server_revision
+        if server_revision > key_state.server_revision:
+            key_state.server_revision = server_revision
+
+    try:
+        response = await send_value_to_server(
+            value, revision, store.device_id, inform_server_revision
+        )
+    finally:
+        finished = True
+    if informed is None:
+        raise MissingServerRevisionError(
+            f"send_value_to_server returned without calling inform_server_revision() "
+            f"for key {key!r}: call it with the server's revision after a successful request."
+        )
+    return informed, response
+
+
+def push(
+    store: Store[S],
+    *,
+    key: Hashable,
+    push_metadata: PushMetadata,
+    apply_server_push_to_state: Callable[[S, Hashable, int], S | None],
+    get_server_revision_from_state: Callable[[Hashable], int],
+) -> PushOutcome:
+    store._check_thread()
+    check_sync_arguments(
+        key,
+        0,
+        apply_server_push_to_state=apply_server_push_to_state,
+        get_server_revision_from_state=get_server_revision_from_state,
+    )
+    if not isinstance(push_metadata, PushMetadata):
+        raise TypeError(f"push_metadata must be a PushMetadata, got {type(push_metadata).__name__}")
+    if store.is_closed:
+        raise StoreClosedError("Cannot apply a push: the store is closed.")
+    key_state = store._key_state(key)
+    known = max(
+        key_state.server_revision, _revision_from_state(get_server_revision_from_state, key)
+    )
+    key_state.server_revision = known
+    pushed = push_metadata.server_revision
+    if pushed <= known:
+        return PushOutcome.STALE
+    if (
+        push_metadata.device_id == store.device_id
+        and push_metadata.local_revision < key_state.local_revision
+    ):
+        # Our own older write coming back: the state already shows a newer tap.
+        key_state.server_revision = pushed
+        return PushOutcome.SELF_ECHO
+    new_state = apply_server_push_to_state(store.state, key, pushed)
+    key_state.server_revision = pushed
+    key_state.from_push = True
+    if new_state is not None:
+        store.emit(new_state)
+    return PushOutcome.APPLIED
+
+
+def _revision_from_state(
+    get_server_revision_from_state: Callable[[Hashable], int], key: Hashable
+) -> int:
+    return _require_int(
+        get_server_revision_from_state(key), "get_server_revision_from_state()'s result"
+    )
