@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Generator
 from typing import Any
 
+from optisync.errors import StoreClosedError
+
 __all__ = ["COMPLETED", "Cycle", "CycleResult"]
 
 
@@ -40,9 +42,10 @@ class CycleResult:
     """What the call that took a key's lock returns.
 
     Awaiting it waits for the whole lock cycle (the request, its follow-ups and
-    ``on_finish``) and raises its error, if any. Cancelling the awaiting
-    coroutine does not cancel the sync: the user's change is already on
-    screen and must still reach the server. Dropping it unawaited is fine.
+    ``on_finish``) and raises its error, if any, or ``StoreClosedError`` if
+    the store was closed first. Cancelling the awaiting coroutine does not
+    cancel the sync: the user's change is already on screen and must still
+    reach the server. Dropping it unawaited is fine.
     """
 
     __slots__ = ("_cycle",)
@@ -58,6 +61,15 @@ class CycleResult:
         try:
             # shield: cancelling the awaiter must not cancel the sync task.
             return (yield from asyncio.shield(task).__await__())
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and (current is None or not current.cancelling()):
+                # The store was closed under us: that is not our caller's
+                # cancellation, so don't make its task look cancelled.
+                raise StoreClosedError(
+                    f"The store was closed before the sync of key {cycle.key!r} finished."
+                ) from None
+            raise
         finally:
             cycle.awaiters -= 1
 

@@ -6,6 +6,10 @@ from collections.abc import Hashable
 
 __all__ = ["check_sync_arguments"]
 
+_OPTIONAL = frozenset(
+    {"apply_server_response_to_state", "on_finish", "if_should_send_another_request"}
+)
+
 
 def check_sync_arguments(key: Hashable, max_follow_up_requests: int, **callbacks: object) -> None:
     """Raise TypeError/ValueError for a bad key, limit or callback."""
@@ -22,5 +26,7 @@ def check_sync_arguments(key: Hashable, max_follow_up_requests: int, **callbacks
             f"max_follow_up_requests must be >= 0, or -1 for no limit; got {max_follow_up_requests}"
         )
     for name, callback in callbacks.items():
-        if callback is not None and not callable(callback):
+        if callback is None and name in _OPTIONAL:
+            continue
+        if not callable(callback):
             raise TypeError(f"{name} must be callable, got {type(callback).__name__}")

@@ -632,11 +632,12 @@ class Store(Generic[S]):
         key: Hashable,
         value_to_apply: Callable[[], T],
         apply_optimistic_value_to_state: Callable[[S, T], S],
-    ) -> tuple[_KeyState, T, bool]:
+    ) -> tuple[_KeyState, T, int, bool]:
         """The synchronous part of a tap: apply, count, and maybe take the lock.
 
-        Returns the key's state, the value applied, and whether this call took
-        the lock (and so must start the cycle). Nothing changes if it raises.
+        Returns the key's state, the value applied, the local revision it got,
+        and whether this call took the lock (and so must start the cycle).
+        Nothing changes if it raises.
         """
         if self._closed:
             raise StoreClosedError("Cannot start a sync: the store is closed.")
@@ -647,6 +648,7 @@ class Store(Generic[S]):
         value = value_to_apply()
         new_state = apply_optimistic_value_to_state(self._state, value)
         key_state.local_revision += 1
+        revision = key_state.local_revision
         key_state.from_push = False
         # Reserve the lock before emit: a listener that taps the same key
         # re-entrantly must be coalesced, not start a second request.
@@ -658,7 +660,7 @@ class Store(Generic[S]):
             if takes_lock:
                 key_state.locked = False
             raise
-        return key_state, value, takes_lock
+        return key_state, value, revision, takes_lock
 
     def _start_cycle(
         self,

@@ -62,7 +62,7 @@ def start(
         on_finish=on_finish,
         if_should_send_another_request=if_should_send_another_request,
     )
-    key_state, value, takes_lock = store._apply_optimistic(
+    key_state, value, _revision, takes_lock = store._apply_optimistic(
         key, value_to_apply, apply_optimistic_value_to_state
     )
     if not takes_lock:

@@ -55,12 +55,11 @@ def start(
         apply_server_response_to_state=apply_server_response_to_state,
         on_finish=on_finish,
     )
-    key_state, value, takes_lock = store._apply_optimistic(
+    key_state, value, first_revision, takes_lock = store._apply_optimistic(
         key, value_to_apply, apply_optimistic_value_to_state
     )
     if not takes_lock:
         return COMPLETED
-    first_revision = key_state.local_revision
 
     async def body() -> None:
         await _send_until_stable(
