@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 from optisync import sync as _sync
 from optisync import sync_with_push as _sync_with_push
 from optisync._stream import StateStream, StreamChannel
-from optisync._tasks import Cycle, CycleResult
+from optisync._tasks import COMPLETED, Cycle, CycleResult
 from optisync._types import OnFinish
 from optisync.errors import StateError, StoreClosedError, WrongThreadError
 from optisync.revisions import PushMetadata, PushOutcome, _KeyState, _next_device_id, _require_int
@@ -404,17 +404,19 @@ class Store(Generic[S]):
             >>> asyncio.run(main())
             True 1
         """
+        if self._coalesce(key, value_to_apply, apply_optimistic_value_to_state):
+            return COMPLETED
         return _sync_with_push.start(
             self,
-            key=key,
-            value_to_apply=value_to_apply,
-            apply_optimistic_value_to_state=apply_optimistic_value_to_state,
-            get_value_from_state=get_value_from_state,
-            send_value_to_server=send_value_to_server,
-            get_server_revision_from_state=get_server_revision_from_state,
-            apply_server_response_to_state=apply_server_response_to_state,
-            on_finish=on_finish,
-            max_follow_up_requests=max_follow_up_requests,
+            key,
+            value_to_apply,
+            apply_optimistic_value_to_state,
+            get_value_from_state,
+            send_value_to_server,
+            get_server_revision_from_state,
+            apply_server_response_to_state,
+            on_finish,
+            max_follow_up_requests,
         )
 
     def server_push(
@@ -584,17 +586,19 @@ class Store(Generic[S]):
             >>> asyncio.run(main())
             True [True]
         """
+        if self._coalesce(key, value_to_apply, apply_optimistic_value_to_state):
+            return COMPLETED
         return _sync.start(
             self,
-            key=key,
-            value_to_apply=value_to_apply,
-            apply_optimistic_value_to_state=apply_optimistic_value_to_state,
-            get_value_from_state=get_value_from_state,
-            send_value_to_server=send_value_to_server,
-            apply_server_response_to_state=apply_server_response_to_state,
-            on_finish=on_finish,
-            if_should_send_another_request=if_should_send_another_request,
-            max_follow_up_requests=max_follow_up_requests,
+            key,
+            value_to_apply,
+            apply_optimistic_value_to_state,
+            get_value_from_state,
+            send_value_to_server,
+            apply_server_response_to_state,
+            on_finish,
+            if_should_send_another_request,
+            max_follow_up_requests,
         )
 
     # -- machinery shared by the sync strategies (internal) -------------------
@@ -627,40 +631,61 @@ class Store(Generic[S]):
             raise StateError("This store belongs to another event loop.")
         return running
 
-    def _apply_optimistic(
+    def _coalesce(
         self,
         key: Hashable,
         value_to_apply: Callable[[], T],
         apply_optimistic_value_to_state: Callable[[S, T], S],
-    ) -> tuple[_KeyState, T, int, bool]:
-        """The synchronous part of a tap: apply, count, and maybe take the lock.
+    ) -> bool:
+        """The hot path: a tap on a key whose request is in flight.
 
-        Returns the key's state, the value applied, the local revision it got,
-        and whether this call took the lock (and so must start the cycle).
-        Nothing changes if it raises.
+        Applies and counts the tap, which the cycle in flight will see as a
+        follow-up, and returns True; returns False, doing nothing, when the
+        key is free. Kept to a dict lookup and an emit (no scans).
+        """
+        try:
+            key_state = self._keys.get(key)
+        except TypeError:
+            raise TypeError(f"key must be hashable, got {type(key).__name__}: {key!r}") from None
+        if key_state is None or not key_state.locked:
+            return False
+        if self._closed:
+            raise StoreClosedError("Cannot start a sync: the store is closed.")
+        new_state = apply_optimistic_value_to_state(self._state, value_to_apply())
+        key_state.local_revision += 1
+        key_state.from_push = False
+        self.emit(new_state)
+        return True
+
+    def _take_lock_and_apply(
+        self,
+        key: Hashable,
+        value_to_apply: Callable[[], T],
+        apply_optimistic_value_to_state: Callable[[S, T], S],
+    ) -> tuple[_KeyState, T, int]:
+        """A tap on a free key: apply and count it, and take the key's lock.
+
+        Returns the key's state, the value applied and the local revision it
+        got. Nothing changes if it raises.
         """
         if self._closed:
             raise StoreClosedError("Cannot start a sync: the store is closed.")
+        self._bind_loop()
         key_state = self._key_state(key)
-        takes_lock = not key_state.locked
-        if takes_lock:
-            self._bind_loop()
         value = value_to_apply()
         new_state = apply_optimistic_value_to_state(self._state, value)
         key_state.local_revision += 1
         revision = key_state.local_revision
         key_state.from_push = False
-        # Reserve the lock before emit: a listener that taps the same key
+        # Take the lock before emit: a listener that taps the same key
         # re-entrantly must be coalesced, not start a second request.
-        if takes_lock:
-            key_state.locked = True
+        key_state.locked = True
         try:
             self.emit(new_state)
         except BaseException:
-            if takes_lock:
-                key_state.locked = False
+            key_state.locked = False
             raise
-        return key_state, value, revision, takes_lock
+        return key_state, value, revision
 
     def _start_cycle(
         self,

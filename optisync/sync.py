@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING, TypeVar
 
-from optisync._tasks import COMPLETED
 from optisync._types import OnFinish
 from optisync._validate import check_sync_arguments
 from optisync.errors import FollowUpLimitError
@@ -40,7 +39,6 @@ def values_differ(state_value: object, sent_value: object, request_count: int) -
 
 def start(
     store: Store[S],
-    *,
     key: Hashable,
     value_to_apply: Callable[[], T],
     apply_optimistic_value_to_state: Callable[[S, T], S],
@@ -50,7 +48,9 @@ def start(
     on_finish: OnFinish[S] | None,
     if_should_send_another_request: Callable[[T, T, int], bool] | None,
     max_follow_up_requests: int,
+    /,
 ) -> Awaitable[None]:
+    """Start a lock cycle for a tap on a free key (the store already checked it is free)."""
     check_sync_arguments(
         key,
         max_follow_up_requests,
@@ -62,11 +62,9 @@ def start(
         on_finish=on_finish,
         if_should_send_another_request=if_should_send_another_request,
     )
-    key_state, value, _revision, takes_lock = store._apply_optimistic(
+    key_state, value, _ = store._take_lock_and_apply(
         key, value_to_apply, apply_optimistic_value_to_state
     )
-    if not takes_lock:
-        return COMPLETED
     should_send_another = if_should_send_another_request or values_differ
 
     async def body() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING, TypeVar
 
-from optisync._tasks import COMPLETED
 from optisync._types import OnFinish
 from optisync._validate import check_sync_arguments
 from optisync.errors import (
@@ -33,7 +32,6 @@ R = TypeVar("R")
 
 def start(
     store: Store[S],
-    *,
     key: Hashable,
     value_to_apply: Callable[[], T],
     apply_optimistic_value_to_state: Callable[[S, T], S],
@@ -43,7 +41,9 @@ def start(
     apply_server_response_to_state: Callable[[S, R], S] | None,
     on_finish: OnFinish[S] | None,
     max_follow_up_requests: int,
+    /,
 ) -> Awaitable[None]:
+    """Start a lock cycle for a tap on a free key (the store already checked it is free)."""
     check_sync_arguments(
         key,
         max_follow_up_requests,
@@ -55,11 +55,9 @@ def start(
         apply_server_response_to_state=apply_server_response_to_state,
         on_finish=on_finish,
     )
-    key_state, value, first_revision, takes_lock = store._apply_optimistic(
+    key_state, value, first_revision = store._take_lock_and_apply(
         key, value_to_apply, apply_optimistic_value_to_state
     )
-    if not takes_lock:
-        return COMPLETED
 
     async def body() -> None:
         await _send_until_stable(
