@@ -67,6 +67,7 @@ class Store(Generic[S]):
         self._snapshot: tuple[Callable[[S], object], ...] | None = ()
         self._next_listener = 0
         self._channels: set[StreamChannel[S]] = set()
+        self._status_listeners: dict[int, Callable[[Hashable], object]] = {}
         self._keys: dict[Hashable, _KeyState] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         try:
@@ -280,6 +281,7 @@ class Store(Generic[S]):
         self._channels.clear()
         self._listeners.clear()
         self._snapshot = ()
+        self._status_listeners.clear()
 
     async def __aenter__(self) -> Store[S]:
         return self
@@ -329,6 +331,56 @@ class Store(Generic[S]):
         """
         state = self._keys.get(key)
         return -1 if state is None else state.server_revision
+
+    def subscribe_sync_status(self, listener: Callable[[Hashable], object]) -> Callable[[], None]:
+        """Call ``listener(key)`` whenever a key's sync status changes.
+
+        The status is what :meth:`is_syncing`, :meth:`local_revision` and
+        :meth:`server_revision` return; it can change without the state
+        changing (a lock released after a response equal to the state, a
+        revision learnt from a response). A "Saving..." indicator listens
+        here. A listener that raises goes to :meth:`on_error`. Returns a
+        function that unsubscribes.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync import Store
+            >>> async def main() -> None:
+            ...     async with Store(False) as store:
+            ...         store.subscribe_sync_status(
+            ...             lambda key: print(key, "syncing:", store.is_syncing(key)))
+            ...         async def send(value, local_revision, device_id, inform):
+            ...             inform(1)
+            ...             return None
+            ...         await store.optimistic_sync_with_push(
+            ...             key="like", value_to_apply=lambda: True,
+            ...             apply_optimistic_value_to_state=lambda s, v: v,
+            ...             get_value_from_state=lambda s: s, send_value_to_server=send,
+            ...             get_server_revision_from_state=lambda key: -1)
+            >>> asyncio.run(main())
+            like syncing: True
+            like syncing: True
+            like syncing: False
+        """
+        if not callable(listener):
+            raise TypeError(f"listener must be callable, got {type(listener).__name__}")
+        token = self._next_listener
+        self._next_listener += 1
+        self._status_listeners[token] = listener
+
+        def unsubscribe() -> None:
+            self._status_listeners.pop(token, None)
+
+        return unsubscribe
+
+    def _status_changed(self, key: Hashable) -> None:
+        if not self._status_listeners:
+            return
+        for listener in tuple(self._status_listeners.values()):
+            try:
+                listener(key)
+            except Exception as error:  # a listener's bug must not break a sync
+                self._report(error)
 
     # -- sync actions ----------------------------------------------------------
 
@@ -655,6 +707,7 @@ class Store(Generic[S]):
         key_state.local_revision += 1
         key_state.from_push = False
         self.emit(new_state)
+        self._status_changed(key)
         return True
 
     def _take_lock_and_apply(
@@ -685,6 +738,7 @@ class Store(Generic[S]):
         except BaseException:
             key_state.locked = False
             raise
+        self._status_changed(key)
         return key_state, value, revision
 
     def _start_cycle(
@@ -698,7 +752,7 @@ class Store(Generic[S]):
         assert self._loop is not None
         assert key_state.locked
         cycle = Cycle(key)
-        coro = self._run_cycle(key_state, body, on_finish)
+        coro = self._run_cycle(key, key_state, body, on_finish)
         try:
             task = self._loop.create_task(coro)
         except BaseException:
@@ -712,6 +766,7 @@ class Store(Generic[S]):
 
     async def _run_cycle(
         self,
+        key: Hashable,
         key_state: _KeyState,
         body: Callable[[], Coroutine[Any, Any, None]],
         on_finish: OnFinish[S] | None,
@@ -721,6 +776,7 @@ class Store(Generic[S]):
                 await body()
             finally:
                 key_state.locked = False
+                self._status_changed(key)
         except asyncio.CancelledError:
             raise  # close() or loop shutdown: the cycle did not finish
         except Exception as error:

@@ -132,6 +132,7 @@ async def _send_once(
         informed = server_revision
         if server_revision > key_state.server_revision:
             key_state.server_revision = server_revision
+            store._status_changed(key)
 
     try:
         response = await send_value_to_server(
@@ -170,9 +171,12 @@ def push(
     known = max(
         key_state.server_revision, _revision_from_state(get_server_revision_from_state, key)
     )
+    seeded = known != key_state.server_revision
     key_state.server_revision = known
     pushed = push_metadata.server_revision
     if pushed <= known:
+        if seeded:
+            store._status_changed(key)
         return PushOutcome.STALE
     if (
         push_metadata.device_id == store.device_id
@@ -180,12 +184,14 @@ def push(
     ):
         # Our own older write coming back: the state already shows a newer tap.
         key_state.server_revision = pushed
+        store._status_changed(key)
         return PushOutcome.SELF_ECHO
     new_state = apply_server_push_to_state(store.state, key, pushed)
     key_state.server_revision = pushed
     key_state.from_push = True
     if new_state is not None:
         store.emit(new_state)
+    store._status_changed(key)
     return PushOutcome.APPLIED
 
 

@@ -889,3 +889,59 @@ def test_a_device_id_that_is_not_an_int_is_refused() -> None:
 
 async def _await(awaitable: Any) -> None:
     await awaitable
+
+
+# -- sync status notifications ----------------------------------------------------
+
+
+async def test_sync_status_listeners_hear_lock_revisions_and_release(
+    store: DocStore, server: FakeServer
+) -> None:
+    seen: list[tuple[bool, int, int]] = []
+    unsubscribe = store.subscribe_sync_status(
+        lambda key: seen.append(
+            (store.is_syncing(key), store.local_revision(key), store.server_revision(key))
+        )
+    )
+    done = store.set_liked(True)
+    request = await server.request(1)
+    store.set_liked(True)  # equal state: no emit, but the local revision moves
+    request.respond(True, 4)
+    (await server.request(2)).respond(True, 5)
+    await done
+    assert seen == [
+        (True, 1, -1),  # lock taken
+        (True, 2, -1),  # coalesced tap
+        (True, 2, 4),  # revision learnt from response 1
+        (True, 2, 5),  # revision learnt from response 2
+        (False, 2, 5),  # lock released
+    ]
+    unsubscribe()
+    store.push(False, server_revision=9)
+    assert len(seen) == 5
+
+
+async def test_sync_status_listeners_hear_pushes_and_self_echoes(store: DocStore) -> None:
+    keys: list[Any] = []
+    store.subscribe_sync_status(keys.append)
+    store.push(True, server_revision=3)  # applied
+    store.push(True, server_revision=3)  # stale, nothing new: silent
+    store.emit(Doc(liked=True, revision=8))
+    store.push(True, server_revision=4)  # stale, but seeds 8 from the state
+    assert keys == [KEY, KEY]
+
+
+async def test_a_raising_sync_status_listener_goes_to_the_error_hook(
+    store: DocStore, server: FakeServer
+) -> None:
+    error = ValueError("status bug")
+
+    def broken(key: Any) -> None:
+        raise error
+
+    store.subscribe_sync_status(broken)
+    done = store.toggle()
+    (await server.request(1)).respond(True, 1)
+    await done
+    assert not store.is_syncing(KEY)
+    assert store.errors == [error, error, error]  # lock, revision, release
