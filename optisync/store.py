@@ -9,7 +9,7 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 from optisync import sync as _sync
 from optisync import sync_with_push as _sync_with_push
@@ -26,6 +26,13 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 logger = logging.getLogger("optisync")
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class Store(Generic[S]):
@@ -70,10 +77,7 @@ class Store(Generic[S]):
         self._status_listeners: dict[int, Callable[[Hashable], object]] = {}
         self._keys: dict[Hashable, _KeyState] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        try:
-            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            self._loop = None
+        self._loop = _running_loop()
         self._loop_thread = threading.get_ident()
 
     # -- state ---------------------------------------------------------------
@@ -283,7 +287,7 @@ class Store(Generic[S]):
         self._snapshot = ()
         self._status_listeners.clear()
 
-    async def __aenter__(self) -> Store[S]:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
@@ -662,20 +666,23 @@ class Store(Generic[S]):
         return state
 
     def _check_thread(self) -> None:
-        if threading.get_ident() != self._loop_thread:
-            raise WrongThreadError(
-                "This store belongs to another thread's event loop; "
-                "use server_push_threadsafe() to hand a push over."
-            )
+        if threading.get_ident() == self._loop_thread:
+            return
+        if self._loop is None and _running_loop() is not None:
+            self._bind_loop()  # first use, on the loop of another thread than __init__'s
+            return
+        raise WrongThreadError(
+            "This store belongs to another thread's event loop; "
+            "use server_push_threadsafe() to hand a push over."
+        )
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
+        running = _running_loop()
+        if running is None:
             raise StateError(
                 "A sync action needs a running event loop: call it from a coroutine "
                 "or a callback running on the loop."
-            ) from None
+            )
         if self._loop is None:
             self._loop = running
             self._loop_thread = threading.get_ident()

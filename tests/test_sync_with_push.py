@@ -945,3 +945,18 @@ async def test_a_raising_sync_status_listener_goes_to_the_error_hook(
     await done
     assert not store.is_syncing(KEY)
     assert store.errors == [error, error, error]  # lock, revision, release
+
+
+def test_a_store_made_outside_a_loop_accepts_pushes_on_the_loop_of_another_thread() -> None:
+    store = DocStore(FakeServer())
+    outcomes: list[PushOutcome] = []
+
+    async def on_the_loop() -> None:
+        outcomes.append(store.push(True, server_revision=1))
+
+    thread = threading.Thread(target=asyncio.run, args=(on_the_loop(),))
+    thread.start()
+    thread.join()
+    assert outcomes == [PushOutcome.APPLIED]
+    with pytest.raises(WrongThreadError):
+        store.push(False, server_revision=2)  # this thread is no longer the store's
