@@ -1,0 +1,40 @@
+"""``python -m examples.live``: the demo; ``--server`` or ``--client URL`` for the parts."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from examples.live import demo, interactive
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the flags and run the demo, the server or an interactive device."""
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.live",
+        description="Live optisync over WebSockets and SQLite. With no flag: the scripted "
+        "demo (a server and two devices in one process, unattended).",
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--server", action="store_true", help="run only the server")
+    mode.add_argument("--client", metavar="URL", help="run one interactive device against URL")
+    parser.add_argument("--host", default="127.0.0.1", help="server: address to bind")
+    parser.add_argument("--port", type=int, default=8765, help="server: port (0: any free one)")
+    parser.add_argument("--db", type=Path, default=Path("live.sqlite3"), help="server: database")
+    parser.add_argument(
+        "--storage", type=Path, default=Path("device.sqlite3"), help="client: its state file"
+    )
+    args = parser.parse_args(argv)
+    if args.server:
+        asyncio.run(interactive.run_server(args.host, args.port, args.db))
+        return 0
+    if args.client is not None:
+        asyncio.run(interactive.run_client(args.client, args.storage))
+        return 0
+    return demo.main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
