@@ -13,7 +13,7 @@ timeline is the same on every run.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 
 import attrs
 
@@ -95,7 +95,7 @@ class ItemStore(Store[ItemState]):
         super().__init__(ItemState(), device_id=device_id)
         self.api = api
 
-    def toggle_like(self, item_id: str) -> object:
+    def toggle_like(self, item_id: str) -> Awaitable[None]:
         async def send(
             liked: bool, local_revision: int, device_id: int, inform: Callable[[int], None]
         ) -> bool:

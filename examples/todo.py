@@ -11,7 +11,7 @@ Run it with ``python -m examples.todo``. It shows three things:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 
 import attrs
 
@@ -87,7 +87,7 @@ class TodoStore(Store[TodoState]):
         super().__init__(initial)
         self.api = api
 
-    def toggle_complete(self, todo_id: str) -> object:
+    def toggle_complete(self, todo_id: str) -> Awaitable[None]:
         async def send(
             complete: bool, local_revision: int, device_id: int, inform: Callable[[int], None]
         ) -> bool:

@@ -34,7 +34,7 @@ async def test_todo_example_reloads_on_error_and_ignores_a_replayed_push() -> No
     assert store.state.todos["milk"].complete is False
 
 
-def test_the_readme_demo_command_runs_the_like_button() -> None:
+def test_the_like_button_runs_as_a_module() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "examples.like_button"],
         cwd=ROOT,
