@@ -11,17 +11,6 @@ from fakes import KEY, Doc, DocStore, FakeServer, own_tasks, settle
 from optisync import FollowUpLimitError, StoreClosedError
 
 
-@pytest.fixture
-def server() -> FakeServer:
-    return FakeServer()
-
-
-@pytest.fixture
-async def store(server: FakeServer) -> Any:
-    async with DocStore(server) as store:
-        yield store
-
-
 async def test_taps_that_end_on_the_value_sent_need_no_follow_up(
     store: DocStore, server: FakeServer
 ) -> None:

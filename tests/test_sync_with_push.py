@@ -22,18 +22,6 @@ from optisync import (
     WrongThreadError,
 )
 
-
-@pytest.fixture
-def server() -> FakeServer:
-    return FakeServer()
-
-
-@pytest.fixture
-async def store(server: FakeServer) -> Any:
-    async with DocStore(server) as store:
-        yield store
-
-
 # -- the seed's two flows ------------------------------------------------------
 
 
