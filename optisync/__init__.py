@@ -1,12 +1,14 @@
 """optisync: optimistic state for asyncio apps, kept in sync with a pushing server.
 
-Example:
+Examples:
     >>> import optisync
     >>> store = optisync.Store({"liked": False})
     >>> store.state
     {'liked': False}
 """
 
+from optisync._stream import StateStream
+from optisync._types import OnFinish
 from optisync.errors import (
     FollowUpLimitError,
     MissingServerRevisionError,
@@ -20,9 +22,11 @@ from optisync.store import Store
 __all__ = [
     "FollowUpLimitError",
     "MissingServerRevisionError",
+    "OnFinish",
     "PushMetadata",
     "PushOutcome",
     "StateError",
+    "StateStream",
     "Store",
     "StoreClosedError",
     "WrongThreadError",

@@ -48,6 +48,19 @@ class StateStream(AsyncIterator[S]):
 
     It ends once the store closes (after yielding the states emitted before
     that). ``aclose()`` or dropping it stops the subscription.
+
+    Examples:
+        >>> import asyncio
+        >>> from optisync import StateStream, Store
+        >>> async def main() -> None:
+        ...     store = Store(0)
+        ...     states: StateStream[int] = store.stream()
+        ...     store.emit(1)
+        ...     await states.aclose()
+        ...     store.emit(2)
+        ...     print([s async for s in states])
+        >>> asyncio.run(main())
+        [1]
     """
 
     __slots__ = ("__weakref__", "_channel", "_finalizer")
@@ -72,6 +85,17 @@ class StateStream(AsyncIterator[S]):
         return channel.buffer.popleft()
 
     async def aclose(self) -> None:
-        """Stop receiving states; iteration ends after those already buffered."""
+        """Stop receiving states; iteration ends after those already buffered.
+
+        Examples:
+            >>> import asyncio
+            >>> from optisync import Store
+            >>> async def main() -> None:
+            ...     states = Store(0).stream()
+            ...     await states.aclose()
+            ...     print([s async for s in states])
+            >>> asyncio.run(main())
+            []
+        """
         self._finalizer()
         self._channel.end()

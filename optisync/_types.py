@@ -7,5 +7,17 @@ from typing import TypeAlias, TypeVar
 
 S = TypeVar("S")
 
-#: ``on_finish(error_or_None)``, sync or async; a returned state is emitted.
 OnFinish: TypeAlias = Callable[[BaseException | None], S | Awaitable[S | None] | None]
+"""The type of ``on_finish``: ``(error or None) -> state or None``, sync or async.
+
+It runs once per lock cycle, after the key's lock is released, with the
+error that ended the cycle or ``None``; a state it returns is emitted.
+
+Examples:
+    >>> from optisync import OnFinish
+    >>> def reload_on_error(error: BaseException | None) -> int | None:
+    ...     return 0 if error is not None else None
+    >>> handler: OnFinish[int] = reload_on_error
+    >>> handler(ValueError("offline"))
+    0
+"""

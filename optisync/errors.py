@@ -19,7 +19,7 @@ __all__ = [
 class StateError(RuntimeError):
     """A store was used in a way its current state does not allow.
 
-    Example:
+    Examples:
         >>> import optisync
         >>> issubclass(optisync.StateError, RuntimeError)
         True
@@ -29,7 +29,7 @@ class StateError(RuntimeError):
 class StoreClosedError(StateError):
     """The store is closed: it no longer emits states or starts syncs.
 
-    Example:
+    Examples:
         >>> import asyncio, optisync
         >>> async def main() -> None:
         ...     store = optisync.Store(0)
@@ -49,7 +49,7 @@ class MissingServerRevisionError(StateError):
     ``optimistic_sync_with_push`` cannot tell a stale response from a fresh one
     without the server's revision, so it treats the request as failed.
 
-    Example:
+    Examples:
         >>> import optisync
         >>> issubclass(optisync.MissingServerRevisionError, RuntimeError)
         True
@@ -61,7 +61,7 @@ class FollowUpLimitError(StateError):
 
     The key is unlocked and ``on_finish`` has run by the time you see this.
 
-    Example:
+    Examples:
         >>> import optisync
         >>> "Too many follow-up requests" in str(optisync.FollowUpLimitError("k", 3))
         True
@@ -79,7 +79,7 @@ class FollowUpLimitError(StateError):
 class WrongThreadError(StateError):
     """A store method was called from a thread other than its event loop's.
 
-    Example:
+    Examples:
         >>> import optisync
         >>> issubclass(optisync.WrongThreadError, RuntimeError)
         True

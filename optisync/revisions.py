@@ -53,7 +53,7 @@ class PushMetadata:
         local_revision: the local revision the writing device sent with it.
         device_id: the id of the device that wrote it.
 
-    Example:
+    Examples:
         >>> from optisync import PushMetadata
         >>> PushMetadata(server_revision=7, local_revision=2, device_id=42)
         PushMetadata(server_revision=7, local_revision=2, device_id=42)
@@ -71,18 +71,18 @@ class PushMetadata:
 class PushOutcome(enum.Enum):
     """What :meth:`Store.server_push <optisync.Store.server_push>` did with a push.
 
-    Example:
+    Examples:
         >>> from optisync import PushOutcome
         >>> PushOutcome.APPLIED.value
         'applied'
     """
 
-    #: The push was newer than anything known: it was applied to the state.
     APPLIED = "applied"
-    #: The push was not newer than the known server revision: ignored.
+    """The push was newer than anything known: it was applied to the state."""
     STALE = "stale"
-    #: An echo of an older change of this device: only its revision was kept.
+    """The push was not newer than the known server revision: ignored."""
     SELF_ECHO = "self_echo"
+    """An echo of an older change of this device: only its revision was kept."""
 
 
 _default_id: int | None = None
@@ -92,7 +92,7 @@ _provider: Callable[[], int] | None = None
 def default_device_id() -> int:
     """Return this process's random device id, made on first use.
 
-    Example:
+    Examples:
         >>> from optisync import default_device_id
         >>> default_device_id() == default_device_id()
         True
@@ -112,7 +112,7 @@ def set_device_id_provider(provider: Callable[[], int] | None) -> None:
     :func:`default_device_id`. This is optisync's only global setting, meant
     for an id persisted across app restarts.
 
-    Example:
+    Examples:
         >>> import optisync
         >>> optisync.set_device_id_provider(lambda: 1234)
         >>> optisync.Store(0).device_id

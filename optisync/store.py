@@ -49,7 +49,7 @@ class Store(Generic[S]):
             by default the one from :func:`optisync.set_device_id_provider`,
             or a random id made once per process.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from optisync import Store
         >>> class Counter(Store[int]):
@@ -86,7 +86,7 @@ class Store(Generic[S]):
     def state(self) -> S:
         """The current state.
 
-        Example:
+        Examples:
             >>> from optisync import Store
             >>> Store("hello").state
             'hello'
@@ -97,7 +97,7 @@ class Store(Generic[S]):
     def device_id(self) -> int:
         """This store's device id, sent with every request of ``optimistic_sync_with_push``.
 
-        Example:
+        Examples:
             >>> from optisync import Store
             >>> Store(0, device_id=7).device_id
             7
@@ -108,7 +108,7 @@ class Store(Generic[S]):
     def is_closed(self) -> bool:
         """Whether :meth:`close` was called.
 
-        Example:
+        Examples:
             >>> from optisync import Store
             >>> Store(0).is_closed
             False
@@ -126,7 +126,7 @@ class Store(Generic[S]):
         Raises:
             StoreClosedError: the store is closed.
 
-        Example:
+        Examples:
             >>> from optisync import Store
             >>> store = Store(1)
             >>> _ = store.subscribe(print)
@@ -155,7 +155,7 @@ class Store(Generic[S]):
     def on_change(self, current: S, next: S) -> None:  # noqa: A002 - Cubit's name
         """Hook called by :meth:`emit` just before the state changes. Override it.
 
-        Example:
+        Examples:
             >>> from optisync import Store
             >>> class Logged(Store[int]):
             ...     def on_change(self, current: int, next: int) -> None:
@@ -171,7 +171,7 @@ class Store(Generic[S]):
         that no caller awaits. The default logs them on the ``optisync``
         logger at ERROR level.
 
-        Example:
+        Examples:
             >>> from optisync import Store
             >>> class Loud(Store[int]):
             ...     def on_error(self, error: BaseException) -> None:
@@ -199,7 +199,7 @@ class Store(Generic[S]):
         A listener added or removed during an emit takes effect from the next
         emit. Subscribing to a closed store is allowed; nothing will come.
 
-        Example:
+        Examples:
             >>> from optisync import Store
             >>> store = Store(0)
             >>> unsubscribe = store.subscribe(lambda s: print("got", s))
@@ -228,7 +228,7 @@ class Store(Generic[S]):
         misses nothing; it ends when the store closes. Stop early with
         ``aclose()`` or by dropping it.
 
-        Example:
+        Examples:
             >>> import asyncio
             >>> from optisync import Store
             >>> async def main() -> None:
@@ -263,7 +263,7 @@ class Store(Generic[S]):
         and the sync methods refuse new calls. ``on_finish`` is not called for
         a cycle that close() cancels. Closing twice is harmless.
 
-        Example:
+        Examples:
             >>> import asyncio
             >>> from optisync import Store
             >>> async def main() -> None:
@@ -303,7 +303,7 @@ class Store(Generic[S]):
     def is_syncing(self, key: Hashable) -> bool:
         """Whether a lock cycle (request, follow-ups) is in flight for ``key``.
 
-        Example:
+        Examples:
             >>> from optisync import Store
             >>> Store(0).is_syncing(("like", 1))
             False
@@ -314,7 +314,7 @@ class Store(Generic[S]):
     def local_revision(self, key: Hashable) -> int:
         """How many optimistic changes this store made to ``key`` (0 if none).
 
-        Example:
+        Examples:
             >>> from optisync import Store
             >>> Store(0).local_revision("k")
             0
@@ -328,7 +328,7 @@ class Store(Generic[S]):
         It is learnt from ``inform_server_revision`` and from pushes; persist it
         with your state so that stale pushes are recognised after a restart.
 
-        Example:
+        Examples:
             >>> from optisync import Store
             >>> Store(0).server_revision("k")
             -1
@@ -346,7 +346,7 @@ class Store(Generic[S]):
         here. A listener that raises goes to :meth:`on_error`. Returns a
         function that unsubscribes.
 
-        Example:
+        Examples:
             >>> import asyncio
             >>> from optisync import Store
             >>> async def main() -> None:
@@ -437,7 +437,7 @@ class Store(Generic[S]):
             StoreClosedError: the store is closed.
             StateError: no running event loop, where a request must start.
 
-        Example:
+        Examples:
             >>> import asyncio
             >>> from optisync import Store
             >>> class Like(Store[bool]):
@@ -506,7 +506,7 @@ class Store(Generic[S]):
             StoreClosedError: the store is closed.
             TypeError: bad ``push_metadata`` or unhashable ``key``.
 
-        Example:
+        Examples:
             >>> from optisync import PushMetadata, Store
             >>> store = Store({"liked": False, "rev": -1}, device_id=1)
             >>> def apply(state, key, rev):
@@ -547,7 +547,7 @@ class Store(Generic[S]):
             A :class:`concurrent.futures.Future` with the
             :class:`~optisync.PushOutcome`, or the error ``server_push`` raised.
 
-        Example:
+        Examples:
             >>> import asyncio, threading
             >>> from optisync import PushMetadata, Store
             >>> async def main() -> None:
@@ -616,7 +616,28 @@ class Store(Generic[S]):
         says so (by default: when the value now in the state differs from the
         value sent). When stable, a non-None response is applied.
 
-        Example:
+        Args:
+            key: what is synced (hashable), e.g. ``("like", item_id)``.
+            value_to_apply: returns the value the user chose.
+            apply_optimistic_value_to_state: ``(state, value) -> state``.
+            get_value_from_state: ``state -> value``, read after each request.
+            send_value_to_server: ``async (value) -> response``.
+            apply_server_response_to_state: ``(state, response) -> state``.
+            on_finish: ``(error or None) -> state or None``, sync or async;
+                runs once per lock cycle after the lock is released.
+            if_should_send_another_request: ``(state_value, sent_value,
+                request_count) -> bool``; by default ``state_value != sent_value``.
+            max_follow_up_requests: follow-ups allowed per cycle; -1: no limit.
+
+        Returns:
+            An awaitable, as for :meth:`optimistic_sync_with_push`.
+
+        Raises:
+            TypeError: ``key`` is not hashable, or an argument has a wrong type.
+            StoreClosedError: the store is closed.
+            StateError: no running event loop, where a request must start.
+
+        Examples:
             >>> import asyncio
             >>> from optisync import Store
             >>> sent = []
@@ -711,9 +732,17 @@ class Store(Generic[S]):
         if self._closed:
             raise StoreClosedError("Cannot start a sync: the store is closed.")
         new_state = apply_optimistic_value_to_state(self._state, value_to_apply())
+        from_push = key_state.from_push
         key_state.local_revision += 1
         key_state.from_push = False
-        self.emit(new_state)
+        try:
+            self.emit(new_state)
+        except BaseException:
+            # on_change vetoed the tap: it never happened, so it must not
+            # cause a follow-up either.
+            key_state.local_revision -= 1
+            key_state.from_push = from_push
+            raise
         self._status_changed(key)
         return True
 
@@ -734,6 +763,7 @@ class Store(Generic[S]):
         key_state = self._key_state(key)
         value = value_to_apply()
         new_state = apply_optimistic_value_to_state(self._state, value)
+        from_push = key_state.from_push
         key_state.local_revision += 1
         revision = key_state.local_revision
         key_state.from_push = False
@@ -743,7 +773,10 @@ class Store(Generic[S]):
         try:
             self.emit(new_state)
         except BaseException:
+            # on_change vetoed the tap (listeners' errors never get here).
             key_state.locked = False
+            key_state.local_revision -= 1
+            key_state.from_push = from_push
             raise
         self._status_changed(key)
         return key_state, value, revision

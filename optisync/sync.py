@@ -27,7 +27,7 @@ R = TypeVar("R")
 def values_differ(state_value: object, sent_value: object, request_count: int) -> bool:
     """The default ``if_should_send_another_request``: send again if the value changed.
 
-    Example:
+    Examples:
         >>> from optisync.sync import values_differ
         >>> values_differ(True, False, 1)
         True

@@ -948,3 +948,30 @@ def test_a_store_made_outside_a_loop_accepts_pushes_on_the_loop_of_another_threa
     assert outcomes == [PushOutcome.APPLIED]
     with pytest.raises(WrongThreadError):
         store.push(False, server_revision=2)  # this thread is no longer the store's
+
+
+@pytest.mark.parametrize("locked", [False, True], ids=["free key", "locked key"])
+async def test_a_tap_vetoed_by_on_change_does_not_count(server: FakeServer, locked: bool) -> None:
+    class Vetoing(DocStore):
+        veto = False
+
+        def on_change(self, current: Doc, next: Doc) -> None:  # noqa: A002
+            if self.veto:
+                raise ValueError("veto")
+
+    async with Vetoing(server) as store:
+        if locked:
+            store.toggle()
+            request = await server.request(1)
+            store.push(False, server_revision=5)  # the latest change is now a push
+        store.veto = True
+        with pytest.raises(ValueError, match="veto"):
+            store.toggle()
+        store.veto = False
+        assert store.local_revision(KEY) == (1 if locked else 0)
+        assert store.is_syncing(KEY) is locked
+        if locked:
+            request.respond(True, 4)
+            await settle(store)
+            assert len(server.requests) == 1  # the vetoed tap caused no follow-up
+            assert store.state.liked is False
