@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Generator
+from collections.abc import Coroutine, Generator
 from typing import Any
 
 from optisync.errors import StoreClosedError
@@ -27,15 +27,44 @@ class _Completed:
 COMPLETED = _Completed()
 
 
+def _closed_error(cycle: Cycle) -> StoreClosedError:
+    return StoreClosedError(f"The store was closed before the sync of key {cycle.key!r} finished.")
+
+
 class Cycle:
-    """One lock cycle of a key: its task, and how many callers await it."""
+    """One lock cycle of a key: its task, and the callers waiting for it.
 
-    __slots__ = ("awaiters", "key", "task")
+    Each awaiter waits on a future of its own, resolved by :meth:`finish` as
+    the cycle's last act inside its task, so the awaiter resumes on the next
+    loop turn (``asyncio.shield`` of the task took two more), and cancelling
+    an awaiter cancels only its own future, never the sync.
+    """
 
-    def __init__(self, key: object) -> None:
+    __slots__ = ("body", "delivered", "key", "task", "waiters")
+
+    def __init__(self, key: object, body: Coroutine[Any, Any, None]) -> None:
         self.key = key
-        self.awaiters = 0
+        # The strategy's coroutine, which the task awaits; kept to close it
+        # if the task is cancelled before it started.
+        self.body = body
         self.task: asyncio.Task[None] | None = None
+        self.waiters: list[asyncio.Future[None]] | None = None
+        # Whether an awaiter received the outcome; if none did, the store reports it.
+        self.delivered = False
+
+    def finish(self, error: BaseException | None) -> None:
+        """Hand the cycle's outcome to every awaiter still waiting; later calls do nothing."""
+        waiters, self.waiters = self.waiters, None
+        for waiter in waiters or ():
+            if waiter.done():  # its awaiter was cancelled
+                continue
+            self.delivered = True
+            if error is None:
+                waiter.set_result(None)
+            elif isinstance(error, asyncio.CancelledError):
+                waiter.cancel()
+            else:
+                waiter.set_exception(error)
 
 
 class CycleResult:
@@ -57,21 +86,26 @@ class CycleResult:
         cycle = self._cycle
         task = cycle.task
         assert task is not None
-        cycle.awaiters += 1
+        if task.done():
+            if task.cancelled():
+                raise _closed_error(cycle)
+            cycle.delivered = True
+            task.result()  # raises the cycle's error, if any
+            return
+        waiter = task.get_loop().create_future()
+        if cycle.waiters is None:
+            cycle.waiters = [waiter]
+        else:
+            cycle.waiters.append(waiter)
         try:
-            # shield: cancelling the awaiter must not cancel the sync task.
-            return (yield from asyncio.shield(task).__await__())
+            yield from waiter.__await__()
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if task.cancelled() and (current is None or not current.cancelling()):
                 # The store was closed under us: that is not our caller's
                 # cancellation, so don't make its task look cancelled.
-                raise StoreClosedError(
-                    f"The store was closed before the sync of key {cycle.key!r} finished."
-                ) from None
+                raise _closed_error(cycle) from None
             raise
-        finally:
-            cycle.awaiters -= 1
 
     def done(self) -> bool:
         """Whether the lock cycle has ended."""

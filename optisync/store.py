@@ -76,7 +76,9 @@ class Store(Generic[S]):
         self._channels: set[StreamChannel[S]] = set()
         self._status_listeners: dict[int, Callable[[Hashable], object]] = {}
         self._keys: dict[Hashable, _KeyState] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], Cycle] = {}
+        # One bound method for every cycle, rather than a closure per cycle.
+        self._on_cycle_done = self._cycle_done
         self._loop = _running_loop()
         self._loop_thread = threading.get_ident()
 
@@ -785,45 +787,53 @@ class Store(Generic[S]):
         self,
         key: Hashable,
         key_state: _KeyState,
-        body: Callable[[], Coroutine[Any, Any, None]],
+        body: Coroutine[Any, Any, None],
         on_finish: OnFinish[S] | None,
     ) -> CycleResult:
-        """Run ``body`` as the key's lock cycle in a task the store owns."""
+        """Run the coroutine ``body`` as the key's lock cycle in a task the store owns."""
         assert self._loop is not None
         assert key_state.locked
-        cycle = Cycle(key)
-        coro = self._run_cycle(key, key_state, body, on_finish)
+        cycle = Cycle(key, body)
+        coro = self._run_cycle(cycle, key_state, body, on_finish)
         try:
             task = self._loop.create_task(coro)
         except BaseException:
             coro.close()
+            body.close()
             key_state.locked = False
             raise
         cycle.task = task
-        self._tasks.add(task)
-        task.add_done_callback(lambda done: self._cycle_done(cycle, done))
+        self._tasks[task] = cycle
+        task.add_done_callback(self._on_cycle_done)
         return CycleResult(cycle)
 
     async def _run_cycle(
         self,
-        key: Hashable,
+        cycle: Cycle,
         key_state: _KeyState,
-        body: Callable[[], Coroutine[Any, Any, None]],
+        body: Coroutine[Any, Any, None],
         on_finish: OnFinish[S] | None,
     ) -> None:
         try:
             try:
-                await body()
-            finally:
-                key_state.locked = False
-                self._status_changed(key)
-        except asyncio.CancelledError:
-            raise  # close() or loop shutdown: the cycle did not finish
-        except Exception as error:
-            # If on_finish raises, its error replaces this one (chained to it).
-            await self._finish(on_finish, error)
+                try:
+                    await body
+                finally:
+                    key_state.locked = False
+                    self._status_changed(cycle.key)
+            except asyncio.CancelledError:
+                raise  # close() or loop shutdown: the cycle did not finish
+            except Exception as error:
+                # If on_finish raises, its error replaces this one (chained to it).
+                if on_finish is not None:
+                    await self._finish(on_finish, error)
+                raise
+            if on_finish is not None:
+                await self._finish(on_finish, None)
+        except BaseException as error:
+            cycle.finish(error)
             raise
-        await self._finish(on_finish, None)
+        cycle.finish(None)
 
     async def _finish(
         self,
@@ -838,10 +848,22 @@ class Store(Generic[S]):
         if result is not None and not self._closed:
             self.emit(result)
 
-    def _cycle_done(self, cycle: Cycle, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+    def _cycle_done(self, task: asyncio.Task[None]) -> None:
+        cycle = self._tasks.pop(task)
         if task.cancelled():
+            cycle.body.close()  # unstarted if cancelled before the task's first step
+            cycle.finish(asyncio.CancelledError())
+            self._free_if_never_started(cycle.key)
             return
         error = task.exception()  # also marks it retrieved: no asyncio warning
-        if error is not None and cycle.awaiters == 0:
+        if error is not None and not cycle.delivered:
             self._report(error)
+
+    def _free_if_never_started(self, key: Hashable) -> None:
+        # A task cancelled before its first step never ran the cycle's
+        # finally. Only close() cancels, and a closed store starts no new
+        # cycle, so a lock still held here is that cycle's.
+        key_state = self._keys.get(key)
+        if self._closed and key_state is not None and key_state.locked:
+            key_state.locked = False
+            self._status_changed(key)

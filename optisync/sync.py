@@ -65,20 +65,16 @@ def start(
     key_state, value, _ = store._take_lock_and_apply(
         key, value_to_apply, apply_optimistic_value_to_state
     )
-    should_send_another = if_should_send_another_request or values_differ
-
-    async def body() -> None:
-        await _send_until_stable(
-            store,
-            key,
-            value,
-            get_value_from_state,
-            send_value_to_server,
-            apply_server_response_to_state,
-            should_send_another,
-            max_follow_up_requests,
-        )
-
+    body = _send_until_stable(
+        store,
+        key,
+        value,
+        get_value_from_state,
+        send_value_to_server,
+        apply_server_response_to_state,
+        if_should_send_another_request or values_differ,
+        max_follow_up_requests,
+    )
     return store._start_cycle(key, key_state, body, on_finish)
 
 

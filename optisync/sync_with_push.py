@@ -8,7 +8,7 @@ Reached through :meth:`Store.optimistic_sync_with_push
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Hashable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from optisync._types import OnFinish
 from optisync._validate import check_sync_arguments
@@ -59,20 +59,18 @@ def start(
         key, value_to_apply, apply_optimistic_value_to_state
     )
 
-    async def body() -> None:
-        await _send_until_stable(
-            store,
-            key,
-            key_state,
-            value,
-            first_revision,
-            get_value_from_state,
-            send_value_to_server,
-            get_server_revision_from_state,
-            apply_server_response_to_state,
-            max_follow_up_requests,
-        )
-
+    body = _send_until_stable(
+        store,
+        key,
+        key_state,
+        value,
+        first_revision,
+        get_value_from_state,
+        send_value_to_server,
+        get_server_revision_from_state,
+        apply_server_response_to_state,
+        max_follow_up_requests,
+    )
     return store._start_cycle(key, key_state, body, on_finish)
 
 
@@ -90,9 +88,17 @@ async def _send_until_stable(
 ) -> None:
     follow_ups = 0
     while True:
-        informed, response = await _send_once(
-            store, key, key_state, value, revision, send_value_to_server
-        )
+        inform = _Informer(store, key, key_state)
+        try:
+            response = await send_value_to_server(value, revision, store.device_id, inform)
+        finally:
+            inform.finished = True
+        informed = inform.informed
+        if informed is None:
+            raise MissingServerRevisionError(
+                f"send_value_to_server returned without calling inform_server_revision() "
+                f"for key {key!r}: call it with the server's revision after a successful request."
+            )
         # A push since the last tap is the newest word: it already came from
         # the server, so sending our older tap again would overwrite it.
         if key_state.from_push or key_state.local_revision == revision:
@@ -112,40 +118,30 @@ async def _send_until_stable(
         store.emit(apply_server_response_to_state(store.state, response))
 
 
-async def _send_once(
-    store: Store[S],
-    key: Hashable,
-    key_state: _KeyState,
-    value: T,
-    revision: int,
-    send_value_to_server: Callable[[T, int, int, Callable[[int], None]], Awaitable[R | None]],
-) -> tuple[int, R | None]:
-    """Send one request; return the server revision it informed and its response."""
-    informed: int | None = None
-    finished = False
+class _Informer:
+    """``inform_server_revision`` for one request: records what the server said.
 
-    def inform_server_revision(server_revision: int) -> None:
-        nonlocal informed
+    A slotted object rather than a closure over cells: every cycle in flight
+    holds one, and many thousands of keys may be in flight.
+    """
+
+    __slots__ = ("finished", "informed", "key", "key_state", "store")
+
+    def __init__(self, store: Store[Any], key: Hashable, key_state: _KeyState) -> None:
+        self.store = store
+        self.key = key
+        self.key_state = key_state
+        self.informed: int | None = None
+        self.finished = False
+
+    def __call__(self, server_revision: int) -> None:
         _require_int(server_revision, "inform_server_revision()'s argument")
-        if finished:
+        if self.finished:
             raise StateError("inform_server_revision() was called after its request had finished.")
-        informed = server_revision
-        if server_revision > key_state.server_revision:
-            key_state.server_revision = server_revision
-            store._status_changed(key)
-
-    try:
-        response = await send_value_to_server(
-            value, revision, store.device_id, inform_server_revision
-        )
-    finally:
-        finished = True
-    if informed is None:
-        raise MissingServerRevisionError(
-            f"send_value_to_server returned without calling inform_server_revision() "
-            f"for key {key!r}: call it with the server's revision after a successful request."
-        )
-    return informed, response
+        self.informed = server_revision
+        if server_revision > self.key_state.server_revision:
+            self.key_state.server_revision = server_revision
+            self.store._status_changed(self.key)
 
 
 def push(

@@ -556,6 +556,33 @@ async def test_close_cancels_the_sync_frees_the_key_and_leaves_no_task(
     assert store.errors == []
 
 
+async def test_close_right_after_a_tap_frees_the_key_before_any_request(
+    server: FakeServer,
+) -> None:
+    store = DocStore(server)
+    done = store.toggle()  # the cycle's task has not run yet
+    await store.close()
+    assert not store.is_syncing(KEY)
+    assert server.requests == []
+    assert own_tasks() == set()
+    with pytest.raises(StoreClosedError):
+        await done
+
+
+async def test_an_error_taken_by_a_caller_in_the_same_loop_turn_is_not_reported_again(
+    store: DocStore,
+) -> None:
+    async def send(*args: Any) -> None:
+        raise ConnectionError("refused at once")
+
+    done = store.toggle(send_value_to_server=send)
+    caller = asyncio.create_task(_await(done))
+    with pytest.raises(ConnectionError):
+        await caller
+    await settle(store)
+    assert store.errors == []
+
+
 async def test_close_while_on_finish_awaits_leaves_no_task(server: FakeServer) -> None:
     store = DocStore(server)
     gate = asyncio.Event()
