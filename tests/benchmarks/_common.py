@@ -1,0 +1,78 @@
+"""What every benchmark row shares: the row record, medians, and number formats."""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+
+import attrs
+
+__all__ = [
+    "Row",
+    "fmt_bytes",
+    "fmt_ns",
+    "fmt_ratio",
+    "median_ns_per_op",
+    "timed_async_ns",
+    "timed_ns",
+]
+
+
+@attrs.frozen
+class Row:
+    """One line of the table.
+
+    ``met`` is None when the row has no verdict (not available, or informative).
+    """
+
+    number: str
+    measure: str
+    optisync: str
+    baseline: str
+    ratio: str
+    target: str
+    met: bool | None
+
+
+def timed_ns(run: Callable[[], object]) -> int:
+    """Wall time of one ``run()``, in nanoseconds, after a full collection."""
+    gc.collect()
+    start = time.perf_counter_ns()
+    run()
+    return time.perf_counter_ns() - start
+
+
+async def timed_async_ns(run: Callable[[], Awaitable[object]]) -> int:
+    """Wall time of one ``await run()``, in nanoseconds, after a full collection."""
+    gc.collect()
+    start = time.perf_counter_ns()
+    await run()
+    return time.perf_counter_ns() - start
+
+
+def median_ns_per_op(samples_ns: list[int], ops: int) -> float:
+    """The median of several repeats, divided by the operations in one repeat."""
+    return statistics.median(samples_ns) / ops
+
+
+def fmt_ns(ns: float) -> str:
+    """A duration with a unit chosen for its size: ``"812 ns"``, ``"3.40 µs"``."""
+    if ns < 1_000:
+        return f"{ns:.0f} ns"
+    if ns < 1_000_000:
+        return f"{ns / 1_000:.2f} µs"
+    return f"{ns / 1_000_000:.2f} ms"
+
+
+def fmt_bytes(size: float) -> str:
+    """A size in bytes: ``"212 B"``, ``"1.31 KB"`` (1 KB = 1,024 B)."""
+    if size < 1_024:
+        return f"{size:.0f} B"
+    return f"{size / 1_024:.2f} KB"
+
+
+def fmt_ratio(ratio: float) -> str:
+    """A ratio with two significant decimals: ``"1.42x"``."""
+    return f"{ratio:.2f}x"
