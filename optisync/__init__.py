@@ -12,6 +12,7 @@ from optisync._types import OnFinish
 from optisync.errors import (
     FollowUpLimitError,
     MissingServerRevisionError,
+    RequestCancelledError,
     StateError,
     StoreClosedError,
     WrongThreadError,
@@ -25,6 +26,7 @@ __all__ = [
     "OnFinish",
     "PushMetadata",
     "PushOutcome",
+    "RequestCancelledError",
     "StateError",
     "StateStream",
     "Store",

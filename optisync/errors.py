@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "FollowUpLimitError",
     "MissingServerRevisionError",
+    "RequestCancelledError",
     "StateError",
     "StoreClosedError",
     "WrongThreadError",
@@ -74,6 +75,40 @@ class FollowUpLimitError(StateError):
         )
         self.key = key
         self.limit = limit
+
+
+class RequestCancelledError(StateError):
+    """A sync's callback raised ``asyncio.CancelledError`` though nobody cancelled the sync.
+
+    For example an HTTP client whose own task was cancelled under the request.
+    The request counts as failed: ``on_finish`` gets this error, and so does the
+    awaiting caller (whose own task is not cancelled). The original
+    ``CancelledError`` is its ``__cause__``. Only ``close()`` (or the loop
+    shutting down) cancels a sync.
+
+    Examples:
+        >>> import asyncio, optisync
+        >>> async def main() -> None:
+        ...     async with optisync.Store(0) as store:
+        ...         async def send(value: int) -> None:
+        ...             raise asyncio.CancelledError  # from inside the client
+        ...         try:
+        ...             await store.optimistic_sync(
+        ...                 key="n", value_to_apply=lambda: 1,
+        ...                 apply_optimistic_value_to_state=lambda s, v: v,
+        ...                 get_value_from_state=lambda s: s, send_value_to_server=send)
+        ...         except optisync.RequestCancelledError as error:
+        ...             print(type(error.__cause__).__name__)
+        >>> asyncio.run(main())
+        CancelledError
+    """
+
+    def __init__(self, key: object) -> None:
+        super().__init__(
+            f"A callback of the sync of key {key!r} raised asyncio.CancelledError, "
+            "though the sync was not cancelled: the request failed."
+        )
+        self.key = key
 
 
 class WrongThreadError(StateError):

@@ -16,7 +16,7 @@ from optisync import sync_with_push as _sync_with_push
 from optisync._stream import StateStream, StreamChannel
 from optisync._tasks import COMPLETED, Cycle, CycleResult
 from optisync._types import OnFinish
-from optisync.errors import StateError, StoreClosedError, WrongThreadError
+from optisync.errors import RequestCancelledError, StateError, StoreClosedError, WrongThreadError
 from optisync.revisions import PushMetadata, PushOutcome, _KeyState, _next_device_id, _require_int
 
 __all__ = ["Store"]
@@ -26,6 +26,11 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 logger = logging.getLogger("optisync")
+
+
+def _is_being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -818,11 +823,16 @@ class Store(Generic[S]):
             try:
                 try:
                     await body
+                except asyncio.CancelledError as cancelled:
+                    if self._closed or _is_being_cancelled():
+                        raise  # close() or loop shutdown: the cycle did not finish
+                    # Nobody cancelled the cycle: a callback raised it on its
+                    # own (say, a client whose task was cancelled). That is a
+                    # failed request, and must not look like our cancellation.
+                    raise RequestCancelledError(cycle.key) from cancelled
                 finally:
                     key_state.locked = False
                     self._status_changed(cycle.key)
-            except asyncio.CancelledError:
-                raise  # close() or loop shutdown: the cycle did not finish
             except Exception as error:
                 # If on_finish raises, its error replaces this one (chained to it).
                 if on_finish is not None:

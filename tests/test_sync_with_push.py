@@ -1002,3 +1002,20 @@ async def test_a_tap_vetoed_by_on_change_does_not_count(server: FakeServer, lock
             await settle(store)
             assert len(server.requests) == 1  # the vetoed tap caused no follow-up
             assert store.state.liked is False
+
+
+async def test_a_cancelled_error_raised_by_send_itself_is_a_failed_request(
+    store: DocStore,
+) -> None:
+    async def send(*args: Any) -> None:
+        await asyncio.sleep(0)
+        raise asyncio.CancelledError  # e.g. the HTTP client's own task was cancelled
+
+    done = store.toggle(send_value_to_server=send)
+    with pytest.raises(optisync.RequestCancelledError) as caught:
+        await done
+    assert isinstance(caught.value.__cause__, asyncio.CancelledError)
+    assert store.finished == [caught.value]
+    assert not store.is_syncing(KEY)
+    assert not store.is_closed
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
