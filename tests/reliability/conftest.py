@@ -1,0 +1,25 @@
+"""Reliability suite: the scenario count comes from OPTISYNC_SCENARIOS; a summary is printed."""
+
+from __future__ import annotations
+
+import pytest
+from sim_harness import STATS, scenario_count
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not STATS.scenarios:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("optisync reliability")
+    write(
+        f"{STATS.scenarios} scenarios in {STATS.seconds:.1f} s "
+        f"(OPTISYNC_SCENARIOS={scenario_count()}); "
+        f"failing: {STATS.failed}, divergences: {STATS.divergences}"
+    )
+    write(
+        f"taps: {STATS.taps}, requests: {STATS.requests}, "
+        f"network failures: {STATS.network_failures}"
+    )
+    write(f"push outcomes: {dict(sorted(STATS.push_outcomes.items()))}")
+    write(f"injected callback faults: {dict(sorted(STATS.injected.items()))}")
+    write(f"close() hit: {dict(sorted(STATS.close_phases.items()))}")
