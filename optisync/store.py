@@ -750,7 +750,8 @@ class Store(Generic[S]):
             key_state.local_revision -= 1
             key_state.from_push = from_push
             raise
-        self._status_changed(key)
+        if self._status_listeners:  # the hot path: skip the call when nobody listens
+            self._status_changed(key)
         return True
 
     def _take_lock_and_apply(
