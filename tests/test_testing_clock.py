@@ -81,3 +81,46 @@ def test_the_loop_works_with_asyncio_runner() -> None:
 
     with asyncio.Runner(loop_factory=VirtualClockLoop) as runner:
         assert runner.run(main()) == 2.5
+
+
+def test_a_deadlock_raises_instead_of_hanging() -> None:
+    async def main() -> None:
+        await asyncio.Event().wait()  # nothing will ever set it, and no timer is left
+
+    with pytest.raises(RuntimeError, match="deadlock: every task waits") as failure:
+        testing.run(main(), deadlock_timeout=0.0)
+    assert "main()" in str(failure.value)  # names the task that waits
+
+
+def test_an_executor_job_slower_than_the_deadlock_timeout_is_not_a_deadlock() -> None:
+    job_may_end = threading.Event()
+
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        job = asyncio.to_thread(lambda: job_may_end.wait(10) and "job done")
+        # The job waits for a thread the loop does not know; release it only once
+        # the loop has been idle long past its deadlock timeout.
+        threading.Timer(0.2, job_may_end.set).start()
+        result = await job
+        assert loop.time() == 0.0
+        return str(result)
+
+    assert testing.run(main(), deadlock_timeout=0.0) == "job done"
+
+
+def test_deadlock_timeout_none_waits_for_a_slow_thread() -> None:
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[str] = loop.create_future()
+        timer = threading.Timer(0.2, lambda: loop.call_soon_threadsafe(woken.set_result, "late"))
+        timer.start()
+        result = await woken
+        timer.join()
+        return result
+
+    assert testing.run(main(), deadlock_timeout=None) == "late"
+
+
+def test_a_negative_deadlock_timeout_is_rejected() -> None:
+    with pytest.raises(ValueError, match="deadlock_timeout"):
+        VirtualClockLoop(deadlock_timeout=-1.0)

@@ -258,3 +258,126 @@ def test_settle_fails_when_a_task_never_ends() -> None:
 def test_faults_out_of_range_are_refused(faults: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="must be"):
         NetworkFaults(**faults)
+
+
+@pytest.mark.parametrize("seed", [None, 1.5, "abc", True])
+def test_a_seed_that_is_not_an_int_is_refused(seed: Any) -> None:
+    with pytest.raises(TypeError, match="seed must be an int"):
+        SimulatedNetwork(SimulatedServer(), seed=seed)
+
+
+@pytest.mark.parametrize(
+    ("faults", "error"),
+    [
+        ({"request_latency": [0.0, 1.0]}, TypeError),
+        ({"push_latency": (0.0, 1.0, 2.0)}, ValueError),
+        ({"push_latency": ("0", 1.0)}, TypeError),
+        ({"reconnect_delay": (0.0, float("inf"))}, ValueError),
+        ({"reconnect_delay": (float("nan"), 1.0)}, ValueError),
+        ({"drop_push": "0.5"}, TypeError),
+        ({"duplicate_push": None}, TypeError),
+        ({"fail_before_commit": True}, TypeError),
+    ],
+)
+def test_malformed_faults_are_refused_by_name(
+    faults: dict[str, Any], error: type[Exception]
+) -> None:
+    (name,) = faults
+    with pytest.raises(error, match=name):
+        NetworkFaults(**faults)
+
+
+def test_a_device_id_that_is_not_an_int_is_refused() -> None:
+    with pytest.raises(TypeError, match="device id must be an int"):
+        world().device("1")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "statistic", ["requests_sent", "requests_in_flight", "max_requests_in_flight"]
+)
+def test_statistics_of_an_unknown_device_name_the_known_ones(statistic: str) -> None:
+    network = world()
+    network.device(1)
+    network.device(3)
+    with pytest.raises(KeyError, match=r"no device 2 on this network; its devices are \[1, 3\]"):
+        getattr(network, statistic)(2, "k")
+
+
+@pytest.mark.parametrize("since", [-1, 2])
+def test_connect_since_outside_the_servers_revisions_is_refused(since: int) -> None:
+    network = world()
+    network.server.write("k", 1, local_revision=1, device_id=9)
+    with pytest.raises(ValueError, match=r"since=.* must be in \[0, 1\]"):
+        network.device(1).connect(lambda commit: None, since=since)
+
+
+def test_a_closed_network_refuses_new_devices_and_connects() -> None:
+    network = world()
+    link = network.device(1)
+    network.close()
+    assert link.is_closed
+    with pytest.raises(RuntimeError, match="network is closed"):
+        network.device(2)
+    with pytest.raises(RuntimeError, match="link of device 1 is closed"):
+        link.connect(lambda commit: None)
+
+
+def test_a_closed_link_still_serves_reads() -> None:
+    async def main() -> Commit | None:
+        network = world()
+        link = network.device(1)
+        await network.device(2).write("k", "v", local_revision=1)
+        link.close()
+        return await link.read("k")
+
+    commit = testing.run(main())
+    assert commit is not None
+    assert commit.value == "v"
+
+
+def test_the_first_connect_is_traced_as_connect_and_a_comeback_as_reconnect() -> None:
+    async def main() -> list[str]:
+        network = world()
+        link = network.device(1)
+        link.connect(lambda commit: None)
+        link.drop()
+        await network.settle()
+        return [event.kind for event in network.trace]
+
+    assert testing.run(main()) == ["connect", "drop", "reconnect"]
+
+
+def test_connecting_again_without_since_resumes_from_the_known_revision() -> None:
+    async def main() -> tuple[list[int], int]:
+        network = world()
+        writer, link = network.device(1), network.device(2)
+        received = receiving(link)
+        await writer.write("k", 1, local_revision=1)
+        await network.settle()
+        link.disconnect()
+        await writer.write("k", 2, local_revision=2)  # missed while unplugged
+        link.connect(lambda commit: received.append(commit.server_revision))
+        await network.settle()
+        return received, link.known_revision
+
+    assert testing.run(main()) == ([1, 2], 2)
+
+
+def test_settle_leaves_out_the_tasks_it_is_told_to_ignore() -> None:
+    async def main() -> tuple[bool, bool]:
+        network = world(NetworkFaults(request_latency=(1.0, 1.0)))
+        forever = asyncio.create_task(asyncio.Event().wait())
+        write = asyncio.create_task(network.device(1).write("k", 1, local_revision=1))
+        await network.settle(max_time=60, ignore=[forever])
+        state = (write.done(), forever.done())
+        forever.cancel()
+        await asyncio.gather(forever, return_exceptions=True)
+        return state
+
+    assert testing.run(main()) == (True, False)
+
+
+def test_send_value_is_exported_with_the_networks_names() -> None:
+    from optisync.testing import network
+
+    assert "SendValue" in network.__all__

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from optisync import PushMetadata
 from optisync.testing import Commit, SimulatedServer
 
@@ -45,3 +47,12 @@ def test_commits_after_a_revision_are_the_newer_ones_oldest_first() -> None:
         server.write("k", value, local_revision=value, device_id=1)
     assert [c.server_revision for c in server.commits_after(3)] == [4, 5]
     assert [c.server_revision for c in server.commits_after(-1)] == [1, 2, 3, 4, 5]
+
+
+def test_an_unhashable_key_is_refused_before_anything_changes() -> None:
+    server = SimulatedServer()
+    pushed: list[object] = []
+    server.subscribe(pushed.append)
+    with pytest.raises(TypeError):
+        server.write(["a", "list"], 1, local_revision=1, device_id=1)  # type: ignore[arg-type]
+    assert (server.revision, server.log, server.keys(), pushed) == (0, (), [], [])

@@ -10,13 +10,15 @@ seed replays the same run, step for step.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import selectors
-from collections.abc import Coroutine, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, TypeVar, TypeVarTuple
 
 __all__ = ["VirtualClockLoop", "run"]
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 class _Clock:
@@ -30,13 +32,15 @@ class _JumpingSelector(selectors.BaseSelector):
     """A real selector that, instead of sleeping until a timer, moves the clock there.
 
     Real file descriptors (the loop's self-pipe, used by ``call_soon_threadsafe``)
-    are still polled, without waiting. With no timer at all, the loop has truly
-    nothing to do and blocks for real, exactly like a normal loop.
+    are still polled, without waiting. With no timer at all, the loop has
+    nothing to do until another thread or a real socket wakes it: it waits for
+    real, and ``on_idle`` decides for how long (``None``: forever).
     """
 
     def __init__(self, clock: _Clock) -> None:
         self._inner = selectors.DefaultSelector()
         self._clock = clock
+        self.on_idle: Callable[[int], float | None] = lambda registered: None
 
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
         return self._inner.register(fileobj, events, data)
@@ -49,7 +53,14 @@ class _JumpingSelector(selectors.BaseSelector):
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         if timeout is None:
-            return self._inner.select(None)
+            ready = self._inner.select(0)
+            if ready:
+                return ready
+            limit = self.on_idle(len(self._inner.get_map()))
+            ready = self._inner.select(limit)
+            if not ready and limit is not None:
+                self.on_idle(-1)  # nobody woke the loop: let it raise
+            return ready
         ready = self._inner.select(0)
         if not ready and timeout > 0:
             self._clock.now += timeout
@@ -71,6 +82,14 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
     ``call_later``. Real clocks (``time.monotonic()``) are untouched. Use it
     through :func:`run`, or as ``asyncio.Runner(loop_factory=VirtualClockLoop)``.
 
+    A deadlock fails instead of hanging: when every task waits, no timer is
+    scheduled, no executor job (``run_in_executor``, ``asyncio.to_thread``) is
+    running and no real socket is open, the loop waits ``deadlock_timeout``
+    seconds of real time for another thread to wake it
+    (``call_soon_threadsafe``), then raises ``RuntimeError`` naming the
+    waiting tasks. Pass ``deadlock_timeout=None`` to wait forever instead, as
+    a normal loop does, if your code is woken by threads that may take longer.
+
     Example:
         >>> import asyncio
         >>> from optisync.testing import VirtualClockLoop
@@ -82,9 +101,20 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         3600.0
     """
 
-    def __init__(self, start_time: float = 0.0) -> None:
+    def __init__(self, start_time: float = 0.0, *, deadlock_timeout: float | None = 1.0) -> None:
         self._clock = _Clock(start_time)
-        super().__init__(_JumpingSelector(self._clock))
+        self._deadlock_timeout = deadlock_timeout
+        self._executor_jobs = 0
+        self._shutting_down_executor = False
+        selector = _JumpingSelector(self._clock)
+        super().__init__(selector)
+        # What the loop registers for itself (its self-pipe); anything more is a
+        # real socket, whose peer may wake the loop at any time.
+        self._own_registrations = len(selector.get_map())
+        selector.on_idle = self._on_idle
+        if deadlock_timeout is not None and not deadlock_timeout >= 0:
+            self.close()  # fully made, so that it can be closed cleanly
+            raise ValueError(f"deadlock_timeout must be >= 0 or None, got {deadlock_timeout}")
 
     def time(self) -> float:
         """The virtual time, in seconds.
@@ -98,12 +128,77 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         """
         return self._clock.now
 
+    def run_in_executor(
+        self,
+        executor: concurrent.futures.Executor | None,
+        func: Callable[[*Ts], T],
+        *args: *Ts,
+    ) -> asyncio.Future[T]:
+        """``loop.run_in_executor``, counted: while a job runs, no deadlock is reported.
 
-def run(main: Coroutine[Any, Any, T], *, start_time: float = 0.0) -> T:
+        Example:
+            >>> import asyncio, time
+            >>> from optisync import testing
+            >>> async def main() -> str:
+            ...     return await asyncio.to_thread(lambda: time.sleep(0.01) or "done")
+            >>> testing.run(main())
+            'done'
+        """
+        future: asyncio.Future[T] = super().run_in_executor(executor, func, *args)
+        self._executor_jobs += 1
+
+        def finished(_: asyncio.Future[T]) -> None:
+            self._executor_jobs -= 1
+
+        future.add_done_callback(finished)
+        return future
+
+    async def shutdown_default_executor(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109 (the signature of asyncio's own)
+    ) -> None:
+        """``loop.shutdown_default_executor``; its thread wakes the loop, so no deadlock check.
+
+        Example:
+            >>> from optisync.testing import VirtualClockLoop
+            >>> loop = VirtualClockLoop()
+            >>> loop.run_until_complete(loop.shutdown_default_executor())
+            >>> loop.close()
+        """
+        self._shutting_down_executor = True
+        try:
+            await super().shutdown_default_executor(*(() if timeout is None else (timeout,)))
+        finally:
+            self._shutting_down_executor = False
+
+    def _on_idle(self, registered: int) -> float | None:
+        if registered < 0:
+            waiting = [task for task in asyncio.all_tasks(self) if not task.done()]
+            raise RuntimeError(
+                "deadlock: every task waits, and no timer, executor job, socket or other "
+                "thread can wake them, so virtual time cannot move; "
+                f"{len(waiting)} task(s) waiting: {waiting!r} (if another thread wakes the "
+                "loop later than deadlock_timeout, pass deadlock_timeout=None)"
+            )
+        if (
+            self._deadlock_timeout is None
+            or self._executor_jobs
+            or self._shutting_down_executor
+            or registered > self._own_registrations
+        ):
+            return None
+        return self._deadlock_timeout
+
+
+def run(
+    main: Coroutine[Any, Any, T], *, start_time: float = 0.0, deadlock_timeout: float | None = 1.0
+) -> T:
     """Run ``main`` to completion on a fresh :class:`VirtualClockLoop`, like ``asyncio.run``.
 
     Tasks still running when ``main`` returns are cancelled, as ``asyncio.run``
-    does; check for them inside ``main`` if they matter to you.
+    does; check for them inside ``main`` if they matter to you. A deadlock
+    raises ``RuntimeError`` rather than hanging; ``deadlock_timeout`` is
+    explained in :class:`VirtualClockLoop`.
 
     Example:
         >>> import asyncio
@@ -113,6 +208,16 @@ def run(main: Coroutine[Any, Any, T], *, start_time: float = 0.0) -> T:
         ...     return f"woke at t={asyncio.get_running_loop().time():.0f}"
         >>> testing.run(nap())
         'woke at t=86400'
+        >>> async def stuck() -> None:
+        ...     await asyncio.Event().wait()  # nobody will ever set it
+        >>> testing.run(stuck(), deadlock_timeout=0.0)
+        Traceback (most recent call last):
+        ...
+        RuntimeError: deadlock: every task waits, ...
     """
-    with asyncio.Runner(loop_factory=lambda: VirtualClockLoop(start_time)) as runner:
+
+    def factory() -> VirtualClockLoop:
+        return VirtualClockLoop(start_time, deadlock_timeout=deadlock_timeout)
+
+    with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)

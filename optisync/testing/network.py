@@ -10,17 +10,21 @@ run. Delays are ``asyncio`` timers, so on a
 from __future__ import annotations
 
 import asyncio
+import math
 import random
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any
 
 import attrs
 
+from optisync.errors import StoreClosedError
+from optisync.store import Store
 from optisync.testing.server import Commit, SimulatedServer
 
 __all__ = [
     "DeviceLink",
     "NetworkFaults",
+    "SendValue",
     "SettleTimeoutError",
     "SimulatedNetwork",
     "SimulatedRequestError",
@@ -41,22 +45,42 @@ Example:
 """
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _check_range(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    name = attribute.name
+    if not isinstance(value, tuple):
+        raise TypeError(f"{name} must be a (low, high) tuple of seconds, got {value!r}")
+    if len(value) != 2:
+        raise ValueError(f"{name} must be a (low, high) pair, got {len(value)} item(s): {value!r}")
+    if not all(_is_number(bound) for bound in value):
+        raise TypeError(f"{name} must hold two numbers of seconds, got {value!r}")
     low, high = value
-    if not 0 <= low <= high:
-        raise ValueError(f"{attribute.name} must be (low, high) with 0 <= low <= high, got {value}")
+    if not (math.isfinite(low) and math.isfinite(high) and 0 <= low <= high):
+        raise ValueError(f"{name} must be (low, high) with 0 <= low <= high < inf, got {value}")
 
 
-def _check_probability(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+def _check_probability(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not _is_number(value):
+        raise TypeError(f"{attribute.name} must be a number in [0, 1], got {value!r}")
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{attribute.name} must be a probability in [0, 1], got {value}")
+
+
+def _check_device_id(device_id: object) -> None:
+    if not isinstance(device_id, int) or isinstance(device_id, bool):
+        raise TypeError(f"a device id must be an int, got {device_id!r}")
 
 
 @attrs.frozen
 class NetworkFaults:
     """What the network does wrong, and how often. The default is a perfect network.
 
-    Latencies are ``(low, high)`` ranges in seconds, drawn uniformly.
+    Latencies are ``(low, high)`` tuples of finite seconds, drawn uniformly;
+    probabilities are numbers in ``[0, 1]``. Anything else raises a
+    ``TypeError`` or ``ValueError`` that names the field.
 
     Attributes:
         request_latency: each leg of a request: to the server, and back.
@@ -82,6 +106,10 @@ class NetworkFaults:
         Traceback (most recent call last):
         ...
         ValueError: drop_push must be a probability in [0, 1], got 2.0
+        >>> NetworkFaults(request_latency=(0.5,))
+        Traceback (most recent call last):
+        ...
+        ValueError: request_latency must be a (low, high) pair, got 1 item(s): (0.5,)
     """
 
     request_latency: tuple[float, float] = attrs.field(default=(0.0, 0.0), validator=_check_range)
@@ -140,7 +168,8 @@ class TraceEvent:
         time: the loop's (virtual) time.
         kind: ``"request"``, ``"commit"``, ``"fail_before_commit"``,
             ``"fail_after_commit"``, ``"response"``, ``"push"``, ``"push_lost"``,
-            ``"push_error"``, ``"drop"``, ``"reconnect"``, ``"read"``.
+            ``"push_error"``, ``"drop"``, ``"connect"`` (a :meth:`DeviceLink.connect`),
+            ``"reconnect"`` (after a drop), ``"close"``, ``"read"``.
         device_id: the device concerned.
         detail: the key, revision or error concerned.
 
@@ -166,7 +195,8 @@ class SimulatedNetwork:
     Args:
         server: the server every link talks to.
         faults: what goes wrong (default: nothing).
-        seed: the seed of every random choice.
+        seed: the seed of every random choice: an ``int`` (``None`` would seed
+            from the OS, and runs would no longer replay), else ``TypeError``.
 
     Example:
         >>> from optisync import testing
@@ -186,8 +216,11 @@ class SimulatedNetwork:
     def __init__(
         self, server: SimulatedServer, *, faults: NetworkFaults | None = None, seed: int = 0
     ) -> None:
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise TypeError(f"seed must be an int, so that a run replays; got {seed!r}")
         self.server = server
         self.faults = NetworkFaults() if faults is None else faults
+        self._closed = False
         self.seed = seed
         self._rng = random.Random(seed)
         self._links: dict[int, DeviceLink] = {}
@@ -201,7 +234,7 @@ class SimulatedNetwork:
     # -- devices ---------------------------------------------------------------
 
     def device(self, device_id: int) -> DeviceLink:
-        """Make the link of a new device; it is not connected to pushes yet.
+        """Make the link of a new device (an ``int`` id); it is not connected to pushes yet.
 
         Example:
             >>> from optisync import testing
@@ -209,6 +242,8 @@ class SimulatedNetwork:
             >>> network.device(1).is_connected
             False
         """
+        _check_device_id(device_id)
+        self._check_open()
         if device_id in self._links:
             raise ValueError(f"device {device_id} already has a link")
         low, high = self.faults.push_latency
@@ -234,11 +269,21 @@ class SimulatedNetwork:
     def requests_sent(self, device_id: int, key: Hashable) -> int:
         """How many writes ``device_id`` started for ``key``.
 
+        An id that has no link raises ``KeyError`` (a typo must not read as 0).
+
         Example:
             >>> from optisync import testing
-            >>> testing.SimulatedNetwork(testing.SimulatedServer()).requests_sent(1, "k")
+            >>> network = testing.SimulatedNetwork(testing.SimulatedServer())
+            >>> network.device(1).device_id
+            1
+            >>> network.requests_sent(1, "k")
             0
+            >>> network.requests_sent(2, "k")
+            Traceback (most recent call last):
+            ...
+            KeyError: 'no device 2 on this network; its devices are [1]'
         """
+        self._check_known(device_id)
         return self._requests.get((device_id, key), 0)
 
     def max_requests_in_flight(self, device_id: int, key: Hashable) -> int:
@@ -246,9 +291,11 @@ class SimulatedNetwork:
 
         Example:
             >>> from optisync import testing
-            >>> testing.SimulatedNetwork(testing.SimulatedServer()).max_requests_in_flight(1, "k")
+            >>> network = testing.SimulatedNetwork(testing.SimulatedServer())
+            >>> network.max_requests_in_flight(network.device(1).device_id, "k")
             0
         """
+        self._check_known(device_id)
         return self._max_in_flight.get((device_id, key), 0)
 
     def requests_in_flight(self, device_id: int, key: Hashable) -> int:
@@ -256,9 +303,11 @@ class SimulatedNetwork:
 
         Example:
             >>> from optisync import testing
-            >>> testing.SimulatedNetwork(testing.SimulatedServer()).requests_in_flight(1, "k")
+            >>> network = testing.SimulatedNetwork(testing.SimulatedServer())
+            >>> network.requests_in_flight(network.device(1).device_id, "k")
             0
         """
+        self._check_known(device_id)
         return self._in_flight.get((device_id, key), 0)
 
     @property
@@ -274,13 +323,18 @@ class SimulatedNetwork:
 
     # -- waiting ---------------------------------------------------------------
 
-    async def settle(self, *, max_time: float = 3600.0) -> None:
+    async def settle(
+        self, *, max_time: float = 3600.0, ignore: Iterable[asyncio.Future[Any]] = ()
+    ) -> None:
         """Wait until nothing is left: no other task, no push or reconnect pending.
 
-        "Other task" means every task of the loop except the caller, so call it
-        from the coroutine that drives the scenario. Raises
-        :class:`SettleTimeoutError` if that does not happen within ``max_time``
-        seconds of (virtual) time: a livelock, or a task that never ends.
+        "Other task" means every task of the loop except the caller and those
+        in ``ignore`` (say, your app's ``async for`` over ``store.stream()``,
+        which only ends when the store closes), so call it from the coroutine
+        that drives the scenario. Raises :class:`SettleTimeoutError` if that
+        does not happen within ``max_time`` seconds of (virtual) time: a
+        livelock, or a task that never ends. Its message names the tasks left,
+        and the devices whose push handler keeps failing, with their last error.
 
         Example:
             >>> import asyncio
@@ -288,24 +342,28 @@ class SimulatedNetwork:
             >>> async def main() -> None:
             ...     network = testing.SimulatedNetwork(testing.SimulatedServer())
             ...     task = asyncio.create_task(asyncio.sleep(5))
-            ...     await network.settle()
-            ...     print(task.done(), asyncio.get_running_loop().time())
+            ...     forever = asyncio.create_task(asyncio.Event().wait())
+            ...     await network.settle(ignore=[forever])
+            ...     print(task.done(), forever.done(), asyncio.get_running_loop().time())
+            ...     forever.cancel()
             >>> testing.run(main())
-            True 5.0
+            True False 5.0
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_time
         me = asyncio.current_task()
+        ignored = set(ignore)
+
+        def others() -> list[asyncio.Task[Any]]:
+            return [t for t in asyncio.all_tasks() if t is not me and t not in ignored]
+
         while True:
-            others = [task for task in asyncio.all_tasks() if task is not me]
+            running = others()
             left = deadline - loop.time()
-            if left <= 0 and (others or self._pending):
-                raise SettleTimeoutError(
-                    f"not settled after {max_time}s: {len(others)} task(s) running, "
-                    f"{len(self._pending)} delivery(ies) pending: {others!r}"
-                )
-            if others:
-                await asyncio.wait(others, timeout=left)
+            if left <= 0 and (running or self._pending):
+                raise SettleTimeoutError(self._not_settled(max_time, running))
+            if running:
+                await asyncio.wait(running, timeout=left)
             elif self._pending:
                 last = max(handle.when() for handle in self._pending)
                 await asyncio.sleep(min(max(last - loop.time(), 0.0), left))
@@ -313,26 +371,75 @@ class SimulatedNetwork:
                 # call_soon callbacks (task wake-ups, done callbacks) may still be
                 # queued: give them a turn before declaring the network quiet.
                 await asyncio.sleep(0)
-                if not self._pending and all(task is me for task in asyncio.all_tasks()):
+                if not self._pending and not others():
                     return
 
+    def _not_settled(self, max_time: float, running: list[asyncio.Task[Any]]) -> str:
+        message = (
+            f"not settled after {max_time}s: {len(running)} task(s) running, "
+            f"{len(self._pending)} delivery(ies) pending"
+        )
+        failing = [
+            link
+            for link in self._links.values()
+            if link._failing is not None and not link.is_closed
+        ]
+        for link in failing:
+            message += (
+                f"; device {link.device_id}'s push handler keeps failing "
+                f"({len(link.push_errors)} error(s), last: {link._failing})"
+            )
+        if running:
+            message += f"; tasks: {running!r}"
+        return message
+
     def close(self) -> None:
-        """Cancel every pending push and reconnect, and disconnect every device.
+        """Close every link and cancel every pending push and reconnect, for good.
+
+        A closed network refuses new devices, and its links refuse writes and
+        connects (``RuntimeError``).
 
         Example:
             >>> from optisync import testing
             >>> network = testing.SimulatedNetwork(testing.SimulatedServer())
+            >>> link = network.device(1)
             >>> network.close()
-            >>> network.pending_deliveries
-            0
+            >>> network.pending_deliveries, network.is_closed
+            (0, True)
+            >>> link.connect(print)
+            Traceback (most recent call last):
+            ...
+            RuntimeError: the link of device 1 is closed
         """
+        self._closed = True
         for link in self._links.values():
-            link.disconnect()
+            link.close()
         for handle in self._pending:
             handle.cancel()
         self._pending.clear()
 
+    @property
+    def is_closed(self) -> bool:
+        """Whether :meth:`close` was called.
+
+        Example:
+            >>> from optisync import testing
+            >>> testing.SimulatedNetwork(testing.SimulatedServer()).is_closed
+            False
+        """
+        return self._closed
+
     # -- internals used by DeviceLink -------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the network is closed")
+
+    def _check_known(self, device_id: int) -> None:
+        if device_id not in self._links:
+            raise KeyError(
+                f"no device {device_id!r} on this network; its devices are {list(self._links)}"
+            )
 
     def _trace(self, kind: str, device_id: int, detail: object = None) -> None:
         try:
@@ -421,7 +528,8 @@ class DeviceLink:
     """One device's connection: its requests to the server, and the pushes it receives.
 
     Made by :meth:`SimulatedNetwork.device`. Give your store :meth:`send_value`
-    as its ``send_value_to_server``, and :meth:`connect` your push handler.
+    as its ``send_value_to_server``, and :meth:`attach` it with its push handler
+    (or :meth:`connect` any push handler).
 
     Example:
         >>> from optisync import testing
@@ -446,6 +554,9 @@ class DeviceLink:
         #: Errors raised by the push handler; each broke the connection.
         self.push_errors: list[Exception] = []
         self._on_push: Callable[[Commit], object] | None = None
+        self._ever_connected = False
+        # The last push error, as text, while the handler keeps failing.
+        self._failing: str | None = None
         self._connected = False
         self._closed = False
         self._generation = 0
@@ -475,12 +586,38 @@ class DeviceLink:
         """
         return self._cursor
 
-    def connect(self, on_push: Callable[[Commit], object], *, since: int | None = None) -> None:
-        """Receive every commit from now on with ``on_push(commit)``.
+    @property
+    def is_closed(self) -> bool:
+        """Whether the link (or its network) was closed: it then refuses writes and connects.
 
-        With ``since``, first replay the commits after that revision (the device
-        knows the server as of ``since``); without it, the device is assumed to
-        know the server as it is now.
+        Example:
+            >>> from optisync import testing
+            >>> link = testing.SimulatedNetwork(testing.SimulatedServer()).device(1)
+            >>> link.close()
+            >>> link.is_closed
+            True
+        """
+        return self._closed
+
+    def connect(self, on_push: Callable[[Commit], object], *, since: int | None = None) -> None:
+        """Receive pushes with ``on_push(commit)``; it replaces any earlier handler.
+
+        Where the pushes start:
+
+        - ``since=None`` on the first connect: from now on (the device is
+          assumed to know the server as it is now).
+        - ``since=None`` on a later connect (an app restart, a new handler):
+          from :attr:`known_revision`. Pushes that were on their way to the
+          old handler are replayed to the new one: none is lost.
+        - ``since=revision`` (``0 <= revision <= server.revision``): the device
+          knows the server as of ``revision``; every commit after it is
+          replayed first.
+
+        If ``on_push`` raises, the push counts as lost (see :attr:`push_errors`)
+        and the connection breaks and comes back, replaying it; if it raises
+        :class:`optisync.StoreClosedError`, the store is gone and the link
+        closes instead. Raises ``TypeError`` for a handler that is not
+        callable, and ``RuntimeError`` on a closed link.
 
         Example:
             >>> from optisync import testing
@@ -493,12 +630,68 @@ class DeviceLink:
             >>> testing.run(main())
             got old
         """
-        if self._closed:
-            raise RuntimeError(f"the link of device {self.device_id} is closed")
+        self._check_open()
+        if not callable(on_push):
+            raise TypeError(f"on_push must be callable, got {on_push!r}")
+        revision = self.network.server.revision
+        if since is not None:
+            if not isinstance(since, int) or isinstance(since, bool):
+                raise TypeError(f"since must be an int revision, got {since!r}")
+            if not 0 <= since <= revision:
+                raise ValueError(
+                    f"since={since} is not a revision of the server: it must be in [0, {revision}]"
+                )
         self._on_push = on_push
-        self._cursor = self.network.server.revision if since is None else since
-        self._delivered = {r for r in self._delivered if r > self._cursor}
-        self._open()
+        if since is not None or not self._ever_connected:
+            self._cursor = revision if since is None else since
+            self._delivered = {r for r in self._delivered if r > self._cursor}
+        self._ever_connected = True
+        # _open starts a new generation: pushes on their way to the old handler
+        # are dropped, and replayed from the cursor to the new one.
+        self._open("connect")
+
+    def attach(
+        self, store: Store[Any], on_push: Callable[[Commit], object], *, since: int | None = None
+    ) -> None:
+        """Wire ``store`` as this device: connect ``on_push`` to pushes, for as long as it is open.
+
+        Checks that ``store.device_id`` is the link's (``ValueError`` otherwise:
+        the store would take its own writes' echoes for other devices'), then
+        connects ``on_push`` (see :meth:`connect`, ``since`` included). Once the store is closed,
+        the next push closes the link instead of failing on the closed store. Give
+        the store :meth:`send_value` as its ``send_value_to_server``.
+
+        Example:
+            >>> from optisync import Store, testing
+            >>> async def main() -> None:
+            ...     network = testing.SimulatedNetwork(testing.SimulatedServer())
+            ...     phone, other = network.device(1), network.device(2)
+            ...     store = Store(0, device_id=1)
+            ...     phone.attach(store, lambda commit: store.emit(commit.value))
+            ...     await other.write("k", 5, local_revision=1)
+            ...     await network.settle()
+            ...     print(store.state, end=" ")
+            ...     await store.close()
+            ...     await other.write("k", 6, local_revision=2)
+            ...     await network.settle()
+            ...     print(phone.is_closed)
+            >>> testing.run(main())
+            5 True
+        """
+        if store.device_id != self.device_id:
+            raise ValueError(
+                f"the store's device id {store.device_id!r} is not its link's ({self.device_id})"
+            )
+        if not callable(on_push):
+            raise TypeError(f"on_push must be callable, got {on_push!r}")
+
+        def deliver(commit: Commit) -> object:
+            if store.is_closed:
+                self.close()
+                return None
+            return on_push(commit)
+
+        self.connect(deliver, since=since)
 
     def disconnect(self) -> None:
         """Stop receiving pushes (those on their way are lost); no automatic reconnect.
@@ -515,7 +708,8 @@ class DeviceLink:
         self._generation += 1
 
     def close(self) -> None:
-        """Disconnect for good: for a device that is shut down.
+        """Disconnect for good, for a device that is shut down: later writes and
+        connects raise ``RuntimeError`` (reads still work).
 
         Example:
             >>> from optisync import testing
@@ -523,8 +717,14 @@ class DeviceLink:
             >>> link.close()
             >>> link.is_connected
             False
+            >>> link.connect(print)
+            Traceback (most recent call last):
+            ...
+            RuntimeError: the link of device 1 is closed
         """
-        self._closed = True
+        if not self._closed:
+            self._closed = True
+            self.network._trace("close", self.device_id)
         self.disconnect()
 
     def drop(self) -> None:
@@ -558,6 +758,8 @@ class DeviceLink:
     async def write(self, key: Hashable, value: object, *, local_revision: int) -> Commit:
         """Send a write; return its commit, or raise :class:`SimulatedRequestError`.
 
+        Raises ``RuntimeError`` on a closed link.
+
         Example:
             >>> from optisync import testing
             >>> async def main() -> None:
@@ -566,10 +768,14 @@ class DeviceLink:
             >>> testing.run(main())
             42
         """
+        self._check_open()
         return await self.network._write(self, key, value, local_revision)
 
     async def read(self, key: Hashable) -> Commit | None:
         """Fetch the commit that holds ``key``'s value now (reads never fail).
+
+        Reads change nothing, so a closed link still serves them: an app may
+        refresh its state after its push channel is gone.
 
         Example:
             >>> from optisync import testing
@@ -613,17 +819,21 @@ class DeviceLink:
 
     # -- internals ---------------------------------------------------------------
 
-    def _open(self) -> None:
+    def _check_open(self) -> None:
+        if self._closed or self.network.is_closed:
+            raise RuntimeError(f"the link of device {self.device_id} is closed")
+
+    def _open(self, kind: str) -> None:
         self._connected = True
         self._generation += 1
-        self.network._trace("reconnect", self.device_id, self._cursor)
+        self.network._trace(kind, self.device_id, self._cursor)
         for commit in self.network.server.commits_after(self._cursor):
             self.network._send_push(self, commit, may_drop=False)
 
     def _reconnect(self, generation: int) -> None:
         if self._closed or self._connected or generation != self._generation:
             return
-        self._open()
+        self._open("reconnect")
 
     def _lose(self, commit: Commit, generation: int) -> None:
         if generation == self._generation and self._connected:
@@ -639,9 +849,16 @@ class DeviceLink:
             self.push_errors.append(error)
             # The error as text: traces of two runs of one seed compare equal.
             failure = f"{type(error).__name__}: {error}"
+            self._failing = failure
             self.network._trace("push_error", self.device_id, (commit.server_revision, failure))
-            self.drop()
+            if isinstance(error, StoreClosedError):
+                self.close()  # the store is gone: replaying would fail forever
+            else:
+                self.drop()
             return
+        self._failing = None
+        if self._closed:
+            return  # the handler closed the link (attach's closed store): not received
         self.network._trace("push", self.device_id, (commit.key, commit.server_revision))
         if commit.server_revision > self._cursor:
             self._delivered.add(commit.server_revision)

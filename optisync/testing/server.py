@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
+from typing import Any
 
 import attrs
 
@@ -17,7 +18,8 @@ class Commit:
 
     Attributes:
         key: the key written.
-        value: the value now stored for ``key``.
+        value: the value now stored for ``key`` (typed ``Any``: your state
+            knows what it wrote).
         server_revision: the server's revision after this write; it increases
             with every commit, whatever the key.
         local_revision: the writer's local revision, sent with the write.
@@ -31,7 +33,7 @@ class Commit:
     """
 
     key: Hashable
-    value: object
+    value: Any
     server_revision: int
     local_revision: int
     device_id: int
@@ -123,7 +125,7 @@ class SimulatedServer:
         """
         return self._latest.get(key)
 
-    def value(self, key: Hashable, default: object = None) -> object:
+    def value(self, key: Hashable, default: Any = None) -> Any:
         """The value stored for ``key`` (``default`` if never written).
 
         Example:
@@ -161,6 +163,8 @@ class SimulatedServer:
     def write(self, key: Hashable, value: object, *, local_revision: int, device_id: int) -> Commit:
         """Store ``value`` for ``key`` (last write wins), push it, and return the commit.
 
+        An unhashable ``key`` raises ``TypeError`` and changes nothing.
+
         Example:
             >>> from optisync.testing import SimulatedServer
             >>> server = SimulatedServer()
@@ -168,6 +172,7 @@ class SimulatedServer:
             >>> _ = server.write("k", "v", local_revision=1, device_id=1)
             push k v 1
         """
+        hash(key)  # an unhashable key fails here, before the log or any device sees it
         commit = Commit(key, value, len(self._log) + 1, local_revision, device_id)
         self._log.append(commit)
         self._latest[key] = commit
