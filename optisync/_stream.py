@@ -20,12 +20,12 @@ class StreamChannel(Generic[S]):
     drops (``break`` out of ``async for``) is collected and unsubscribes.
     """
 
-    __slots__ = ("buffer", "ended", "waiter")
+    __slots__ = ("buffer", "ended", "waiters")
 
     def __init__(self) -> None:
         self.buffer: deque[S] = deque()
         self.ended = False
-        self.waiter: asyncio.Future[None] | None = None
+        self.waiters: list[asyncio.Future[None]] = []
 
     def push(self, state: S) -> None:
         # Unbounded on purpose: a slow reader must never slow emit() down,
@@ -38,9 +38,10 @@ class StreamChannel(Generic[S]):
         self._wake()
 
     def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 class StateStream(AsyncIterator[S]):
@@ -77,11 +78,9 @@ class StateStream(AsyncIterator[S]):
         while not channel.buffer:
             if channel.ended:
                 raise StopAsyncIteration
-            channel.waiter = asyncio.get_running_loop().create_future()
-            try:
-                await channel.waiter
-            finally:
-                channel.waiter = None
+            waiter = asyncio.get_running_loop().create_future()
+            channel.waiters.append(waiter)
+            await waiter
         return channel.buffer.popleft()
 
     async def aclose(self) -> None:

@@ -58,7 +58,6 @@ class Cycle:
         for waiter in waiters or ():
             if waiter.done():  # its awaiter was cancelled
                 continue
-            self.delivered = True
             if error is None:
                 waiter.set_result(None)
             elif isinstance(error, asyncio.CancelledError):
@@ -72,7 +71,9 @@ class CycleResult:
 
     Awaiting it waits for the whole lock cycle (the request, its follow-ups and
     ``on_finish``) and raises its error, if any, or ``StoreClosedError`` if
-    the store was closed first. Cancelling the awaiting coroutine does not
+    the store was closed first. An error that no caller is awaiting when the
+    cycle ends goes to the store's ``on_error``; awaiting the result later
+    still raises it. Cancelling the awaiting coroutine does not
     cancel the sync: the user's change is already on screen and must still
     reach the server. Dropping it unawaited is fine.
     """
@@ -100,12 +101,20 @@ class CycleResult:
         try:
             yield from waiter.__await__()
         except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                # The outcome reached our future, but our task was cancelled
+                # before it resumed: leave the error to the store's hook.
+                raise
             current = asyncio.current_task()
             if task.cancelled() and (current is None or not current.cancelling()):
                 # The store was closed under us: that is not our caller's
                 # cancellation, so don't make its task look cancelled.
                 raise _closed_error(cycle) from None
             raise
+        except BaseException:
+            cycle.delivered = True
+            raise
+        cycle.delivered = True
 
     def done(self) -> bool:
         """Whether the lock cycle has ended."""

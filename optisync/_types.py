@@ -7,7 +7,7 @@ from typing import TypeAlias, TypeVar
 
 S = TypeVar("S")
 
-OnFinish: TypeAlias = Callable[[BaseException | None], S | Awaitable[S | None] | None]
+OnFinish: TypeAlias = Callable[[Exception | None], S | Awaitable[S | None] | None]
 """The type of ``on_finish``: ``(error or None) -> state or None``, sync or async.
 
 It runs once per lock cycle, after the key's lock is released, with the

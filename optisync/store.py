@@ -7,6 +7,7 @@ import concurrent.futures
 import inspect
 import logging
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
@@ -24,6 +25,7 @@ __all__ = ["Store"]
 S = TypeVar("S")
 T = TypeVar("T")
 R = TypeVar("R")
+K = TypeVar("K", bound=Hashable)
 
 logger = logging.getLogger("optisync")
 
@@ -86,6 +88,9 @@ class Store(Generic[S]):
         self._on_cycle_done = self._cycle_done
         self._loop = _running_loop()
         self._loop_thread = threading.get_ident()
+        # States emitted by listeners while an emit delivers: delivered after it, in order.
+        self._delivering = False
+        self._pending: deque[S] = deque()
 
     # -- state ---------------------------------------------------------------
 
@@ -128,7 +133,9 @@ class Store(Generic[S]):
         A state equal (``==``) to the current one changes nothing and tells no
         one. :meth:`on_change` runs first (if it raises, nothing changes and
         the error propagates); a listener that raises does not stop the others
-        and its error goes to :meth:`on_error`.
+        and its error goes to :meth:`on_error`. A state a listener emits while
+        an emit is delivering becomes the state at once and is delivered right
+        after, so every listener and stream sees the states in order.
 
         Raises:
             StoreClosedError: the store is closed.
@@ -148,6 +155,22 @@ class Store(Generic[S]):
             return
         self.on_change(current, state)
         self._state = state
+        if self._delivering:
+            # A listener emitted: deliver after the state being delivered,
+            # so that every listener and stream sees the states in order.
+            self._pending.append(state)
+            return
+        self._delivering = True
+        try:
+            self._notify(state)
+            pending = self._pending
+            while pending:
+                self._notify(pending.popleft())
+        finally:
+            self._delivering = False
+            self._pending.clear()
+
+    def _notify(self, state: S) -> None:
         listeners = self._snapshot
         if listeners is None:
             listeners = self._snapshot = tuple(self._listeners.values())
@@ -398,12 +421,12 @@ class Store(Generic[S]):
     def optimistic_sync_with_push(
         self,
         *,
-        key: Hashable,
+        key: K,
         value_to_apply: Callable[[], T],
         apply_optimistic_value_to_state: Callable[[S, T], S],
         get_value_from_state: Callable[[S], T],
         send_value_to_server: Callable[[T, int, int, Callable[[int], None]], Awaitable[R | None]],
-        get_server_revision_from_state: Callable[[Hashable], int],
+        get_server_revision_from_state: Callable[[K], int],
         apply_server_response_to_state: Callable[[S, R], S] | None = None,
         on_finish: OnFinish[S] | None = None,
         max_follow_up_requests: int = 10_000,
@@ -485,10 +508,10 @@ class Store(Generic[S]):
     def server_push(
         self,
         *,
-        key: Hashable,
+        key: K,
         push_metadata: PushMetadata,
-        apply_server_push_to_state: Callable[[S, Hashable, int], S | None],
-        get_server_revision_from_state: Callable[[Hashable], int],
+        apply_server_push_to_state: Callable[[S, K, int], S | None],
+        get_server_revision_from_state: Callable[[K], int],
     ) -> PushOutcome:
         """Apply a change the server pushed, unless it is stale or a self-echo.
 
@@ -539,10 +562,10 @@ class Store(Generic[S]):
     def server_push_threadsafe(
         self,
         *,
-        key: Hashable,
+        key: K,
         push_metadata: PushMetadata,
-        apply_server_push_to_state: Callable[[S, Hashable, int], S | None],
-        get_server_revision_from_state: Callable[[Hashable], int],
+        apply_server_push_to_state: Callable[[S, K, int], S | None],
+        get_server_revision_from_state: Callable[[K], int],
     ) -> concurrent.futures.Future[PushOutcome]:
         """Hand a push over from any thread; it runs :meth:`server_push` on the loop.
 
@@ -695,6 +718,8 @@ class Store(Generic[S]):
 
     def _check_thread(self) -> None:
         if threading.get_ident() == self._loop_thread:
+            if self._loop is None and _running_loop() is not None:
+                self._bind_loop()  # first use on the loop: server_push_threadsafe needs it
             return
         if self._loop is None and _running_loop() is not None:
             self._bind_loop()  # first use, on the loop of another thread than __init__'s
@@ -736,6 +761,8 @@ class Store(Generic[S]):
             raise TypeError(f"key must be hashable, got {type(key).__name__}: {key!r}") from None
         if key_state is None or not key_state.locked:
             return False
+        if threading.get_ident() != self._loop_thread:
+            self._check_thread()
         if self._closed:
             raise StoreClosedError("Cannot start a sync: the store is closed.")
         new_state = apply_optimistic_value_to_state(self._state, value_to_apply())
@@ -837,10 +864,10 @@ class Store(Generic[S]):
             except Exception as error:
                 # If on_finish raises, its error replaces this one (chained to it).
                 if on_finish is not None:
-                    await self._finish(on_finish, error)
+                    await self._finish(cycle, on_finish, error)
                 raise
             if on_finish is not None:
-                await self._finish(on_finish, None)
+                await self._finish(cycle, on_finish, None)
         except BaseException as error:
             cycle.finish(error)
             raise
@@ -848,33 +875,38 @@ class Store(Generic[S]):
 
     async def _finish(
         self,
-        on_finish: OnFinish[S] | None,
-        error: BaseException | None,
+        cycle: Cycle,
+        on_finish: OnFinish[S],
+        error: Exception | None,
     ) -> None:
-        if on_finish is None:
-            return
-        result = on_finish(error)
-        if inspect.isawaitable(result):
-            result = await result
+        try:
+            result = on_finish(error)
+            if inspect.isawaitable(result):
+                result = await result
+        except asyncio.CancelledError as cancelled:
+            if self._closed or _is_being_cancelled():
+                raise
+            raise RequestCancelledError(cycle.key) from cancelled
         if result is not None and not self._closed:
             self.emit(result)
 
     def _cycle_done(self, task: asyncio.Task[None]) -> None:
         cycle = self._tasks.pop(task)
         if task.cancelled():
+            never_started = inspect.getcoroutinestate(cycle.body) == inspect.CORO_CREATED
             cycle.body.close()  # unstarted if cancelled before the task's first step
             cycle.finish(asyncio.CancelledError())
-            self._free_if_never_started(cycle.key)
+            if never_started:
+                self._free_never_started(cycle.key)
             return
         error = task.exception()  # also marks it retrieved: no asyncio warning
         if error is not None and not cycle.delivered:
             self._report(error)
 
-    def _free_if_never_started(self, key: Hashable) -> None:
-        # A task cancelled before its first step never ran the cycle's
-        # finally. Only close() cancels, and a closed store starts no new
-        # cycle, so a lock still held here is that cycle's.
+    def _free_never_started(self, key: Hashable) -> None:
+        # A task cancelled before its first step (by close(), loop shutdown or
+        # anyone else) never ran the cycle's finally, so the lock is still its.
         key_state = self._keys.get(key)
-        if self._closed and key_state is not None and key_state.locked:
+        if key_state is not None and key_state.locked:
             key_state.locked = False
             self._status_changed(key)

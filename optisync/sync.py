@@ -7,12 +7,14 @@ revisions.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING, TypeVar
 
 from optisync._types import OnFinish
 from optisync._validate import check_sync_arguments
 from optisync.errors import FollowUpLimitError
+from optisync.revisions import _KeyState
 
 if TYPE_CHECKING:
     from optisync.store import Store
@@ -68,6 +70,7 @@ def start(
     body = _send_until_stable(
         store,
         key,
+        key_state,
         value,
         get_value_from_state,
         send_value_to_server,
@@ -81,6 +84,7 @@ def start(
 async def _send_until_stable(
     store: Store[S],
     key: Hashable,
+    key_state: _KeyState,
     value: T,
     get_value_from_state: Callable[[S], T],
     send_value_to_server: Callable[[T], Awaitable[R | None]],
@@ -91,13 +95,19 @@ async def _send_until_stable(
     requests = 0
     while True:
         response = await send_value_to_server(value)
+        if store.is_closed:  # close() was called from inside this cycle: stop here
+            raise asyncio.CancelledError
         requests += 1
         state_value = get_value_from_state(store.state)
         if not should_send_another(state_value, value, requests):
-            break
+            taps = key_state.local_revision
+            if response is not None and apply_server_response_to_state is not None:
+                store.emit(apply_server_response_to_state(store.state, response))
+            if key_state.local_revision == taps:
+                return
+            # A listener of that emit tapped this key while the lock was ours.
+            state_value = get_value_from_state(store.state)
         # The next request would be follow-up number `requests`.
         if max_follow_up_requests != -1 and requests > max_follow_up_requests:
             raise FollowUpLimitError(key, max_follow_up_requests)
         value = state_value
-    if response is not None and apply_server_response_to_state is not None:
-        store.emit(apply_server_response_to_state(store.state, response))

@@ -7,6 +7,7 @@ Reached through :meth:`Store.optimistic_sync_with_push
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -28,16 +29,17 @@ __all__: list[str] = []
 S = TypeVar("S")
 T = TypeVar("T")
 R = TypeVar("R")
+K = TypeVar("K", bound=Hashable)
 
 
 def start(
     store: Store[S],
-    key: Hashable,
+    key: K,
     value_to_apply: Callable[[], T],
     apply_optimistic_value_to_state: Callable[[S, T], S],
     get_value_from_state: Callable[[S], T],
     send_value_to_server: Callable[[T, int, int, Callable[[int], None]], Awaitable[R | None]],
-    get_server_revision_from_state: Callable[[Hashable], int],
+    get_server_revision_from_state: Callable[[K], int],
     apply_server_response_to_state: Callable[[S, R], S] | None,
     on_finish: OnFinish[S] | None,
     max_follow_up_requests: int,
@@ -76,13 +78,13 @@ def start(
 
 async def _send_until_stable(
     store: Store[S],
-    key: Hashable,
+    key: K,
     key_state: _KeyState,
     value: T,
     revision: int,
     get_value_from_state: Callable[[S], T],
     send_value_to_server: Callable[[T, int, int, Callable[[int], None]], Awaitable[R | None]],
-    get_server_revision_from_state: Callable[[Hashable], int],
+    get_server_revision_from_state: Callable[[K], int],
     apply_server_response_to_state: Callable[[S, R], S] | None,
     max_follow_up_requests: int,
 ) -> None:
@@ -93,6 +95,8 @@ async def _send_until_stable(
             response = await send_value_to_server(value, revision, store.device_id, inform)
         finally:
             inform.finished = True
+        if store.is_closed:  # close() was called from inside this cycle: stop here
+            raise asyncio.CancelledError
         informed = inform.informed
         if informed is None:
             raise MissingServerRevisionError(
@@ -102,20 +106,22 @@ async def _send_until_stable(
         # A push since the last tap is the newest word: it already came from
         # the server, so sending our older tap again would overwrite it.
         if key_state.from_push or key_state.local_revision == revision:
-            break
+            if response is not None and apply_server_response_to_state is not None:
+                known = max(
+                    key_state.server_revision,
+                    _revision_from_state(get_server_revision_from_state, key),
+                )
+                if informed >= known:
+                    store.emit(apply_server_response_to_state(store.state, response))
+            # The emit may have re-entered with a tap on this key (a listener):
+            # the lock is still ours, so that tap needs a follow-up.
+            if key_state.from_push or key_state.local_revision == revision:
+                return
         follow_ups += 1
         if max_follow_up_requests != -1 and follow_ups > max_follow_up_requests:
             raise FollowUpLimitError(key, max_follow_up_requests)
         revision = key_state.local_revision
         value = get_value_from_state(store.state)
-
-    if response is None or apply_server_response_to_state is None:
-        return
-    known = max(
-        key_state.server_revision, _revision_from_state(get_server_revision_from_state, key)
-    )
-    if informed >= known:
-        store.emit(apply_server_response_to_state(store.state, response))
 
 
 class _Informer:
@@ -147,10 +153,10 @@ class _Informer:
 def push(
     store: Store[S],
     *,
-    key: Hashable,
+    key: K,
     push_metadata: PushMetadata,
-    apply_server_push_to_state: Callable[[S, Hashable, int], S | None],
-    get_server_revision_from_state: Callable[[Hashable], int],
+    apply_server_push_to_state: Callable[[S, K, int], S | None],
+    get_server_revision_from_state: Callable[[K], int],
 ) -> PushOutcome:
     store._check_thread()
     check_sync_arguments(
@@ -183,17 +189,22 @@ def push(
         store._status_changed(key)
         return PushOutcome.SELF_ECHO
     new_state = apply_server_push_to_state(store.state, key, pushed)
+    from_push = key_state.from_push
     key_state.server_revision = pushed
     key_state.from_push = True
     if new_state is not None:
-        store.emit(new_state)
+        try:
+            store.emit(new_state)
+        except BaseException:
+            # on_change vetoed the push: it was not applied, so a replay must be.
+            key_state.server_revision = known
+            key_state.from_push = from_push
+            raise
     store._status_changed(key)
     return PushOutcome.APPLIED
 
 
-def _revision_from_state(
-    get_server_revision_from_state: Callable[[Hashable], int], key: Hashable
-) -> int:
+def _revision_from_state(get_server_revision_from_state: Callable[[K], int], key: K) -> int:
     return _require_int(
         get_server_revision_from_state(key), "get_server_revision_from_state()'s result"
     )
