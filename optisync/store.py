@@ -717,17 +717,14 @@ class Store(Generic[S]):
         return state
 
     def _check_thread(self) -> None:
-        if threading.get_ident() == self._loop_thread:
-            if self._loop is None and _running_loop() is not None:
-                self._bind_loop()  # first use on the loop: server_push_threadsafe needs it
-            return
         if self._loop is None and _running_loop() is not None:
-            self._bind_loop()  # first use, on the loop of another thread than __init__'s
+            self._bind_loop()  # first use on a loop (server_push_threadsafe needs it bound)
             return
-        raise WrongThreadError(
-            "This store belongs to another thread's event loop; "
-            "use server_push_threadsafe() to hand a push over."
-        )
+        if threading.get_ident() != self._loop_thread:
+            raise WrongThreadError(
+                "This store belongs to another thread's event loop; "
+                "use server_push_threadsafe() to hand a push over."
+            )
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         running = _running_loop()
@@ -766,19 +763,7 @@ class Store(Generic[S]):
         if self._closed:
             raise StoreClosedError("Cannot start a sync: the store is closed.")
         new_state = apply_optimistic_value_to_state(self._state, value_to_apply())
-        from_push = key_state.from_push
-        key_state.local_revision += 1
-        key_state.from_push = False
-        try:
-            self.emit(new_state)
-        except BaseException:
-            # on_change vetoed the tap: it never happened, so it must not
-            # cause a follow-up either.
-            key_state.local_revision -= 1
-            key_state.from_push = from_push
-            raise
-        if self._status_listeners:  # the hot path: skip the call when nobody listens
-            self._status_changed(key)
+        self._emit_tap(key, key_state, new_state, take_lock=False)
         return True
 
     def _take_lock_and_apply(
@@ -798,23 +783,38 @@ class Store(Generic[S]):
         key_state = self._key_state(key)
         value = value_to_apply()
         new_state = apply_optimistic_value_to_state(self._state, value)
+        revision = self._emit_tap(key, key_state, new_state, take_lock=True)
+        return key_state, value, revision
+
+    def _emit_tap(
+        self, key: Hashable, key_state: _KeyState, new_state: S, *, take_lock: bool
+    ) -> int:
+        """Count a tap, take the lock if asked, and emit; undo it all if on_change vetoes.
+
+        Returns the local revision this tap got (read before the emit: a
+        listener may tap the same key again during it).
+        """
         from_push = key_state.from_push
         key_state.local_revision += 1
         revision = key_state.local_revision
         key_state.from_push = False
         # Take the lock before emit: a listener that taps the same key
         # re-entrantly must be coalesced, not start a second request.
-        key_state.locked = True
+        if take_lock:
+            key_state.locked = True
         try:
             self.emit(new_state)
         except BaseException:
-            # on_change vetoed the tap (listeners' errors never get here).
-            key_state.locked = False
+            # on_change vetoed the tap (a listener's error never gets here):
+            # it never happened, so it must not cause a follow-up either.
+            if take_lock:
+                key_state.locked = False
             key_state.local_revision -= 1
             key_state.from_push = from_push
             raise
-        self._status_changed(key)
-        return key_state, value, revision
+        if self._status_listeners:  # skip the call when nobody listens
+            self._status_changed(key)
+        return revision
 
     def _start_cycle(
         self,
