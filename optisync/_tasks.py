@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Generator
+from collections.abc import Generator
 from typing import Any
 
 from optisync.errors import StoreClosedError
@@ -40,13 +40,13 @@ class Cycle:
     an awaiter cancels only its own future, never the sync.
     """
 
-    __slots__ = ("body", "delivered", "key", "task", "waiters")
+    __slots__ = ("delivered", "key", "started", "task", "waiters")
 
-    def __init__(self, key: object, body: Coroutine[Any, Any, None]) -> None:
+    def __init__(self, key: object) -> None:
         self.key = key
-        # The strategy's coroutine, which the task awaits; kept to close it
-        # if the task is cancelled before it started.
-        self.body = body
+        # False until the task takes its first step: a task cancelled before
+        # that never ran the cycle's ``finally``, so the key is freed for it.
+        self.started = False
         self.task: asyncio.Task[None] | None = None
         self.waiters: list[asyncio.Future[None]] | None = None
         # Whether an awaiter received the outcome; if none did, the store reports it.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import secrets
+import warnings
 from collections.abc import Callable
 
 import attrs
@@ -27,21 +28,27 @@ __all__ = [
 ]
 
 
-def _strict_int(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
-    if not _is_int(value):
-        raise TypeError(f"{attribute.name} must be an int, got {type(value).__name__}: {value!r}")
-
-
 def _is_int(value: object) -> bool:
     # bool is an int subclass, but True is never a meaningful revision or id.
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _require_int(value: object, what: str) -> int:
-    """Return ``value`` if it is an int (not a bool), else raise TypeError."""
+def require_int(value: object, what: str, *, minimum: int | None = None) -> int:
+    """Return ``value`` if it is an int (not a bool) of at least ``minimum``.
+
+    Raises TypeError for a wrong type and ValueError for a value out of range.
+    """
     if not _is_int(value):
         raise TypeError(f"{what} must be an int, got {type(value).__name__}: {value!r}")
-    return value  # type: ignore[return-value]
+    number: int = value  # type: ignore[assignment]
+    if minimum is not None and number < minimum:
+        meaning = " (-1 means unknown)" if minimum == -1 else ""
+        raise ValueError(f"{what} must be >= {minimum}{meaning}, got {number}")
+    return number
+
+
+def _non_negative_int(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
+    require_int(value, attribute.name, minimum=0)
 
 
 @attrs.frozen
@@ -61,11 +68,15 @@ class PushMetadata:
         Traceback (most recent call last):
         ...
         TypeError: server_revision must be an int, got str: '7'
+
+    Each field is an int of at least 0: a pushed change always has a server
+    revision; a change no device made (say, by an admin) may carry a local
+    revision and a device id of 0.
     """
 
-    server_revision: int = attrs.field(validator=_strict_int)
-    local_revision: int = attrs.field(validator=_strict_int)
-    device_id: int = attrs.field(validator=_strict_int)
+    server_revision: int = attrs.field(validator=_non_negative_int)
+    local_revision: int = attrs.field(validator=_non_negative_int)
+    device_id: int = attrs.field(validator=_non_negative_int)
 
 
 class PushOutcome(enum.Enum):
@@ -85,31 +96,50 @@ class PushOutcome(enum.Enum):
     """An echo of an older change of this device: only its revision was kept."""
 
 
-_default_id: int | None = None
+_process_id: int | None = None
 _provider: Callable[[], int] | None = None
 
 
+def random_device_id() -> int:
+    """A new random device id: 53 bits, exact in JSON numbers and JavaScript clients."""
+    return secrets.randbits(53)
+
+
 def default_device_id() -> int:
-    """Return this process's random device id, made on first use.
+    """Deprecated: one random device id per process, made on first use.
+
+    Stores no longer use it: each :class:`~optisync.Store` made without
+    ``device_id=`` and without a provider gets a random id of its own, so
+    two stores in one process (two devices in a test or a demo) never take
+    each other's writes for their own echoes. Persist an id and pass it with
+    :func:`set_device_id_provider` or ``Store(..., device_id=...)``.
 
     Examples:
+        >>> import warnings
         >>> from optisync import default_device_id
-        >>> default_device_id() == default_device_id()
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore", DeprecationWarning)
+        ...     default_device_id() == default_device_id()
         True
     """
-    global _default_id
-    if _default_id is None:
-        # 53 bits: exact in JSON numbers and JavaScript clients.
-        _default_id = secrets.randbits(53)
-    return _default_id
+    warnings.warn(
+        "default_device_id() is deprecated: each Store now gets a random device id of its "
+        "own; use Store.device_id, or set_device_id_provider() for a persisted id.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    global _process_id
+    if _process_id is None:
+        _process_id = random_device_id()
+    return _process_id
 
 
 def set_device_id_provider(provider: Callable[[], int] | None) -> None:
     """Choose where stores made from now on get their device id.
 
     ``provider`` is called once per new :class:`~optisync.Store` that is not
-    given ``device_id=`` explicitly; pass ``None`` to go back to
-    :func:`default_device_id`. This is optisync's only global setting, meant
+    given ``device_id=`` explicitly; pass ``None`` to go back to the default,
+    a random id per store. This is optisync's only global setting, meant
     for an id persisted across app restarts.
 
     Examples:
@@ -118,6 +148,8 @@ def set_device_id_provider(provider: Callable[[], int] | None) -> None:
         >>> optisync.Store(0).device_id
         1234
         >>> optisync.set_device_id_provider(None)
+        >>> optisync.Store(0).device_id != optisync.Store(0).device_id
+        True
     """
     global _provider
     if provider is not None and not callable(provider):
@@ -125,20 +157,8 @@ def set_device_id_provider(provider: Callable[[], int] | None) -> None:
     _provider = provider
 
 
-def _next_device_id() -> int:
-    """The device id for a store made now (the provider's, or the default)."""
+def new_device_id() -> int:
+    """The device id for a store made now: the provider's, or a random one."""
     if _provider is None:
-        return default_device_id()
-    return _require_int(_provider(), "the device id provider's result")
-
-
-class _KeyState:
-    """Per-key bookkeeping of one store. Internal: read it through the Store."""
-
-    __slots__ = ("from_push", "local_revision", "locked", "server_revision")
-
-    def __init__(self) -> None:
-        self.local_revision = 0
-        self.server_revision = -1
-        self.from_push = False
-        self.locked = False
+        return random_device_id()
+    return require_int(_provider(), "the device id provider's result", minimum=0)

@@ -1,24 +1,31 @@
-"""The :class:`Store`: an immutable state, ``emit()``, subscribers, and sync actions."""
+"""The :class:`Store`: an immutable state, ``emit()``, subscribers, and sync actions.
+
+The store is the Cubit: state, emit, subscriptions, streams, hooks and close.
+The sync machinery lives in one composed engine (``optisync._engine``) that
+the strategies share. Every attribute the store keeps is name-mangled
+(``__x``), so a subclass may use any ``_name`` of its own.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import inspect
-import logging
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Generic, Self, TypeVar
 
 from optisync import sync as _sync
 from optisync import sync_with_push as _sync_with_push
+from optisync._engine import SyncEngine
+from optisync._loop import LoopBinding, logger, report
 from optisync._stream import StateStream, StreamChannel
-from optisync._tasks import COMPLETED, Cycle, CycleResult
+from optisync._tasks import COMPLETED
+from optisync._threadsafe import Handover
 from optisync._types import OnFinish
-from optisync.errors import RequestCancelledError, StateError, StoreClosedError, WrongThreadError
-from optisync.revisions import PushMetadata, PushOutcome, _KeyState, _next_device_id, _require_int
+from optisync.errors import StoreClosedError
+from optisync.revisions import PushMetadata, PushOutcome, new_device_id, require_int
 
 __all__ = ["Store"]
 
@@ -26,20 +33,6 @@ S = TypeVar("S")
 T = TypeVar("T")
 R = TypeVar("R")
 K = TypeVar("K", bound=Hashable)
-
-logger = logging.getLogger("optisync")
-
-
-def _is_being_cancelled() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 class Store(Generic[S]):
@@ -71,26 +64,23 @@ class Store(Generic[S]):
     """
 
     def __init__(self, initial_state: S, *, device_id: int | None = None) -> None:
-        self._state = initial_state
         if device_id is None:
-            self._device_id = _next_device_id()
+            self.__device_id = new_device_id()
         else:
-            self._device_id = _require_int(device_id, "device_id")
-        self._closed = False
-        self._listeners: dict[int, Callable[[S], object]] = {}
-        self._snapshot: tuple[Callable[[S], object], ...] | None = ()
-        self._next_listener = 0
-        self._channels: set[StreamChannel[S]] = set()
-        self._status_listeners: dict[int, Callable[[Hashable], object]] = {}
-        self._keys: dict[Hashable, _KeyState] = {}
-        self._tasks: dict[asyncio.Task[None], Cycle] = {}
-        # One bound method for every cycle, rather than a closure per cycle.
-        self._on_cycle_done = self._cycle_done
-        self._loop = _running_loop()
-        self._loop_thread = threading.get_ident()
+            self.__device_id = require_int(device_id, "device_id", minimum=0)
+        self.__state = initial_state
+        self.__closed = False
+        self.__listeners: dict[int, Callable[[S], object]] = {}
+        # The listeners an emit calls; None once they changed (rebuilt lazily).
+        self.__snapshot: tuple[Callable[[S], object], ...] | None = ()
+        self.__next_listener = 0
+        self.__channels: set[StreamChannel[S]] = set()
         # States emitted by listeners while an emit delivers: delivered after it, in order.
-        self._delivering = False
-        self._pending: deque[S] = deque()
+        self.__delivering = False
+        self.__pending: deque[S] = deque()
+        self.__binding = LoopBinding()
+        self.__engine: SyncEngine[S] = SyncEngine(self, self.__binding)
+        self.__handover = Handover()
 
     # -- state ---------------------------------------------------------------
 
@@ -103,7 +93,7 @@ class Store(Generic[S]):
             >>> Store("hello").state
             'hello'
         """
-        return self._state
+        return self.__state
 
     @property
     def device_id(self) -> int:
@@ -114,7 +104,7 @@ class Store(Generic[S]):
             >>> Store(0, device_id=7).device_id
             7
         """
-        return self._device_id
+        return self.__device_id
 
     @property
     def is_closed(self) -> bool:
@@ -125,7 +115,7 @@ class Store(Generic[S]):
             >>> Store(0).is_closed
             False
         """
-        return self._closed
+        return self.__closed
 
     def emit(self, state: S) -> None:
         """Replace the state and tell every listener and stream.
@@ -148,37 +138,51 @@ class Store(Generic[S]):
             2
             >>> store.emit(2)  # equal: nobody is told
         """
-        if self._closed:
+        binding = self.__binding
+        if binding.loop is None or binding.thread != threading.get_ident():
+            binding.check_thread()
+        if self.__closed:
             raise StoreClosedError("Cannot emit a new state: the store is closed.")
-        current = self._state
+        current = self.__state
         if state is current or state == current:
             return
         self.on_change(current, state)
-        self._state = state
-        if self._delivering:
+        self.__state = state
+        if self.__delivering:
             # A listener emitted: deliver after the state being delivered,
             # so that every listener and stream sees the states in order.
-            self._pending.append(state)
+            self.__pending.append(state)
             return
-        self._delivering = True
+        self.__delivering = True
         try:
-            self._notify(state)
-            pending = self._pending
+            interrupt = self.__notify(state, None)
+            pending = self.__pending
             while pending:
-                self._notify(pending.popleft())
+                interrupt = self.__notify(pending.popleft(), interrupt)
         finally:
-            self._delivering = False
-            self._pending.clear()
+            self.__delivering = False
+            self.__pending.clear()
+        if interrupt is not None:
+            raise interrupt
 
-    def _notify(self, state: S) -> None:
-        listeners = self._snapshot
+    def __notify(self, state: S, interrupt: BaseException | None) -> BaseException | None:
+        """Call every listener; return the first KeyboardInterrupt-like error, if any."""
+        listeners = self.__snapshot
         if listeners is None:
-            listeners = self._snapshot = tuple(self._listeners.values())
+            listeners = self.__snapshot = tuple(self.__listeners.values())
         for listener in listeners:
             try:
                 listener(state)
-            except Exception as error:  # a listener's bug must not stop the others
-                self._report(error)
+            except (Exception, asyncio.CancelledError) as error:
+                # A listener's bug must not stop the others. A CancelledError
+                # raised by plain code (future.result() on a cancelled future)
+                # is such a bug: a listener is not a task that can be cancelled.
+                report(self.on_error, error)
+            except BaseException as error:  # KeyboardInterrupt, SystemExit
+                # Everyone still gets this state and those queued after it,
+                # so no listener is left behind; then it propagates.
+                interrupt = interrupt or error
+        return interrupt
 
     # -- hooks ---------------------------------------------------------------
 
@@ -215,12 +219,6 @@ class Store(Generic[S]):
         """
         logger.error("Unhandled error in an optisync store", exc_info=error)
 
-    def _report(self, error: BaseException) -> None:
-        try:
-            self.on_error(error)
-        except Exception:
-            logger.exception("on_error raised while reporting %r", error)
-
     # -- subscriptions -------------------------------------------------------
 
     def subscribe(self, listener: Callable[[S], object]) -> Callable[[], None]:
@@ -240,14 +238,14 @@ class Store(Generic[S]):
         """
         if not callable(listener):
             raise TypeError(f"listener must be callable, got {type(listener).__name__}")
-        token = self._next_listener
-        self._next_listener += 1
-        self._listeners[token] = listener
-        self._snapshot = None
+        token = self.__next_listener
+        self.__next_listener += 1
+        self.__listeners[token] = listener
+        self.__snapshot = None
 
         def unsubscribe() -> None:
-            if self._listeners.pop(token, None) is not None:
-                self._snapshot = None
+            if self.__listeners.pop(token, None) is not None:
+                self.__snapshot = None
 
         return unsubscribe
 
@@ -272,21 +270,23 @@ class Store(Generic[S]):
             [1, 2]
         """
         channel: StreamChannel[S] = StreamChannel()
-        if self._closed:
+        if self.__closed:
             channel.end()
             return StateStream(channel, lambda: None)
         stop_listening = self.subscribe(channel.push)
-        self._channels.add(channel)
+        self.__channels.add(channel)
 
         def unsubscribe() -> None:
             stop_listening()
-            self._channels.discard(channel)
+            self.__channels.discard(channel)
 
         return StateStream(channel, unsubscribe)
 
     # -- life cycle ----------------------------------------------------------
 
-    async def close(self) -> None:
+    # Not asyncio.timeout() around close(): on time-out close() still ends the
+    # streams and reports what did not stop, instead of being cut off half done.
+    async def close(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Cancel every sync in flight, free its key, end the streams; wait for all of it.
 
         After ``close()`` no task of the store is left, :meth:`emit` raises,
@@ -303,19 +303,15 @@ class Store(Generic[S]):
             >>> asyncio.run(main())
             True
         """
-        self._closed = True
-        current = asyncio.current_task()
-        tasks = [task for task in self._tasks if task is not current]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
-        for channel in self._channels:
+        self.__closed = True
+        await self.__handover.close()
+        await self.__engine.close(timeout)
+        for channel in self.__channels:
             channel.end()
-        self._channels.clear()
-        self._listeners.clear()
-        self._snapshot = ()
-        self._status_listeners.clear()
+        self.__channels.clear()
+        self.__listeners.clear()
+        self.__snapshot = ()
+        self.__engine.status_listeners.clear()
 
     async def __aenter__(self) -> Self:
         return self
@@ -338,7 +334,7 @@ class Store(Generic[S]):
             >>> Store(0).is_syncing(("like", 1))
             False
         """
-        state = self._keys.get(key)
+        state = self.__engine.keys.get(key)
         return state is not None and state.locked
 
     def local_revision(self, key: Hashable) -> int:
@@ -349,7 +345,7 @@ class Store(Generic[S]):
             >>> Store(0).local_revision("k")
             0
         """
-        state = self._keys.get(key)
+        state = self.__engine.keys.get(key)
         return 0 if state is None else state.local_revision
 
     def server_revision(self, key: Hashable) -> int:
@@ -363,7 +359,7 @@ class Store(Generic[S]):
             >>> Store(0).server_revision("k")
             -1
         """
-        state = self._keys.get(key)
+        state = self.__engine.keys.get(key)
         return -1 if state is None else state.server_revision
 
     def subscribe_sync_status(self, listener: Callable[[Hashable], object]) -> Callable[[], None]:
@@ -396,25 +392,39 @@ class Store(Generic[S]):
             like syncing: True
             like syncing: False
         """
-        if not callable(listener):
-            raise TypeError(f"listener must be callable, got {type(listener).__name__}")
-        token = self._next_listener
-        self._next_listener += 1
-        self._status_listeners[token] = listener
+        return self.__engine.subscribe_status(listener)
 
-        def unsubscribe() -> None:
-            self._status_listeners.pop(token, None)
+    def forget_idle_keys(self, keys: Iterable[Hashable] | None = None) -> int:
+        """Drop the per-key bookkeeping of idle keys; return how many were dropped.
 
-        return unsubscribe
+        The store remembers each key it synced (revisions and lock, about
+        150 bytes); an app with an unbounded number of keys (items that come
+        and go) frees them here. With no ``keys``, every key not syncing now
+        is forgotten; keys that are syncing are always kept. A forgotten key
+        starts over: its local revision at 0 and its server revision at -1
+        until it is read again from the state by ``get_server_revision_from_state``
+        (which every sync call and push does). So forget a key only when no
+        echo of its older writes matters any more (a deleted item), or when
+        your state holds its server revision, as the guide recommends.
 
-    def _status_changed(self, key: Hashable) -> None:
-        if not self._status_listeners:
-            return
-        for listener in tuple(self._status_listeners.values()):
-            try:
-                listener(key)
-            except Exception as error:  # a listener's bug must not break a sync
-                self._report(error)
+        Examples:
+            >>> import asyncio
+            >>> from optisync import Store
+            >>> async def main() -> None:
+            ...     async with Store(0) as store:
+            ...         async def send(value: int) -> None:
+            ...             pass
+            ...         for key in range(3):
+            ...             await store.optimistic_sync(
+            ...                 key=key, value_to_apply=lambda: 1,
+            ...                 apply_optimistic_value_to_state=lambda s, v: v,
+            ...                 get_value_from_state=lambda s: s, send_value_to_server=send)
+            ...         before = store.local_revision(0)
+            ...         print(before, store.forget_idle_keys(), store.local_revision(0))
+            >>> asyncio.run(main())
+            1 3 0
+        """
+        return self.__engine.forget_idle_keys(keys)
 
     # -- sync actions ----------------------------------------------------------
 
@@ -490,10 +500,10 @@ class Store(Generic[S]):
             >>> asyncio.run(main())
             True 1
         """
-        if self._coalesce(key, value_to_apply, apply_optimistic_value_to_state):
+        engine = self.__engine
+        if engine.coalesce(key, value_to_apply, apply_optimistic_value_to_state):
             return COMPLETED
-        return _sync_with_push.start(
-            self,
+        call = _sync_with_push.PushSync(
             key,
             value_to_apply,
             apply_optimistic_value_to_state,
@@ -504,6 +514,7 @@ class Store(Generic[S]):
             on_finish,
             max_follow_up_requests,
         )
+        return _sync_with_push.start(engine, call)
 
     def server_push(
         self,
@@ -552,11 +563,11 @@ class Store(Generic[S]):
             <PushOutcome.STALE: 'stale'>
         """
         return _sync_with_push.push(
-            self,
-            key=key,
-            push_metadata=push_metadata,
-            apply_server_push_to_state=apply_server_push_to_state,
-            get_server_revision_from_state=get_server_revision_from_state,
+            self.__engine,
+            key,
+            push_metadata,
+            apply_server_push_to_state,
+            get_server_revision_from_state,
         )
 
     def server_push_threadsafe(
@@ -598,31 +609,15 @@ class Store(Generic[S]):
             >>> asyncio.run(main())
             PushOutcome.APPLIED 42
         """
-        loop = self._loop
-        if loop is None:
-            raise StateError(
-                "server_push_threadsafe() needs the store's event loop: create the store "
-                "inside a running loop, or use it there once first."
-            )
-        future: concurrent.futures.Future[PushOutcome] = concurrent.futures.Future()
-
-        def run_on_loop() -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                outcome = self.server_push(
-                    key=key,
-                    push_metadata=push_metadata,
-                    apply_server_push_to_state=apply_server_push_to_state,
-                    get_server_revision_from_state=get_server_revision_from_state,
-                )
-            except BaseException as error:  # handed over to the other thread
-                future.set_exception(error)
-            else:
-                future.set_result(outcome)
-
-        loop.call_soon_threadsafe(run_on_loop)
-        return future
+        return self.__handover.submit(
+            self.__binding.loop,
+            lambda: self.server_push(
+                key=key,
+                push_metadata=push_metadata,
+                apply_server_push_to_state=apply_server_push_to_state,
+                get_server_revision_from_state=get_server_revision_from_state,
+            ),
+        )
 
     def optimistic_sync(
         self,
@@ -693,10 +688,10 @@ class Store(Generic[S]):
             >>> asyncio.run(main())
             True [True]
         """
-        if self._coalesce(key, value_to_apply, apply_optimistic_value_to_state):
+        engine = self.__engine
+        if engine.coalesce(key, value_to_apply, apply_optimistic_value_to_state):
             return COMPLETED
-        return _sync.start(
-            self,
+        call = _sync.Sync(
             key,
             value_to_apply,
             apply_optimistic_value_to_state,
@@ -707,206 +702,4 @@ class Store(Generic[S]):
             if_should_send_another_request,
             max_follow_up_requests,
         )
-
-    # -- machinery shared by the sync strategies (internal) -------------------
-
-    def _key_state(self, key: Hashable) -> _KeyState:
-        state = self._keys.get(key)
-        if state is None:
-            state = self._keys[key] = _KeyState()
-        return state
-
-    def _check_thread(self) -> None:
-        if self._loop is None and _running_loop() is not None:
-            self._bind_loop()  # first use on a loop (server_push_threadsafe needs it bound)
-            return
-        if threading.get_ident() != self._loop_thread:
-            raise WrongThreadError(
-                "This store belongs to another thread's event loop; "
-                "use server_push_threadsafe() to hand a push over."
-            )
-
-    def _bind_loop(self) -> asyncio.AbstractEventLoop:
-        running = _running_loop()
-        if running is None:
-            raise StateError(
-                "A sync action needs a running event loop: call it from a coroutine "
-                "or a callback running on the loop."
-            )
-        if self._loop is None:
-            self._loop = running
-            self._loop_thread = threading.get_ident()
-        elif running is not self._loop:
-            raise StateError("This store belongs to another event loop.")
-        return running
-
-    def _coalesce(
-        self,
-        key: Hashable,
-        value_to_apply: Callable[[], T],
-        apply_optimistic_value_to_state: Callable[[S, T], S],
-    ) -> bool:
-        """The hot path: a tap on a key whose request is in flight.
-
-        Applies and counts the tap, which the cycle in flight will see as a
-        follow-up, and returns True; returns False, doing nothing, when the
-        key is free. Kept to a dict lookup and an emit (no scans).
-        """
-        try:
-            key_state = self._keys.get(key)
-        except TypeError:
-            raise TypeError(f"key must be hashable, got {type(key).__name__}: {key!r}") from None
-        if key_state is None or not key_state.locked:
-            return False
-        if threading.get_ident() != self._loop_thread:
-            self._check_thread()
-        if self._closed:
-            raise StoreClosedError("Cannot start a sync: the store is closed.")
-        new_state = apply_optimistic_value_to_state(self._state, value_to_apply())
-        self._emit_tap(key, key_state, new_state, take_lock=False)
-        return True
-
-    def _take_lock_and_apply(
-        self,
-        key: Hashable,
-        value_to_apply: Callable[[], T],
-        apply_optimistic_value_to_state: Callable[[S, T], S],
-    ) -> tuple[_KeyState, T, int]:
-        """A tap on a free key: apply and count it, and take the key's lock.
-
-        Returns the key's state, the value applied and the local revision it
-        got. Nothing changes if it raises.
-        """
-        if self._closed:
-            raise StoreClosedError("Cannot start a sync: the store is closed.")
-        self._bind_loop()
-        key_state = self._key_state(key)
-        value = value_to_apply()
-        new_state = apply_optimistic_value_to_state(self._state, value)
-        revision = self._emit_tap(key, key_state, new_state, take_lock=True)
-        return key_state, value, revision
-
-    def _emit_tap(
-        self, key: Hashable, key_state: _KeyState, new_state: S, *, take_lock: bool
-    ) -> int:
-        """Count a tap, take the lock if asked, and emit; undo it all if on_change vetoes.
-
-        Returns the local revision this tap got (read before the emit: a
-        listener may tap the same key again during it).
-        """
-        from_push = key_state.from_push
-        key_state.local_revision += 1
-        revision = key_state.local_revision
-        key_state.from_push = False
-        # Take the lock before emit: a listener that taps the same key
-        # re-entrantly must be coalesced, not start a second request.
-        if take_lock:
-            key_state.locked = True
-        try:
-            self.emit(new_state)
-        except BaseException:
-            # on_change vetoed the tap (a listener's error never gets here):
-            # it never happened, so it must not cause a follow-up either.
-            if take_lock:
-                key_state.locked = False
-            key_state.local_revision -= 1
-            key_state.from_push = from_push
-            raise
-        if self._status_listeners:  # skip the call when nobody listens
-            self._status_changed(key)
-        return revision
-
-    def _start_cycle(
-        self,
-        key: Hashable,
-        key_state: _KeyState,
-        body: Coroutine[Any, Any, None],
-        on_finish: OnFinish[S] | None,
-    ) -> CycleResult:
-        """Run the coroutine ``body`` as the key's lock cycle in a task the store owns."""
-        assert self._loop is not None
-        assert key_state.locked
-        cycle = Cycle(key, body)
-        coro = self._run_cycle(cycle, key_state, body, on_finish)
-        try:
-            task = self._loop.create_task(coro)
-        except BaseException:
-            coro.close()
-            body.close()
-            key_state.locked = False
-            raise
-        cycle.task = task
-        self._tasks[task] = cycle
-        task.add_done_callback(self._on_cycle_done)
-        return CycleResult(cycle)
-
-    async def _run_cycle(
-        self,
-        cycle: Cycle,
-        key_state: _KeyState,
-        body: Coroutine[Any, Any, None],
-        on_finish: OnFinish[S] | None,
-    ) -> None:
-        try:
-            try:
-                try:
-                    await body
-                except asyncio.CancelledError as cancelled:
-                    if self._closed or _is_being_cancelled():
-                        raise  # close() or loop shutdown: the cycle did not finish
-                    # Nobody cancelled the cycle: a callback raised it on its
-                    # own (say, a client whose task was cancelled). That is a
-                    # failed request, and must not look like our cancellation.
-                    raise RequestCancelledError(cycle.key) from cancelled
-                finally:
-                    key_state.locked = False
-                    self._status_changed(cycle.key)
-            except Exception as error:
-                # If on_finish raises, its error replaces this one (chained to it).
-                if on_finish is not None:
-                    await self._finish(cycle, on_finish, error)
-                raise
-            if on_finish is not None:
-                await self._finish(cycle, on_finish, None)
-        except BaseException as error:
-            cycle.finish(error)
-            raise
-        cycle.finish(None)
-
-    async def _finish(
-        self,
-        cycle: Cycle,
-        on_finish: OnFinish[S],
-        error: Exception | None,
-    ) -> None:
-        try:
-            result = on_finish(error)
-            if inspect.isawaitable(result):
-                result = await result
-        except asyncio.CancelledError as cancelled:
-            if self._closed or _is_being_cancelled():
-                raise
-            raise RequestCancelledError(cycle.key) from cancelled
-        if result is not None and not self._closed:
-            self.emit(result)
-
-    def _cycle_done(self, task: asyncio.Task[None]) -> None:
-        cycle = self._tasks.pop(task)
-        if task.cancelled():
-            never_started = inspect.getcoroutinestate(cycle.body) == inspect.CORO_CREATED
-            cycle.body.close()  # unstarted if cancelled before the task's first step
-            cycle.finish(asyncio.CancelledError())
-            if never_started:
-                self._free_never_started(cycle.key)
-            return
-        error = task.exception()  # also marks it retrieved: no asyncio warning
-        if error is not None and not cycle.delivered:
-            self._report(error)
-
-    def _free_never_started(self, key: Hashable) -> None:
-        # A task cancelled before its first step (by close(), loop shutdown or
-        # anyone else) never ran the cycle's finally, so the lock is still its.
-        key_state = self._keys.get(key)
-        if key_state is not None and key_state.locked:
-            key_state.locked = False
-            self._status_changed(key)
+        return _sync.start(engine, call)

@@ -2,27 +2,30 @@
 
 Reached through :meth:`Store.optimistic_sync_with_push
 <optisync.Store.optimistic_sync_with_push>` and :meth:`Store.server_push
-<optisync.Store.server_push>`; this module holds their logic.
+<optisync.Store.server_push>`; this module holds their logic, on the
+engine's interface.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable, Hashable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Generic, TypeVar
 
+import attrs
+
+from optisync._engine import KeyState, SyncEngine
+from optisync._tasks import CycleResult
 from optisync._types import OnFinish
-from optisync._validate import check_sync_arguments
+from optisync._validate import check_call, check_callback, check_key
 from optisync.errors import (
     FollowUpLimitError,
     MissingServerRevisionError,
     StateError,
     StoreClosedError,
 )
-from optisync.revisions import PushMetadata, PushOutcome, _KeyState, _require_int
-
-if TYPE_CHECKING:
-    from optisync.store import Store
+from optisync.revisions import PushMetadata, PushOutcome, require_int
 
 __all__: list[str] = []
 
@@ -31,180 +34,203 @@ T = TypeVar("T")
 R = TypeVar("R")
 K = TypeVar("K", bound=Hashable)
 
+SendWithPush = Callable[[T, int, int, Callable[[int], None]], Awaitable[R | None]]
 
-def start(
-    store: Store[S],
-    key: K,
-    value_to_apply: Callable[[], T],
-    apply_optimistic_value_to_state: Callable[[S, T], S],
-    get_value_from_state: Callable[[S], T],
-    send_value_to_server: Callable[[T, int, int, Callable[[int], None]], Awaitable[R | None]],
-    get_server_revision_from_state: Callable[[K], int],
-    apply_server_response_to_state: Callable[[S, R], S] | None,
-    on_finish: OnFinish[S] | None,
-    max_follow_up_requests: int,
-    /,
-) -> Awaitable[None]:
-    """Start a lock cycle for a tap on a free key (the store already checked it is free)."""
-    check_sync_arguments(
-        key,
-        max_follow_up_requests,
-        value_to_apply=value_to_apply,
-        apply_optimistic_value_to_state=apply_optimistic_value_to_state,
-        get_value_from_state=get_value_from_state,
-        send_value_to_server=send_value_to_server,
-        get_server_revision_from_state=get_server_revision_from_state,
-        apply_server_response_to_state=apply_server_response_to_state,
-        on_finish=on_finish,
-    )
-    key_state, value, first_revision = store._take_lock_and_apply(
-        key, value_to_apply, apply_optimistic_value_to_state
-    )
 
-    body = _send_until_stable(
-        store,
-        key,
-        key_state,
-        value,
-        first_revision,
-        get_value_from_state,
-        send_value_to_server,
-        get_server_revision_from_state,
-        apply_server_response_to_state,
-        max_follow_up_requests,
+@attrs.frozen
+class PushSync(Generic[S, T, R, K]):
+    """The arguments of one ``optimistic_sync_with_push`` call that took a lock."""
+
+    key: K
+    value_to_apply: Callable[[], T]
+    apply_optimistic_value_to_state: Callable[[S, T], S]
+    get_value_from_state: Callable[[S], T]
+    send_value_to_server: SendWithPush[T, R]
+    get_server_revision_from_state: Callable[[K], int]
+    apply_server_response_to_state: Callable[[S, R], S] | None
+    on_finish: OnFinish[S] | None
+    max_follow_up_requests: int
+
+
+def start(engine: SyncEngine[S], call: PushSync[S, T, R, K]) -> CycleResult:
+    """Start a lock cycle for a tap on a free key (the caller checked it is free)."""
+    check_call(call)
+    key = call.key
+    seed = revision_from_state(call.get_server_revision_from_state, key)
+    key_state, value, revision = engine.take_lock(
+        key, call.value_to_apply, call.apply_optimistic_value_to_state, seed_revision=seed
     )
-    return store._start_cycle(key, key_state, body, on_finish)
+    return engine.start_cycle(
+        key, key_state, call.on_finish, _send_until_stable, engine, call, key_state, value, revision
+    )
 
 
 async def _send_until_stable(
-    store: Store[S],
-    key: K,
-    key_state: _KeyState,
+    engine: SyncEngine[S],
+    call: PushSync[S, T, R, K],
+    key_state: KeyState,
     value: T,
     revision: int,
-    get_value_from_state: Callable[[S], T],
-    send_value_to_server: Callable[[T, int, int, Callable[[int], None]], Awaitable[R | None]],
-    get_server_revision_from_state: Callable[[K], int],
-    apply_server_response_to_state: Callable[[S, R], S] | None,
-    max_follow_up_requests: int,
 ) -> None:
+    host = engine.host
     follow_ups = 0
     while True:
-        inform = _Informer(store, key, key_state)
+        inform = _Informer(engine, call.key, key_state)
         try:
-            response = await send_value_to_server(value, revision, store.device_id, inform)
+            response = await call.send_value_to_server(value, revision, host.device_id, inform)
         finally:
             inform.finished = True
-        if store.is_closed:  # close() was called from inside this cycle: stop here
+        if host.is_closed:  # close() was called from inside this cycle: stop here
             raise asyncio.CancelledError
         informed = inform.informed
         if informed is None:
             raise MissingServerRevisionError(
                 f"send_value_to_server returned without calling inform_server_revision() "
-                f"for key {key!r}: call it with the server's revision after a successful request."
+                f"for key {call.key!r}: call it with the server's revision after a "
+                f"successful request."
             )
         # A push since the last tap is the newest word: it already came from
         # the server, so sending our older tap again would overwrite it.
         if key_state.from_push or key_state.local_revision == revision:
-            if response is not None and apply_server_response_to_state is not None:
-                known = max(
-                    key_state.server_revision,
-                    _revision_from_state(get_server_revision_from_state, key),
-                )
-                if informed >= known:
-                    store.emit(apply_server_response_to_state(store.state, response))
+            _apply_response(engine, call, key_state, response, informed)
             # The emit may have re-entered with a tap on this key (a listener):
             # the lock is still ours, so that tap needs a follow-up.
             if key_state.from_push or key_state.local_revision == revision:
                 return
         follow_ups += 1
-        if max_follow_up_requests != -1 and follow_ups > max_follow_up_requests:
-            raise FollowUpLimitError(key, max_follow_up_requests)
+        limit = call.max_follow_up_requests
+        if limit != -1 and follow_ups > limit:
+            raise FollowUpLimitError(call.key, limit)
         revision = key_state.local_revision
-        value = get_value_from_state(store.state)
+        value = call.get_value_from_state(host.state)
+
+
+def _apply_response(
+    engine: SyncEngine[S],
+    call: PushSync[S, T, R, K],
+    key_state: KeyState,
+    response: R | None,
+    informed: int,
+) -> None:
+    """Apply a response, unless a newer server revision is known (it is stale)."""
+    apply = call.apply_server_response_to_state
+    if response is None or apply is None:
+        return
+    known = max(
+        key_state.server_revision,
+        revision_from_state(call.get_server_revision_from_state, call.key),
+    )
+    if informed >= known:
+        engine.host.emit(apply(engine.host.state, response))
 
 
 class _Informer:
     """``inform_server_revision`` for one request: records what the server said.
 
     A slotted object rather than a closure over cells: every cycle in flight
-    holds one, and many thousands of keys may be in flight.
+    holds one, and many thousands of keys may be in flight. It may be called
+    once per request, with a revision of at least 0.
     """
 
-    __slots__ = ("finished", "informed", "key", "key_state", "store")
+    __slots__ = ("engine", "finished", "informed", "key", "key_state")
 
-    def __init__(self, store: Store[Any], key: Hashable, key_state: _KeyState) -> None:
-        self.store = store
+    def __init__(self, engine: SyncEngine[Any], key: Hashable, key_state: KeyState) -> None:
+        self.engine = engine
         self.key = key
         self.key_state = key_state
         self.informed: int | None = None
         self.finished = False
 
     def __call__(self, server_revision: int) -> None:
-        _require_int(server_revision, "inform_server_revision()'s argument")
+        require_int(server_revision, "inform_server_revision()'s argument", minimum=0)
         if self.finished:
             raise StateError("inform_server_revision() was called after its request had finished.")
+        if self.informed is not None:
+            raise StateError(
+                f"inform_server_revision() was called twice for one request of key "
+                f"{self.key!r} (with {self.informed}, then {server_revision}): a request "
+                f"has one server revision."
+            )
         self.informed = server_revision
-        if server_revision > self.key_state.server_revision:
-            self.key_state.server_revision = server_revision
-            self.store._status_changed(self.key)
+        if self.engine.seed_server_revision(self.key, self.key_state, server_revision):
+            self.engine.status_changed(self.key)
 
 
 def push(
-    store: Store[S],
-    *,
+    engine: SyncEngine[S],
     key: K,
     push_metadata: PushMetadata,
     apply_server_push_to_state: Callable[[S, K, int], S | None],
     get_server_revision_from_state: Callable[[K], int],
 ) -> PushOutcome:
-    store._check_thread()
-    check_sync_arguments(
-        key,
-        0,
-        apply_server_push_to_state=apply_server_push_to_state,
-        get_server_revision_from_state=get_server_revision_from_state,
-    )
-    if not isinstance(push_metadata, PushMetadata):
-        raise TypeError(f"push_metadata must be a PushMetadata, got {type(push_metadata).__name__}")
-    if store.is_closed:
+    """Apply a push unless it is stale or a self-echo (see :meth:`Store.server_push`)."""
+    binding = engine.binding
+    if binding.loop is None or binding.thread != threading.get_ident():
+        binding.check_thread()
+    check_key(key)
+    _check_push_arguments(push_metadata, apply_server_push_to_state, get_server_revision_from_state)
+    host = engine.host
+    if host.is_closed:
         raise StoreClosedError("Cannot apply a push: the store is closed.")
-    key_state = store._key_state(key)
-    known = max(
-        key_state.server_revision, _revision_from_state(get_server_revision_from_state, key)
+    key_state = engine.key_state(key)
+    seeded = engine.seed_server_revision(
+        key, key_state, revision_from_state(get_server_revision_from_state, key)
     )
-    seeded = known != key_state.server_revision
-    key_state.server_revision = known
+    known = key_state.server_revision
     pushed = push_metadata.server_revision
     if pushed <= known:
         if seeded:
-            store._status_changed(key)
+            engine.status_changed(key)
         return PushOutcome.STALE
-    if (
-        push_metadata.device_id == store.device_id
-        and push_metadata.local_revision < key_state.local_revision
+    if push_metadata.device_id == host.device_id and (
+        push_metadata.local_revision < key_state.local_revision
     ):
         # Our own older write coming back: the state already shows a newer tap.
         key_state.server_revision = pushed
-        store._status_changed(key)
+        engine.status_changed(key)
         return PushOutcome.SELF_ECHO
-    new_state = apply_server_push_to_state(store.state, key, pushed)
+    new_state = apply_server_push_to_state(host.state, key, pushed)
+    _apply_push(engine, key, key_state, new_state, pushed, known)
+    return PushOutcome.APPLIED
+
+
+def _apply_push(
+    engine: SyncEngine[S],
+    key: Hashable,
+    key_state: KeyState,
+    new_state: S | None,
+    pushed: int,
+    known: int,
+) -> None:
     from_push = key_state.from_push
     key_state.server_revision = pushed
     key_state.from_push = True
     if new_state is not None:
         try:
-            store.emit(new_state)
+            engine.host.emit(new_state)
         except BaseException:
             # on_change vetoed the push: it was not applied, so a replay must be.
             key_state.server_revision = known
             key_state.from_push = from_push
             raise
-    store._status_changed(key)
-    return PushOutcome.APPLIED
+    engine.status_changed(key)
 
 
-def _revision_from_state(get_server_revision_from_state: Callable[[K], int], key: K) -> int:
-    return _require_int(
-        get_server_revision_from_state(key), "get_server_revision_from_state()'s result"
+def _check_push_arguments(
+    push_metadata: object,
+    apply_server_push_to_state: object,
+    get_server_revision_from_state: object,
+) -> None:
+    check_callback("apply_server_push_to_state", apply_server_push_to_state)
+    check_callback("get_server_revision_from_state", get_server_revision_from_state)
+    if not isinstance(push_metadata, PushMetadata):
+        raise TypeError(f"push_metadata must be a PushMetadata, got {type(push_metadata).__name__}")
+
+
+def revision_from_state(get_server_revision_from_state: Callable[[K], int], key: K) -> int:
+    """The server revision the state holds for ``key``: an int, -1 when unknown."""
+    return require_int(
+        get_server_revision_from_state(key),
+        "get_server_revision_from_state()'s result",
+        minimum=-1,
     )

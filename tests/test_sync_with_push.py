@@ -427,8 +427,13 @@ async def test_a_raising_callback_in_the_cycle_unlocks_and_reaches_on_finish(
     store: DocStore, server: FakeServer, callback: str
 ) -> None:
     error = LookupError(callback)
+    calls = 0
 
     def broken(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if callback == "get_server_revision_from_state" and calls == 1:
+            return -1  # read when the call takes the lock, to seed the revision
         raise error
 
     done = store.toggle(**{callback: broken})
@@ -875,10 +880,18 @@ def test_push_metadata_is_frozen() -> None:
         meta.server_revision = 2  # type: ignore[misc]
 
 
-def test_default_device_id_is_random_once_per_process() -> None:
-    first = optisync.default_device_id()
-    assert first == optisync.default_device_id()
-    assert optisync.Store(0).device_id == first
+def test_each_store_gets_a_random_53_bit_device_id_of_its_own() -> None:
+    ids = {optisync.Store(0).device_id for _ in range(20)}
+    assert len(ids) == 20
+    assert all(0 <= device_id < 2**53 for device_id in ids)
+
+
+def test_default_device_id_still_works_once_per_process_but_is_deprecated() -> None:
+    with pytest.warns(DeprecationWarning, match="default_device_id"):
+        first = optisync.default_device_id()
+    with pytest.warns(DeprecationWarning, match="default_device_id"):
+        assert optisync.default_device_id() == first
+    assert optisync.Store(0).device_id != first
 
 
 def test_device_id_provider_applies_to_new_stores_and_can_be_reset() -> None:
@@ -888,7 +901,7 @@ def test_device_id_provider_applies_to_new_stores_and_can_be_reset() -> None:
         assert optisync.Store(0, device_id=7).device_id == 7
     finally:
         optisync.set_device_id_provider(None)
-    assert optisync.Store(0).device_id == optisync.default_device_id()
+    assert optisync.Store(0).device_id != optisync.Store(0).device_id
 
 
 def test_a_device_id_that_is_not_an_int_is_refused() -> None:

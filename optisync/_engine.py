@@ -1,0 +1,348 @@
+"""The sync machinery every strategy shares.
+
+A :class:`SyncEngine` belongs to one store. It keeps each key's bookkeeping
+(local and server revisions, the lock), applies taps, and runs each lock
+cycle in a task it owns: it frees the key in a ``finally``, runs
+``on_finish`` once, hands the outcome to awaiters, and cancels everything on
+close. The strategies (``optimistic_sync``, ``optimistic_sync_with_push``,
+``optimistic_command``) talk to it through the methods below and never see
+the store's internals; the engine sees the store only through :class:`Host`,
+which is the store's public API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+from collections.abc import Callable, Coroutine, Hashable, Iterable
+from typing import Any, Generic, Protocol, TypeVar
+
+from optisync._loop import LoopBinding, is_being_cancelled, report
+from optisync._tasks import Cycle, CycleResult
+from optisync._types import OnFinish
+from optisync.errors import RequestCancelledError, StateError, StoreClosedError
+
+__all__ = ["Host", "KeyState", "SyncEngine"]
+
+S = TypeVar("S")
+T = TypeVar("T")
+
+
+class Host(Protocol[S]):
+    """What the engine needs of its store: the Cubit part of the public API."""
+
+    @property
+    def state(self) -> S: ...
+
+    @property
+    def device_id(self) -> int: ...
+
+    @property
+    def is_closed(self) -> bool: ...
+
+    def emit(self, state: S) -> None: ...
+
+    def on_error(self, error: BaseException) -> None: ...
+
+
+class KeyState:
+    """One key's bookkeeping. Read it through the store's per-key status methods."""
+
+    __slots__ = ("from_push", "local_revision", "locked", "server_revision")
+
+    def __init__(self) -> None:
+        self.local_revision = 0
+        self.server_revision = -1
+        # Whether the key's latest change came from a push (then a request in
+        # flight gets no follow-up: the push is the server's newer word).
+        self.from_push = False
+        self.locked = False
+
+
+class SyncEngine(Generic[S]):
+    """Per-key revisions and locks, and the lock cycles of one store."""
+
+    __slots__ = (
+        "binding",
+        "host",
+        "keys",
+        "next_token",
+        "on_cycle_done",
+        "status_listeners",
+        "tasks",
+    )
+
+    def __init__(self, host: Host[S], binding: LoopBinding) -> None:
+        self.host = host
+        self.binding = binding
+        self.keys: dict[Hashable, KeyState] = {}
+        self.tasks: dict[asyncio.Task[None], Cycle] = {}
+        self.status_listeners: dict[int, Callable[[Hashable], object]] = {}
+        self.next_token = 0
+        # One bound method for every cycle, rather than a new one per cycle.
+        self.on_cycle_done = self.cycle_done
+
+    # -- per-key status ------------------------------------------------------
+
+    def key_state(self, key: Hashable) -> KeyState:
+        state = self.keys.get(key)
+        if state is None:
+            state = self.keys[key] = KeyState()
+        return state
+
+    def subscribe_status(self, listener: Callable[[Hashable], object]) -> Callable[[], None]:
+        if not callable(listener):
+            raise TypeError(f"listener must be callable, got {type(listener).__name__}")
+        token = self.next_token
+        self.next_token += 1
+        self.status_listeners[token] = listener
+
+        def unsubscribe() -> None:
+            self.status_listeners.pop(token, None)
+
+        return unsubscribe
+
+    def status_changed(self, key: Hashable) -> None:
+        if not self.status_listeners:
+            return
+        for listener in tuple(self.status_listeners.values()):
+            try:
+                listener(key)
+            except Exception as error:  # a listener's bug must not break a sync
+                report(self.host.on_error, error)
+
+    def seed_server_revision(self, key: Hashable, key_state: KeyState, revision: int) -> bool:
+        """Raise the key's known server revision to ``revision``; whether it rose."""
+        if revision <= key_state.server_revision:
+            return False
+        key_state.server_revision = revision
+        return True
+
+    def forget_idle_keys(self, keys: Iterable[Hashable] | None) -> int:
+        forget = list(self.keys) if keys is None else list(keys)
+        forgotten = 0
+        for key in forget:
+            key_state = self.keys.get(key)
+            if key_state is not None and not key_state.locked:
+                del self.keys[key]
+                forgotten += 1
+        return forgotten
+
+    # -- taps ----------------------------------------------------------------
+
+    def coalesce(
+        self,
+        key: Hashable,
+        value_to_apply: Callable[[], T],
+        apply_optimistic_value_to_state: Callable[[S, T], S],
+    ) -> bool:
+        """The hot path: a tap on a key whose request is in flight.
+
+        Applies and counts the tap, which the cycle in flight will see as a
+        follow-up, and returns True; returns False, doing nothing, when the
+        key is free. Kept to a dict lookup and an emit (no scans).
+        """
+        try:
+            key_state = self.keys.get(key)
+        except TypeError:
+            raise TypeError(f"key must be hashable, got {type(key).__name__}: {key!r}") from None
+        if key_state is None or not key_state.locked:
+            return False
+        if threading.get_ident() != self.binding.thread:
+            self.binding.check_thread()
+        host = self.host
+        if host.is_closed:
+            raise StoreClosedError("Cannot start a sync: the store is closed.")
+        new_state = apply_optimistic_value_to_state(host.state, value_to_apply())
+        self.count_tap(key, key_state, new_state, take_lock=False)
+        return True
+
+    def take_lock(
+        self,
+        key: Hashable,
+        value_to_apply: Callable[[], T],
+        apply_optimistic_value_to_state: Callable[[S, T], S],
+        *,
+        seed_revision: int = -1,
+    ) -> tuple[KeyState, T, int]:
+        """A tap on a free key: apply and count it, and take the key's lock.
+
+        ``seed_revision`` (the server revision the state holds) raises the
+        key's known server revision first. Returns the key's state, the value
+        applied and the local revision it got. Nothing changes if a callback
+        raises.
+        """
+        if self.host.is_closed:
+            raise StoreClosedError("Cannot start a sync: the store is closed.")
+        self.binding.bind()
+        value = value_to_apply()
+        new_state = apply_optimistic_value_to_state(self.host.state, value)
+        key_state = self.key_state(key)
+        self.seed_server_revision(key, key_state, seed_revision)
+        revision = self.count_tap(key, key_state, new_state, take_lock=True)
+        return key_state, value, revision
+
+    def count_tap(
+        self, key: Hashable, key_state: KeyState, new_state: S, *, take_lock: bool
+    ) -> int:
+        """Count a tap, take the lock if asked, and emit; undo it all if on_change vetoes.
+
+        Returns the local revision this tap got (read before the emit: a
+        listener may tap the same key again during it).
+        """
+        from_push = key_state.from_push
+        key_state.local_revision += 1
+        revision = key_state.local_revision
+        key_state.from_push = False
+        # Take the lock before emit: a listener that taps the same key
+        # re-entrantly must be coalesced, not start a second request.
+        if take_lock:
+            key_state.locked = True
+        try:
+            self.host.emit(new_state)
+        except BaseException:
+            # on_change vetoed the tap (a listener's error never gets here):
+            # it never happened, so it must not cause a follow-up either.
+            if take_lock:
+                key_state.locked = False
+            key_state.local_revision -= 1
+            key_state.from_push = from_push
+            raise
+        if self.status_listeners:  # skip the call when nobody listens
+            self.status_changed(key)
+        return revision
+
+    # -- lock cycles ---------------------------------------------------------
+
+    def start_cycle(
+        self,
+        key: Hashable,
+        key_state: KeyState,
+        on_finish: OnFinish[S] | None,
+        body: Callable[..., Coroutine[Any, Any, None]],
+        *args: Any,
+    ) -> CycleResult:
+        """Run ``body(*args)`` as the key's lock cycle, in a task the engine owns.
+
+        The body's coroutine is made inside the task, so a task cancelled
+        before its first step leaves no coroutine that was never awaited.
+        """
+        loop = self.binding.loop
+        assert loop is not None
+        assert key_state.locked
+        cycle = Cycle(key)
+        coro = self.run_cycle(cycle, key_state, on_finish, body, args)
+        try:
+            task = loop.create_task(coro)
+        except BaseException:
+            coro.close()
+            key_state.locked = False
+            raise
+        cycle.task = task
+        self.tasks[task] = cycle
+        task.add_done_callback(self.on_cycle_done)
+        return CycleResult(cycle)
+
+    async def run_cycle(
+        self,
+        cycle: Cycle,
+        key_state: KeyState,
+        on_finish: OnFinish[S] | None,
+        body: Callable[..., Coroutine[Any, Any, None]],
+        args: tuple[Any, ...],
+    ) -> None:
+        cycle.started = True
+        try:
+            try:
+                try:
+                    await body(*args)
+                except asyncio.CancelledError as cancelled:
+                    raise self.unless_cancelled(cycle, cancelled) from cancelled
+                finally:
+                    key_state.locked = False
+                    self.status_changed(cycle.key)
+            except Exception as error:
+                # If on_finish raises, its error replaces this one (chained to it).
+                if on_finish is not None:
+                    await self.finish(cycle, key_state, on_finish, error)
+                raise
+            if on_finish is not None:
+                await self.finish(cycle, key_state, on_finish, None)
+        except BaseException as error:
+            cycle.finish(error)
+            raise
+        cycle.finish(None)
+
+    def unless_cancelled(self, cycle: Cycle, cancelled: asyncio.CancelledError) -> BaseException:
+        """What a ``CancelledError`` out of a callback means for the cycle.
+
+        If close() or the loop's shutdown cancelled the cycle, it stands. If
+        nobody did, a callback raised it on its own (say, a client whose task
+        was cancelled): that is a failed request, and must not look like our
+        cancellation.
+        """
+        if self.host.is_closed or is_being_cancelled():
+            return cancelled
+        return RequestCancelledError(cycle.key)
+
+    async def finish(
+        self,
+        cycle: Cycle,
+        key_state: KeyState,
+        on_finish: OnFinish[S],
+        error: Exception | None,
+    ) -> None:
+        taps = key_state.local_revision
+        try:
+            result = on_finish(error)
+            if inspect.isawaitable(result):
+                result = await result
+        except asyncio.CancelledError as cancelled:
+            raise self.unless_cancelled(cycle, cancelled) from cancelled
+        if result is None or self.host.is_closed:
+            return
+        if key_state.local_revision != taps:
+            # The key was tapped while on_finish ran: that tap is on screen and
+            # on its way to the server, and newer than whatever on_finish read.
+            return
+        self.host.emit(result)
+
+    def cycle_done(self, task: asyncio.Task[None]) -> None:
+        cycle = self.tasks.pop(task)
+        if task.cancelled():
+            cycle.finish(asyncio.CancelledError())
+            if not cycle.started:
+                self.free_never_started(cycle.key)
+            return
+        error = task.exception()  # also marks it retrieved: no asyncio warning
+        if error is not None and not cycle.delivered:
+            report(self.host.on_error, error)
+
+    def free_never_started(self, key: Hashable) -> None:
+        # A task cancelled before its first step (by close(), loop shutdown or
+        # anyone else) never ran the cycle's finally, so the lock is still its.
+        key_state = self.keys.get(key)
+        if key_state is not None and key_state.locked:
+            key_state.locked = False
+            self.status_changed(key)
+
+    async def close(self, timeout: float | None) -> None:  # noqa: ASYNC109 - see Store.close
+        """Cancel every cycle and wait for them, ``timeout`` seconds at most."""
+        current = asyncio.current_task()
+        tasks = [task for task in self.tasks if task is not current]
+        for task in tasks:
+            task.cancel()
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            key = self.tasks[task].key
+            report(
+                self.host.on_error,
+                StateError(
+                    f"The sync of key {key!r} did not stop when close() cancelled it "
+                    f"(a callback swallowed the cancellation); close() stopped waiting "
+                    f"after {timeout} s and left it running."
+                ),
+            )
