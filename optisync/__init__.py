@@ -9,7 +9,9 @@ Examples:
 
 from optisync._stream import StateStream
 from optisync._types import OnFinish
+from optisync.command import roll_back_unless_moved_on
 from optisync.errors import (
+    CommandInProgressError,
     FollowUpLimitError,
     MissingServerRevisionError,
     RequestCancelledError,
@@ -21,6 +23,7 @@ from optisync.revisions import PushMetadata, PushOutcome, default_device_id, set
 from optisync.store import Store
 
 __all__ = [
+    "CommandInProgressError",
     "FollowUpLimitError",
     "MissingServerRevisionError",
     "OnFinish",
@@ -33,6 +36,7 @@ __all__ = [
     "StoreClosedError",
     "WrongThreadError",
     "default_device_id",
+    "roll_back_unless_moved_on",
     "set_device_id_provider",
 ]
 

@@ -21,7 +21,12 @@ from typing import Any, Generic, Protocol, TypeVar
 from optisync._loop import LoopBinding, is_being_cancelled, report
 from optisync._tasks import Cycle, CycleResult
 from optisync._types import OnFinish
-from optisync.errors import RequestCancelledError, StateError, StoreClosedError
+from optisync.errors import (
+    CommandInProgressError,
+    RequestCancelledError,
+    StateError,
+    StoreClosedError,
+)
 
 __all__ = ["Host", "KeyState", "SyncEngine"]
 
@@ -49,7 +54,7 @@ class Host(Protocol[S]):
 class KeyState:
     """One key's bookkeeping. Read it through the store's per-key status methods."""
 
-    __slots__ = ("from_push", "local_revision", "locked", "server_revision")
+    __slots__ = ("command", "from_push", "local_revision", "locked", "server_revision")
 
     def __init__(self) -> None:
         self.local_revision = 0
@@ -58,6 +63,8 @@ class KeyState:
         # flight gets no follow-up: the push is the server's newer word).
         self.from_push = False
         self.locked = False
+        # Whether the lock is an optimistic_command's, which nothing may join.
+        self.command = False
 
 
 class SyncEngine(Generic[S]):
@@ -151,6 +158,8 @@ class SyncEngine(Generic[S]):
             return False
         if threading.get_ident() != self.binding.thread:
             self.binding.check_thread()
+        if key_state.command:
+            raise CommandInProgressError(key)
         host = self.host
         if host.is_closed:
             raise StoreClosedError("Cannot start a sync: the store is closed.")
@@ -165,13 +174,14 @@ class SyncEngine(Generic[S]):
         apply_optimistic_value_to_state: Callable[[S, T], S],
         *,
         seed_revision: int = -1,
+        command: bool = False,
     ) -> tuple[KeyState, T, int]:
         """A tap on a free key: apply and count it, and take the key's lock.
 
         ``seed_revision`` (the server revision the state holds) raises the
         key's known server revision first. Returns the key's state, the value
         applied and the local revision it got. Nothing changes if a callback
-        raises.
+        raises. ``command``: the lock is an optimistic_command's.
         """
         if self.host.is_closed:
             raise StoreClosedError("Cannot start a sync: the store is closed.")
@@ -180,11 +190,17 @@ class SyncEngine(Generic[S]):
         new_state = apply_optimistic_value_to_state(self.host.state, value)
         key_state = self.key_state(key)
         self.seed_server_revision(key, key_state, seed_revision)
-        revision = self.count_tap(key, key_state, new_state, take_lock=True)
+        revision = self.count_tap(key, key_state, new_state, take_lock=True, command=command)
         return key_state, value, revision
 
     def count_tap(
-        self, key: Hashable, key_state: KeyState, new_state: S, *, take_lock: bool
+        self,
+        key: Hashable,
+        key_state: KeyState,
+        new_state: S,
+        *,
+        take_lock: bool,
+        command: bool = False,
     ) -> int:
         """Count a tap, take the lock if asked, and emit; undo it all if on_change vetoes.
 
@@ -199,13 +215,14 @@ class SyncEngine(Generic[S]):
         # re-entrantly must be coalesced, not start a second request.
         if take_lock:
             key_state.locked = True
+            key_state.command = command
         try:
             self.host.emit(new_state)
         except BaseException:
             # on_change vetoed the tap (a listener's error never gets here):
             # it never happened, so it must not cause a follow-up either.
             if take_lock:
-                key_state.locked = False
+                key_state.locked = key_state.command = False
             key_state.local_revision -= 1
             key_state.from_push = from_push
             raise
@@ -258,9 +275,9 @@ class SyncEngine(Generic[S]):
                 try:
                     await body(*args)
                 except asyncio.CancelledError as cancelled:
-                    raise self.unless_cancelled(cycle, cancelled) from cancelled
+                    raise self.unless_cancelled(cycle.key, cancelled) from cancelled
                 finally:
-                    key_state.locked = False
+                    key_state.locked = key_state.command = False
                     self.status_changed(cycle.key)
             except Exception as error:
                 # If on_finish raises, its error replaces this one (chained to it).
@@ -274,7 +291,7 @@ class SyncEngine(Generic[S]):
             raise
         cycle.finish(None)
 
-    def unless_cancelled(self, cycle: Cycle, cancelled: asyncio.CancelledError) -> BaseException:
+    def unless_cancelled(self, key: Hashable, cancelled: asyncio.CancelledError) -> BaseException:
         """What a ``CancelledError`` out of a callback means for the cycle.
 
         If close() or the loop's shutdown cancelled the cycle, it stands. If
@@ -284,7 +301,7 @@ class SyncEngine(Generic[S]):
         """
         if self.host.is_closed or is_being_cancelled():
             return cancelled
-        return RequestCancelledError(cycle.key)
+        return RequestCancelledError(key)
 
     async def finish(
         self,
@@ -299,7 +316,7 @@ class SyncEngine(Generic[S]):
             if inspect.isawaitable(result):
                 result = await result
         except asyncio.CancelledError as cancelled:
-            raise self.unless_cancelled(cycle, cancelled) from cancelled
+            raise self.unless_cancelled(cycle.key, cancelled) from cancelled
         if result is None or self.host.is_closed:
             return
         if key_state.local_revision != taps:
@@ -324,7 +341,7 @@ class SyncEngine(Generic[S]):
         # anyone else) never ran the cycle's finally, so the lock is still its.
         key_state = self.keys.get(key)
         if key_state is not None and key_state.locked:
-            key_state.locked = False
+            key_state.locked = key_state.command = False
             self.status_changed(key)
 
     async def close(self, timeout: float | None) -> None:  # noqa: ASYNC109 - see Store.close

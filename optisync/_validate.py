@@ -10,7 +10,13 @@ __all__ = ["check_call", "check_callback", "check_key"]
 
 # Callbacks a caller may leave out (None).
 _OPTIONAL = frozenset(
-    {"apply_server_response_to_state", "on_finish", "if_should_send_another_request", "reload"}
+    {
+        "apply_server_response_to_state",
+        "if_should_send_another_request",
+        "on_finish",
+        "reload_from_server",
+        "rollback_state",
+    }
 )
 
 

@@ -8,6 +8,7 @@ Errors raised by your own callbacks reach you unchanged.
 from __future__ import annotations
 
 __all__ = [
+    "CommandInProgressError",
     "FollowUpLimitError",
     "MissingServerRevisionError",
     "RequestCancelledError",
@@ -119,3 +120,25 @@ class WrongThreadError(StateError):
         >>> issubclass(optisync.WrongThreadError, RuntimeError)
         True
     """
+
+
+class CommandInProgressError(StateError):
+    """A key is busy with an ``optimistic_command`` that has not finished.
+
+    Raised at call time, before anything changes, by a second
+    ``optimistic_command`` on the key (a double tap on "send" must not send
+    twice), by a command on a key a sync holds, and by a sync call on a key
+    a command holds. Disable the button
+    while :meth:`Store.is_syncing <optisync.Store.is_syncing>` says so.
+
+    Examples:
+        >>> import optisync
+        >>> print(optisync.CommandInProgressError(("add", 1)))
+        Key ('add', 1) is busy with an optimistic_command (or a sync) that has not finished.
+    """
+
+    def __init__(self, key: object) -> None:
+        super().__init__(
+            f"Key {key!r} is busy with an optimistic_command (or a sync) that has not finished."
+        )
+        self.key = key

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable
 from types import TracebackType
 from typing import Generic, Self, TypeVar
 
+from optisync import command as _command
 from optisync import sync as _sync
 from optisync import sync_with_push as _sync_with_push
 from optisync._engine import SyncEngine
@@ -45,9 +46,16 @@ class Store(Generic[S]):
     Args:
         initial_state: the first state. Treat states as immutable values:
             replace them with :meth:`emit`, never change them in place.
-        device_id: this store's device id for ``optimistic_sync_with_push``;
-            by default the one from :func:`optisync.set_device_id_provider`,
-            or a random id made once per process.
+        device_id: this store's device id for ``optimistic_sync_with_push``
+            (an int >= 0); by default the one from
+            :func:`optisync.set_device_id_provider`, or else a random 53-bit
+            id of this store's own.
+
+    Subclassing: the names a subclass may not redefine are the public API
+    below (``state``, ``emit``, ``close``, the sync methods, ...) and
+    dunders. Everything the store keeps is name-mangled (``_Store__...``),
+    so your own ``_send``, ``_finish`` or ``_tasks`` never collide with it.
+    Override ``on_change`` and ``on_error``; they are hooks.
 
     Examples:
         >>> import asyncio
@@ -703,3 +711,100 @@ class Store(Generic[S]):
             max_follow_up_requests,
         )
         return _sync.start(engine, call)
+
+    def optimistic_command(
+        self,
+        *,
+        key: Hashable,
+        value_to_apply: Callable[[], T],
+        apply_optimistic_value_to_state: Callable[[S, T], S],
+        get_value_from_state: Callable[[S], T],
+        send_command_to_server: Callable[[T], Awaitable[R | None]],
+        apply_server_response_to_state: Callable[[S, R], S] | None = None,
+        rollback_state: Callable[[S, T, T, Exception], S | None] | None = None,
+        reload_from_server: Callable[[], Awaitable[T]] | None = None,
+        on_finish: OnFinish[S] | None = None,
+    ) -> Awaitable[None]:
+        """Apply a one-shot action at once, run it on the server, undo it if it fails.
+
+        For what is not a value to converge on: add a todo, send a message.
+        The call applies ``value_to_apply()`` to the state and takes the key's
+        lock before it returns; a task the store owns then awaits
+        ``send_command_to_server(value)``. On success a non-None response is
+        applied with ``apply_server_response_to_state``. On failure the state
+        is rolled back, unless it moved on: by default the value from before
+        the command is restored only while the state still holds the value
+        the command applied (see :func:`~optisync.roll_back_unless_moved_on`);
+        then ``reload_from_server()``, if given, fetches the value, which is
+        applied unless the value changed while it loaded. The command's error
+        reaches ``on_finish`` and the awaiting caller; a failing reload goes
+        to :meth:`on_error` and never hides it.
+
+        One command per key runs at a time: a second call while one runs
+        raises :class:`~optisync.CommandInProgressError` and changes nothing
+        (queueing would make a double tap send twice). Cancellation,
+        ``on_finish`` and error routing are those of the sync methods.
+
+        Args:
+            key: names the command (hashable), e.g. ``("add_todo", todo.id)``.
+            value_to_apply: returns the value the command shows at once.
+            apply_optimistic_value_to_state: ``(state, value) -> state``; also
+                used to roll back and to apply a reload.
+            get_value_from_state: ``state -> value``.
+            send_command_to_server: ``async (value) -> response``.
+            apply_server_response_to_state: ``(state, response) -> state``.
+            rollback_state: ``(state, value_before, value_applied, error) ->
+                state or None`` (None: no rollback).
+            reload_from_server: ``async () -> value``, run after a failure.
+            on_finish: ``(error or None) -> state or None``, sync or async;
+                runs once after the lock is released.
+
+        Returns:
+            An awaitable that waits for the command and raises its error.
+
+        Raises:
+            CommandInProgressError: a command for ``key`` is running.
+            TypeError: ``key`` is not hashable, or an argument has a wrong type.
+            StoreClosedError: the store is closed.
+            StateError: no running event loop.
+
+        Examples:
+            >>> import asyncio
+            >>> from optisync import Store
+            >>> class Todos(Store[tuple[str, ...]]):
+            ...     def add(self, title: str, fail: bool = False) -> object:
+            ...         async def send(todos: tuple[str, ...]) -> None:
+            ...             if fail:
+            ...                 raise ConnectionError("offline")
+            ...         return self.optimistic_command(
+            ...             key=("add", title),
+            ...             value_to_apply=lambda: (*self.state, title),
+            ...             apply_optimistic_value_to_state=lambda s, todos: todos,
+            ...             get_value_from_state=lambda s: s,
+            ...             send_command_to_server=send,
+            ...         )
+            >>> async def main() -> None:
+            ...     async with Todos(()) as store:
+            ...         await store.add("milk")
+            ...         failed = store.add("eggs", fail=True)
+            ...         print(store.state)  # shown at once
+            ...         try:
+            ...             await failed
+            ...         except ConnectionError:
+            ...             print(store.state)  # rolled back
+            >>> asyncio.run(main())
+            ('milk', 'eggs')
+            ('milk',)
+        """
+        call = _command.Command(
+            key,
+            value_to_apply,
+            apply_optimistic_value_to_state,
+            get_value_from_state,
+            send_command_to_server,
+            apply_server_response_to_state,
+            rollback_state,
+            reload_from_server,
+            on_finish,
+        )
+        return _command.start(self.__engine, call)
