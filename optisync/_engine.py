@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import sys
 import threading
 from collections.abc import Callable, Coroutine, Hashable, Iterable
 from typing import Any, Generic, Protocol, TypeVar
@@ -28,10 +29,14 @@ from optisync.errors import (
     StoreClosedError,
 )
 
-__all__ = ["Host", "KeyState", "SyncEngine"]
+__all__ = ["Body", "Host", "KeyState", "SyncEngine"]
 
 S = TypeVar("S")
 T = TypeVar("T")
+
+
+# A strategy's loop: (engine, call, key_state, first value, its local revision).
+Body = Callable[["SyncEngine[S]", Any, "KeyState", Any, int], Coroutine[Any, Any, None]]
 
 
 class Host(Protocol[S]):
@@ -72,22 +77,26 @@ class SyncEngine(Generic[S]):
 
     __slots__ = (
         "binding",
+        "eager_start",
         "host",
         "keys",
         "next_token",
         "on_cycle_done",
+        "on_undelivered",
         "status_listeners",
         "tasks",
     )
 
-    def __init__(self, host: Host[S], binding: LoopBinding) -> None:
+    def __init__(self, host: Host[S], binding: LoopBinding, *, eager_start: bool = False) -> None:
         self.host = host
         self.binding = binding
         self.keys: dict[Hashable, KeyState] = {}
         self.tasks: dict[asyncio.Task[None], Cycle] = {}
         self.status_listeners: dict[int, Callable[[Hashable], object]] = {}
         self.next_token = 0
+        self.eager_start = eager_start
         # One bound method for every cycle, rather than a new one per cycle.
+        self.on_undelivered = self.report_undelivered
         self.on_cycle_done = self.cycle_done
 
     # -- per-key status ------------------------------------------------------
@@ -237,10 +246,14 @@ class SyncEngine(Generic[S]):
         key: Hashable,
         key_state: KeyState,
         on_finish: OnFinish[S] | None,
-        body: Callable[..., Coroutine[Any, Any, None]],
-        *args: Any,
+        body: Body[S],
+        call: Any,
+        value: Any,
+        revision: int,
     ) -> CycleResult:
-        """Run ``body(*args)`` as the key's lock cycle, in a task the engine owns.
+        """Run ``body(engine, call, key_state, value, revision)`` as the key's lock cycle.
+
+        It runs in a task the engine owns.
 
         The body's coroutine is made inside the task, so a task cancelled
         before its first step leaves no coroutine that was never awaited.
@@ -248,17 +261,22 @@ class SyncEngine(Generic[S]):
         loop = self.binding.loop
         assert loop is not None
         assert key_state.locked
-        cycle = Cycle(key)
-        coro = self.run_cycle(cycle, key_state, on_finish, body, args)
+        cycle = Cycle(key, self.on_undelivered)
+        coro = self.run_cycle(cycle, key_state, on_finish, body, call, value, revision)
         try:
-            task = loop.create_task(coro)
+            if self.eager_start and sys.version_info >= (3, 12):
+                # Runs up to the send's first await right here, as Dart does.
+                task = asyncio.Task(coro, loop=loop, eager_start=True)
+            else:
+                task = loop.create_task(coro)
         except BaseException:
             coro.close()
-            key_state.locked = False
+            key_state.locked = key_state.command = False
             raise
         cycle.task = task
-        self.tasks[task] = cycle
-        task.add_done_callback(self.on_cycle_done)
+        if not task.done():  # an eager cycle may have ended inside create_task
+            self.tasks[task] = cycle
+            task.add_done_callback(self.on_cycle_done)
         return CycleResult(cycle)
 
     async def run_cycle(
@@ -266,30 +284,50 @@ class SyncEngine(Generic[S]):
         cycle: Cycle,
         key_state: KeyState,
         on_finish: OnFinish[S] | None,
-        body: Callable[..., Coroutine[Any, Any, None]],
-        args: tuple[Any, ...],
+        body: Body[S],
+        call: Any,
+        value: Any,
+        revision: int,
     ) -> None:
+        """The cycle's task: the body, the key freed, on_finish, the outcome handed out."""
         cycle.started = True
+        error: Exception | None = None
         try:
             try:
                 try:
-                    await body(*args)
+                    await body(self, call, key_state, value, revision)
                 except asyncio.CancelledError as cancelled:
                     raise self.unless_cancelled(cycle.key, cancelled) from cancelled
                 finally:
                     key_state.locked = key_state.command = False
                     self.status_changed(cycle.key)
-            except Exception as error:
-                # If on_finish raises, its error replaces this one (chained to it).
-                if on_finish is not None:
-                    await self.finish(cycle, key_state, on_finish, error)
-                raise
+            except Exception as failure:
+                error = failure
             if on_finish is not None:
-                await self.finish(cycle, key_state, on_finish, None)
-        except BaseException as error:
-            cycle.finish(error)
+                try:
+                    await self.finish(cycle, key_state, on_finish, error)
+                except Exception as failure:
+                    # on_finish's error replaces the cycle's, chained to it.
+                    if failure.__context__ is None and failure is not error:
+                        failure.__context__ = error
+                    error = failure
+        except BaseException as stop:  # cancelled by close() or the loop's shutdown
+            self.end(cycle, stop)
             raise
-        cycle.finish(None)
+        self.end(cycle, error)
+
+    def end(self, cycle: Cycle, outcome: BaseException | None) -> None:
+        """The cycle's last act: forget its task and hand the outcome out."""
+        if cycle.task is not None:
+            self.tasks.pop(cycle.task, None)
+        handed = cycle.finish(outcome)
+        if isinstance(outcome, Exception) and not handed:
+            # Nobody waits now; a caller may still await it in this turn.
+            asyncio.get_running_loop().call_soon(self.on_undelivered, cycle)
+
+    def report_undelivered(self, cycle: Cycle) -> None:
+        if cycle.error is not None and not cycle.delivered:
+            report(self.host.on_error, cycle.error)
 
     def unless_cancelled(self, key: Hashable, cancelled: asyncio.CancelledError) -> BaseException:
         """What a ``CancelledError`` out of a callback means for the cycle.
@@ -326,23 +364,20 @@ class SyncEngine(Generic[S]):
         self.host.emit(result)
 
     def cycle_done(self, task: asyncio.Task[None]) -> None:
-        cycle = self.tasks.pop(task)
-        if task.cancelled():
-            cycle.finish(asyncio.CancelledError())
-            if not cycle.started:
-                self.free_never_started(cycle.key)
-            return
-        error = task.exception()  # also marks it retrieved: no asyncio warning
-        if error is not None and not cycle.delivered:
-            report(self.host.on_error, error)
+        # Only for a task cancelled before its first step (by close(), the
+        # loop's shutdown or anyone else): every other cycle ends itself.
+        if task in self.tasks and task.cancelled() and not self.tasks[task].started:
+            self.free_never_started(task)
 
-    def free_never_started(self, key: Hashable) -> None:
-        # A task cancelled before its first step (by close(), loop shutdown or
-        # anyone else) never ran the cycle's finally, so the lock is still its.
-        key_state = self.keys.get(key)
+    def free_never_started(self, task: asyncio.Task[None]) -> None:
+        # Such a task never ran the cycle's finally: free its key and tell
+        # its awaiters here.
+        cycle = self.tasks.pop(task)
+        cycle.finish(asyncio.CancelledError())
+        key_state = self.keys.get(cycle.key)
         if key_state is not None and key_state.locked:
             key_state.locked = key_state.command = False
-            self.status_changed(key)
+            self.status_changed(cycle.key)
 
     async def close(self, timeout: float | None) -> None:  # noqa: ASYNC109 - see Store.close
         """Cancel every cycle and wait for them, ``timeout`` seconds at most."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 from optisync.errors import StoreClosedError
@@ -32,38 +32,47 @@ def _closed_error(cycle: Cycle) -> StoreClosedError:
 
 
 class Cycle:
-    """One lock cycle of a key: its task, and the callers waiting for it.
+    """One lock cycle of a key: its task, its outcome, and the callers waiting for it.
 
     Each awaiter waits on a future of its own, resolved by :meth:`finish` as
     the cycle's last act inside its task, so the awaiter resumes on the next
-    loop turn (``asyncio.shield`` of the task took two more), and cancelling
-    an awaiter cancels only its own future, never the sync.
+    loop turn, and cancelling an awaiter cancels only its own future, never
+    the sync. The task itself never ends with an error (the outcome is kept
+    here), so asyncio has nothing to log about it.
     """
 
-    __slots__ = ("delivered", "key", "started", "task", "waiters")
+    __slots__ = ("delivered", "error", "key", "reporter", "started", "task", "waiters")
 
-    def __init__(self, key: object) -> None:
+    def __init__(self, key: object, reporter: Callable[[Cycle], object]) -> None:
         self.key = key
+        # Called on the next loop turn with an error no awaiter was handed.
+        self.reporter = reporter
         # False until the task takes its first step: a task cancelled before
-        # that never ran the cycle's ``finally``, so the key is freed for it.
+        # that never ran the cycle's ``finally``, so close() frees its key.
         self.started = False
         self.task: asyncio.Task[None] | None = None
         self.waiters: list[asyncio.Future[None]] | None = None
+        self.error: Exception | None = None
         # Whether an awaiter received the outcome; if none did, the store reports it.
         self.delivered = False
 
-    def finish(self, error: BaseException | None) -> None:
-        """Hand the cycle's outcome to every awaiter still waiting; later calls do nothing."""
+    def finish(self, error: BaseException | None) -> bool:
+        """Hand the outcome to every awaiter still waiting; whether one was waiting."""
+        if isinstance(error, Exception):
+            self.error = error
         waiters, self.waiters = self.waiters, None
+        handed = False
         for waiter in waiters or ():
             if waiter.done():  # its awaiter was cancelled
                 continue
+            handed = True
             if error is None:
                 waiter.set_result(None)
             elif isinstance(error, asyncio.CancelledError):
                 waiter.cancel()
             else:
                 waiter.set_exception(error)
+        return handed
 
 
 class CycleResult:
@@ -91,7 +100,8 @@ class CycleResult:
             if task.cancelled():
                 raise _closed_error(cycle)
             cycle.delivered = True
-            task.result()  # raises the cycle's error, if any
+            if cycle.error is not None:
+                raise cycle.error
             return
         waiter = task.get_loop().create_future()
         if cycle.waiters is None:
@@ -104,6 +114,8 @@ class CycleResult:
             if waiter.done() and not waiter.cancelled():
                 # The outcome reached our future, but our task was cancelled
                 # before it resumed: leave the error to the store's hook.
+                waiter.exception()  # retrieved: asyncio must not log it
+                task.get_loop().call_soon(cycle.reporter, cycle)
                 raise
             current = asyncio.current_task()
             if task.cancelled() and (current is None or not current.cancelling()):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-
-import attrs
+import operator
+from collections.abc import Callable, Hashable, Iterator
+from typing import Protocol
 
 __all__ = ["check_call", "check_callback", "check_key"]
 
@@ -28,20 +28,67 @@ def check_key(key: Hashable) -> None:
         raise TypeError(f"key must be hashable, got {type(key).__name__}: {key!r}") from None
 
 
-def check_call(call: attrs.AttrsInstance) -> None:
-    """Raise TypeError/ValueError for a bad key, limit or callback of one sync call.
+class Call(Protocol):
+    """A strategy's record of one call: a NamedTuple of its arguments."""
+
+    @property
+    def _fields(self) -> tuple[str, ...]: ...
+
+    def __getitem__(self, index: int) -> object: ...
+
+    def __iter__(self) -> Iterator[object]: ...
+
+
+class _Spec:
+    """Which fields of one record type are callbacks, found once per type."""
+
+    __slots__ = ("limit", "optional", "required")
+
+    def __init__(self, fields: tuple[str, ...]) -> None:
+        callbacks = [(i, name) for i, name in enumerate(fields) if name not in _NOT_CALLBACKS]
+        required = [i for i, name in callbacks if name not in _OPTIONAL]
+        optional = [i for i, name in callbacks if name in _OPTIONAL]
+        self.required = _picker(required)
+        self.optional = _picker(optional)
+        limit = fields.index("max_follow_up_requests") if "max_follow_up_requests" in fields else -1
+        self.limit = limit
+
+
+def _picker(indexes: list[int]) -> Callable[[Call], tuple[object, ...]]:
+    """A C-speed getter of the fields at ``indexes``, always as a tuple."""
+    if len(indexes) == 1:
+        (index,) = indexes
+        return lambda call: (call[index],)
+    return operator.itemgetter(*indexes)
+
+
+_NOT_CALLBACKS = frozenset({"key", "max_follow_up_requests"})
+_SPECS: dict[type, _Spec] = {}
+
+
+def check_call(call: Call) -> None:
+    """Raise TypeError/ValueError for a bad limit or callback of one sync call.
 
     Every field of ``call`` but ``key`` and ``max_follow_up_requests`` is a
-    callback; those named in ``_OPTIONAL`` may be None.
+    callback; those named in ``_OPTIONAL`` may be None. (The key was hashed
+    already by the store's look-up.) The common, valid case runs in C.
     """
-    for field in attrs.fields(type(call)):
-        value = getattr(call, field.name)
-        if field.name == "key":
-            check_key(value)
-        elif field.name == "max_follow_up_requests":
-            _check_limit(value)
+    spec = _SPECS.get(type(call))
+    if spec is None:
+        spec = _SPECS[type(call)] = _Spec(call._fields)
+    if spec.limit >= 0:
+        limit = call[spec.limit]
+        if type(limit) is not int or limit < -1:
+            _check_limit(limit)
+    if all(map(callable, spec.required(call))):
+        for value in spec.optional(call):
+            if value is not None and not callable(value):
+                break
         else:
-            check_callback(field.name, value)
+            return
+    for name, value in zip(call._fields, call, strict=True):
+        if name not in _NOT_CALLBACKS:
+            check_callback(name, value)
 
 
 def check_callback(name: str, callback: object) -> None:

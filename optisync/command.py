@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
-import attrs
-
-from optisync._engine import SyncEngine
+from optisync._engine import KeyState, SyncEngine
 from optisync._loop import report
 from optisync._tasks import CycleResult
 from optisync._types import OnFinish
-from optisync._validate import check_call
+from optisync._validate import check_call, check_key
 from optisync.errors import CommandInProgressError
 
 __all__ = ["roll_back_unless_moved_on"]
@@ -58,8 +56,7 @@ def roll_back_unless_moved_on(
     return rollback_state
 
 
-@attrs.frozen
-class Command(Generic[S, T, R]):
+class Command(NamedTuple, Generic[S, T, R]):
     """The arguments of one ``optimistic_command`` call."""
 
     key: Hashable
@@ -75,20 +72,28 @@ class Command(Generic[S, T, R]):
 
 def start(engine: SyncEngine[S], call: Command[S, T, R]) -> CycleResult:
     """Apply the command's value, take the key's lock and run the command in a task."""
+    check_key(call.key)
     check_call(call)
     key_state = engine.keys.get(call.key)
     if key_state is not None and key_state.locked:
         raise CommandInProgressError(call.key)
     initial = call.get_value_from_state(engine.host.state)
-    key_state, optimistic, _ = engine.take_lock(
+    key_state, optimistic, revision = engine.take_lock(
         call.key, call.value_to_apply, call.apply_optimistic_value_to_state, command=True
     )
     return engine.start_cycle(
-        call.key, key_state, call.on_finish, _run, engine, call, initial, optimistic
+        call.key, key_state, call.on_finish, _run, (call, initial), optimistic, revision
     )
 
 
-async def _run(engine: SyncEngine[S], call: Command[S, T, R], initial: T, optimistic: T) -> None:
+async def _run(
+    engine: SyncEngine[S],
+    command: tuple[Command[S, T, R], T],
+    key_state: KeyState,
+    optimistic: T,
+    revision: int,
+) -> None:
+    call, initial = command
     try:
         response = await call.send_command_to_server(optimistic)
     except asyncio.CancelledError as cancelled:

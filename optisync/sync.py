@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Generic, TypeVar
-
-import attrs
+from typing import Generic, NamedTuple, TypeVar
 
 from optisync._engine import KeyState, SyncEngine
 from optisync._tasks import CycleResult
@@ -39,8 +37,7 @@ def values_differ(state_value: object, sent_value: object, request_count: int) -
     return bool(state_value != sent_value)
 
 
-@attrs.frozen
-class Sync(Generic[S, T, R]):
+class Sync(NamedTuple, Generic[S, T, R]):
     """The arguments of one ``optimistic_sync`` call that took a lock."""
 
     key: Hashable
@@ -57,16 +54,16 @@ class Sync(Generic[S, T, R]):
 def start(engine: SyncEngine[S], call: Sync[S, T, R]) -> CycleResult:
     """Start a lock cycle for a tap on a free key (the caller checked it is free)."""
     check_call(call)
-    key_state, value, _ = engine.take_lock(
+    key_state, value, revision = engine.take_lock(
         call.key, call.value_to_apply, call.apply_optimistic_value_to_state
     )
     return engine.start_cycle(
-        call.key, key_state, call.on_finish, _send_until_stable, engine, call, key_state, value
+        call.key, key_state, call.on_finish, _send_until_stable, call, value, revision
     )
 
 
 async def _send_until_stable(
-    engine: SyncEngine[S], call: Sync[S, T, R], key_state: KeyState, value: T
+    engine: SyncEngine[S], call: Sync[S, T, R], key_state: KeyState, value: T, revision: int
 ) -> None:
     host = engine.host
     should_send_another = call.if_should_send_another_request or values_differ

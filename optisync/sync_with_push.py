@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any, Generic, TypeVar
-
-import attrs
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from optisync._engine import KeyState, SyncEngine
 from optisync._tasks import CycleResult
@@ -37,8 +35,7 @@ K = TypeVar("K", bound=Hashable)
 SendWithPush = Callable[[T, int, int, Callable[[int], None]], Awaitable[R | None]]
 
 
-@attrs.frozen
-class PushSync(Generic[S, T, R, K]):
+class PushSync(NamedTuple, Generic[S, T, R, K]):
     """The arguments of one ``optimistic_sync_with_push`` call that took a lock."""
 
     key: K
@@ -61,7 +58,7 @@ def start(engine: SyncEngine[S], call: PushSync[S, T, R, K]) -> CycleResult:
         key, call.value_to_apply, call.apply_optimistic_value_to_state, seed_revision=seed
     )
     return engine.start_cycle(
-        key, key_state, call.on_finish, _send_until_stable, engine, call, key_state, value, revision
+        key, key_state, call.on_finish, _send_until_stable, call, value, revision
     )
 
 
