@@ -90,8 +90,10 @@ class FakeServer:
 class DocStore(Store[Doc]):
     """A store with one liked flag; each method is an action an app would write."""
 
-    def __init__(self, server: FakeServer, *, device_id: int = 1) -> None:
-        super().__init__(Doc(), device_id=device_id)
+    def __init__(
+        self, server: FakeServer, *, device_id: int = 1, eager_start: bool = False
+    ) -> None:
+        super().__init__(Doc(), device_id=device_id, eager_start=eager_start)
         self.server = server
         self.errors: list[BaseException] = []
         self.finished: list[BaseException | None] = []
