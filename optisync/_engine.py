@@ -72,6 +72,27 @@ class KeyState:
         self.command = False
 
 
+class CycleTask(asyncio.Task[None]):
+    """A lazily started cycle's task, which frees its cycle if cancelled before it starts.
+
+    A task cancelled before its first step never runs its coroutine, so the
+    cycle's ``finally`` cannot free the key. Whoever cancels it (close(), the
+    loop's shutdown, an app cancelling "all other tasks") goes through
+    :meth:`cancel`, which frees it then: cheaper than a done callback on
+    every cycle, which only this rare case needs.
+    """
+
+    __slots__ = ("cycle", "engine")
+
+    engine: SyncEngine[Any]
+    cycle: Cycle
+
+    def cancel(self, msg: Any = None) -> bool:
+        if not self.done() and not self.cycle.started:
+            self.engine.free_never_started(self)
+        return super().cancel(msg)
+
+
 class SyncEngine(Generic[S]):
     """Per-key revisions and locks, and the lock cycles of one store."""
 
@@ -81,7 +102,6 @@ class SyncEngine(Generic[S]):
         "host",
         "keys",
         "next_token",
-        "on_cycle_done",
         "on_undelivered",
         "status_listeners",
         "tasks",
@@ -97,7 +117,6 @@ class SyncEngine(Generic[S]):
         self.eager_start = eager_start
         # One bound method for every cycle, rather than a new one per cycle.
         self.on_undelivered = self.report_undelivered
-        self.on_cycle_done = self.cycle_done
 
     # -- per-key status ------------------------------------------------------
 
@@ -268,7 +287,9 @@ class SyncEngine(Generic[S]):
                 # Runs up to the send's first await right here, as Dart does.
                 task = asyncio.Task(coro, loop=loop, eager_start=True)
             else:
-                task = loop.create_task(coro)
+                task = CycleTask(coro, loop=loop)
+                task.engine = self
+                task.cycle = cycle
         except BaseException:
             coro.close()
             key_state.locked = key_state.command = False
@@ -276,7 +297,6 @@ class SyncEngine(Generic[S]):
         cycle.task = task
         if not task.done():  # an eager cycle may have ended inside create_task
             self.tasks[task] = cycle
-            task.add_done_callback(self.on_cycle_done)
         return CycleResult(cycle)
 
     async def run_cycle(
@@ -363,16 +383,12 @@ class SyncEngine(Generic[S]):
             return
         self.host.emit(result)
 
-    def cycle_done(self, task: asyncio.Task[None]) -> None:
-        # Only for a task cancelled before its first step (by close(), the
-        # loop's shutdown or anyone else): every other cycle ends itself.
-        if task in self.tasks and task.cancelled() and not self.tasks[task].started:
-            self.free_never_started(task)
-
     def free_never_started(self, task: asyncio.Task[None]) -> None:
-        # Such a task never ran the cycle's finally: free its key and tell
-        # its awaiters here.
-        cycle = self.tasks.pop(task)
+        # A task cancelled before its first step never runs the cycle's
+        # finally: free its key and tell its awaiters here.
+        cycle = self.tasks.pop(task, None)
+        if cycle is None:
+            return
         cycle.finish(asyncio.CancelledError())
         key_state = self.keys.get(cycle.key)
         if key_state is not None and key_state.locked:
