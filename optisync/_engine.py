@@ -16,7 +16,7 @@ import asyncio
 import inspect
 import sys
 import threading
-from collections.abc import Callable, Coroutine, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any, Generic, Protocol, TypeVar
 
 from optisync._loop import LoopBinding, is_being_cancelled, report
@@ -29,14 +29,33 @@ from optisync.errors import (
     StoreClosedError,
 )
 
-__all__ = ["Body", "Host", "KeyState", "SyncEngine"]
+__all__ = ["Host", "KeyState", "Requests", "SyncEngine"]
 
 S = TypeVar("S")
 T = TypeVar("T")
 
 
-# A strategy's loop: (engine, call, key_state, first value, its local revision).
-Body = Callable[["SyncEngine[S]", Any, "KeyState", Any, int], Coroutine[Any, Any, None]]
+class Requests(Protocol):
+    """One lock cycle's requests, as its strategy decides them, in plain methods."""
+
+    def first(self) -> Awaitable[Any]:
+        """The first request (the send's awaitable)."""
+
+    def request_done(self) -> None:
+        """Called when a request ends, whether it succeeded or not."""
+
+    def next(self, response: Any) -> Awaitable[Any] | None:
+        """After a response: the follow-up request, or None when the key is stable."""
+
+    def failed(self, error: Exception) -> Awaitable[None] | None:
+        """After a failure, with the lock still held: what to await first (a rollback), if any."""
+
+
+def _chained(error: Exception, cause: Exception | None) -> Exception:
+    """``error``, which replaces ``cause``, with ``cause`` as its context."""
+    if error.__context__ is None and error is not cause:
+        error.__context__ = cause
+    return error
 
 
 class Host(Protocol[S]):
@@ -265,23 +284,14 @@ class SyncEngine(Generic[S]):
         key: Hashable,
         key_state: KeyState,
         on_finish: OnFinish[S] | None,
-        body: Body[S],
-        call: Any,
-        value: Any,
-        revision: int,
+        requests: Requests,
     ) -> CycleResult:
-        """Run ``body(engine, call, key_state, value, revision)`` as the key's lock cycle.
-
-        It runs in a task the engine owns.
-
-        The body's coroutine is made inside the task, so a task cancelled
-        before its first step leaves no coroutine that was never awaited.
-        """
+        """Run the key's lock cycle, whose requests ``requests`` decides, in a task it owns."""
         loop = self.binding.loop
         assert loop is not None
         assert key_state.locked
         cycle = Cycle(key, self.on_undelivered)
-        coro = self.run_cycle(cycle, key_state, on_finish, body, call, value, revision)
+        coro = self.run_cycle(cycle, key_state, on_finish, requests)
         try:
             if self.eager_start and sys.version_info >= (3, 12):
                 # Runs up to the send's first await right here, as Dart does.
@@ -304,33 +314,43 @@ class SyncEngine(Generic[S]):
         cycle: Cycle,
         key_state: KeyState,
         on_finish: OnFinish[S] | None,
-        body: Body[S],
-        call: Any,
-        value: Any,
-        revision: int,
+        requests: Requests,
     ) -> None:
-        """The cycle's task: the body, the key freed, on_finish, the outcome handed out."""
+        """The cycle's task: the requests, the key freed, on_finish, the outcome handed out.
+
+        One coroutine per cycle: the strategy decides each request in plain
+        methods, so no coroutine of its own is held while a request is in flight.
+        """
         cycle.started = True
         error: Exception | None = None
         try:
             try:
                 try:
-                    await body(self, call, key_state, value, revision)
+                    request: Awaitable[Any] | None = requests.first()
+                    while request is not None:
+                        try:
+                            response = await request
+                        finally:
+                            requests.request_done()
+                        request = requests.next(response)
                 except asyncio.CancelledError as cancelled:
-                    raise self.unless_cancelled(cycle.key, cancelled) from cancelled
-                finally:
-                    key_state.locked = key_state.command = False
-                    self.status_changed(cycle.key)
-            except Exception as failure:
-                error = failure
+                    error = self.failure_of(cycle.key, cancelled)
+                except Exception as failure:
+                    error = failure
+                if error is not None:
+                    recovery = requests.failed(error)  # the lock is still held
+                    if recovery is not None:
+                        await recovery
+            except Exception as failure:  # the recovery itself failed
+                error = _chained(failure, error)
+            finally:
+                key_state.locked = key_state.command = False
+                self.status_changed(cycle.key)
             if on_finish is not None:
                 try:
                     await self.finish(cycle, key_state, on_finish, error)
-                except Exception as failure:
-                    # on_finish's error replaces the cycle's, chained to it.
-                    if failure.__context__ is None and failure is not error:
-                        failure.__context__ = error
-                    error = failure
+                except Exception as failure:  # on_finish's error replaces the cycle's
+                    error = _chained(failure, error)
         except BaseException as stop:  # cancelled by close() or the loop's shutdown
             self.end(cycle, stop)
             raise
@@ -349,17 +369,19 @@ class SyncEngine(Generic[S]):
         if cycle.error is not None and not cycle.delivered:
             report(self.host.on_error, cycle.error)
 
-    def unless_cancelled(self, key: Hashable, cancelled: asyncio.CancelledError) -> BaseException:
+    def failure_of(self, key: Hashable, cancelled: asyncio.CancelledError) -> Exception:
         """What a ``CancelledError`` out of a callback means for the cycle.
 
-        If close() or the loop's shutdown cancelled the cycle, it stands. If
-        nobody did, a callback raised it on its own (say, a client whose task
-        was cancelled): that is a failed request, and must not look like our
-        cancellation.
+        If close() or the loop's shutdown cancelled the cycle, it stands: it
+        is raised again. If nobody did, a callback raised it on its own (say,
+        a client whose task was cancelled): that is a failed request, and
+        must not look like our cancellation.
         """
         if self.host.is_closed or is_being_cancelled():
-            return cancelled
-        return RequestCancelledError(key)
+            raise cancelled
+        failure = RequestCancelledError(key)
+        failure.__cause__ = cancelled
+        return failure
 
     async def finish(
         self,
@@ -374,7 +396,7 @@ class SyncEngine(Generic[S]):
             if inspect.isawaitable(result):
                 result = await result
         except asyncio.CancelledError as cancelled:
-            raise self.unless_cancelled(cycle.key, cancelled) from cancelled
+            raise self.failure_of(cycle.key, cancelled) from cancelled
         if result is None or self.host.is_closed:
             return
         if key_state.local_revision != taps:

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, NamedTuple, TypeVar
 
-from optisync._engine import KeyState, SyncEngine
+from optisync._engine import SyncEngine
 from optisync._loop import report
 from optisync._tasks import CycleResult
 from optisync._types import OnFinish
@@ -78,38 +78,44 @@ def start(engine: SyncEngine[S], call: Command[S, T, R]) -> CycleResult:
     if key_state is not None and key_state.locked:
         raise CommandInProgressError(call.key)
     initial = call.get_value_from_state(engine.host.state)
-    key_state, optimistic, revision = engine.take_lock(
+    key_state, optimistic, _ = engine.take_lock(
         call.key, call.value_to_apply, call.apply_optimistic_value_to_state, command=True
     )
-    return engine.start_cycle(
-        call.key, key_state, call.on_finish, _run, (call, initial), optimistic, revision
-    )
+    requests = _CommandRequest(engine, call, initial, optimistic)
+    return engine.start_cycle(call.key, key_state, call.on_finish, requests)
 
 
-async def _run(
-    engine: SyncEngine[S],
-    command: tuple[Command[S, T, R], T],
-    key_state: KeyState,
-    optimistic: T,
-    revision: int,
-) -> None:
-    call, initial = command
-    try:
-        response = await call.send_command_to_server(optimistic)
-    except asyncio.CancelledError as cancelled:
-        error = engine.unless_cancelled(call.key, cancelled)
-        if not isinstance(error, Exception):
-            raise  # close() or shutdown: the store is going away, nothing to undo
-        await _recover(engine, call, initial, optimistic, error)
-        raise error from cancelled
-    except Exception as error:
-        await _recover(engine, call, initial, optimistic, error)
-        raise
-    if engine.host.is_closed:  # close() was called from inside the command
-        raise asyncio.CancelledError
-    apply = call.apply_server_response_to_state
-    if response is not None and apply is not None:
-        engine.host.emit(apply(engine.host.state, response))
+class _CommandRequest(Generic[S, T, R]):
+    """One command: one request; on failure, roll back and maybe reload."""
+
+    __slots__ = ("call", "engine", "initial", "optimistic")
+
+    def __init__(
+        self, engine: SyncEngine[S], call: Command[S, T, R], initial: T, optimistic: T
+    ) -> None:
+        self.engine = engine
+        self.call = call
+        self.initial = initial
+        self.optimistic = optimistic
+
+    def first(self) -> Awaitable[R | None]:
+        return self.call.send_command_to_server(self.optimistic)
+
+    def request_done(self) -> None:
+        pass
+
+    def next(self, response: R | None) -> None:
+        host = self.engine.host
+        if host.is_closed:  # close() was called from inside the command
+            raise asyncio.CancelledError
+        apply = self.call.apply_server_response_to_state
+        if response is not None and apply is not None:
+            host.emit(apply(host.state, response))
+
+    def failed(self, error: Exception) -> Awaitable[None] | None:
+        if self.engine.host.is_closed:
+            return None
+        return _recover(self.engine, self.call, self.initial, self.optimistic, error)
 
 
 async def _recover(
@@ -117,8 +123,6 @@ async def _recover(
 ) -> None:
     """Roll back (unless the state moved on), then reload the value if asked."""
     host = engine.host
-    if host.is_closed:
-        return
     rollback_state = call.rollback_state or roll_back_unless_moved_on(
         call.get_value_from_state, call.apply_optimistic_value_to_state
     )

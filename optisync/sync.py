@@ -54,37 +54,55 @@ class Sync(NamedTuple, Generic[S, T, R]):
 def start(engine: SyncEngine[S], call: Sync[S, T, R]) -> CycleResult:
     """Start a lock cycle for a tap on a free key (the caller checked it is free)."""
     check_call(call)
-    key_state, value, revision = engine.take_lock(
+    key_state, value, _ = engine.take_lock(
         call.key, call.value_to_apply, call.apply_optimistic_value_to_state
     )
-    return engine.start_cycle(
-        call.key, key_state, call.on_finish, _send_until_stable, call, value, revision
-    )
+    requests = _Requests(engine, call, key_state, value)
+    return engine.start_cycle(call.key, key_state, call.on_finish, requests)
 
 
-async def _send_until_stable(
-    engine: SyncEngine[S], call: Sync[S, T, R], key_state: KeyState, value: T, revision: int
-) -> None:
-    host = engine.host
-    should_send_another = call.if_should_send_another_request or values_differ
-    requests = 0
-    while True:
-        response = await call.send_value_to_server(value)
+class _Requests(Generic[S, T, R]):
+    """One lock cycle: send, then follow up while the state's value differs from the sent one."""
+
+    __slots__ = ("call", "engine", "key_state", "requests", "value")
+
+    def __init__(
+        self, engine: SyncEngine[S], call: Sync[S, T, R], key_state: KeyState, value: T
+    ) -> None:
+        self.engine = engine
+        self.call = call
+        self.key_state = key_state
+        self.value = value  # the value sent last
+        self.requests = 0
+
+    def first(self) -> Awaitable[R | None]:
+        return self.call.send_value_to_server(self.value)
+
+    def request_done(self) -> None:
+        pass
+
+    def next(self, response: R | None) -> Awaitable[R | None] | None:
+        host, call, key_state = self.engine.host, self.call, self.key_state
         if host.is_closed:  # close() was called from inside this cycle: stop here
             raise asyncio.CancelledError
-        requests += 1
+        self.requests += 1
+        should_send_another = call.if_should_send_another_request or values_differ
         state_value = call.get_value_from_state(host.state)
-        if not should_send_another(state_value, value, requests):
+        if not should_send_another(state_value, self.value, self.requests):
             taps = key_state.local_revision
             apply = call.apply_server_response_to_state
             if response is not None and apply is not None:
                 host.emit(apply(host.state, response))
             if key_state.local_revision == taps:
-                return
+                return None
             # A listener of that emit tapped this key while the lock was ours.
             state_value = call.get_value_from_state(host.state)
         # The next request would be follow-up number `requests`.
         limit = call.max_follow_up_requests
-        if limit != -1 and requests > limit:
+        if limit != -1 and self.requests > limit:
             raise FollowUpLimitError(call.key, limit)
-        value = state_value
+        self.value = state_value
+        return call.send_value_to_server(state_value)
+
+    def failed(self, error: Exception) -> None:
+        return None

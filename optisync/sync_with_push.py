@@ -57,29 +57,51 @@ def start(engine: SyncEngine[S], call: PushSync[S, T, R, K]) -> CycleResult:
     key_state, value, revision = engine.take_lock(
         key, call.value_to_apply, call.apply_optimistic_value_to_state, seed_revision=seed
     )
-    return engine.start_cycle(
-        key, key_state, call.on_finish, _send_until_stable, call, value, revision
-    )
+    requests = _PushRequests(engine, call, key_state, value, revision)
+    return engine.start_cycle(key, key_state, call.on_finish, requests)
 
 
-async def _send_until_stable(
-    engine: SyncEngine[S],
-    call: PushSync[S, T, R, K],
-    key_state: KeyState,
-    value: T,
-    revision: int,
-) -> None:
-    host = engine.host
-    follow_ups = 0
-    while True:
-        inform = _Informer(engine, call.key, key_state)
-        try:
-            response = await call.send_value_to_server(value, revision, host.device_id, inform)
-        finally:
-            inform.finished = True
-        if host.is_closed:  # close() was called from inside this cycle: stop here
+class _PushRequests(Generic[S, T, R, K]):
+    """One lock cycle: send, then follow up until the key's local revision is stable."""
+
+    __slots__ = ("call", "engine", "follow_ups", "inform", "key_state", "revision", "value")
+
+    def __init__(
+        self,
+        engine: SyncEngine[S],
+        call: PushSync[S, T, R, K],
+        key_state: KeyState,
+        value: T,
+        revision: int,
+    ) -> None:
+        self.engine = engine
+        self.call = call
+        self.key_state = key_state
+        self.value: T | None = value
+        self.revision = revision
+        self.follow_ups = 0
+        self.inform: _Informer | None = None
+
+    def first(self) -> Awaitable[R | None]:
+        value, self.value = self.value, None  # not kept while in flight
+        return self._send(value)  # type: ignore[arg-type]
+
+    def _send(self, value: T) -> Awaitable[R | None]:
+        inform = self.inform = _Informer(self.engine, self.call.key, self.key_state)
+        return self.call.send_value_to_server(
+            value, self.revision, self.engine.host.device_id, inform
+        )
+
+    def request_done(self) -> None:
+        if self.inform is not None:
+            self.inform.finished = True
+
+    def next(self, response: R | None) -> Awaitable[R | None] | None:
+        engine, call, key_state = self.engine, self.call, self.key_state
+        if engine.host.is_closed:  # close() was called from inside this cycle: stop here
             raise asyncio.CancelledError
-        informed = inform.informed
+        assert self.inform is not None
+        informed = self.inform.informed
         if informed is None:
             raise MissingServerRevisionError(
                 f"send_value_to_server returned without calling inform_server_revision() "
@@ -88,18 +110,21 @@ async def _send_until_stable(
             )
         # A push since the last tap is the newest word: it already came from
         # the server, so sending our older tap again would overwrite it.
-        if key_state.from_push or key_state.local_revision == revision:
+        if key_state.from_push or key_state.local_revision == self.revision:
             _apply_response(engine, call, key_state, response, informed)
             # The emit may have re-entered with a tap on this key (a listener):
             # the lock is still ours, so that tap needs a follow-up.
-            if key_state.from_push or key_state.local_revision == revision:
-                return
-        follow_ups += 1
+            if key_state.from_push or key_state.local_revision == self.revision:
+                return None
+        self.follow_ups += 1
         limit = call.max_follow_up_requests
-        if limit != -1 and follow_ups > limit:
+        if limit != -1 and self.follow_ups > limit:
             raise FollowUpLimitError(call.key, limit)
-        revision = key_state.local_revision
-        value = call.get_value_from_state(host.state)
+        self.revision = key_state.local_revision
+        return self._send(call.get_value_from_state(engine.host.state))
+
+    def failed(self, error: Exception) -> None:
+        return None
 
 
 def _apply_response(
