@@ -125,6 +125,7 @@ class _Field(Generic[S, I, T]):
     """What every declared field shares: its name, its lenses, its bound objects."""
 
     _bound_class: type[_Bound[Any, Any, Any]]
+    _single = False  # one value (key: the name), not a collection (key: (name, item))
 
     def __init__(
         self,
@@ -395,6 +396,8 @@ class SyncedValueWithPush(_Field[S, None, T]):
         APPLIED 8
     """
 
+    _single = True
+
     def __init__(
         self,
         get: Callable[[S], T],
@@ -481,6 +484,8 @@ class SyncedValue(_Field[S, None, T]):
         >>> asyncio.run(main())
         'Ada'
     """
+
+    _single = True
 
     def __init__(
         self,
