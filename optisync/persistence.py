@@ -303,6 +303,10 @@ class SqliteStorage:
 
     Args:
         path: the file (created if missing), or ``":memory:"``.
+        worker_thread: ``False`` runs each save on the event loop's thread,
+            blocking it: only for simulations on virtual time
+            (:class:`~optisync.testing.VirtualClockLoop`), whose clock may
+            jump past a timer while a worker thread is still writing.
 
     Example:
         >>> import asyncio
@@ -316,10 +320,14 @@ class SqliteStorage:
         b'"hi"'
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, worker_thread: bool = True) -> None:
         self.path = path
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="optisync-sqlite"
+        self._executor = (
+            concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="optisync-sqlite"
+            )
+            if worker_thread
+            else None
         )
         self._connection: sqlite3.Connection | None = None
         self._closed = False
@@ -327,6 +335,8 @@ class SqliteStorage:
     async def _run(self, job: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
             raise RuntimeError(f"the storage {self.path!s} is closed")
+        if self._executor is None:
+            return self._on_worker(job)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._on_worker, job)
 
@@ -391,7 +401,8 @@ class SqliteStorage:
             return
         await self._run(self._close_connection)
         self._closed = True
-        self._executor.shutdown(wait=False)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
 
     @property
     def is_closed(self) -> bool:
@@ -756,8 +767,11 @@ async def open_sqlite(
     *,
     initial: S,
     new_device_id: Callable[[], int] | None = None,
+    worker_thread: bool = True,
 ) -> Persistence[S]:
     """:meth:`Persistence.open` on a :class:`SqliteStorage` at ``path``.
+
+    ``worker_thread`` is the storage's (``False`` only on virtual time).
 
     Example:
         >>> import asyncio
@@ -769,6 +783,5 @@ async def open_sqlite(
         >>> asyncio.run(main())
         {'liked': False}
     """
-    return await Persistence.open(
-        SqliteStorage(path), codec, initial=initial, new_device_id=new_device_id
-    )
+    storage = SqliteStorage(path, worker_thread=worker_thread)
+    return await Persistence.open(storage, codec, initial=initial, new_device_id=new_device_id)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import subprocess
+import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -262,3 +264,42 @@ def test_a_change_made_offline_survives_a_restart_made_offline(tmp_path: Path) -
     assert server.writes == []
     run(second_run())
     assert server.writes == [("post", True)]
+
+
+# -- the runnable proof ----------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_offline_example_exits_0_with_every_phone_equal_to_the_server() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "examples.offline"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "every phone equals the server: True" in result.stdout
+    assert "A's last tap (liked=False) won as last write wins says: True" in result.stdout
+    assert "A: {'post': False} pending=['post']  (restored from its file)" in result.stdout
+
+
+def test_the_offline_examples_check_fails_when_a_phone_differs() -> None:
+    from examples import offline
+
+    async def scenario() -> bool:
+        server = testing.SimulatedServer()
+        network = testing.SimulatedNetwork(server)
+        a = offline.Device("A", offline.Radio(network.device(1)), print, saved=None)
+        b = offline.Device("B", offline.Radio(network.device(2)), print, saved=None)
+        server.write("post", True, local_revision=1, device_id=1)  # A's tap, won
+        await network.settle()
+        a.store.emit({})  # but A shows nothing
+        ok = offline._check(server, [a, b], last_tap=True, say=lambda line: None)
+        await a.stop()
+        await b.stop()
+        return ok
+
+    assert testing.run(scenario()) is False
