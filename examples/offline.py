@@ -59,6 +59,8 @@ class Phone(Store[Likes]):
         return commit.server_revision
 
     def on_push(self, commit: Commit) -> None:
+        if self.is_closed:
+            return  # a push for the store a restart replaced: the new one replays it
         self.liked.push(str(commit.key), bool(commit.value), commit.push_metadata)
 
 
@@ -98,7 +100,7 @@ class Device:
     def connect(self) -> None:
         # since=0: the server replays everything; the persisted revisions make
         # what this phone already had stale.
-        self.radio.link.attach(self.store, self.store.on_push, since=0)
+        self.radio.link.connect(self.store.on_push, since=0)
 
     def tap(self, item: str) -> None:
         liked = not self.store.liked[item]
