@@ -20,7 +20,7 @@ is ``("liked", i)``; the key of a single value is the field's name.
 
 Server revisions are kept by the field, per key, not in your state: after any
 request or push, ``field.server_revision(item)`` and the store's
-``server_revision(key)`` agree, and :mod:`optisync.persistence` saves them.
+``server_revision(key)`` agree, and ``optisync.persistence`` saves them.
 
 Example:
     >>> import asyncio, attrs
@@ -113,7 +113,7 @@ class Ack(Generic[T]):
 
 
 class _Retrier(Protocol):
-    """What :mod:`optisync.outbox` plugs into a store: retries while unreachable."""
+    """What ``optisync.outbox`` plugs into a store: retries while unreachable."""
 
     def deliver(self, key: Hashable, attempt: Callable[[], Awaitable[R]]) -> Awaitable[R]: ...
 

@@ -10,7 +10,7 @@ the state shows is sent again after a backoff (exponential, by
 Any other error is a refusal and ends the sync as before, in ``on_finish``.
 
 So the outbox holds at most one entry per key, however many taps: the key's
-latest value. With :mod:`optisync.persistence` it is saved, and resent after
+latest value. With ``optisync.persistence`` it is saved, and resent after
 a restart.
 
 Example:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
+import inspect
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -11,7 +14,7 @@ from pathlib import Path
 
 import attrs
 import pytest
-from test_docs import _examples
+from test_docs import _attribute_docstring, _examples, _has_example, _public_methods
 
 from optisync import PushMetadata, PushOutcome, StateError, Store
 from optisync.fields import (
@@ -331,3 +334,39 @@ def test_mypy_reports_wrong_types_in_a_declared_store(tmp_path: Path) -> None:
     marked = {n for n, line in enumerate(code.splitlines(), 1) if line.endswith("# E")}
     assert len(marked) == 4
     assert reported == marked, output
+
+
+# -- the documentation of the declared-fields family of modules ---------------------
+
+_MODULES = ("optisync.fields", "optisync.persistence", "optisync.outbox", "optisync.pytest_plugin")
+
+
+def _names() -> list[tuple[str, str]]:
+    return [(m, name) for m in _MODULES for name in importlib.import_module(m).__all__]
+
+
+def _doc(module: str, name: str) -> str | None:
+    obj = getattr(importlib.import_module(module), name)
+    if isinstance(obj, str):  # a constant: the string literal after it
+        return _attribute_docstring(module, name)
+    return inspect.getdoc(obj)
+
+
+def _directives() -> set[str]:
+    pages = (ROOT / "docs").glob("*.md")
+    return {d for page in pages for d in re.findall(r"^:::\s*(\S+)", page.read_text(), re.M)}
+
+
+@pytest.mark.parametrize(("module", "name"), _names(), ids=[f"{m}.{n}" for m, n in _names()])
+def test_every_public_name_has_an_example_and_a_reference_entry(module: str, name: str) -> None:
+    assert _has_example(_doc(module, name)), f"{module}.{name}: no example in its docstring"
+    obj = getattr(importlib.import_module(module), name)
+    if inspect.isclass(obj):
+        for method_name, member in _public_methods(obj):
+            assert _has_example(inspect.getdoc(member)), f"{module}.{name}.{method_name}"
+    if module == "optisync.pytest_plugin":  # documented by its page, not one entry per fixture
+        page = (ROOT / "docs" / "pytest-plugin.md").read_text()
+        shown = f"`{module}.{name}`" if isinstance(obj, str) else f"`{obj.__name__}`"
+        assert shown in page, f"docs/pytest-plugin.md does not mention {shown}"
+    else:
+        assert f"{module}.{name}" in _directives(), f"no '::: {module}.{name}' in docs/"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
+from test_docs import _fenced_blocks
 
 pytest_plugins = ["pytester"]
 
@@ -124,5 +126,13 @@ def test_without_the_ini_option_async_tests_keep_their_usual_loop(
         """,
         virtual_time=False,
     )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
+def test_the_guides_example_test_file_passes_on_virtual_time(pytester: pytest.Pytester) -> None:
+    page = Path(__file__).resolve().parent.parent / "docs" / "pytest-plugin.md"
+    [block] = [b for b in _fenced_blocks(page) if 'title="test_likes.py"' in b.info]
+    _project(pytester, block.code, virtual_time=True)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
