@@ -759,7 +759,107 @@ class _BoundWithoutPush(_Bound[S, I, T]):
         )
 
 
-class BoundMapWithPush(_BoundWithPush[S, I, T]):
+class _MapShape(_Bound[S, I, T]):
+    """What a bound collection offers, whatever its sync strategy."""
+
+    def __getitem__(self, item: I) -> T:
+        """The item's value in the current state.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedMapWithPush
+            >>> class Likes(Store[dict[str, bool]]):
+            ...     liked = SyncedMapWithPush[dict[str, bool], str, bool](
+            ...         lambda s, i: s.get(i, False), lambda s, i, v: {**s, i: v})
+            >>> Likes({"post": True}).liked["post"]
+            True
+        """
+        return self._get(item)
+
+    def set(self, item: I, value: T) -> Awaitable[None]:
+        """Show ``value`` for ``item`` at once and sync it.
+
+        A field with push syncs with ``optimistic_sync_with_push``, one
+        without with ``optimistic_sync``; this returns the awaitable they
+        return (awaiting it is optional).
+
+        Example:
+            >>> import asyncio
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedMap
+            >>> class Todos(Store[dict[str, bool]]):
+            ...     done = SyncedMap[dict[str, bool], str, bool](
+            ...         lambda s, t: s[t], lambda s, t, d: {**s, t: d})
+            ...
+            ...     @done.sender
+            ...     async def send_done(self, todo: str, done: bool) -> None:
+            ...         return None
+            >>> async def main() -> None:
+            ...     async with Todos({"milk": False}) as todos:
+            ...         synced = todos.done.set("milk", True)
+            ...         print(todos.state)  # shown before the request completes
+            ...         await synced
+            >>> asyncio.run(main())
+            {'milk': True}
+        """
+        return self._set(item, value)
+
+
+class _ValueShape(_Bound[S, None, T]):
+    """What a bound single value offers, whatever its sync strategy."""
+
+    @property
+    def value(self) -> T:
+        """The value in the current state.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedValue
+            >>> class Name(Store[str]):
+            ...     name = SyncedValue[str, str](lambda s: s, lambda s, v: v)
+            >>> Name("Ada").name.value
+            'Ada'
+        """
+        return self._get(None)
+
+    @property
+    def pending(self) -> bool:
+        """Whether the latest change is still being sent.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedValue
+            >>> class Name(Store[str]):
+            ...     name = SyncedValue[str, str](lambda s: s, lambda s, v: v)
+            >>> Name("Ada").name.pending
+            False
+        """
+        return self.is_pending(None)
+
+    def set(self, value: T) -> Awaitable[None]:
+        """Show ``value`` at once and sync it (see :meth:`BoundMap.set`).
+
+        Example:
+            >>> import asyncio
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedValue
+            >>> class Name(Store[str]):
+            ...     name = SyncedValue[str, str](lambda s: s, lambda s, v: v)
+            ...
+            ...     @name.sender
+            ...     async def send_name(self, name: str) -> None:
+            ...         return None
+            >>> async def main() -> None:
+            ...     async with Name("") as store:
+            ...         await store.name.set("Ada")
+            ...         print(store.state)
+            >>> asyncio.run(main())
+            Ada
+        """
+        return self._set(None, value)
+
+
+class BoundMapWithPush(_MapShape[S, I, T], _BoundWithPush[S, I, T]):
     """A :class:`SyncedMapWithPush` on one store: ``store.<field>``.
 
     Example:
@@ -780,47 +880,6 @@ class BoundMapWithPush(_BoundWithPush[S, I, T]):
         >>> asyncio.run(main())
         True 3
     """
-
-    def __getitem__(self, item: I) -> T:
-        """The item's value in the current state.
-
-        Example:
-            >>> from optisync import Store
-            >>> from optisync.fields import SyncedMapWithPush
-            >>> class Likes(Store[dict[str, bool]]):
-            ...     liked = SyncedMapWithPush[dict[str, bool], str, bool](
-            ...         lambda s, i: s.get(i, False), lambda s, i, v: {**s, i: v})
-            >>> Likes({"post": True}).liked["post"]
-            True
-        """
-        return self._get(item)
-
-    def set(self, item: I, value: T) -> Awaitable[None]:
-        """Show ``value`` for ``item`` at once and sync it; as ``optimistic_sync_with_push``.
-
-        Returns the same awaitable as ``optimistic_sync_with_push``: awaiting
-        it is optional.
-
-        Example:
-            >>> import asyncio
-            >>> from optisync import Store
-            >>> from optisync.fields import SyncRequest, SyncedMapWithPush
-            >>> class Likes(Store[dict[str, bool]]):
-            ...     liked = SyncedMapWithPush[dict[str, bool], str, bool](
-            ...         lambda s, i: s.get(i, False), lambda s, i, v: {**s, i: v})
-            ...
-            ...     @liked.sender
-            ...     async def send_liked(self, item: str, liked: bool, request: SyncRequest) -> int:
-            ...         return 1
-            >>> async def main() -> None:
-            ...     async with Likes({}) as likes:
-            ...         done = likes.liked.set("post", True)
-            ...         print(likes.state)  # shown before the request completes
-            ...         await done
-            >>> asyncio.run(main())
-            {'post': True}
-        """
-        return self._set(item, value)
 
     def push(self, item: I, value: T, metadata: PushMetadata) -> PushOutcome:
         """Apply a value the server pushed for ``item``, unless stale or a self-echo.
@@ -855,7 +914,7 @@ class BoundMapWithPush(_BoundWithPush[S, I, T]):
         return self._revision(self._field._key(item))
 
 
-class BoundMap(_BoundWithoutPush[S, I, T]):
+class BoundMap(_MapShape[S, I, T], _BoundWithoutPush[S, I, T]):
     """A :class:`SyncedMap` on one store: ``store.<field>``.
 
     Example:
@@ -868,45 +927,8 @@ class BoundMap(_BoundWithoutPush[S, I, T]):
         True
     """
 
-    def __getitem__(self, item: I) -> T:
-        """The item's value in the current state.
 
-        Example:
-            >>> from optisync import Store
-            >>> from optisync.fields import SyncedMap
-            >>> class Todos(Store[dict[str, bool]]):
-            ...     done = SyncedMap[dict[str, bool], str, bool](
-            ...         lambda s, t: s[t], lambda s, t, d: {**s, t: d})
-            >>> Todos({"milk": False}).done["milk"]
-            False
-        """
-        return self._get(item)
-
-    def set(self, item: I, value: T) -> Awaitable[None]:
-        """Show ``value`` for ``item`` at once and sync it; as ``optimistic_sync``.
-
-        Example:
-            >>> import asyncio
-            >>> from optisync import Store
-            >>> from optisync.fields import SyncedMap
-            >>> class Todos(Store[dict[str, bool]]):
-            ...     done = SyncedMap[dict[str, bool], str, bool](
-            ...         lambda s, t: s[t], lambda s, t, d: {**s, t: d})
-            ...
-            ...     @done.sender
-            ...     async def send_done(self, todo: str, done: bool) -> None:
-            ...         return None
-            >>> async def main() -> None:
-            ...     async with Todos({"milk": False}) as todos:
-            ...         await todos.done.set("milk", True)
-            ...         print(todos.state)
-            >>> asyncio.run(main())
-            {'milk': True}
-        """
-        return self._set(item, value)
-
-
-class BoundValueWithPush(_BoundWithPush[S, None, T]):
+class BoundValueWithPush(_ValueShape[S, T], _BoundWithPush[S, None, T]):
     """A :class:`SyncedValueWithPush` on one store: ``store.<field>``.
 
     Example:
@@ -917,56 +939,6 @@ class BoundValueWithPush(_BoundWithPush[S, None, T]):
         >>> Theme("dark").theme.value
         'dark'
     """
-
-    @property
-    def value(self) -> T:
-        """The value in the current state.
-
-        Example:
-            >>> from optisync import Store
-            >>> from optisync.fields import SyncedValueWithPush
-            >>> class Theme(Store[str]):
-            ...     theme = SyncedValueWithPush[str, str](lambda s: s, lambda s, t: t)
-            >>> Theme("light").theme.value
-            'light'
-        """
-        return self._get(None)
-
-    @property
-    def pending(self) -> bool:
-        """Whether the latest change is still being sent.
-
-        Example:
-            >>> from optisync import Store
-            >>> from optisync.fields import SyncedValueWithPush
-            >>> class Theme(Store[str]):
-            ...     theme = SyncedValueWithPush[str, str](lambda s: s, lambda s, t: t)
-            >>> Theme("light").theme.pending
-            False
-        """
-        return self.is_pending(None)
-
-    def set(self, value: T) -> Awaitable[None]:
-        """Show ``value`` at once and sync it; as ``optimistic_sync_with_push``.
-
-        Example:
-            >>> import asyncio
-            >>> from optisync import Store
-            >>> from optisync.fields import SyncRequest, SyncedValueWithPush
-            >>> class Theme(Store[str]):
-            ...     theme = SyncedValueWithPush[str, str](lambda s: s, lambda s, t: t)
-            ...
-            ...     @theme.sender
-            ...     async def send_theme(self, theme: str, request: SyncRequest) -> int:
-            ...         return 1
-            >>> async def main() -> None:
-            ...     async with Theme("light") as store:
-            ...         await store.theme.set("dark")
-            ...         print(store.state)
-            >>> asyncio.run(main())
-            dark
-        """
-        return self._set(None, value)
 
     def push(self, value: T, metadata: PushMetadata) -> PushOutcome:
         """Apply a pushed value, unless stale or a self-echo.
@@ -997,7 +969,7 @@ class BoundValueWithPush(_BoundWithPush[S, None, T]):
         return self._revision(self._field._key(None))
 
 
-class BoundValue(_BoundWithoutPush[S, None, T]):
+class BoundValue(_ValueShape[S, T], _BoundWithoutPush[S, None, T]):
     """A :class:`SyncedValue` on one store: ``store.<field>``.
 
     Example:
@@ -1008,56 +980,6 @@ class BoundValue(_BoundWithoutPush[S, None, T]):
         >>> Name("Ada").name.value
         'Ada'
     """
-
-    @property
-    def value(self) -> T:
-        """The value in the current state.
-
-        Example:
-            >>> from optisync import Store
-            >>> from optisync.fields import SyncedValue
-            >>> class Name(Store[str]):
-            ...     name = SyncedValue[str, str](lambda s: s, lambda s, v: v)
-            >>> Name("Ada").name.value
-            'Ada'
-        """
-        return self._get(None)
-
-    @property
-    def pending(self) -> bool:
-        """Whether the latest change is still being sent.
-
-        Example:
-            >>> from optisync import Store
-            >>> from optisync.fields import SyncedValue
-            >>> class Name(Store[str]):
-            ...     name = SyncedValue[str, str](lambda s: s, lambda s, v: v)
-            >>> Name("Ada").name.pending
-            False
-        """
-        return self.is_pending(None)
-
-    def set(self, value: T) -> Awaitable[None]:
-        """Show ``value`` at once and sync it; as ``optimistic_sync``.
-
-        Example:
-            >>> import asyncio
-            >>> from optisync import Store
-            >>> from optisync.fields import SyncedValue
-            >>> class Name(Store[str]):
-            ...     name = SyncedValue[str, str](lambda s: s, lambda s, v: v)
-            ...
-            ...     @name.sender
-            ...     async def send_name(self, name: str) -> None:
-            ...         return None
-            >>> async def main() -> None:
-            ...     async with Name("") as store:
-            ...         await store.name.set("Ada")
-            ...         print(store.state)
-            >>> asyncio.run(main())
-            Ada
-        """
-        return self._set(None, value)
 
 
 SyncedMapWithPush._bound_class = BoundMapWithPush
