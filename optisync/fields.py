@@ -158,7 +158,84 @@ class _Field(Generic[S, I, T]):
         return bound
 
 
-class SyncedMapWithPush(_Field[S, I, T]):
+def _lift_get(get: Callable[[S], T]) -> Callable[[S, None], T]:
+    return lambda state, item: get(state)
+
+
+def _lift_set(put: Callable[[S, T], S]) -> Callable[[S, None, T], S]:
+    return lambda state, item, value: put(state, value)
+
+
+class _MapField(_Field[S, I, T]):
+    """A declared collection: ``get`` and ``set`` take the item id."""
+
+    def __init__(
+        self,
+        get: Callable[[S, I], T],
+        set: Callable[[S, I, T], S],  # noqa: A002
+        *,
+        max_follow_up_requests: int = 10_000,
+    ) -> None:
+        super().__init__(get, set, max_follow_up_requests)
+
+    def reloader(self, fn: Callable[[O, I], Awaitable[T]]) -> Callable[[O, I], Awaitable[T]]:
+        """Declare how to fetch the server's value of an item after a failed sync.
+
+        Decorates an ``async def`` method ``(self, item) -> value``. When a
+        sync of the field fails for good (``on_finish`` gets an error), the
+        value it returns is written into the state: the screen shows the
+        truth instead of the failed guess.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedMap
+            >>> class Todos(Store[dict[str, bool]]):
+            ...     done = SyncedMap[dict[str, bool], str, bool](
+            ...         lambda s, todo: s[todo], lambda s, todo, d: {**s, todo: d})
+            ...
+            ...     @done.reloader
+            ...     async def fetch_done(self, todo: str) -> bool:
+            ...         return False
+        """
+        self._reload = fn
+        return fn
+
+
+class _ValueField(_Field[S, None, T]):
+    """A declared single value: its key is its name."""
+
+    _single = True
+
+    def __init__(
+        self,
+        get: Callable[[S], T],
+        set: Callable[[S, T], S],  # noqa: A002
+        *,
+        max_follow_up_requests: int = 10_000,
+    ) -> None:
+        super().__init__(_lift_get(get), _lift_set(set), max_follow_up_requests)
+
+    def _key(self, item: None) -> Hashable:
+        return self.name
+
+    def reloader(self, fn: Callable[[O], Awaitable[T]]) -> Callable[[O], Awaitable[T]]:
+        """Declare how to fetch the server's value after a failed sync: ``async (self) -> value``.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedValue
+            >>> class Name(Store[str]):
+            ...     name = SyncedValue[str, str](lambda s: s, lambda s, v: v)
+            ...
+            ...     @name.reloader
+            ...     async def fetch_name(self) -> str:
+            ...         return "Ada"
+        """
+        self._reload = lambda store, item: fn(store)
+        return fn
+
+
+class SyncedMapWithPush(_MapField[S, I, T]):
     """A collection of values keyed by item id, synced with a server that pushes.
 
     Declare it in the store's class body with the state type, the item id
@@ -195,15 +272,6 @@ class SyncedMapWithPush(_Field[S, I, T]):
         11 11
     """
 
-    def __init__(
-        self,
-        get: Callable[[S, I], T],
-        set: Callable[[S, I, T], S],  # noqa: A002
-        *,
-        max_follow_up_requests: int = 10_000,
-    ) -> None:
-        super().__init__(get, set, max_follow_up_requests)
-
     def sender(
         self, fn: Callable[[O, I, T, SyncRequest], Awaitable[int | Ack[T]]]
     ) -> Callable[[O, I, T, SyncRequest], Awaitable[int | Ack[T]]]:
@@ -229,28 +297,6 @@ class SyncedMapWithPush(_Field[S, I, T]):
         self._send = fn
         return fn
 
-    def reloader(self, fn: Callable[[O, I], Awaitable[T]]) -> Callable[[O, I], Awaitable[T]]:
-        """Declare how to fetch the server's value of an item after a failed sync.
-
-        Decorates an ``async def`` method ``(self, item) -> value``. When a
-        sync of the field fails for good (``on_finish`` gets an error), the
-        value it returns is written into the state: the screen shows the
-        truth instead of the failed guess.
-
-        Example:
-            >>> from optisync import Store
-            >>> from optisync.fields import SyncedMap
-            >>> class Todos(Store[dict[str, bool]]):
-            ...     done = SyncedMap[dict[str, bool], str, bool](
-            ...         lambda s, todo: s[todo], lambda s, todo, d: {**s, todo: d})
-            ...
-            ...     @done.reloader
-            ...     async def fetch_done(self, todo: str) -> bool:
-            ...         return False
-        """
-        self._reload = fn
-        return fn
-
     @overload
     def __get__(self, store: None, owner: type) -> SyncedMapWithPush[S, I, T]: ...
     @overload
@@ -264,7 +310,7 @@ class SyncedMapWithPush(_Field[S, I, T]):
         return bound
 
 
-class SyncedMap(_Field[S, I, T]):
+class SyncedMap(_MapField[S, I, T]):
     """A collection of values keyed by item id, synced with a server that does not push.
 
     The same as :class:`SyncedMapWithPush`, over ``optimistic_sync``: no
@@ -296,15 +342,6 @@ class SyncedMap(_Field[S, I, T]):
         {'milk': True}
     """
 
-    def __init__(
-        self,
-        get: Callable[[S, I], T],
-        set: Callable[[S, I, T], S],  # noqa: A002
-        *,
-        max_follow_up_requests: int = 10_000,
-    ) -> None:
-        super().__init__(get, set, max_follow_up_requests)
-
     def sender(
         self, fn: Callable[[O, I, T], Awaitable[T | None]]
     ) -> Callable[[O, I, T], Awaitable[T | None]]:
@@ -324,28 +361,6 @@ class SyncedMap(_Field[S, I, T]):
         self._send = fn
         return fn
 
-    def reloader(self, fn: Callable[[O, I], Awaitable[T]]) -> Callable[[O, I], Awaitable[T]]:
-        """Declare how to fetch the server's value of an item after a failed sync.
-
-        Decorates an ``async def`` method ``(self, item) -> value``. When a
-        sync of the field fails for good (``on_finish`` gets an error), the
-        value it returns is written into the state: the screen shows the
-        truth instead of the failed guess.
-
-        Example:
-            >>> from optisync import Store
-            >>> from optisync.fields import SyncedMap
-            >>> class Todos(Store[dict[str, bool]]):
-            ...     done = SyncedMap[dict[str, bool], str, bool](
-            ...         lambda s, todo: s[todo], lambda s, todo, d: {**s, todo: d})
-            ...
-            ...     @done.reloader
-            ...     async def fetch_done(self, todo: str) -> bool:
-            ...         return False
-        """
-        self._reload = fn
-        return fn
-
     @overload
     def __get__(self, store: None, owner: type) -> SyncedMap[S, I, T]: ...
     @overload
@@ -359,15 +374,7 @@ class SyncedMap(_Field[S, I, T]):
         return bound
 
 
-def _lift_get(get: Callable[[S], T]) -> Callable[[S, None], T]:
-    return lambda state, item: get(state)
-
-
-def _lift_set(put: Callable[[S, T], S]) -> Callable[[S, None, T], S]:
-    return lambda state, item, value: put(state, value)
-
-
-class SyncedValueWithPush(_Field[S, None, T]):
+class SyncedValueWithPush(_ValueField[S, T]):
     """One value (a setting), synced with a server that pushes. Its key is its name.
 
     Args:
@@ -396,20 +403,6 @@ class SyncedValueWithPush(_Field[S, None, T]):
         APPLIED 8
     """
 
-    _single = True
-
-    def __init__(
-        self,
-        get: Callable[[S], T],
-        set: Callable[[S, T], S],  # noqa: A002
-        *,
-        max_follow_up_requests: int = 10_000,
-    ) -> None:
-        super().__init__(_lift_get(get), _lift_set(set), max_follow_up_requests)
-
-    def _key(self, item: None) -> Hashable:
-        return self.name
-
     def sender(
         self, fn: Callable[[O, T, SyncRequest], Awaitable[int | Ack[T]]]
     ) -> Callable[[O, T, SyncRequest], Awaitable[int | Ack[T]]]:
@@ -428,22 +421,6 @@ class SyncedValueWithPush(_Field[S, None, T]):
         self._send = lambda store, item, value, request: fn(store, value, request)
         return fn
 
-    def reloader(self, fn: Callable[[O], Awaitable[T]]) -> Callable[[O], Awaitable[T]]:
-        """Declare how to fetch the server's value after a failed sync: ``async (self) -> value``.
-
-        Example:
-            >>> from optisync import Store
-            >>> from optisync.fields import SyncedValue
-            >>> class Name(Store[str]):
-            ...     name = SyncedValue[str, str](lambda s: s, lambda s, v: v)
-            ...
-            ...     @name.reloader
-            ...     async def fetch_name(self) -> str:
-            ...         return "Ada"
-        """
-        self._reload = lambda store, item: fn(store)
-        return fn
-
     @overload
     def __get__(self, store: None, owner: type) -> SyncedValueWithPush[S, T]: ...
     @overload
@@ -457,7 +434,7 @@ class SyncedValueWithPush(_Field[S, None, T]):
         return bound
 
 
-class SyncedValue(_Field[S, None, T]):
+class SyncedValue(_ValueField[S, T]):
     """One value, synced with a server that does not push (``optimistic_sync``).
 
     Args:
@@ -485,20 +462,6 @@ class SyncedValue(_Field[S, None, T]):
         'Ada'
     """
 
-    _single = True
-
-    def __init__(
-        self,
-        get: Callable[[S], T],
-        set: Callable[[S, T], S],  # noqa: A002
-        *,
-        max_follow_up_requests: int = 10_000,
-    ) -> None:
-        super().__init__(_lift_get(get), _lift_set(set), max_follow_up_requests)
-
-    def _key(self, item: None) -> Hashable:
-        return self.name
-
     def sender(
         self, fn: Callable[[O, T], Awaitable[T | None]]
     ) -> Callable[[O, T], Awaitable[T | None]]:
@@ -515,22 +478,6 @@ class SyncedValue(_Field[S, None, T]):
             ...         return None
         """
         self._send = lambda store, item, value: fn(store, value)
-        return fn
-
-    def reloader(self, fn: Callable[[O], Awaitable[T]]) -> Callable[[O], Awaitable[T]]:
-        """Declare how to fetch the server's value after a failed sync: ``async (self) -> value``.
-
-        Example:
-            >>> from optisync import Store
-            >>> from optisync.fields import SyncedValue
-            >>> class Name(Store[str]):
-            ...     name = SyncedValue[str, str](lambda s: s, lambda s, v: v)
-            ...
-            ...     @name.reloader
-            ...     async def fetch_name(self) -> str:
-            ...         return "Ada"
-        """
-        self._reload = lambda store, item: fn(store)
         return fn
 
     @overload

@@ -221,63 +221,59 @@ class Snapshot:
 class Storage(Protocol):
     """Where snapshots go. :class:`SqliteStorage` is the tested default.
 
-    A back end must make each :meth:`save` atomic: after a crash, :meth:`load`
-    returns the last snapshot whose save completed, whole.
+    Any object with these three coroutines is one. A back end must make each
+    :meth:`save` atomic: after a crash, :meth:`load` returns the last
+    snapshot whose save completed, whole.
 
     Example:
+        A back end that keeps the last snapshot in memory (what optisync's
+        reliability suite restarts its devices from):
+
         >>> import asyncio
-        >>> from optisync.persistence import Snapshot, SqliteStorage, Storage
+        >>> from optisync.persistence import JsonCodec, Persistence, Snapshot, Storage
+        >>> class MemoryStorage:
+        ...     snapshot: Snapshot | None = None
+        ...     async def load(self) -> Snapshot | None:
+        ...         return self.snapshot
+        ...     async def save(self, snapshot: Snapshot) -> None:
+        ...         self.snapshot = snapshot
+        ...     async def close(self) -> None:
+        ...         pass
         >>> async def main() -> None:
-        ...     storage: Storage = SqliteStorage(":memory:")
-        ...     await storage.save(Snapshot(1, b"0", {}, frozenset()))
+        ...     storage: Storage = MemoryStorage()
+        ...     await Persistence.open(storage, JsonCodec(), initial=[], new_device_id=lambda: 4)
         ...     print(await storage.load())
-        ...     await storage.close()
         >>> asyncio.run(main())
-        Snapshot(device_id=1, state=b'0', server_revisions={}, outbox=frozenset())
+        Snapshot(device_id=4, state=b'[]', server_revisions={}, outbox=frozenset())
     """
 
     async def load(self) -> Snapshot | None:
         """The last saved snapshot, or ``None`` if nothing was ever saved.
 
         Example:
-            >>> import asyncio
-            >>> from optisync.persistence import SqliteStorage
-            >>> async def main() -> None:
-            ...     storage = SqliteStorage(":memory:")
-            ...     print(await storage.load())
-            ...     await storage.close()
-            >>> asyncio.run(main())
-            None
+            Called once, by :meth:`Persistence.open`::
+
+                snapshot = await storage.load()
         """
         ...
 
     async def save(self, snapshot: Snapshot) -> None:
-        """Replace the saved snapshot, atomically.
+        """Replace the saved snapshot, atomically (all of it, or nothing).
 
         Example:
-            >>> import asyncio
-            >>> from optisync.persistence import Snapshot, SqliteStorage
-            >>> async def main() -> None:
-            ...     storage = SqliteStorage(":memory:")
-            ...     await storage.save(Snapshot(1, b"0", {"k": 2}, frozenset({"k"})))
-            ...     print((await storage.load()).server_revisions)
-            ...     await storage.close()
-            >>> asyncio.run(main())
-            {'k': 2}
+            Called by the saver of :class:`Persistence`, one at a time::
+
+                await storage.save(snapshot)
         """
         ...
 
     async def close(self) -> None:
-        """Release the back end. Closing twice is harmless.
+        """Release the back end. Closing twice must be harmless.
 
         Example:
-            >>> import asyncio
-            >>> from optisync.persistence import SqliteStorage
-            >>> async def main() -> None:
-            ...     storage = SqliteStorage(":memory:")
-            ...     await storage.close()
-            ...     await storage.close()
-            >>> asyncio.run(main())
+            Called by :meth:`Persistence.close`::
+
+                await storage.close()
         """
         ...
 
