@@ -43,7 +43,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Hashable, Iterator
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Protocol, Self, TypeVar, overload
 
 import attrs
 
@@ -72,6 +72,7 @@ I = TypeVar("I", bound=Hashable)  # noqa: E741 - the item id, as in dict[I, T]
 T = TypeVar("T")
 O = TypeVar("O")  # noqa: E741 - the store class a sender is a method of
 R = TypeVar("R")
+B = TypeVar("B")  # the class of a field bound to a store
 
 
 @attrs.frozen
@@ -121,10 +122,10 @@ class _Retrier(Protocol):
 # -- the fields, as declared on the class ------------------------------------------
 
 
-class _Field(Generic[S, I, T]):
-    """What every declared field shares: its name, its lenses, its bound objects."""
+class _Field(Generic[S, I, T, B]):
+    """What every declared field shares: its name, its lenses, its bound objects (``B``)."""
 
-    _bound_class: type[_Bound[Any, Any, Any]]
+    _bound_class: Callable[[Any, Any], Any]  # set below, once the bound classes exist
     _single = False  # one value (key: the name), not a collection (key: (name, item))
 
     def __init__(
@@ -148,10 +149,19 @@ class _Field(Generic[S, I, T]):
     def _key(self, item: I) -> Hashable:
         return (self.name, item)
 
-    def _bind(self, store: Store[S]) -> Any:
+    @overload
+    def __get__(self, store: None, owner: type) -> Self: ...
+    @overload
+    def __get__(self, store: Store[S], owner: type) -> B: ...
+    def __get__(self, store: Store[S] | None, owner: type) -> Self | B:
+        if store is None:
+            return self
+        return self._bind(store)
+
+    def _bind(self, store: Store[S]) -> B:
         if not self.name:
             raise StateError("a synced field must be assigned to a name in a Store class body")
-        bound = self._bound_class(self, store)
+        bound: B = self._bound_class(self, store)
         # Like functools.cached_property: the bound object replaces the lookup
         # from now on, under the field's own name (no other name is used).
         vars(store)[self.name] = bound
@@ -166,7 +176,7 @@ def _lift_set(put: Callable[[S, T], S]) -> Callable[[S, None, T], S]:
     return lambda state, item, value: put(state, value)
 
 
-class _MapField(_Field[S, I, T]):
+class _MapField(_Field[S, I, T, B]):
     """A declared collection: ``get`` and ``set`` take the item id."""
 
     def __init__(
@@ -201,7 +211,7 @@ class _MapField(_Field[S, I, T]):
         return fn
 
 
-class _ValueField(_Field[S, None, T]):
+class _ValueField(_Field[S, None, T, B]):
     """A declared single value: its key is its name."""
 
     _single = True
@@ -235,7 +245,7 @@ class _ValueField(_Field[S, None, T]):
         return fn
 
 
-class SyncedMapWithPush(_MapField[S, I, T]):
+class SyncedMapWithPush(_MapField[S, I, T, "BoundMapWithPush[S, I, T]"]):
     """A collection of values keyed by item id, synced with a server that pushes.
 
     Declare it in the store's class body with the state type, the item id
@@ -297,20 +307,8 @@ class SyncedMapWithPush(_MapField[S, I, T]):
         self._send = fn
         return fn
 
-    @overload
-    def __get__(self, store: None, owner: type) -> SyncedMapWithPush[S, I, T]: ...
-    @overload
-    def __get__(self, store: Store[S], owner: type) -> BoundMapWithPush[S, I, T]: ...
-    def __get__(
-        self, store: Store[S] | None, owner: type
-    ) -> SyncedMapWithPush[S, I, T] | BoundMapWithPush[S, I, T]:
-        if store is None:
-            return self
-        bound: BoundMapWithPush[S, I, T] = self._bind(store)
-        return bound
 
-
-class SyncedMap(_MapField[S, I, T]):
+class SyncedMap(_MapField[S, I, T, "BoundMap[S, I, T]"]):
     """A collection of values keyed by item id, synced with a server that does not push.
 
     The same as :class:`SyncedMapWithPush`, over ``optimistic_sync``: no
@@ -361,20 +359,8 @@ class SyncedMap(_MapField[S, I, T]):
         self._send = fn
         return fn
 
-    @overload
-    def __get__(self, store: None, owner: type) -> SyncedMap[S, I, T]: ...
-    @overload
-    def __get__(self, store: Store[S], owner: type) -> BoundMap[S, I, T]: ...
-    def __get__(
-        self, store: Store[S] | None, owner: type
-    ) -> SyncedMap[S, I, T] | BoundMap[S, I, T]:
-        if store is None:
-            return self
-        bound: BoundMap[S, I, T] = self._bind(store)
-        return bound
 
-
-class SyncedValueWithPush(_ValueField[S, T]):
+class SyncedValueWithPush(_ValueField[S, T, "BoundValueWithPush[S, T]"]):
     """One value (a setting), synced with a server that pushes. Its key is its name.
 
     Args:
@@ -421,20 +407,8 @@ class SyncedValueWithPush(_ValueField[S, T]):
         self._send = lambda store, item, value, request: fn(store, value, request)
         return fn
 
-    @overload
-    def __get__(self, store: None, owner: type) -> SyncedValueWithPush[S, T]: ...
-    @overload
-    def __get__(self, store: Store[S], owner: type) -> BoundValueWithPush[S, T]: ...
-    def __get__(
-        self, store: Store[S] | None, owner: type
-    ) -> SyncedValueWithPush[S, T] | BoundValueWithPush[S, T]:
-        if store is None:
-            return self
-        bound: BoundValueWithPush[S, T] = self._bind(store)
-        return bound
 
-
-class SyncedValue(_ValueField[S, T]):
+class SyncedValue(_ValueField[S, T, "BoundValue[S, T]"]):
     """One value, synced with a server that does not push (``optimistic_sync``).
 
     Args:
@@ -480,18 +454,8 @@ class SyncedValue(_ValueField[S, T]):
         self._send = lambda store, item, value: fn(store, value)
         return fn
 
-    @overload
-    def __get__(self, store: None, owner: type) -> SyncedValue[S, T]: ...
-    @overload
-    def __get__(self, store: Store[S], owner: type) -> BoundValue[S, T]: ...
-    def __get__(self, store: Store[S] | None, owner: type) -> SyncedValue[S, T] | BoundValue[S, T]:
-        if store is None:
-            return self
-        bound: BoundValue[S, T] = self._bind(store)
-        return bound
 
-
-def declared_fields(store_class: type) -> dict[str, _Field[Any, Any, Any]]:
+def declared_fields(store_class: type) -> dict[str, _Field[Any, Any, Any, Any]]:
     """The synced fields declared on a store class (and its bases), by name.
 
     Example:
@@ -502,7 +466,7 @@ def declared_fields(store_class: type) -> dict[str, _Field[Any, Any, Any]]:
         >>> list(declared_fields(Name))
         ['name']
     """
-    found: dict[str, _Field[Any, Any, Any]] = {}
+    found: dict[str, _Field[Any, Any, Any, Any]] = {}
     for cls in reversed(store_class.__mro__):
         for name, value in vars(cls).items():
             if isinstance(value, _Field):
@@ -518,7 +482,7 @@ def declared_fields(store_class: type) -> dict[str, _Field[Any, Any, Any]]:
 class _Bound(Generic[S, I, T]):
     """A field on one store: its keys, its sync calls, and its server revisions."""
 
-    def __init__(self, field: _Field[S, I, T], store: Store[S]) -> None:
+    def __init__(self, field: _Field[S, I, T, Any], store: Store[S]) -> None:
         self._field = field
         self._store = store
         self._items: dict[Hashable, I] = {}  # every key this field synced: key -> item
