@@ -101,18 +101,22 @@ class Backoff:
         return [strategy(_Attempt(n)) for n in range(1, count + 1)]
 
     def _exponential(self) -> Any:
-        import tenacity
-
-        return tenacity.wait_exponential(
+        return _tenacity().wait_exponential(
             multiplier=self.initial, max=self.maximum, exp_base=self.multiplier
         )
 
     def _strategy(self) -> Any:
-        import tenacity
-
         if self.jitter == 0:
             return self._exponential()
-        return self._exponential() + tenacity.wait_random(0, self.jitter)
+        return self._exponential() + _tenacity().wait_random(0, self.jitter)
+
+
+def _tenacity() -> Any:
+    try:
+        import tenacity
+    except ImportError as error:  # pragma: no cover - depends on the install
+        raise ImportError("the outbox needs tenacity: pip install 'optisync[offline]'") from error
+    return tenacity
 
 
 @attrs.define
@@ -200,7 +204,7 @@ class Outbox:
         return self._deliver(key, attempt)
 
     async def _deliver(self, key: Hashable, attempt: Callable[[], Awaitable[R]]) -> R:
-        import tenacity
+        tenacity = _tenacity()
 
         async def when_reachable() -> R:
             if not self._reachable.is_set():
@@ -217,9 +221,10 @@ class Outbox:
             reraise=True,
         )
         try:
-            return await retrying(when_reachable)
+            result: R = await retrying(when_reachable)
         finally:
             self._mark(key, unreachable=False)
+        return result
 
     async def _sleep(self, seconds: float) -> None:
         if self._wake is None:
@@ -340,7 +345,10 @@ class Outbox:
         return unsubscribe
 
     async def synced(self) -> None:
-        """Wait until no key of a declared field is pending: everything is on the server.
+        """Wait until no key of a declared field is pending.
+
+        Each change was then taken by the server, or refused for good (and
+        handled by ``on_finish``): nothing is left to send.
 
         Raises:
             StoreClosedError: the store closed before that.

@@ -651,7 +651,10 @@ class Persistence(Generic[S]):
             if name not in fields:
                 logger.warning("optisync: dropping the saved change of %s: no such field", encoded)
                 continue
-            fields[name]._resend(item)
+            try:
+                fields[name]._resend(item)
+            except Exception as error:  # say, the item is gone from the restored state
+                store.on_error(error)
         self._changed(None)  # the resent keys' new status, and anything dropped
 
     def _status_changed(self, key: Hashable) -> None:

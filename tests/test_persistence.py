@@ -244,3 +244,32 @@ def test_a_kill_mid_writes_leaves_the_last_committed_snapshot_whole(
     assert n >= committed  # nothing reported as committed is lost
     assert set(snapshot.server_revisions.values()) == {n}  # one commit, whole
     assert snapshot.outbox == frozenset({f'["k", {n % 50}]'})
+
+
+async def test_a_saved_change_of_an_item_gone_from_the_state_is_reported_not_fatal(
+    tmp_path: Path,
+) -> None:
+    path, server = tmp_path / "device.sqlite3", Server()
+    server.gate.clear()
+    saved, store = await start(path, server)
+    store.liked.set("a", True)
+    store.liked.set("b", True)
+    await saved.flush()
+    await stop(saved, store)
+
+    errors: list[BaseException] = []
+
+    class Forgetful(FeedStore):
+        def on_error(self, error: BaseException) -> None:
+            errors.append(error)
+
+    server.gate.set()
+    saved = await open_sqlite(path, AttrsCodec(Feed), initial=INITIAL)
+    gone = Feed({"b": saved.state.posts["b"]})  # post "a" was deleted meanwhile
+    store = Forgetful(saved, server)
+    store.emit(gone)
+    saved.attach(store)
+    assert [type(error) for error in errors] == [KeyError]
+    await until_synced(store, store.liked.key("b"))
+    assert server.writes == [("b", True)]
+    await stop(saved, store)
