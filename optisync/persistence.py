@@ -1,0 +1,786 @@
+"""Persistence: a store's state, server revisions, device id and outbox, saved and restored.
+
+:class:`Persistence` watches a store and saves, in one transaction per save:
+
+* the state, encoded by a :class:`Codec` (:class:`AttrsCodec` for attrs
+  classes, with cattrs; :class:`JsonCodec` for JSON-shaped states);
+* the server revision of every key of its declared fields
+  (:mod:`optisync.fields`), so that stale pushes are recognised after a restart;
+* the outbox: the keys whose latest change the server has not acknowledged,
+  sent again after a restart;
+* the device id, made once when the storage is new.
+
+The default back end is :class:`SqliteStorage`: stdlib ``sqlite3`` in WAL
+mode, run on one worker thread so the event loop never waits for the disk,
+one transaction per save, so a crash at any point leaves the last committed
+snapshot readable. Other back ends implement the :class:`Storage` protocol.
+
+Example:
+    >>> import asyncio, os, tempfile
+    >>> from optisync import Store
+    >>> from optisync.persistence import JsonCodec, open_sqlite
+    >>> path = os.path.join(tempfile.mkdtemp(), "app.sqlite3")
+    >>> async def run(tap: bool) -> None:
+    ...     saved = await open_sqlite(path, JsonCodec(), initial={"taps": 0})
+    ...     async with Store(saved.state, device_id=saved.device_id) as store:
+    ...         saved.attach(store)
+    ...         if tap:
+    ...             store.emit({"taps": store.state["taps"] + 1})
+    ...         print(store.state)
+    ...     await saved.close()
+    >>> asyncio.run(run(tap=True))
+    {'taps': 1}
+    >>> asyncio.run(run(tap=False))  # restarted: restored from the file
+    {'taps': 1}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import secrets
+import sqlite3
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+import attrs
+
+from optisync.fields import declared_fields
+
+if TYPE_CHECKING:
+    import cattrs
+
+    from optisync.fields import _Bound
+    from optisync.store import Store
+
+__all__ = [
+    "AttrsCodec",
+    "Codec",
+    "JsonCodec",
+    "Persistence",
+    "Snapshot",
+    "SqliteStorage",
+    "Storage",
+    "open_sqlite",
+]
+
+S = TypeVar("S")
+T = TypeVar("T")
+
+logger = logging.getLogger("optisync")
+
+
+# -- codecs ---------------------------------------------------------------------
+
+
+class Codec(Protocol[S]):
+    """Turns a state into bytes and back. Any object with these two methods is one.
+
+    Example:
+        >>> from optisync.persistence import Codec, JsonCodec
+        >>> codec: Codec[dict[str, int]] = JsonCodec()
+        >>> codec.decode(codec.encode({"n": 1}))
+        {'n': 1}
+    """
+
+    def encode(self, state: S) -> bytes:
+        """The state as bytes.
+
+        Example:
+            >>> from optisync.persistence import JsonCodec
+            >>> JsonCodec().encode([1, 2])
+            b'[1, 2]'
+        """
+        ...
+
+    def decode(self, data: bytes) -> S:
+        """The state back from :meth:`encode`'s bytes.
+
+        Example:
+            >>> from optisync.persistence import JsonCodec
+            >>> JsonCodec().decode(b'[1, 2]')
+            [1, 2]
+        """
+        ...
+
+
+class JsonCodec:
+    """A codec for states made of JSON types (dicts with string keys, lists, numbers...).
+
+    Example:
+        >>> from optisync.persistence import JsonCodec
+        >>> JsonCodec().decode(JsonCodec().encode({"liked": True}))
+        {'liked': True}
+    """
+
+    def encode(self, state: Any) -> bytes:
+        """Encode with :func:`json.dumps`.
+
+        Example:
+            >>> from optisync.persistence import JsonCodec
+            >>> JsonCodec().encode({"a": 1})
+            b'{"a": 1}'
+        """
+        return json.dumps(state).encode()
+
+    def decode(self, data: bytes) -> Any:
+        """Decode with :func:`json.loads`.
+
+        Example:
+            >>> from optisync.persistence import JsonCodec
+            >>> JsonCodec().decode(b'{"a": 1}')
+            {'a': 1}
+        """
+        return json.loads(data)
+
+
+class AttrsCodec(Generic[S]):
+    """A codec for attrs (and dataclass) states, with cattrs's JSON converter.
+
+    Needs the ``persistence`` extra (``pip install optisync[persistence]``).
+
+    Args:
+        state_type: the class of the state, e.g. ``ItemState``.
+        converter: a cattrs converter of your own; by default
+            ``cattrs.preconf.json.make_converter()``.
+
+    Example:
+        >>> import attrs
+        >>> from optisync.persistence import AttrsCodec
+        >>> @attrs.frozen
+        ... class Likes:
+        ...     liked: dict[str, bool] = attrs.field(factory=dict)
+        >>> codec = AttrsCodec(Likes)
+        >>> codec.encode(Likes({"post": True}))
+        b'{"liked": {"post": true}}'
+        >>> codec.decode(b'{"liked": {"post": true}}')
+        Likes(liked={'post': True})
+    """
+
+    def __init__(
+        self, state_type: type[S], converter: cattrs.preconf.json.JsonConverter | None = None
+    ):
+        try:
+            from cattrs.preconf.json import make_converter
+        except ImportError as error:  # pragma: no cover - depends on the install
+            raise ImportError(
+                "AttrsCodec needs cattrs: pip install 'optisync[persistence]'"
+            ) from error
+        self.state_type = state_type
+        self.converter = make_converter() if converter is None else converter
+
+    def encode(self, state: S) -> bytes:
+        """Unstructure with cattrs, then JSON.
+
+        Example:
+            >>> from optisync.persistence import AttrsCodec
+            >>> AttrsCodec(int).encode(3)
+            b'3'
+        """
+        return self.converter.dumps(state).encode()
+
+    def decode(self, data: bytes) -> S:
+        """JSON, then structure with cattrs into ``state_type``.
+
+        Example:
+            >>> from optisync.persistence import AttrsCodec
+            >>> AttrsCodec(int).decode(b'3')
+            3
+        """
+        return self.converter.loads(data, self.state_type)
+
+
+# -- storage ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class Snapshot:
+    """Everything one save writes, all or nothing.
+
+    Attributes:
+        device_id: the device id, made once.
+        state: the encoded state.
+        server_revisions: encoded key -> newest server revision known.
+        outbox: the encoded keys whose latest change is not acknowledged.
+
+    Example:
+        >>> from optisync.persistence import Snapshot
+        >>> Snapshot(7, b"{}", {'["liked","post"]': 3}, frozenset()).device_id
+        7
+    """
+
+    device_id: int
+    state: bytes
+    server_revisions: Mapping[str, int]
+    outbox: frozenset[str]
+
+
+class Storage(Protocol):
+    """Where snapshots go. :class:`SqliteStorage` is the tested default.
+
+    Any object with these three coroutines is one. A back end must make each
+    :meth:`save` atomic: after a crash, :meth:`load` returns the last
+    snapshot whose save completed, whole.
+
+    Example:
+        A back end that keeps the last snapshot in memory (what optisync's
+        reliability suite restarts its devices from):
+
+        >>> import asyncio
+        >>> from optisync.persistence import JsonCodec, Persistence, Snapshot, Storage
+        >>> class MemoryStorage:
+        ...     snapshot: Snapshot | None = None
+        ...     async def load(self) -> Snapshot | None:
+        ...         return self.snapshot
+        ...     async def save(self, snapshot: Snapshot) -> None:
+        ...         self.snapshot = snapshot
+        ...     async def close(self) -> None:
+        ...         pass
+        >>> async def main() -> None:
+        ...     storage: Storage = MemoryStorage()
+        ...     await Persistence.open(storage, JsonCodec(), initial=[], new_device_id=lambda: 4)
+        ...     print(await storage.load())
+        >>> asyncio.run(main())
+        Snapshot(device_id=4, state=b'[]', server_revisions={}, outbox=frozenset())
+    """
+
+    async def load(self) -> Snapshot | None:
+        """The last saved snapshot, or ``None`` if nothing was ever saved.
+
+        Example:
+            Called once, by :meth:`Persistence.open`::
+
+                snapshot = await storage.load()
+        """
+        ...
+
+    async def save(self, snapshot: Snapshot) -> None:
+        """Replace the saved snapshot, atomically (all of it, or nothing).
+
+        Example:
+            Called by the saver of :class:`Persistence`, one at a time::
+
+                await storage.save(snapshot)
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release the back end. Closing twice must be harmless.
+
+        Example:
+            Called by :meth:`Persistence.close`::
+
+                await storage.close()
+        """
+        ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS optisync_snapshot (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    device_id INTEGER NOT NULL,
+    state BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS optisync_revisions (key TEXT PRIMARY KEY, revision INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS optisync_outbox (key TEXT PRIMARY KEY);
+"""
+
+
+class SqliteStorage:
+    """Snapshots in an SQLite file, written on one worker thread.
+
+    WAL journal, one ``BEGIN IMMEDIATE`` ... ``COMMIT`` per save: a process
+    killed at any point leaves the last committed snapshot readable. The
+    connection lives on its own thread, so the event loop never waits for the
+    disk; saves run one at a time, in order.
+
+    Args:
+        path: the file (created if missing), or ``":memory:"``.
+        worker_thread: ``False`` runs each save on the event loop's thread,
+            blocking it: only for simulations on virtual time
+            (:class:`~optisync.testing.VirtualClockLoop`), whose clock may
+            jump past a timer while a worker thread is still writing.
+
+    Example:
+        >>> import asyncio
+        >>> from optisync.persistence import Snapshot, SqliteStorage
+        >>> async def main() -> None:
+        ...     storage = SqliteStorage(":memory:")
+        ...     await storage.save(Snapshot(5, b'"hi"', {}, frozenset()))
+        ...     print((await storage.load()).state)
+        ...     await storage.close()
+        >>> asyncio.run(main())
+        b'"hi"'
+    """
+
+    def __init__(self, path: str | Path, *, worker_thread: bool = True) -> None:
+        self.path = path
+        self._executor = (
+            concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="optisync-sqlite"
+            )
+            if worker_thread
+            else None
+        )
+        self._connection: sqlite3.Connection | None = None
+        self._closed = False
+
+    async def _run(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise RuntimeError(f"the storage {self.path!s} is closed")
+        if self._executor is None:
+            return self._on_worker(job)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._on_worker, job)
+
+    def _on_worker(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        if self._connection is None:
+            connection = sqlite3.connect(self.path, isolation_level=None)
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=FULL")
+                connection.executescript(_SCHEMA)
+            except BaseException:
+                connection.close()
+                raise
+            self._connection = connection
+        return job(self._connection)
+
+    async def load(self) -> Snapshot | None:
+        """Read the last committed snapshot (``None`` for a new file).
+
+        Example:
+            >>> import asyncio
+            >>> from optisync.persistence import SqliteStorage
+            >>> async def main() -> None:
+            ...     storage = SqliteStorage(":memory:")
+            ...     print(await storage.load())
+            ...     await storage.close()
+            >>> asyncio.run(main())
+            None
+        """
+        return await self._run(_load)
+
+    async def save(self, snapshot: Snapshot) -> None:
+        """Write ``snapshot`` in one transaction.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync.persistence import Snapshot, SqliteStorage
+            >>> async def main() -> None:
+            ...     storage = SqliteStorage(":memory:")
+            ...     await storage.save(Snapshot(5, b"1", {}, frozenset({'["liked","a"]'})))
+            ...     print((await storage.load()).outbox)
+            ...     await storage.close()
+            >>> asyncio.run(main())
+            frozenset({'["liked","a"]'})
+        """
+        await self._run(lambda connection: _save(connection, snapshot))
+
+    async def close(self) -> None:
+        """Close the file and stop the worker thread. Closing twice is harmless.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync.persistence import SqliteStorage
+            >>> async def main() -> None:
+            ...     storage = SqliteStorage(":memory:")
+            ...     await storage.close()
+            ...     print(storage.is_closed)
+            >>> asyncio.run(main())
+            True
+        """
+        if self._closed:
+            return
+        await self._run(self._close_connection)
+        self._closed = True
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether :meth:`close` was called.
+
+        Example:
+            >>> from optisync.persistence import SqliteStorage
+            >>> SqliteStorage(":memory:").is_closed
+            False
+        """
+        return self._closed
+
+    def _close_connection(self, connection: sqlite3.Connection) -> None:
+        connection.close()
+        self._connection = None
+
+
+def _load(connection: sqlite3.Connection) -> Snapshot | None:
+    connection.execute("BEGIN")  # one read transaction: the three tables of one commit
+    try:
+        row = connection.execute("SELECT device_id, state FROM optisync_snapshot").fetchone()
+        if row is None:
+            return None
+        revisions = dict(connection.execute("SELECT key, revision FROM optisync_revisions"))
+        outbox = frozenset(key for (key,) in connection.execute("SELECT key FROM optisync_outbox"))
+    finally:
+        connection.execute("COMMIT")
+    return Snapshot(int(row[0]), bytes(row[1]), revisions, outbox)
+
+
+def _save(connection: sqlite3.Connection, snapshot: Snapshot) -> None:
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        connection.execute(
+            "INSERT OR REPLACE INTO optisync_snapshot (id, device_id, state) VALUES (1, ?, ?)",
+            (snapshot.device_id, snapshot.state),
+        )
+        connection.executemany(
+            "INSERT INTO optisync_revisions (key, revision) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET revision = excluded.revision",
+            snapshot.server_revisions.items(),
+        )
+        connection.execute("DELETE FROM optisync_outbox")
+        connection.executemany(
+            "INSERT INTO optisync_outbox (key) VALUES (?)", [(key,) for key in snapshot.outbox]
+        )
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+
+
+# -- keys ---------------------------------------------------------------------------
+
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _encode_key(name: str, item: object, single: bool) -> str:
+    if single:
+        return json.dumps([name])
+    if not isinstance(item, _JSON_SCALARS):
+        raise TypeError(
+            f"cannot persist the key of item {item!r} of field {name!r}: item ids must be "
+            f"str, int, float, bool or None, got {type(item).__name__}"
+        )
+    return json.dumps([name, item])
+
+
+def _decode_key(encoded: str) -> tuple[str, Hashable]:
+    parts = json.loads(encoded)
+    return parts[0], (parts[1] if len(parts) > 1 else None)
+
+
+# -- the orchestrator ------------------------------------------------------------
+
+
+class Persistence(Generic[S]):
+    """What was restored, and the saver that keeps the storage up to date.
+
+    Make one with :meth:`open` (or :func:`open_sqlite`) before the store:
+    build the store from :attr:`state` and :attr:`device_id`, then
+    :meth:`attach` it. From then on every change of the state, of a server
+    revision, or of what is pending is saved (coalesced: at most one save in
+    flight, then one with everything since). :meth:`close` saves what is
+    left and closes the storage.
+
+    Example:
+        >>> import asyncio
+        >>> from optisync import Store
+        >>> from optisync.persistence import JsonCodec, Persistence, SqliteStorage
+        >>> async def main() -> None:
+        ...     storage = SqliteStorage(":memory:")
+        ...     saved = await Persistence.open(
+        ...         storage, JsonCodec(), initial=0, new_device_id=lambda: 5)
+        ...     store = Store(saved.state, device_id=saved.device_id)
+        ...     saved.attach(store)
+        ...     store.emit(1)
+        ...     await saved.flush()
+        ...     print((await storage.load()).state, saved.device_id)
+        ...     await store.close()
+        ...     await saved.close()
+        >>> asyncio.run(main())
+        b'1' 5
+    """
+
+    def __init__(self, storage: Storage, codec: Codec[S], snapshot: Snapshot, state: S) -> None:
+        self.storage = storage
+        self.codec = codec
+        self._restored = snapshot
+        self._state = state
+        self._store: Store[S] | None = None
+        self._dirty = False
+        self._saver: asyncio.Task[None] | None = None
+        self._unsubscribe: list[Callable[[], None]] = []
+        # Encoded keys whose latest change is not acknowledged. Kept up to date
+        # as locks are taken and released while the store is open: close()
+        # releases locks too, but quitting acknowledges nothing.
+        self._outbox: set[str] = set(snapshot.outbox)
+        self._fields: dict[str, _Bound[Any, Any, Any]] = {}
+
+    @classmethod
+    async def open(
+        cls,
+        storage: Storage,
+        codec: Codec[S],
+        *,
+        initial: S,
+        new_device_id: Callable[[], int] | None = None,
+    ) -> Persistence[S]:
+        """Load what ``storage`` holds; for a new storage, start from ``initial``.
+
+        A new storage gets a device id at once (``new_device_id()``, by default
+        a random 53-bit number) and a first snapshot, so the id survives even
+        a crash before the first change.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync.persistence import JsonCodec, Persistence, SqliteStorage
+            >>> async def main() -> None:
+            ...     storage = SqliteStorage(":memory:")
+            ...     saved = await Persistence.open(storage, JsonCodec(), initial=[])
+            ...     print(saved.state, 0 <= saved.device_id < 2**53)
+            ...     await saved.close()
+            >>> asyncio.run(main())
+            [] True
+        """
+        snapshot = await storage.load()
+        if snapshot is not None:
+            return cls(storage, codec, snapshot, codec.decode(snapshot.state))
+        device_id = secrets.randbits(53) if new_device_id is None else new_device_id()
+        snapshot = Snapshot(device_id, codec.encode(initial), {}, frozenset())
+        await storage.save(snapshot)
+        return cls(storage, codec, snapshot, initial)
+
+    @property
+    def state(self) -> S:
+        """The state restored (or ``initial`` for a new storage): give it to the store.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync.persistence import JsonCodec, open_sqlite
+            >>> async def main() -> None:
+            ...     saved = await open_sqlite(":memory:", JsonCodec(), initial="hello")
+            ...     print(saved.state)
+            ...     await saved.close()
+            >>> asyncio.run(main())
+            hello
+        """
+        return self._state
+
+    @property
+    def device_id(self) -> int:
+        """The device id kept by the storage: give it to the store.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync.persistence import JsonCodec, open_sqlite
+            >>> async def main() -> None:
+            ...     saved = await open_sqlite(":memory:", JsonCodec(), initial=0,
+            ...                               new_device_id=lambda: 12)
+            ...     print(saved.device_id)
+            ...     await saved.close()
+            >>> asyncio.run(main())
+            12
+        """
+        return self._restored.device_id
+
+    @property
+    def restored_outbox(self) -> frozenset[str]:
+        """The encoded keys that were pending when the last snapshot was saved.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync.persistence import JsonCodec, open_sqlite
+            >>> async def main() -> None:
+            ...     saved = await open_sqlite(":memory:", JsonCodec(), initial=0)
+            ...     print(saved.restored_outbox)
+            ...     await saved.close()
+            >>> asyncio.run(main())
+            frozenset()
+        """
+        return self._restored.outbox
+
+    def attach(self, store: Store[S]) -> None:
+        """Restore the revisions and the outbox into ``store``, and save its changes from now on.
+
+        Call it once, on the event loop, right after building the store from
+        :attr:`state` and :attr:`device_id` (and after making its
+        :class:`~optisync.outbox.Outbox`, if any, so that resent keys retry
+        while offline). Every key of the restored outbox is sent again, with
+        the value the restored state holds for it.
+
+        Raises:
+            ValueError: the store's device id is not :attr:`device_id`.
+            RuntimeError: a store is already attached.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync import Store
+            >>> from optisync.persistence import JsonCodec, open_sqlite
+            >>> async def main() -> None:
+            ...     saved = await open_sqlite(":memory:", JsonCodec(), initial=0)
+            ...     try:
+            ...         saved.attach(Store(0, device_id=saved.device_id + 1))
+            ...     except ValueError as error:
+            ...         print(error)
+            ...     await saved.close()
+            >>> asyncio.run(main())
+            the store's device id is not the persisted one: build it with device_id=saved.device_id
+        """
+        if self._store is not None:
+            raise RuntimeError("a store is already attached to this persistence")
+        if store.device_id != self.device_id:
+            raise ValueError(
+                "the store's device id is not the persisted one: "
+                "build it with device_id=saved.device_id"
+            )
+        self._store = store
+        self._fields = fields = _fields(store)
+        for encoded, revision in self._restored.server_revisions.items():
+            name, item = _decode_key(encoded)
+            if name in fields:
+                fields[name]._restore_revision(item, revision)
+        self._unsubscribe = [
+            store.subscribe(self._changed),
+            store.subscribe_sync_status(self._status_changed),
+        ]
+        for encoded in sorted(self._restored.outbox):
+            name, item = _decode_key(encoded)
+            if name not in fields:
+                logger.warning("optisync: dropping the saved change of %s: no such field", encoded)
+                continue
+            try:
+                fields[name]._resend(item)
+            except Exception as error:  # say, the item is gone from the restored state
+                store.on_error(error)
+        self._changed(None)  # the resent keys' new status, and anything dropped
+
+    def _status_changed(self, key: Hashable) -> None:
+        store = self._store
+        assert store is not None
+        encoded = _encode_store_key(self._fields, key)
+        if encoded is not None and not store.is_closed:
+            if store.is_syncing(key):
+                self._outbox.add(encoded)
+            else:
+                self._outbox.discard(encoded)
+        self._changed(key)
+
+    def _changed(self, _: object) -> None:
+        self._dirty = True
+        if self._saver is None or self._saver.done():
+            self._saver = asyncio.get_running_loop().create_task(self._save_while_dirty())
+
+    async def _save_while_dirty(self) -> None:
+        store = self._store
+        assert store is not None
+        while self._dirty:
+            self._dirty = False
+            try:
+                await self.storage.save(self._snapshot(store))
+            except Exception as error:  # the next change tries again
+                self._dirty = False
+                store.on_error(error)
+                return
+
+    def _snapshot(self, store: Store[S]) -> Snapshot:
+        revisions = dict(self._restored.server_revisions)
+        for encoded, key, bound in _keys(store):
+            revision = bound._revision(key)
+            if revision >= 0:
+                revisions[encoded] = revision
+        state = self.codec.encode(store.state)
+        return Snapshot(self.device_id, state, revisions, frozenset(self._outbox))
+
+    async def flush(self) -> None:
+        """Wait until everything changed so far is saved.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync import Store
+            >>> from optisync.persistence import JsonCodec, open_sqlite
+            >>> async def main() -> None:
+            ...     saved = await open_sqlite(":memory:", JsonCodec(), initial=0)
+            ...     store = Store(0, device_id=saved.device_id)
+            ...     saved.attach(store)
+            ...     store.emit(3)
+            ...     await saved.flush()
+            ...     print((await saved.storage.load()).state)
+            ...     await saved.close()
+            >>> asyncio.run(main())
+            b'3'
+        """
+        while self._saver is not None and not self._saver.done():
+            await asyncio.shield(self._saver)
+
+    async def close(self) -> None:
+        """Save what is left, stop watching the store, and close the storage.
+
+        The store itself is not closed: close it first, so that nothing
+        changes after the last save.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync.persistence import JsonCodec, open_sqlite
+            >>> async def main() -> None:
+            ...     saved = await open_sqlite(":memory:", JsonCodec(), initial=0)
+            ...     await saved.close()
+            ...     print(saved.storage.is_closed)
+            >>> asyncio.run(main())
+            True
+        """
+        await self.flush()
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
+        await self.storage.close()
+
+
+def _fields(store: Store[Any]) -> dict[str, _Bound[Any, Any, Any]]:
+    return {name: getattr(store, name) for name in declared_fields(type(store))}
+
+
+def _encode_store_key(fields: Mapping[str, _Bound[Any, Any, Any]], key: Hashable) -> str | None:
+    """The encoded form of a store key of a declared field; None for any other key."""
+    if isinstance(key, str):
+        bound = fields.get(key)
+        return _encode_key(key, None, True) if bound and bound._field._single else None
+    if isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], str):
+        bound = fields.get(key[0])
+        return _encode_key(key[0], key[1], False) if bound and not bound._field._single else None
+    return None
+
+
+def _keys(store: Store[Any]) -> Iterator[tuple[str, Hashable, _Bound[Any, Any, Any]]]:
+    for name, bound in _fields(store).items():
+        single = bound._field._single
+        for key, item in bound._keys():
+            yield _encode_key(name, item, single), key, bound
+
+
+async def open_sqlite(
+    path: str | Path,
+    codec: Codec[S],
+    *,
+    initial: S,
+    new_device_id: Callable[[], int] | None = None,
+    worker_thread: bool = True,
+) -> Persistence[S]:
+    """:meth:`Persistence.open` on a :class:`SqliteStorage` at ``path``.
+
+    ``worker_thread`` is the storage's (``False`` only on virtual time).
+
+    Example:
+        >>> import asyncio
+        >>> from optisync.persistence import JsonCodec, open_sqlite
+        >>> async def main() -> None:
+        ...     saved = await open_sqlite(":memory:", JsonCodec(), initial={"liked": False})
+        ...     print(saved.state)
+        ...     await saved.close()
+        >>> asyncio.run(main())
+        {'liked': False}
+    """
+    storage = SqliteStorage(path, worker_thread=worker_thread)
+    return await Persistence.open(storage, codec, initial=initial, new_device_id=new_device_id)

@@ -1,0 +1,276 @@
+"""Random taps, outages and restarts over 2 to 4 devices with declared fields, an outbox and
+persistence: every device converges to the server, and no tap that last write wins says
+must win is lost.
+
+A device's last tap on a key must win unless a push from another device was applied on
+that device after it (the seed's rule: the push is the newer word). So, for each device
+and key, either the server committed that device's last value after the tap, or the
+device applied a push for the key after the tap.
+
+The count is OPTISYNC_SCENARIOS / 5 (default 100).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable
+
+import attrs
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sim_harness import scenario_count
+
+from optisync import PushOutcome, Store, testing
+from optisync.fields import SyncedMapWithPush, SyncRequest
+from optisync.outbox import Backoff, Outbox
+from optisync.persistence import JsonCodec, Persistence, Snapshot
+from optisync.testing import Commit, DeviceLink, NetworkFaults, SimulatedNetwork, SimulatedServer
+
+KEYS = ("post", "photo")
+BACKOFF = Backoff(initial=0.05, maximum=1.0, jitter=0.0)
+
+
+class MemoryStorage:
+    """A Storage that keeps the last snapshot in memory: what a restart reads back."""
+
+    def __init__(self) -> None:
+        self.snapshot: Snapshot | None = None
+
+    async def load(self) -> Snapshot | None:
+        return self.snapshot
+
+    async def save(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    async def close(self) -> None:
+        pass
+
+
+@attrs.define
+class LastTap:
+    value: bool
+    server_revision_then: int
+    overridden_by_push: bool = False
+
+
+class Phone(Store[dict[str, bool]]):
+    liked = SyncedMapWithPush[dict[str, bool], str, bool](
+        lambda state, item: state.get(item, False),
+        lambda state, item, liked: {**state, item: liked},
+    )
+
+    def __init__(self, device: Device, state: dict[str, bool], device_id: int) -> None:
+        super().__init__(state, device_id=device_id)
+        self.device = device
+
+    @liked.sender
+    async def send_liked(self, item: str, liked: bool, request: SyncRequest) -> int:
+        if not self.device.online:
+            raise ConnectionError("no network")
+        commit = await self.device.link.write(item, liked, local_revision=request.local_revision)
+        return commit.server_revision
+
+    def on_push(self, commit: Commit) -> None:
+        if self.is_closed:
+            return  # a push for the store this restart replaced: the new one replays it
+        if self.liked.push(str(commit.key), bool(commit.value), commit.push_metadata) is (
+            PushOutcome.APPLIED
+        ):
+            tap = self.device.last_taps.get(str(commit.key))
+            if tap is not None and commit.device_id != self.device_id:
+                tap.overridden_by_push = True
+
+
+class Device:
+    def __init__(self, link: DeviceLink) -> None:
+        self.link = link
+        self.online = True
+        self.storage = MemoryStorage()
+        self.last_taps: dict[str, LastTap] = {}
+        self.saved: Persistence[dict[str, bool]] | None = None
+        self.store: Phone | None = None
+        self.outbox: Outbox | None = None
+
+    async def start(self) -> None:
+        self.saved = saved = await Persistence.open(
+            self.storage, JsonCodec(), initial={}, new_device_id=lambda: self.link.device_id
+        )
+        self.store = Phone(self, saved.state, saved.device_id)
+        self.outbox = Outbox(self.store, backoff=BACKOFF)
+        saved.attach(self.store)
+        if self.online:
+            self.link.connect(self.store.on_push, since=0)
+
+    async def stop(self) -> None:
+        assert self.store is not None
+        assert self.saved is not None
+        await self.store.close()
+        await self.saved.close()
+
+    def tap(self, key: str, server: SimulatedServer) -> None:
+        assert self.store is not None
+        value = not self.store.liked[key]
+        self.last_taps[key] = LastTap(value, server.revision)
+        self.store.liked.set(key, value)
+
+    def set_online(self, online: bool) -> None:
+        assert self.store is not None
+        assert self.outbox is not None
+        if online == self.online:
+            return
+        self.online = online
+        if online:
+            self.link.connect(self.store.on_push, since=0)
+        else:
+            self.link.disconnect()
+        self.outbox.set_reachable(online)
+
+
+@attrs.frozen
+class Tap:
+    device: int
+    key: str
+
+
+@attrs.frozen
+class Wait:
+    seconds: float
+
+
+@attrs.frozen
+class Outage:
+    device: int  # toggles the device's network
+
+
+@attrs.frozen
+class Restart:
+    device: int
+
+
+Action = Tap | Wait | Outage | Restart
+
+
+@attrs.frozen
+class Scenario:
+    seed: int
+    devices: int
+    faults: NetworkFaults
+    script: tuple[Action, ...]
+
+
+async def play(scenario: Scenario) -> list[str]:
+    server = SimulatedServer()
+    network = SimulatedNetwork(server, faults=scenario.faults, seed=scenario.seed)
+    devices = [Device(network.device(n)) for n in range(1, scenario.devices + 1)]
+    for device in devices:
+        await device.start()
+    for action in scenario.script:
+        match action:
+            case Tap(device=n, key=key):
+                devices[n - 1].tap(key, server)
+            case Wait(seconds=seconds):
+                await asyncio.sleep(seconds)
+            case Outage(device=n):
+                device = devices[n - 1]
+                device.set_online(not device.online)
+            case Restart(device=n):
+                await devices[n - 1].stop()
+                await devices[n - 1].start()
+    for device in devices:
+        device.set_online(True)
+    for device in devices:
+        assert device.outbox is not None
+        await device.outbox.synced()
+    await network.settle()
+    problems = check(server, devices)
+    for device in devices:
+        await device.stop()
+    network.close()
+    return problems
+
+
+def check(server: SimulatedServer, devices: list[Device]) -> list[str]:
+    problems = []
+    expected: dict[Hashable, object] = {key: server.value(key) for key in server.keys()}  # noqa: SIM118
+    for device in devices:
+        assert device.store is not None
+        if device.store.state != expected:
+            problems.append(f"device {device.link.device_id}: {device.store.state} != {expected}")
+        for key, tap in device.last_taps.items():
+            delivered = any(
+                commit.key == key
+                and commit.device_id == device.link.device_id
+                and commit.value == tap.value
+                and commit.server_revision > tap.server_revision_then
+                for commit in server.log
+            )
+            if not (delivered or tap.overridden_by_push):
+                problems.append(
+                    f"device {device.link.device_id}'s last tap {key}={tap.value} was lost"
+                )
+    return problems
+
+
+LATENCIES = st.sampled_from([(0.0, 0.0), (0.001, 0.05), (0.01, 0.3)])
+faults = st.builds(
+    NetworkFaults,
+    request_latency=LATENCIES,
+    push_latency=LATENCIES,
+    duplicate_push=st.sampled_from([0.0, 0.1]),
+    drop_push=st.sampled_from([0.0, 0.0, 0.1]),
+    reconnect_delay=st.sampled_from([(0.01, 0.1)]),
+    fail_before_commit=st.sampled_from([0.0, 0.0, 0.1, 0.3]),
+    fail_after_commit=st.sampled_from([0.0, 0.0, 0.1, 0.3]),
+)
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> Scenario:
+    devices = draw(st.integers(2, 4))
+    device = st.integers(1, devices)
+    action: st.SearchStrategy[Action] = st.one_of(
+        st.builds(Tap, device, st.sampled_from(KEYS)),
+        st.builds(Tap, device, st.sampled_from(KEYS)),
+        st.builds(Wait, st.sampled_from([0.0, 0.01, 0.1, 0.5, 2.0])),
+        st.builds(Outage, device),
+        st.builds(Restart, device),
+    )
+    length = draw(st.integers(1, 40))
+    return Scenario(
+        seed=draw(st.integers(0, 2**32 - 1)),
+        devices=devices,
+        faults=draw(faults),
+        script=tuple(draw(st.lists(action, min_size=length, max_size=length))),
+    )
+
+
+@settings(
+    max_examples=max(1, scenario_count() // 5),
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(scenario=scenarios())
+def test_offline_devices_converge_and_keep_every_last_tap_that_must_win(
+    scenario: Scenario,
+) -> None:
+    problems = testing.run(play(scenario))
+    assert not problems, "\n".join(problems)
+
+
+def test_the_check_reports_a_lost_tap_and_a_diverged_device() -> None:
+    async def scenario() -> list[str]:
+        server = SimulatedServer()
+        network = SimulatedNetwork(server)
+        device = Device(network.device(1))
+        await device.start()
+        device.last_taps["post"] = LastTap(True, server.revision)  # a tap never sent
+        assert device.store is not None
+        device.store.emit({"photo": True})  # and a state the server never had
+        problems = check(server, [device])
+        await device.stop()
+        return problems
+
+    problems = testing.run(scenario())
+    assert len(problems) == 2
+    assert "was lost" in problems[1]

@@ -1,0 +1,275 @@
+"""Persistence: state, revisions, device id and outbox survive a restart, and a kill."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import attrs
+import pytest
+
+from optisync import PushMetadata, PushOutcome, Store
+from optisync.fields import SyncedMapWithPush, SyncRequest
+from optisync.persistence import (
+    AttrsCodec,
+    JsonCodec,
+    Persistence,
+    Snapshot,
+    SqliteStorage,
+    open_sqlite,
+)
+
+
+@attrs.frozen
+class Post:
+    title: str
+    liked: bool = False
+
+
+@attrs.frozen
+class Feed:
+    posts: dict[str, Post] = attrs.field(factory=dict)
+
+    def set_liked(self, post: str, liked: bool) -> Feed:
+        return attrs.evolve(
+            self, posts={**self.posts, post: attrs.evolve(self.posts[post], liked=liked)}
+        )
+
+
+INITIAL = Feed({"a": Post("A"), "b": Post("B")})
+
+
+class Server:
+    def __init__(self) -> None:
+        self.revision = 0
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.writes: list[tuple[str, bool]] = []
+
+    async def write(self, post: str, liked: bool) -> int:
+        await self.gate.wait()
+        self.revision += 1
+        self.writes.append((post, liked))
+        return self.revision
+
+
+class FeedStore(Store[Feed]):
+    liked = SyncedMapWithPush[Feed, str, bool](
+        lambda state, post: state.posts[post].liked,
+        lambda state, post, liked: state.set_liked(post, liked),
+    )
+
+    def __init__(self, saved: Persistence[Feed], server: Server) -> None:
+        super().__init__(saved.state, device_id=saved.device_id)
+        self.server = server
+
+    @liked.sender
+    async def send_liked(self, post: str, liked: bool, request: SyncRequest) -> int:
+        return await self.server.write(post, liked)
+
+
+async def start(path: Path, server: Server) -> tuple[Persistence[Feed], FeedStore]:
+    saved = await open_sqlite(path, AttrsCodec(Feed), initial=INITIAL)
+    store = FeedStore(saved, server)
+    saved.attach(store)
+    return saved, store
+
+
+async def stop(saved: Persistence[Feed], store: FeedStore) -> None:
+    await store.close()
+    await saved.close()
+
+
+async def until_synced(store: Store[Feed], key: object) -> None:
+    synced = asyncio.Event()
+    stop = store.subscribe_sync_status(lambda _: None if store.is_syncing(key) else synced.set())
+    if store.is_syncing(key):
+        await synced.wait()
+    stop()
+
+
+async def test_state_revisions_and_device_id_survive_a_restart(tmp_path: Path) -> None:
+    path, server = tmp_path / "device.sqlite3", Server()
+    saved, store = await start(path, server)
+    first_id = store.device_id
+    await store.liked.set("a", True)
+    other = PushMetadata(server_revision=9, local_revision=1, device_id=first_id + 1)
+    store.liked.push("b", True, other)
+    await stop(saved, store)
+
+    saved, store = await start(path, server)
+    assert store.device_id == first_id
+    assert store.state == INITIAL.set_liked("a", True).set_liked("b", True)
+    assert (store.liked.server_revision("a"), store.liked.server_revision("b")) == (1, 9)
+    # A replay of the push, after reconnecting, is recognised as stale.
+    assert store.liked.push("b", False, other) is PushOutcome.STALE
+    assert store.liked["b"] is True
+    await stop(saved, store)
+
+
+async def test_a_new_file_gets_a_device_id_that_is_saved_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "device.sqlite3"
+    saved = await open_sqlite(path, JsonCodec(), initial=0, new_device_id=lambda: 77)
+    await saved.close()  # nothing was attached or changed
+    again = await open_sqlite(path, JsonCodec(), initial=0, new_device_id=lambda: 78)
+    assert again.device_id == 77
+    await again.close()
+
+
+async def test_a_change_in_flight_is_saved_in_the_outbox_and_resent_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    path, server = tmp_path / "device.sqlite3", Server()
+    server.gate.clear()  # the server never answers in this run
+    saved, store = await start(path, server)
+    store.liked.set("a", True)
+    await saved.flush()
+    snapshot = await saved.storage.load()
+    assert snapshot is not None
+    assert snapshot.outbox == frozenset({'["liked", "a"]'})
+    await stop(saved, store)  # the app quits with the request unanswered
+
+    server.gate.set()
+    saved, store = await start(path, server)
+    assert saved.restored_outbox == frozenset({'["liked", "a"]'})
+    assert store.liked.is_pending("a")
+    await until_synced(store, store.liked.key("a"))
+    assert server.writes == [("a", True)]
+    await saved.flush()
+    snapshot = await saved.storage.load()
+    assert snapshot is not None
+    assert snapshot.outbox == frozenset()
+    assert snapshot.server_revisions == {'["liked", "a"]': 1}
+    await stop(saved, store)
+
+
+async def test_an_item_id_that_json_cannot_keep_is_reported_with_its_name(tmp_path: Path) -> None:
+    errors: list[BaseException] = []
+
+    class Grid(Store[dict[tuple[int, int], bool]]):
+        cell = SyncedMapWithPush[dict[tuple[int, int], bool], tuple[int, int], bool](
+            lambda state, cell: state.get(cell, False),
+            lambda state, cell, on: {**state, cell: on},
+        )
+
+        def on_error(self, error: BaseException) -> None:
+            errors.append(error)
+
+    saved = await open_sqlite(tmp_path / "grid.sqlite3", JsonCodec(), initial={})
+    store = Grid({}, device_id=saved.device_id)
+    saved.attach(store)
+    meta = PushMetadata(server_revision=1, local_revision=1, device_id=saved.device_id + 1)
+    store.cell.push((1, 2), True, meta)
+    await saved.flush()
+    assert errors
+    assert all(isinstance(error, TypeError) for error in errors)
+    assert "item (1, 2) of field 'cell'" in str(errors[0])
+    await store.close()
+    await saved.close()
+
+
+async def test_attaching_a_second_store_is_refused(tmp_path: Path) -> None:
+    saved = await open_sqlite(tmp_path / "x.sqlite3", JsonCodec(), initial=0)
+    saved.attach(Store(0, device_id=saved.device_id))
+    with pytest.raises(RuntimeError, match="already attached"):
+        saved.attach(Store(0, device_id=saved.device_id))
+    await saved.close()
+
+
+def test_the_attrs_codec_round_trips_nested_attrs_classes() -> None:
+    codec = AttrsCodec(Feed)
+    state = INITIAL.set_liked("b", True)
+    assert codec.decode(codec.encode(state)) == state
+
+
+async def test_a_closed_storage_refuses_to_save(tmp_path: Path) -> None:
+    storage = SqliteStorage(tmp_path / "x.sqlite3")
+    await storage.close()
+    with pytest.raises(RuntimeError, match="is closed"):
+        await storage.save(Snapshot(1, b"0", {}, frozenset()))
+
+
+# -- a kill at any point -------------------------------------------------------------
+
+_WRITER = """
+    import asyncio, sys
+    from optisync.persistence import Snapshot, SqliteStorage
+
+    async def main() -> None:
+        storage = SqliteStorage(sys.argv[1])
+        for n in range(1, 20_001):  # bounded: the parent kills it long before
+            keys = {f'["k", {i}]': n for i in range(50)}
+            await storage.save(Snapshot(7, str(n).encode(), keys, frozenset({f'["k", {n % 50}]'})))
+            print(n, flush=True)
+
+    asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("kill_after", [1, 25, 200])
+def test_a_kill_mid_writes_leaves_the_last_committed_snapshot_whole(
+    tmp_path: Path, kill_after: int
+) -> None:
+    script, path = tmp_path / "writer.py", tmp_path / "crash.sqlite3"
+    script.write_text(textwrap.dedent(_WRITER), encoding="utf-8")
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    committed = 0
+    while committed < kill_after:
+        line = child.stdout.readline()
+        assert line, "the writer ended before it was killed"
+        committed = int(line)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    child.stdout.close()
+    assert child.returncode == -signal.SIGKILL
+
+    async def load() -> Snapshot | None:
+        storage = SqliteStorage(path)
+        try:
+            return await storage.load()
+        finally:
+            await storage.close()
+
+    snapshot = asyncio.run(load())
+    assert snapshot is not None
+    n = int(snapshot.state)
+    assert n >= committed  # nothing reported as committed is lost
+    assert set(snapshot.server_revisions.values()) == {n}  # one commit, whole
+    assert snapshot.outbox == frozenset({f'["k", {n % 50}]'})
+
+
+async def test_a_saved_change_of_an_item_gone_from_the_state_is_reported_not_fatal(
+    tmp_path: Path,
+) -> None:
+    path, server = tmp_path / "device.sqlite3", Server()
+    server.gate.clear()
+    saved, store = await start(path, server)
+    store.liked.set("a", True)
+    store.liked.set("b", True)
+    await saved.flush()
+    await stop(saved, store)
+
+    errors: list[BaseException] = []
+
+    class Forgetful(FeedStore):
+        def on_error(self, error: BaseException) -> None:
+            errors.append(error)
+
+    server.gate.set()
+    saved = await open_sqlite(path, AttrsCodec(Feed), initial=INITIAL)
+    gone = Feed({"b": saved.state.posts["b"]})  # post "a" was deleted meanwhile
+    store = Forgetful(saved, server)
+    store.emit(gone)
+    saved.attach(store)
+    assert [type(error) for error in errors] == [KeyError]
+    await until_synced(store, store.liked.key("b"))
+    assert server.writes == [("b", True)]
+    await stop(saved, store)
