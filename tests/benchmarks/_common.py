@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import attrs
 
@@ -14,6 +15,7 @@ __all__ = [
     "fmt_bytes",
     "fmt_ns",
     "fmt_ratio",
+    "gc_paused",
     "median_ns_per_op",
     "timed_async_ns",
     "timed_ns",
@@ -50,6 +52,19 @@ async def timed_async_ns(run: Callable[[], Awaitable[object]]) -> int:
     start = time.perf_counter_ns()
     await run()
     return time.perf_counter_ns() - start
+
+
+@contextlib.contextmanager
+def gc_paused(paused: bool = True) -> Iterator[None]:
+    """Keep the cyclic garbage collector off inside the block, when ``paused``."""
+    was_enabled = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def median_ns_per_op(samples_ns: list[int], ops: int) -> float:
