@@ -17,13 +17,24 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable
 
 import attrs
 
 from optisync import Store
 
-from ._common import Row, fmt_ns, fmt_ratio, median_ns_per_op, timed_async_ns
+from ._common import (
+    Row,
+    fmt_ns,
+    fmt_ratio,
+    ignore,
+    incremented,
+    itself,
+    median_ns_per_op,
+    replaced,
+    timed_async_ns,
+    unknown_revision,
+)
 
 __all__ = ["EAGER_TASKS", "OPS", "REPEATS", "CycleTimes", "measure", "measure_ns"]
 
@@ -46,26 +57,6 @@ class CycleTimes:
     eager: float | None
 
 
-def _revision(key: Hashable) -> int:
-    return -1
-
-
-def _next(state: int) -> int:
-    return state + 1
-
-
-def _apply(state: int, value: int) -> int:
-    return value
-
-
-def _value(state: int) -> int:
-    return state
-
-
-def _ignore(server_revision: int) -> None:
-    pass
-
-
 async def measure_ns(ops: int = OPS, repeats: int = REPEATS) -> CycleTimes:
     """Median ns per awaited call of the cycle and of each baseline."""
     server_revision = 0
@@ -84,23 +75,23 @@ async def measure_ns(ops: int = OPS, repeats: int = REPEATS) -> CycleTimes:
         async def cycle() -> None:
             await store.optimistic_sync_with_push(
                 key="counter",
-                value_to_apply=lambda: _next(store.state),
-                apply_optimistic_value_to_state=_apply,
-                get_value_from_state=_value,
+                value_to_apply=lambda: incremented(store.state),
+                apply_optimistic_value_to_state=replaced,
+                get_value_from_state=itself,
                 send_value_to_server=send,
-                get_server_revision_from_state=_revision,
+                get_server_revision_from_state=unknown_revision,
             )
 
         async def inline() -> None:
-            value = _next(store.state)
-            store.emit(_apply(store.state, value))
-            await send(value, 0, 1, _ignore)
+            value = incremented(store.state)
+            store.emit(replaced(store.state, value))
+            await send(value, 0, 1, ignore)
 
         async def task() -> None:
-            await loop.create_task(send(0, 0, 1, _ignore))
+            await loop.create_task(send(0, 0, 1, ignore))
 
         async def eager() -> None:
-            await asyncio.Task(send(0, 0, 1, _ignore), loop=loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+            await asyncio.Task(send(0, 0, 1, ignore), loop=loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
 
         sides: dict[str, Callable[[], Awaitable[None]]] = {
             "cycle": cycle,

@@ -16,14 +16,24 @@ the same change with the same callbacks, in two variants:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import attrs
 
 from optisync import Store
 
-from ._common import Row, fmt_ns, fmt_ratio, median_ns_per_op, timed_ns
+from ._common import (
+    Row,
+    fmt_ns,
+    fmt_ratio,
+    incremented,
+    itself,
+    median_ns_per_op,
+    replaced,
+    timed_ns,
+    unknown_revision,
+)
 
 __all__ = ["INT", "OPS", "POST", "REPEATS", "Change", "Post", "measure", "measure_ns"]
 
@@ -65,24 +75,8 @@ def _liked(post: Post) -> bool:
     return post.liked
 
 
-def _incremented(state: int) -> int:
-    return state + 1
-
-
-def _replaced(state: int, value: int) -> int:
-    return value
-
-
-def _itself(state: int) -> int:
-    return state
-
-
 POST: Change[Post] = Change("attrs state", Post(), _toggled, _with_liked, _liked)
-INT: Change[int] = Change("int state", 0, _incremented, _replaced, _itself)
-
-
-def _revision(key: Hashable) -> int:
-    return -1
+INT: Change[int] = Change("int state", 0, incremented, replaced, itself)
 
 
 async def measure_ns(
@@ -107,7 +101,7 @@ async def measure_ns(
                 apply_optimistic_value_to_state=apply,
                 get_value_from_state=change.value,
                 send_value_to_server=send,
-                get_server_revision_from_state=_revision,
+                get_server_revision_from_state=unknown_revision,
             )
 
         def run_sync() -> None:

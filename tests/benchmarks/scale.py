@@ -21,13 +21,23 @@ import gc
 import statistics
 import time
 import tracemalloc
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 
 from optisync import Store
 
-from ._common import Row, fmt_bytes, fmt_ns, fmt_ratio, gc_paused
+from ._common import (
+    Row,
+    fmt_bytes,
+    fmt_ns,
+    fmt_ratio,
+    gc_paused,
+    ignore,
+    itself,
+    replaced,
+    unknown_revision,
+)
 
 __all__ = ["SIZES", "ScaleResult", "Timings", "measure", "measure_size"]
 
@@ -55,18 +65,6 @@ class ScaleResult:
     gc_off: Timings
     in_flight_bytes: float
     idle_bytes: float
-
-
-def _revision(key: Hashable) -> int:
-    return -1
-
-
-def _apply(state: int, value: int) -> int:
-    return value
-
-
-def _value(state: int) -> int:
-    return state
 
 
 class _Round:
@@ -97,10 +95,10 @@ class _Round:
                 store.optimistic_sync_with_push(
                     key=key,
                     value_to_apply=lambda: store.state + 1,
-                    apply_optimistic_value_to_state=_apply,
-                    get_value_from_state=_value,
+                    apply_optimistic_value_to_state=replaced,
+                    get_value_from_state=itself,
                     send_value_to_server=send,
-                    get_server_revision_from_state=_revision,
+                    get_server_revision_from_state=unknown_revision,
                 )
             return time.perf_counter_ns() - start
 
@@ -145,15 +143,11 @@ async def _bare_tasks_round(keys: int, gc_off: bool) -> int:
     with gc_paused(gc_off):
         start = time.perf_counter_ns()
         for number in range(keys):
-            tasks.add(loop.create_task(send(number, 1, 1, _ignore)))
+            tasks.add(loop.create_task(send(number, 1, 1, ignore)))
         elapsed = time.perf_counter_ns() - start
     gate.set_result(None)
     await asyncio.gather(*tasks)
     return elapsed
-
-
-def _ignore(server_revision: int) -> None:
-    pass
 
 
 async def _memory_round(keys: int) -> tuple[int, int]:
