@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 
 import pytest
@@ -106,6 +107,51 @@ def test_an_executor_job_slower_than_the_deadlock_timeout_is_not_a_deadlock() ->
         return str(result)
 
     assert testing.run(main(), deadlock_timeout=0.0) == "job done"
+
+
+def test_a_thread_job_left_running_at_exit_gets_real_time_to_finish() -> None:
+    # At exit the runner waits for the default executor's threads, up to 300 s
+    # (Python 3.12+). Python 3.13 times that wait on the loop's clock: a jumping
+    # clock gave up on it at once ("did not finish joining") and left the job behind.
+    job_may_end = threading.Event()
+    job_finished = threading.Event()
+
+    def job() -> None:
+        job_may_end.wait(10)
+        job_finished.set()
+
+    async def main() -> None:
+        asyncio.get_running_loop().run_in_executor(None, job)
+        threading.Timer(0.2, job_may_end.set).start()
+
+    testing.run(main())
+    assert job_finished.is_set()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="Python 3.13 bounds the whole wait")
+def test_the_executor_join_timeout_still_expires() -> None:
+    job_may_end = threading.Event()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(None, job_may_end.wait, 10)
+        with pytest.warns(RuntimeWarning, match="joining its threads within 0.05 seconds"):
+            await loop.shutdown_default_executor(0.05)  # type: ignore[call-arg,unused-ignore]
+        job_may_end.set()
+        await job
+
+    testing.run(main())
+
+
+def test_virtual_time_resumes_once_the_executor_is_shut_down() -> None:
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        await asyncio.to_thread(lambda: None)
+        await loop.shutdown_default_executor()
+        await asyncio.sleep(3600)  # an hour, were the clock still on real time
+        return loop.time()
+
+    assert testing.run(main()) >= 3600
 
 
 def test_deadlock_timeout_none_waits_for_a_slow_thread() -> None:

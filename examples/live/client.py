@@ -44,6 +44,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from examples.live.persistence import DeviceStorage, SavedItem
 from examples.live.protocol import (
+    MAX_NESTING,
     MAX_VALUE_BYTES,
     AckMessage,
     ErrorMessage,
@@ -60,6 +61,7 @@ from examples.live.protocol import (
     decode_server_message,
     encode,
     is_valid_item,
+    nesting_depth,
 )
 from optisync import PushMetadata, PushOutcome, Store, StoreClosedError
 
@@ -488,8 +490,11 @@ class LiveStore(Store[LiveState]):
         # Refuse what the server would, before anything changes.
         if not is_valid_item(item):
             raise ValueError(f"not a valid item name: {item[:40]!r}")
-        if len(canonical_json(value).encode()) > MAX_VALUE_BYTES:
+        value_json = canonical_json(value)
+        if len(value_json.encode()) > MAX_VALUE_BYTES:
             raise ValueError(f"a value may hold at most {MAX_VALUE_BYTES} bytes of JSON")
+        if nesting_depth(value_json) >= MAX_NESTING:  # the message's object is one more level
+            raise ValueError(f"a value may nest arrays and objects at most {MAX_NESTING - 1} deep")
 
         async def send(
             value: JsonValue, local_revision: int, device_id: int, inform: Callable[[int], None]

@@ -2,7 +2,7 @@
 
 Every message is one WebSocket text frame holding one JSON object whose
 ``"type"`` names the message. Decoding is strict: a message with bad JSON,
-a missing, unknown or mistyped field, or too many bytes raises
+a missing, unknown or mistyped field, too many bytes or too deep a nesting raises
 :class:`ProtocolError`, whose ``code`` the server sends back in an ``error``.
 
 Example:
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeAlias
 
@@ -31,6 +32,7 @@ import attrs
 __all__ = [
     "MAX_ITEM_CHARS",
     "MAX_MESSAGE_BYTES",
+    "MAX_NESTING",
     "MAX_SAFE_INT",
     "MAX_VALUE_BYTES",
     "AckMessage",
@@ -51,6 +53,7 @@ __all__ = [
     "decode_server_message",
     "encode",
     "is_valid_item",
+    "nesting_depth",
 ]
 
 JsonValue: TypeAlias = "bool | int | float | str | list[JsonValue] | dict[str, JsonValue] | None"
@@ -60,6 +63,11 @@ MAX_MESSAGE_BYTES: Final = 16 * 1024
 #: Largest value (its canonical JSON, in UTF-8 bytes) a device sends; a set stays well
 #: under MAX_MESSAGE_BYTES with it.
 MAX_VALUE_BYTES: Final = 8 * 1024
+#: Deepest nesting of arrays and objects in a message, its own object included (so a
+#: value nests at most 31 deep). Checked before parsing, so that every Python refuses
+#: the same messages: ``json``'s own limit depends on the interpreter (3.11 refuses
+#: 1,000 levels, 3.13 accepts 5,000).
+MAX_NESTING: Final = 32
 #: Longest item name, in characters.
 MAX_ITEM_CHARS: Final = 200
 #: Ids and revisions stay below 2**53 so that JavaScript clients read them exactly.
@@ -292,7 +300,8 @@ def is_valid_item(value: object) -> bool:
 
 
 def _is_any(value: object) -> bool:
-    return True  # json.loads only builds JSON values; their size is bounded by the message
+    # json.loads only builds JSON values; the message bounds their size and nesting.
+    return True
 
 
 def _is_optional_id(value: object) -> bool:
@@ -403,6 +412,8 @@ def _decode(data: str | bytes, schemas: Mapping[str, _Schema]) -> Any:
     # A str of n characters holds at least n UTF-8 bytes: reject huge ones before encoding.
     if len(data) > MAX_MESSAGE_BYTES or len(data.encode()) > MAX_MESSAGE_BYTES:
         raise ProtocolError("too_large", f"a message may hold at most {MAX_MESSAGE_BYTES} bytes")
+    if nesting_depth(data) > MAX_NESTING:
+        raise ProtocolError("bad_json", f"arrays and objects may nest at most {MAX_NESTING} deep")
     fields = _parse_json(data)
     if not isinstance(fields, dict):
         raise ProtocolError("bad_message", "a message is a JSON object")
@@ -441,9 +452,34 @@ def _parse_json(text: str) -> object:
         )
     except ProtocolError:
         raise
-    except (ValueError, RecursionError) as error:
-        # RecursionError: deeply nested arrays; ValueError: bad syntax, huge ints.
+    except ValueError as error:  # bad syntax, huge ints
         raise ProtocolError("bad_json", f"not valid JSON ({type(error).__name__})") from None
+
+
+# A string (its escapes included), or one bracket outside strings.
+_STRING_OR_BRACKET: Final = re.compile(r'"(?:[^"\\]|\\.)*"|(?P<open>[\[{])|(?P<close>[\]}])')
+
+
+def nesting_depth(text: str) -> int:
+    """How deep arrays and objects nest in JSON ``text``, brackets inside strings aside.
+
+    It reads the text without parsing it, so it also measures text that
+    ``json.loads`` would refuse, or could not parse without running out of
+    stack.
+
+    Example:
+        >>> from examples.live.protocol import nesting_depth
+        >>> nesting_depth('{"a": [[1], "]]]"]}'), nesting_depth("true")
+        (3, 0)
+    """
+    depth = deepest = 0
+    for match in _STRING_OR_BRACKET.finditer(text):
+        if match["open"] is not None:
+            depth += 1
+            deepest = max(deepest, depth)
+        elif match["close"] is not None:
+            depth -= 1
+    return deepest
 
 
 def _refuse_constant(name: str) -> object:

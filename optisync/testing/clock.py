@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import selectors
+import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar, TypeVarTuple
 
@@ -35,12 +36,16 @@ class _JumpingSelector(selectors.BaseSelector):
     are still polled, without waiting. With no timer at all, the loop has
     nothing to do until another thread or a real socket wakes it: it waits for
     real, and ``on_idle`` decides for how long (``None``: forever).
+
+    While ``real_time`` is set, it waits for timers for real too, and the clock
+    moves by the time that really passed.
     """
 
     def __init__(self, clock: _Clock) -> None:
         self._inner = selectors.DefaultSelector()
         self._clock = clock
         self.on_idle: Callable[[int], float | None] = lambda registered: None
+        self.real_time = False
 
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
         return self._inner.register(fileobj, events, data)
@@ -62,8 +67,14 @@ class _JumpingSelector(selectors.BaseSelector):
                 self.on_idle(-1)  # nobody woke the loop: let it raise
             return ready
         ready = self._inner.select(0)
-        if not ready and timeout > 0:
-            self._clock.now += timeout
+        if ready or timeout <= 0:
+            return ready
+        if self.real_time:
+            started = time.monotonic()
+            ready = self._inner.select(timeout)
+            self._clock.now += time.monotonic() - started
+            return ready
+        self._clock.now += timeout
         return ready
 
     def close(self) -> None:
@@ -105,8 +116,8 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         self._clock = _Clock(start_time)
         self._deadlock_timeout = deadlock_timeout
         self._executor_jobs = 0
-        self._shutting_down_executor = False
         selector = _JumpingSelector(self._clock)
+        self._jumping_selector = selector
         super().__init__(selector)
         # What the loop registers for itself (its self-pipe); anything more is a
         # real socket, whose peer may wake the loop at any time.
@@ -157,7 +168,13 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         self,
         timeout: float | None = None,  # noqa: ASYNC109 (the signature of asyncio's own)
     ) -> None:
-        """``loop.shutdown_default_executor``; its thread wakes the loop, so no deadlock check.
+        """``loop.shutdown_default_executor``, on real time while it runs.
+
+        The executor's threads join in real time, so its ``timeout`` (Python
+        3.12+; ``asyncio.Runner`` and ``asyncio.run`` give it 300 s) is counted
+        in real seconds, as on any other loop: meanwhile the clock follows the
+        real one instead of jumping. The joining thread wakes the loop when it
+        is done, so there is no deadlock check either.
 
         Example:
             >>> from optisync.testing import VirtualClockLoop
@@ -165,11 +182,11 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
             >>> loop.run_until_complete(loop.shutdown_default_executor())
             >>> loop.close()
         """
-        self._shutting_down_executor = True
+        self._jumping_selector.real_time = True
         try:
             await super().shutdown_default_executor(*(() if timeout is None else (timeout,)))
         finally:
-            self._shutting_down_executor = False
+            self._jumping_selector.real_time = False
 
     def _on_idle(self, registered: int) -> float | None:
         if registered < 0:
@@ -183,7 +200,7 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         if (
             self._deadlock_timeout is None
             or self._executor_jobs
-            or self._shutting_down_executor
+            or self._jumping_selector.real_time
             or registered > self._own_registrations
         ):
             return None

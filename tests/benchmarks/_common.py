@@ -1,11 +1,12 @@
-"""What every benchmark row shares: the row record, medians, and number formats."""
+"""What every benchmark row shares: the row record, medians, number formats, int callbacks."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 
 import attrs
 
@@ -14,9 +15,15 @@ __all__ = [
     "fmt_bytes",
     "fmt_ns",
     "fmt_ratio",
+    "gc_paused",
+    "ignore",
+    "incremented",
+    "itself",
     "median_ns_per_op",
+    "replaced",
     "timed_async_ns",
     "timed_ns",
+    "unknown_revision",
 ]
 
 
@@ -52,6 +59,19 @@ async def timed_async_ns(run: Callable[[], Awaitable[object]]) -> int:
     return time.perf_counter_ns() - start
 
 
+@contextlib.contextmanager
+def gc_paused(paused: bool = True) -> Iterator[None]:
+    """Keep the cyclic garbage collector off inside the block, when ``paused``."""
+    was_enabled = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def median_ns_per_op(samples_ns: list[int], ops: int) -> float:
     """The median of several repeats, divided by the operations in one repeat."""
     return statistics.median(samples_ns) / ops
@@ -76,3 +96,30 @@ def fmt_bytes(size: float) -> str:
 def fmt_ratio(ratio: float) -> str:
     """A ratio with two significant decimals: ``"1.42x"``."""
     return f"{ratio:.2f}x"
+
+
+# The callbacks of an int state, shared by the rows that sync a counter.
+
+
+def incremented(state: int) -> int:
+    """The next value of a counter."""
+    return state + 1
+
+
+def replaced(state: int, value: int) -> int:
+    """The state once ``value`` is applied: the value itself."""
+    return value
+
+
+def itself(state: int) -> int:
+    """The value a counter state holds."""
+    return state
+
+
+def unknown_revision(key: Hashable) -> int:
+    """No server revision known: the state does not keep one."""
+    return -1
+
+
+def ignore(server_revision: int) -> None:
+    """An ``inform_server_revision`` that nobody listens to."""

@@ -8,11 +8,11 @@ every response until all taps are made, so the counts are deterministic.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from optisync import Store
 
-from ._common import Row
+from ._common import Row, unknown_revision
 
 __all__ = ["SIZES", "measure", "naive_requests", "optisync_requests"]
 
@@ -52,7 +52,7 @@ async def optisync_requests(taps: int) -> int:
                 apply_optimistic_value_to_state=lambda state, value: value,
                 get_value_from_state=lambda state: state,
                 send_value_to_server=send,
-                get_server_revision_from_state=_unknown_revision,
+                get_server_revision_from_state=unknown_revision,
             )
 
         cycle = tap()
@@ -80,10 +80,6 @@ async def naive_requests(taps: int) -> int:
     return server.requests
 
 
-def _unknown_revision(key: Hashable) -> int:
-    return -1
-
-
 def measure(sizes: Sequence[int] = SIZES) -> list[Row]:
     """One row per N: requests sent by optisync and by the naive client."""
     rows = []
@@ -95,7 +91,7 @@ def measure(sizes: Sequence[int] = SIZES) -> list[Row]:
         rows.append(
             Row(
                 number="1",
-                measure=f"requests for {taps:,} tap{plural} made during one request",
+                measure=f"{taps:,} tap{plural}",
                 optisync=f"{ours:,}",
                 baseline=f"{naive:,} (naive)",
                 ratio=f"{naive / ours:,.0f}x fewer" if naive > ours else "same",

@@ -6,7 +6,9 @@ them all and they settle. Time: the N calls that start the cycles, then N
 calls on the same keys once idle (they start new cycles), each divided by
 N. For scale, the same N sends started as bare ``asyncio`` tasks (no
 optisync): CPython's cyclic garbage collector makes even those slower per
-task as more objects stay alive. Memory (``tracemalloc``, measured in a
+task as more objects stay alive. So every round is timed twice: as an app
+runs it, and with the collector off during the timed calls (it collects
+between them), which leaves what the calls themselves cost. Memory (``tracemalloc``, measured in a
 separate run so tracing does not slow the timed one): what the store and its
 tasks hold per in-flight key, including the held ``send`` coroutine (the
 smallest a send can be), and what stays per key after they settle.
@@ -19,15 +21,25 @@ import gc
 import statistics
 import time
 import tracemalloc
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 
 from optisync import Store
 
-from ._common import Row, fmt_bytes, fmt_ns, fmt_ratio
+from ._common import (
+    Row,
+    fmt_bytes,
+    fmt_ns,
+    fmt_ratio,
+    gc_paused,
+    ignore,
+    itself,
+    replaced,
+    unknown_revision,
+)
 
-__all__ = ["SIZES", "ScaleResult", "measure", "measure_size"]
+__all__ = ["SIZES", "ScaleResult", "Timings", "measure", "measure_size"]
 
 SIZES = (1_000, 10_000, 100_000)
 TIME_FLATNESS = 1.5
@@ -36,27 +48,23 @@ IDLE_BYTES = 300
 
 
 @attrs.frozen
-class ScaleResult:
-    """Per-key figures for one size: ns per call, bytes per key."""
+class Timings:
+    """Median ns per call at one size: taps on new keys, on idle keys, bare tasks."""
 
-    keys: int
     start_ns: float
     idle_call_ns: float
     bare_task_ns: float
+
+
+@attrs.frozen
+class ScaleResult:
+    """Per-key figures for one size: ns per call (collector on, off), bytes per key."""
+
+    keys: int
+    gc_on: Timings
+    gc_off: Timings
     in_flight_bytes: float
     idle_bytes: float
-
-
-def _revision(key: Hashable) -> int:
-    return -1
-
-
-def _apply(state: int, value: int) -> int:
-    return value
-
-
-def _value(state: int) -> int:
-    return state
 
 
 class _Round:
@@ -78,20 +86,21 @@ class _Round:
             self.all_answered.set()
         inform(local_revision)
 
-    def tap_all(self) -> int:
-        """Tap every key once; return the ns it took."""
+    def tap_all(self, gc_off: bool = False) -> int:
+        """Tap every key once; return the ns it took (the collector off, if ``gc_off``)."""
         store, send = self.store, self.send
-        start = time.perf_counter_ns()
-        for key in self.keys:
-            store.optimistic_sync_with_push(
-                key=key,
-                value_to_apply=lambda: store.state + 1,
-                apply_optimistic_value_to_state=_apply,
-                get_value_from_state=_value,
-                send_value_to_server=send,
-                get_server_revision_from_state=_revision,
-            )
-        return time.perf_counter_ns() - start
+        with gc_paused(gc_off):
+            start = time.perf_counter_ns()
+            for key in self.keys:
+                store.optimistic_sync_with_push(
+                    key=key,
+                    value_to_apply=lambda: store.state + 1,
+                    apply_optimistic_value_to_state=replaced,
+                    get_value_from_state=itself,
+                    send_value_to_server=send,
+                    get_server_revision_from_state=unknown_revision,
+                )
+            return time.perf_counter_ns() - start
 
     async def settle(self) -> None:
         """Answer every held request and wait until no key is locked."""
@@ -106,20 +115,20 @@ class _Round:
         self.gate = asyncio.get_running_loop().create_future()
 
 
-async def _timed_round(keys: int) -> tuple[int, int]:
+async def _timed_round(keys: int, gc_off: bool) -> tuple[int, int]:
     bench = _Round(keys)
     gc.collect()
     await asyncio.sleep(0)
-    start_ns = bench.tap_all()
+    start_ns = bench.tap_all(gc_off)
     await bench.settle()
     gc.collect()
-    idle_ns = bench.tap_all()
+    idle_ns = bench.tap_all(gc_off)
     await bench.settle()
     await bench.store.close()
     return start_ns, idle_ns
 
 
-async def _bare_tasks_round(keys: int) -> int:
+async def _bare_tasks_round(keys: int, gc_off: bool) -> int:
     """N held sends started as bare tasks: the floor any per-key task pays."""
     gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -131,17 +140,14 @@ async def _bare_tasks_round(keys: int) -> int:
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[None]] = set()
     gc.collect()
-    start = time.perf_counter_ns()
-    for number in range(keys):
-        tasks.add(loop.create_task(send(number, 1, 1, _ignore)))
-    elapsed = time.perf_counter_ns() - start
+    with gc_paused(gc_off):
+        start = time.perf_counter_ns()
+        for number in range(keys):
+            tasks.add(loop.create_task(send(number, 1, 1, ignore)))
+        elapsed = time.perf_counter_ns() - start
     gate.set_result(None)
     await asyncio.gather(*tasks)
     return elapsed
-
-
-def _ignore(server_revision: int) -> None:
-    pass
 
 
 async def _memory_round(keys: int) -> tuple[int, int]:
@@ -163,23 +169,26 @@ async def _memory_round(keys: int) -> tuple[int, int]:
     return in_flight, idle
 
 
-def measure_size(keys: int, repeats: int) -> ScaleResult:
-    """Median time per call over ``repeats`` rounds, and memory from one traced round."""
+def _timings(keys: int, repeats: int, gc_off: bool) -> Timings:
     starts, idles, bares = [], [], []
     for _ in range(repeats):
-        start_ns, idle_ns = asyncio.run(_timed_round(keys))
+        start_ns, idle_ns = asyncio.run(_timed_round(keys, gc_off))
         starts.append(start_ns)
         idles.append(idle_ns)
-        bares.append(asyncio.run(_bare_tasks_round(keys)))
-    in_flight, idle = asyncio.run(_memory_round(keys))
-    return ScaleResult(
-        keys=keys,
+        bares.append(asyncio.run(_bare_tasks_round(keys, gc_off)))
+    return Timings(
         start_ns=statistics.median(starts) / keys,
         idle_call_ns=statistics.median(idles) / keys,
         bare_task_ns=statistics.median(bares) / keys,
-        in_flight_bytes=in_flight / keys,
-        idle_bytes=idle / keys,
     )
+
+
+def measure_size(keys: int, repeats: int) -> ScaleResult:
+    """Median time per call over ``repeats`` rounds, and memory from one traced round."""
+    gc_on = _timings(keys, repeats, gc_off=False)
+    gc_off = _timings(keys, repeats, gc_off=True)
+    in_flight, idle = asyncio.run(_memory_round(keys))
+    return ScaleResult(keys, gc_on, gc_off, in_flight / keys, idle / keys)
 
 
 def _spread(values: Sequence[float]) -> float:
@@ -190,58 +199,68 @@ def _repeats_for(keys: int) -> int:
     return 5 if keys >= 100_000 else 7
 
 
-def measure(sizes: Sequence[int] = SIZES, repeats: int | None = None) -> list[Row]:
-    """Rows: time per call at each size (and its spread), memory per key."""
-    results = [measure_size(keys, repeats or _repeats_for(keys)) for keys in sizes]
+def _time_rows(results: Sequence[ScaleResult], gc_off: bool) -> list[Row]:
+    """Per size, the time per call; then the spread across sizes."""
+    suffix = ", gc off" if gc_off else ""
+    timings = [(r.keys, r.gc_off if gc_off else r.gc_on) for r in results]
     rows = [
         Row(
             number="4",
-            measure=f"scale: {r.keys:,} keys in flight, time per call (new keys / idle keys)",
-            optisync=f"{fmt_ns(r.start_ns)} / {fmt_ns(r.idle_call_ns)}",
-            baseline=f"{fmt_ns(r.bare_task_ns)} (bare create_task)",
-            ratio=fmt_ratio(r.start_ns / r.bare_task_ns),
+            measure=f"{keys:,} keys{suffix}: new / idle keys",
+            optisync=f"{fmt_ns(t.start_ns)} / {fmt_ns(t.idle_call_ns)}",
+            baseline=f"{fmt_ns(t.bare_task_ns)} (task)",
+            ratio=fmt_ratio(t.start_ns / t.bare_task_ns),
             target="",
             met=None,
         )
-        for r in results
+        for keys, t in timings
     ]
-    spread = max(_spread([r.start_ns for r in results]), _spread([r.idle_call_ns for r in results]))
-    bare_spread = _spread([r.bare_task_ns for r in results])
+    spread = max(
+        _spread([t.start_ns for _, t in timings]), _spread([t.idle_call_ns for _, t in timings])
+    )
     rows.append(
         Row(
             number="4",
-            measure="scale: time per call, slowest size / fastest size",
+            measure=f"slowest / fastest size{suffix}",
             optisync=fmt_ratio(spread),
-            baseline=f"{fmt_ratio(bare_spread)} (bare create_task)",
+            baseline=f"{fmt_ratio(_spread([t.bare_task_ns for _, t in timings]))} (task)",
             ratio="",
             target=f"<= {TIME_FLATNESS}x",
             met=spread <= TIME_FLATNESS,
         )
     )
-    worst_in_flight = max(r.in_flight_bytes for r in results)
-    worst_idle = max(r.idle_bytes for r in results)
-    per_size = ", ".join(fmt_bytes(r.in_flight_bytes) for r in results)
-    rows.append(
-        Row(
-            number="4",
-            measure="scale: memory per in-flight key (worst size)",
-            optisync=fmt_bytes(worst_in_flight),
-            baseline=f"by size: {per_size}",
-            ratio="",
-            target="<= 1.50 KB",
-            met=worst_in_flight <= IN_FLIGHT_BYTES,
-        )
-    )
-    per_size = ", ".join(fmt_bytes(r.idle_bytes) for r in results)
-    rows.append(
-        Row(
-            number="4",
-            measure="scale: memory per idle key (worst size)",
-            optisync=fmt_bytes(worst_idle),
-            baseline=f"by size: {per_size}",
-            ratio="",
-            target=f"<= {IDLE_BYTES} B",
-            met=worst_idle <= IDLE_BYTES,
-        )
-    )
     return rows
+
+
+def _memory_row(label: str, per_key: Sequence[float], target: str, limit: float) -> Row:
+    worst = max(per_key)
+    return Row(
+        number="4",
+        measure=label,
+        optisync=fmt_bytes(worst),
+        baseline="by size: " + ", ".join(fmt_bytes(size) for size in per_key),
+        ratio="",
+        target=target,
+        met=worst <= limit,
+    )
+
+
+def measure(sizes: Sequence[int] = SIZES, repeats: int | None = None) -> list[Row]:
+    """Rows: time per call at each size and its spread (collector on, then off); memory."""
+    results = [measure_size(keys, repeats or _repeats_for(keys)) for keys in sizes]
+    return [
+        *_time_rows(results, gc_off=False),
+        *_time_rows(results, gc_off=True),
+        _memory_row(
+            "memory per in-flight key (worst size)",
+            [r.in_flight_bytes for r in results],
+            "<= 1.50 KB",
+            IN_FLIGHT_BYTES,
+        ),
+        _memory_row(
+            "memory per idle key (worst size)",
+            [r.idle_bytes for r in results],
+            f"<= {IDLE_BYTES} B",
+            IDLE_BYTES,
+        ),
+    ]

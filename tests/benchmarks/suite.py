@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import itertools
 import multiprocessing
 import os
 import platform
@@ -19,6 +20,7 @@ __all__ = [
     "BEGIN",
     "DOCS_PAGE",
     "END",
+    "SECTIONS",
     "machine_summary",
     "publish",
     "render",
@@ -30,6 +32,16 @@ END = "<!-- benchmarks:end -->"
 DOCS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
 
 Progress = Callable[[str], None]
+
+#: The heading of each row's table: what it measures, and against what.
+SECTIONS = {
+    "1": "Coalescing: requests sent for N taps made during one request, vs a naive client",
+    "2": "Hot path: a call on a key whose request is in flight, vs a bare emit",
+    "3": "Full cycle against an instant server, per awaited call",
+    "4": "Scale: N keys in flight at once; time per call, memory per key",
+    "5": "Fan-out: one emit to many subscribers, vs reactivex",
+    "6": "Simulator: seeded scenarios (3 devices, 8 taps, faults; virtual time)",
+}
 
 
 def _quiet(message: str) -> None:
@@ -88,12 +100,12 @@ def _cpu_model() -> str:
 
 
 def machine_summary(now: datetime.datetime | None = None) -> str:
-    """CPU model, cores, Python version, OS, and the UTC date of the run."""
+    """The Python version first, then CPU model, cores, OS, and the UTC date of the run."""
     when = (now or datetime.datetime.now(datetime.UTC)).strftime("%Y-%m-%d %H:%M UTC")
     python = f"{platform.python_implementation()} {platform.python_version()}"
     return (
-        f"{_cpu_model()}, {os.cpu_count()} cores; {python}; "
-        f"{platform.system()} {platform.machine()}; {when}"
+        f"Python: **{python}**. Machine: {_cpu_model()}, {os.cpu_count()} cores, "
+        f"{platform.system()} {platform.machine()}. Run: {when}."
     )
 
 
@@ -103,26 +115,23 @@ def _verdict(met: bool | None) -> str:
     return "yes" if met else "**no**"
 
 
+_HEADER = ("Case", "optisync", "Baseline", "Ratio", "Target", "Met")
+
+
 def render(rows: Sequence[Row], machine: str) -> str:
-    """The table as Markdown, with the machine line above it."""
-    header = ("#", "Benchmark", "optisync", "Baseline", "Ratio", "Target", "Met")
-    lines = [
-        f"Machine: {machine}",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(" --- " for _ in header) + "|",
-    ]
-    for row in rows:
-        cells = (
-            row.number,
-            row.measure,
-            row.optisync,
-            row.baseline,
-            row.ratio,
-            row.target,
-            _verdict(row.met),
-        )
-        lines.append("| " + " | ".join(cells) + " |")
+    """Markdown: the machine line, then one narrow table per row number under its heading."""
+    lines = [machine]
+    for number, group in itertools.groupby(rows, key=lambda row: row.number):
+        lines += [
+            "",
+            f"**{number}. {SECTIONS[number]}**",
+            "",
+            "| " + " | ".join(_HEADER) + " |",
+            "|" + "|".join(" --- " for _ in _HEADER) + "|",
+        ]
+        for row in group:
+            cells = (row.measure, row.optisync, row.baseline, row.ratio, row.target)
+            lines.append("| " + " | ".join((*cells, _verdict(row.met))) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,7 @@ from examples.live.database import ServerDatabase
 from examples.live.protocol import (
     AckMessage,
     ErrorMessage,
+    JsonValue,
     PushMessage,
     ReadyMessage,
     canonical_json,
@@ -106,3 +107,11 @@ def settled(device: LiveStore, database: ServerDatabase) -> bool:
 
 #: ``make_device(url, **options)``, the fixture: a started Device, closed at teardown.
 DeviceFactory = Callable[..., Device]
+
+
+def nested_lists(depth: int) -> JsonValue:
+    """The number 0 inside ``depth`` lists, each inside the next."""
+    value: JsonValue = 0
+    for _ in range(depth):
+        value = [value]
+    return value

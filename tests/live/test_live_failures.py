@@ -6,10 +6,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from live_support import HANG_GUARD, DeviceFactory, Gate, wait_converged
+from live_support import HANG_GUARD, DeviceFactory, Gate, nested_lists, wait_converged
 
 from examples.live.client import ConnectionLostError, NotConnectedError, RequestRejectedError
 from examples.live.demo import Valve
+from examples.live.protocol import MAX_NESTING
 from examples.live.server import LiveServer
 
 
@@ -198,5 +199,7 @@ async def test_a_device_refuses_an_invalid_item_or_value_before_changing_anythin
         phone.set_value("big", "x" * 9000)
     with pytest.raises(ValueError, match="JSON"):
         phone.set_value("nan", float("nan"))
+    with pytest.raises(ValueError, match="nest"):
+        phone.set_value("deep", nested_lists(MAX_NESTING))
     assert phone.state.values == {}
     assert phone.unconfirmed_items == set()

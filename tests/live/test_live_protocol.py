@@ -6,15 +6,17 @@ import json
 from typing import Any
 
 import pytest
-from live_support import HANG_GUARD, DeviceFactory, wait_converged
+from live_support import HANG_GUARD, DeviceFactory, nested_lists, wait_converged
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedError
 
 from examples.live.protocol import (
+    MAX_NESTING,
     MAX_SAFE_INT,
     AckMessage,
     ErrorMessage,
     ProtocolError,
+    SetMessage,
     decode_client_message,
     decode_server_message,
 )
@@ -146,3 +148,24 @@ def test_decoding_refuses_what_the_server_refuses_without_a_server() -> None:
         decode_client_message(text(set_message(value=float("inf"))).replace("Infinity", "1e999"))
     assert refused.value.code == "bad_json"
     assert decode_client_message(VALID_SET) == decode_client_message(VALID_SET)
+
+
+def test_a_value_nested_as_deep_as_the_limit_allows_is_accepted() -> None:
+    deepest = nested_lists(MAX_NESTING - 1)  # the message's own object is one level more
+    message = decode_client_message(text(set_message(value=deepest)))
+    assert isinstance(message, SetMessage)
+    assert message.value == deepest
+
+
+def test_a_value_nested_one_level_past_the_limit_is_refused_on_every_python() -> None:
+    # json.loads alone accepts this on every Python; its own limit differs by version.
+    with pytest.raises(ProtocolError, match="nest") as refused:
+        decode_client_message(text(set_message(value=nested_lists(MAX_NESTING))))
+    assert refused.value.code == "bad_json"
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    brackets = '[{"\\' * MAX_NESTING  # quotes and backslashes escaped too
+    message = decode_client_message(text(set_message(value=brackets)))
+    assert isinstance(message, SetMessage)
+    assert message.value == brackets
