@@ -311,7 +311,7 @@ class LiveStore(Store[LiveState]):
         if self._runner is None:
             self._runner = asyncio.get_running_loop().create_task(self._run())
 
-    async def close(self) -> None:
+    async def close(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Cancel the syncs in flight, disconnect, save, and close the storage file.
 
         Example:
@@ -323,7 +323,7 @@ class LiveStore(Store[LiveState]):
             ...     await store.close()  # harmless
             >>> asyncio.run(main())
         """
-        await super().close()
+        await super().close(timeout=timeout)
         self._pulse()
         runner, self._runner = self._runner, None
         if runner is not None:
