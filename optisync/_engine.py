@@ -236,7 +236,8 @@ class SyncEngine(Generic[S]):
         value = value_to_apply()
         new_state = apply_optimistic_value_to_state(self.host.state, value)
         key_state = self.key_state(key)
-        self.seed_server_revision(key, key_state, seed_revision)
+        if seed_revision > key_state.server_revision:
+            key_state.server_revision = seed_revision
         revision = self.count_tap(key, key_state, new_state, take_lock=True, command=command)
         return key_state, value, revision
 
@@ -345,7 +346,8 @@ class SyncEngine(Generic[S]):
                 error = _chained(failure, error)
             finally:
                 key_state.locked = key_state.command = False
-                self.status_changed(cycle.key)
+                if self.status_listeners:
+                    self.status_changed(cycle.key)
             if on_finish is not None:
                 try:
                     await self.finish(cycle, key_state, on_finish, error)

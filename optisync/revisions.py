@@ -38,8 +38,6 @@ def require_int(value: object, what: str, *, minimum: int | None = None) -> int:
 
     Raises TypeError for a wrong type and ValueError for a value out of range.
     """
-    if type(value) is int and (minimum is None or value >= minimum):
-        return value  # the common case, first
     if not _is_int(value):
         raise TypeError(f"{what} must be an int, got {type(value).__name__}: {value!r}")
     number: int = value  # type: ignore[assignment]

@@ -111,7 +111,8 @@ class _PushRequests(Generic[S, T, R, K]):
         # A push since the last tap is the newest word: it already came from
         # the server, so sending our older tap again would overwrite it.
         if key_state.from_push or key_state.local_revision == self.revision:
-            _apply_response(engine, call, key_state, response, informed)
+            if response is not None and call.apply_server_response_to_state is not None:
+                _apply_response(engine, call, key_state, response, informed)
             # The emit may have re-entered with a tap on this key (a listener):
             # the lock is still ours, so that tap needs a follow-up.
             if key_state.from_push or key_state.local_revision == self.revision:
@@ -131,13 +132,12 @@ def _apply_response(
     engine: SyncEngine[S],
     call: PushSync[S, T, R, K],
     key_state: KeyState,
-    response: R | None,
+    response: R,
     informed: int,
 ) -> None:
     """Apply a response, unless a newer server revision is known (it is stale)."""
     apply = call.apply_server_response_to_state
-    if response is None or apply is None:
-        return
+    assert apply is not None
     known = max(
         key_state.server_revision,
         revision_from_state(call.get_server_revision_from_state, call.key),
@@ -164,7 +164,8 @@ class _Informer:
         self.finished = False
 
     def __call__(self, server_revision: int) -> None:
-        require_int(server_revision, "inform_server_revision()'s argument", minimum=0)
+        if type(server_revision) is not int or server_revision < 0:
+            require_int(server_revision, "inform_server_revision()'s argument", minimum=0)
         if self.finished:
             raise StateError("inform_server_revision() was called after its request had finished.")
         if self.informed is not None:
@@ -174,7 +175,8 @@ class _Informer:
                 f"has one server revision."
             )
         self.informed = server_revision
-        if self.engine.seed_server_revision(self.key, self.key_state, server_revision):
+        if server_revision > self.key_state.server_revision:
+            self.key_state.server_revision = server_revision
             self.engine.status_changed(self.key)
 
 
@@ -251,8 +253,7 @@ def _check_push_arguments(
 
 def revision_from_state(get_server_revision_from_state: Callable[[K], int], key: K) -> int:
     """The server revision the state holds for ``key``: an int, -1 when unknown."""
-    return require_int(
-        get_server_revision_from_state(key),
-        "get_server_revision_from_state()'s result",
-        minimum=-1,
-    )
+    revision = get_server_revision_from_state(key)
+    if type(revision) is int and revision >= -1:
+        return revision
+    return require_int(revision, "get_server_revision_from_state()'s result", minimum=-1)
