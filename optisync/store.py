@@ -54,13 +54,12 @@ class Store(Generic[S]):
         eager_start: run each lock cycle's task eagerly (Python 3.12+): the
             first request starts inside the call, up to the send's first
             ``await``, as in the Dart seed; about half the cost of a full
-            cycle. It changes three behaviours, all the rules of the guide
+            cycle. It changes two behaviours, all the rules of the guide
             still hold otherwise: ``close()`` right after a tap no longer
             prevents its request; a send that never suspends finishes inside
             the call, so the next tap starts a new request rather than a
-            follow-up; an instantly failing send's error is reported to
-            :meth:`on_error` even if the caller awaits the result at once.
-            Off by default, so every Python version behaves the same.
+            follow-up. Off by default, so every Python version behaves the
+            same.
 
     Subclassing: the names a subclass may not redefine are the public API
     below (``state``, ``emit``, ``close``, the sync methods, ...) and

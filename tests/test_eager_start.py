@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 import pytest
@@ -49,3 +50,22 @@ async def test_close_right_after_an_eager_tap_still_leaves_no_task(server: FakeS
     await store.close()
     assert not store.is_syncing(KEY)
     assert own_tasks() == set()
+
+
+@needs_eager_tasks
+async def test_an_eager_send_that_fails_at_once_reaches_the_awaiting_caller_only(
+    server: FakeServer,
+) -> None:
+    async def refused(*args: object) -> None:
+        raise ConnectionError("refused at once")
+
+    async with EagerDocStore(server) as store:
+        with pytest.raises(ConnectionError):
+            await store.toggle(send_value_to_server=refused)
+        for _ in range(3):  # the turn in which an unawaited error would be reported
+            await asyncio.sleep(0)
+        assert store.errors == []
+        store.toggle(send_value_to_server=refused)  # nobody awaits this one
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert [type(error) for error in store.errors] == [ConnectionError]
