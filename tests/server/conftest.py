@@ -1,0 +1,112 @@
+"""A server on loopback and raw protocol clients that speak to it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from optisync.server import Limits, SqliteStorage, SyncServer
+from optisync.server.security import Authenticator, allow_anyone
+
+
+class RawDevice:
+    """A protocol client with no library: sends JSON, reads JSON, in order."""
+
+    def __init__(self, connection: ClientConnection, device_id: int) -> None:
+        self.connection = connection
+        self.device_id = device_id
+        self.welcome: dict[str, Any] = {}
+        self.replayed: list[dict[str, Any]] = []
+        self._next_id = 0
+
+    async def send(self, message: dict[str, Any] | str) -> None:
+        await self.connection.send(message if isinstance(message, str) else json.dumps(message))
+
+    async def receive(self) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(await self.connection.recv())
+        return result
+
+    async def receive_type(self, kind: str) -> dict[str, Any]:
+        """The next message of ``kind``; fails on any other message but pushes."""
+        while True:
+            message = await self.receive()
+            if message["type"] == kind:
+                return message
+            assert message["type"] == "push", message
+
+    async def set(self, key: str, value: Any, local_revision: int = 1) -> dict[str, Any]:
+        self._next_id += 1
+        await self.send(
+            {
+                "type": "set",
+                "request_id": self._next_id,
+                "key": key,
+                "value": value,
+                "local_revision": local_revision,
+            }
+        )
+        return await self.receive_type("ack")
+
+    async def get(self, key: str) -> dict[str, Any]:
+        self._next_id += 1
+        await self.send({"type": "get", "request_id": self._next_id, "key": key})
+        return await self.receive_type("value")
+
+
+Connect = Callable[..., Awaitable[RawDevice]]
+
+
+@pytest.fixture
+def limits() -> Limits:
+    return Limits()
+
+
+@pytest.fixture
+def authenticate() -> Authenticator:
+    return allow_anyone
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Path:
+    return tmp_path / "server.sqlite3"
+
+
+@pytest.fixture
+async def server(
+    database: Path, limits: Limits, authenticate: Authenticator
+) -> AsyncIterator[tuple[SyncServer, str]]:
+    sync_server = SyncServer(SqliteStorage(database), limits=limits, authenticate=authenticate)
+    async with sync_server.run(port=0) as url:
+        yield sync_server, url
+
+
+@pytest.fixture
+def url(server: tuple[SyncServer, str]) -> str:
+    return server[1]
+
+
+@pytest.fixture
+async def connect_device(url: str) -> AsyncIterator[Connect]:
+    """``await connect_device(device_id, since=0, **hello)``: a device past its replay."""
+    opened: list[ClientConnection] = []
+
+    async def open_device(device_id: int, since: int = 0, **hello: Any) -> RawDevice:
+        connection = await connect(url)
+        opened.append(connection)
+        device = RawDevice(connection, device_id)
+        await device.send({"type": "hello", "device_id": device_id, "since": since, **hello})
+        device.welcome = await device.receive()
+        assert device.welcome["type"] == "welcome", device.welcome
+        while (message := await device.receive())["type"] == "push":
+            device.replayed.append(message)
+        assert message["type"] == "ready", message
+        return device
+
+    yield open_device
+    for connection in opened:
+        await connection.close()
