@@ -303,12 +303,15 @@ class SyncServer:
         except (ConnectionClosed, OverflowError):
             pass
         finally:
-            if self._peers.get(peer.device_id) is peer:
-                del self._peers[peer.device_id]
+            self._forget(peer)
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                 await writer
             logger.info("%s disconnected", peer.grant.name)
+
+    def _forget(self, peer: _Peer) -> None:
+        if self._peers.get(peer.device_id) is peer:
+            del self._peers[peer.device_id]
 
     async def _admit(self, connection: ServerConnection) -> _Peer | None:
         try:
@@ -383,6 +386,8 @@ class SyncServer:
         if peer.cut:
             return
         peer.cut = True
+        # Forget it at once: no more pushes pile up, and the device may reconnect.
+        self._forget(peer)
         logger.warning("%s cut: its send queue is full", peer.grant.name)
         await peer.connection.close(_TRY_LATER, "send queue full")
 

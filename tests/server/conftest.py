@@ -22,6 +22,7 @@ class RawDevice:
         self.device_id = device_id
         self.welcome: dict[str, Any] = {}
         self.replayed: list[dict[str, Any]] = []
+        self.pushes: list[dict[str, Any]] = []  # live pushes skipped by receive_type
         self._next_id = 0
 
     async def send(self, message: dict[str, Any] | str) -> None:
@@ -38,6 +39,7 @@ class RawDevice:
             if message["type"] == kind:
                 return message
             assert message["type"] == "push", message
+            self.pushes.append(message)
 
     async def set(self, key: str, value: Any, local_revision: int = 1) -> dict[str, Any]:
         self._next_id += 1
