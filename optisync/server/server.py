@@ -425,9 +425,14 @@ class SyncServer:
             return Error(request_id, "bad_field", "set.value is not JSON")
         if len(value) > self._limits.max_message_bytes:
             return Error(request_id, "too_large", "the value is too large")
-        change = await self._storage.commit(
-            message.key, value, local_revision=message.local_revision, device_id=peer.device_id
-        )
+        try:
+            change = await self._storage.commit(
+                message.key, value, local_revision=message.local_revision, device_id=peer.device_id
+            )
+        except Exception:
+            # The database is unreachable or refused: the device will retry.
+            logger.exception("commit of %r failed", message.key)
+            return Error(request_id, "unavailable", "the server could not commit; retry")
         logger.debug("%s set %r at %d", peer.grant.name, message.key, change.server_revision)
         return Ack(request_id, message.key, msgspec.Raw(value), change.server_revision)
 

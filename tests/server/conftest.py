@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +117,64 @@ async def connect_device(url: str) -> AsyncIterator[Connect]:
     yield open_device
     for connection in opened:
         await connection.close()
+
+
+# -- server processes and PostgreSQL ----------------------------------------------
+
+POSTGRES_VARIABLE = "OPTISYNC_TEST_POSTGRES_DSN"
+POSTGRES_SKIP_REASON = (
+    f"PostgreSQL tests skipped: ${POSTGRES_VARIABLE} is not set "
+    "(source .ci/postgres.sh to install and start a server)"
+)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say in the default output why the PostgreSQL tests did not run."""
+    if not os.environ.get(POSTGRES_VARIABLE):
+        terminalreporter.write_line(POSTGRES_SKIP_REASON, yellow=True)
+
+
+@pytest.fixture
+async def postgres_dsn() -> AsyncIterator[str]:
+    """A fresh, empty database on the test PostgreSQL server, dropped afterwards."""
+    dsn = os.environ.get(POSTGRES_VARIABLE)
+    if not dsn:
+        pytest.skip(POSTGRES_SKIP_REASON)
+    import psycopg
+    from psycopg import sql
+
+    name = f"optisync_test_{uuid.uuid4().hex[:12]}"
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
+        await admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        try:
+            yield psycopg.conninfo.make_conninfo(dsn, dbname=name)
+        finally:
+            await admin.execute(
+                sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@contextlib.contextmanager
+def server_process(*arguments: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``python -m optisync.server *arguments --port 0``; yields the process and its URL."""
+    command = [sys.executable, "-m", "optisync.server", *arguments, "--port", "0"]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    ) as process:
+        try:
+            assert process.stdout is not None
+            url = process.stdout.readline().strip()
+            assert url.startswith("ws://"), f"the server did not start: {url!r}"
+            yield process, url
+        finally:
+            process.kill()
+
+
+async def open_raw_device(url: str, device_id: int, since: int = 0) -> RawDevice:
+    """A raw device on ``url``, past its welcome and replay."""
+    device = RawDevice(await connect(url), device_id)
+    await device.send({"type": "hello", "device_id": device_id, "since": since})
+    device.welcome = await device.receive()
+    while (message := await device.receive())["type"] == "push":
+        device.replayed.append(message)
+    return device
