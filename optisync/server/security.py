@@ -36,7 +36,7 @@ def _everything(key: str) -> bool:
 class Grant:
     """What one authenticated connection may do.
 
-    Args:
+    Attributes:
         name: who connected, for the log (never a secret).
         can_read: whether the connection may read ``key`` (its pushes, replay
             and ``get``); keys it may not read are never sent to it.

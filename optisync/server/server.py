@@ -63,7 +63,7 @@ _TRY_LATER: Final = 1013
 class Limits:
     """The bounds one connection lives within.
 
-    Args:
+    Attributes:
         max_message_bytes: a larger message gets a ``too_large`` error.
         max_frame_bytes: a larger frame closes the connection (code 1009).
         messages_per_second: sustained messages a connection may send; more

@@ -45,11 +45,15 @@ def server_process(*arguments: str) -> Iterator[tuple[subprocess.Popen[str], str
             process.kill()
 
 
-async def open_device(url: str, device_id: int) -> ClientConnection:
-    connection = await connect(url, max_queue=None, open_timeout=60)
-    await connection.send(json.dumps({"type": "hello", "device_id": device_id, "since": 0}))
-    while json.loads(await connection.recv())["type"] != "ready":
-        pass
+async def open_device(url: str, device_id: int, since: int = 0) -> ClientConnection:
+    # No keepalive pings: a thousand devices in one benchmark process answer late.
+    connection = await connect(url, max_queue=None, open_timeout=60, ping_interval=None)
+    hello = {"type": "hello", "device_id": device_id, "since": since}
+    await connection.send(json.dumps(hello))
+    while (message := json.loads(await connection.recv()))["type"] != "ready":
+        if message["type"] == "welcome":
+            head = message["server_revision"]
+    connection.head = head  # type: ignore[attr-defined]
     return connection
 
 
@@ -91,8 +95,12 @@ async def write_many(device: Writer, n: int, writes: int) -> None:
 
 
 async def fan_out(url: str, devices: int, writes: int = 20) -> tuple[float, float]:
-    listeners = await asyncio.gather(*(open_device(url, 2_000_000 + n) for n in range(devices)))
     writer = Writer(await open_device(url, 3_000_000 + devices))
+    head = writer.connection.head  # type: ignore[attr-defined]
+    listeners: list[ClientConnection] = []
+    for first in range(0, devices, 100):  # connect in batches: no handshake storm
+        batch = range(first, min(first + 100, devices))
+        listeners += await asyncio.gather(*(open_device(url, 2_000_000 + n, head) for n in batch))
     latencies: list[float] = []
     for index in range(writes):
         sent = time.perf_counter()
