@@ -29,13 +29,12 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Callable
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
 import psycopg
 import psycopg.sql
 
-from optisync.server.storage import Change
+from optisync.server.storage import Change, OpenedByAsyncWith
 
 __all__ = ["PostgresStorage"]
 
@@ -70,7 +69,7 @@ def _change(row: tuple[int, str, bytes, int, int]) -> Change:
     return Change(row[0], row[1], bytes(row[2]), row[3], row[4])
 
 
-class PostgresStorage:
+class PostgresStorage(OpenedByAsyncWith):
     """Keeps the log in PostgreSQL (psycopg 3, async); pushes commits of every process.
 
     Args:
@@ -127,18 +126,6 @@ class PostgresStorage:
             0
         """
         return self._last_seen
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def _query(
         self, sql: str, parameters: tuple[object, ...] = ()

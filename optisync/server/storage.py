@@ -117,11 +117,33 @@ CREATE TABLE IF NOT EXISTS optisync_keys (
 _COLUMNS = "c.revision, c.key, c.value, c.local_revision, c.device_id"
 
 
+class OpenedByAsyncWith:
+    """``async with storage:`` opens it and closes it (for any storage's ``open``/``close``)."""
+
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
 def _change(row: tuple[int, str, bytes, int, int]) -> Change:
     return Change(row[0], row[1], bytes(row[2]), row[3], row[4])
 
 
-class SqliteStorage:
+class SqliteStorage(OpenedByAsyncWith):
     """A :class:`Storage` in one SQLite file: WAL, ``synchronous=FULL``, one writer thread.
 
     Every call runs in the storage's own thread, so the event loop never waits
@@ -165,18 +187,6 @@ class SqliteStorage:
             32
         """
         return self._generation
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def _run(self, call: Callable[[sqlite3.Connection], _T]) -> _T:
         if self._executor is None or self._connection is None:

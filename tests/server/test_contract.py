@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 from websockets.asyncio.client import connect
 
 from optisync.server import SyncServer
-from tests.server.conftest import Connect, RawDevice
+from tests.server.conftest import Connect, RawDevice, server_process
 
 
 async def test_a_set_is_pushed_to_every_device_the_writer_included(
@@ -127,16 +125,8 @@ async def test_pushes_reach_each_device_in_revision_order_under_concurrent_write
 
 def test_the_command_line_serves_a_database_file(tmp_path: Path) -> None:
     database = tmp_path / "app.sqlite3"
-    command = [sys.executable, "-m", "optisync.server", "--database", str(database), "--port", "0"]
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    ) as process:
-        try:
-            assert process.stdout is not None
-            url = process.stdout.readline().strip()
-            assert asyncio.run(_write_once(url))["server_revision"] == 1
-        finally:
-            process.terminate()
+    with server_process("--database", str(database)) as (_, url):
+        assert asyncio.run(_write_once(url))["server_revision"] == 1
     with sqlite3.connect(database) as reader:
         assert reader.execute("SELECT count(*) FROM optisync_changes").fetchone() == (1,)
 
