@@ -8,13 +8,14 @@ import logging
 import queue
 import random
 import socket
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from optisync.server import Grant, Limits, SyncServer, require_token
+from optisync.server import Grant, Limits, SqliteStorage, SyncServer, require_token
 from optisync.server.__main__ import DroppingQueueHandler
 from optisync.server.protocol import Hello
 from tests.server.conftest import Connect
@@ -279,11 +280,13 @@ async def test_a_device_from_another_database_is_told_to_reset(connect_device: C
     assert len(other.replayed) == 1
 
 
-async def test_the_generation_stays_the_same_across_restarts(
-    url: str, connect_device: Connect
-) -> None:
-    first = await connect_device(1)
-    assert len(first.welcome["generation"]) == 32
+async def test_the_generation_stays_the_same_across_restarts(tmp_path: Path) -> None:
+    async with SqliteStorage(tmp_path / "g.sqlite3") as first:
+        generation = first.generation
+    async with SqliteStorage(tmp_path / "g.sqlite3") as again:
+        assert again.generation == generation
+    async with SqliteStorage(tmp_path / "other.sqlite3") as other:
+        assert other.generation != generation
 
 
 # -- logging ---------------------------------------------------------------------------
