@@ -1,0 +1,34 @@
+"""``optisync.server``: a server for ``optimistic_sync_with_push``, over WebSockets.
+
+Install it with ``pip install "optisync[server]"`` (and ``optisync[postgres]``
+for :class:`PostgresStorage`). Run it with one command::
+
+    python -m optisync.server --database app.sqlite3 --port 8765
+
+or embed :class:`SyncServer` in your own asyncio program.
+
+Example:
+    >>> import asyncio
+    >>> from optisync.server import SqliteStorage, SyncServer
+    >>> async def main() -> None:
+    ...     async with SyncServer(SqliteStorage(":memory:")).run(port=0) as url:
+    ...         print(url.startswith("ws://"))
+    >>> asyncio.run(main())
+    True
+"""
+
+from optisync.server.security import Authenticator, Grant, allow_anyone, require_token
+from optisync.server.server import Limits, SyncServer
+from optisync.server.storage import Change, SqliteStorage, Storage
+
+__all__ = [
+    "Authenticator",
+    "Change",
+    "Grant",
+    "Limits",
+    "SqliteStorage",
+    "Storage",
+    "SyncServer",
+    "allow_anyone",
+    "require_token",
+]

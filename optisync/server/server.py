@@ -1,0 +1,497 @@
+"""The optisync server: the documented contract over WebSockets, on a :class:`Storage`.
+
+Each connection's messages are handled one at a time, in order. A ``set`` is
+committed (value and revision in one transaction), pushed to every connected
+device allowed to read the key (the writer included) and then acknowledged.
+Every connection has its own bounded send queue and its own writer task: a
+device that stops reading is cut at the bound and never slows the others.
+
+Example:
+    >>> import asyncio
+    >>> from optisync.server import SqliteStorage, SyncServer
+    >>> async def main() -> None:
+    ...     async with SyncServer(SqliteStorage(":memory:")).run(port=0) as url:
+    ...         print(url.startswith("ws://127.0.0.1:"))
+    >>> asyncio.run(main())
+    True
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Final
+
+import attrs
+import msgspec
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.typing import Origin
+
+from optisync.server.protocol import (
+    PROTOCOL_VERSION,
+    Ack,
+    ClientMessage,
+    Error,
+    Get,
+    Hello,
+    ProtocolError,
+    Push,
+    Ready,
+    Set,
+    Value,
+    Welcome,
+    canonical_json,
+    decode_client,
+    encode,
+)
+from optisync.server.security import Authenticator, Grant, allow_anyone
+from optisync.server.storage import Change, Storage
+
+__all__ = ["Limits", "SyncServer"]
+
+logger: Final = logging.getLogger("optisync.server")
+
+# Close codes (RFC 6455): 1008 policy violation, 1013 try again later.
+_POLICY: Final = 1008
+_TRY_LATER: Final = 1013
+
+
+@attrs.frozen
+class Limits:
+    """The bounds one connection lives within.
+
+    Attributes:
+        max_message_bytes: a larger message gets a ``too_large`` error.
+        max_frame_bytes: a larger frame closes the connection (code 1009).
+        messages_per_second: sustained messages a connection may send; more
+            get ``rate_limited`` errors and change nothing.
+        burst: how many messages above the rate a connection may send at once.
+        send_buffer_bytes: unsent data a connection may hold on the server;
+            past it the connection is closed (code 1013) and replays on reconnect.
+        replay_page: changes read from the storage per page of a replay.
+        hello_timeout: seconds a new connection has to send its hello.
+
+    Example:
+        >>> from optisync.server import Limits
+        >>> Limits(messages_per_second=10).burst
+        200
+    """
+
+    max_message_bytes: int = 64 * 1024
+    max_frame_bytes: int = 1024 * 1024
+    messages_per_second: float = 100.0
+    burst: int = 200
+    send_buffer_bytes: int = 4 * 1024 * 1024
+    replay_page: int = 500
+    hello_timeout: float = 10.0
+
+
+class _TokenBucket:
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._capacity = float(burst)
+        self._tokens = float(burst)
+        self._stamp = asyncio.get_running_loop().time()
+
+    def take(self) -> bool:
+        now = asyncio.get_running_loop().time()
+        self._tokens = min(self._capacity, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
+class _Peer:
+    """One device's connection: its grant, replay state and bounded send queue."""
+
+    def __init__(self, connection: ServerConnection, hello: Hello, grant: Grant, limits: Limits):
+        self.connection = connection
+        self.cut = False
+        self.device_id = hello.device_id
+        self.grant = grant
+        self.cursor = 0  # the newest revision queued for this device
+        # Live changes that arrive during the replay wait here (None: replay done).
+        self.pending: list[Change] | None = []
+        self.pending_overflow = False
+        self._limit = limits.send_buffer_bytes
+        self._queued = 0
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._space = asyncio.Event()
+        self._space.set()
+
+    def offer(self, frame: bytes) -> bool:
+        """Queue a frame without waiting; False when the queue is over its bound."""
+        if self._queued + len(frame) > self._limit:
+            return False
+        self._queued += len(frame)
+        if self._queued > self._limit // 2:
+            self._space.clear()
+        self._queue.put_nowait(frame)
+        return True
+
+    async def put(self, frame: bytes) -> None:
+        """Queue a frame, waiting while the queue is half full (replay back-pressure)."""
+        await self._space.wait()
+        if not self.offer(frame):
+            raise OverflowError("send queue full")
+
+    async def write_forever(self) -> None:
+        while True:
+            frame = await self._queue.get()
+            await self.connection.send(frame, text=True)
+            self._queued -= len(frame)
+            if self._queued <= self._limit // 2:
+                self._space.set()
+
+
+class SyncServer:
+    """Serves the optisync protocol (:mod:`optisync.server.protocol`) from a :class:`Storage`.
+
+    Args:
+        storage: where changes live; the server opens and closes it.
+        authenticate: checks each hello (default :func:`allow_anyone`: only
+            for a server nobody else can reach).
+        limits: per-connection bounds.
+        allowed_origins: the ``Origin`` headers accepted; ``None`` in it admits
+            clients that send none (not browsers). The default admits no web page.
+
+    Run it with :meth:`run`, or embed :meth:`handler` in your own
+    ``websockets.asyncio.server.serve`` after :meth:`open`, passing it
+    :meth:`serve_options`.
+
+    Example:
+        >>> import asyncio
+        >>> from optisync.server import SqliteStorage, SyncServer, require_token
+        >>> async def main() -> None:
+        ...     server = SyncServer(SqliteStorage(":memory:"), authenticate=require_token("t"))
+        ...     async with server.run(port=0) as url:
+        ...         print(server.connection_count)
+        >>> asyncio.run(main())
+        0
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        authenticate: Authenticator = allow_anyone,
+        limits: Limits | None = None,
+        allowed_origins: Sequence[str | None] = (None,),
+    ) -> None:
+        self._storage = storage
+        self._authenticate = authenticate
+        self._limits = limits or Limits()
+        self._origins = [None if o is None else Origin(o) for o in allowed_origins]
+        self._peers: dict[int, _Peer] = {}
+        self._admitted: dict[int, Grant] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        storage.on_commit = self._publish
+
+    @property
+    def storage(self) -> Storage:
+        """The storage this server serves.
+
+        Example:
+            >>> from optisync.server import SqliteStorage, SyncServer
+            >>> storage = SqliteStorage(":memory:")
+            >>> SyncServer(storage).storage is storage
+            True
+        """
+        return self._storage
+
+    @property
+    def connection_count(self) -> int:
+        """How many devices are connected (past their hello).
+
+        Example:
+            >>> from optisync.server import SqliteStorage, SyncServer
+            >>> SyncServer(SqliteStorage(":memory:")).connection_count
+            0
+        """
+        return len(self._peers)
+
+    async def open(self) -> None:
+        """Open the storage (for embedding :meth:`handler`; :meth:`run` does it).
+
+        Example:
+            >>> import asyncio
+            >>> from optisync.server import SqliteStorage, SyncServer
+            >>> async def main() -> None:
+            ...     server = SyncServer(SqliteStorage(":memory:"))
+            ...     await server.open()
+            ...     await server.close()
+            >>> asyncio.run(main())
+        """
+        await self._storage.open()
+
+    async def close(self) -> None:
+        """Close the storage.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync.server import SqliteStorage, SyncServer
+            >>> async def main() -> None:
+            ...     server = SyncServer(SqliteStorage(":memory:"))
+            ...     await server.open()
+            ...     await server.close()
+            >>> asyncio.run(main())
+        """
+        await self._storage.close()
+
+    def serve_options(self) -> dict[str, Any]:
+        """The keyword arguments for ``websockets.asyncio.server.serve`` this server needs.
+
+        Example:
+            >>> from optisync.server import Limits, SqliteStorage, SyncServer
+            >>> server = SyncServer(SqliteStorage(":memory:"), limits=Limits(max_frame_bytes=9))
+            >>> server.serve_options()["max_size"]
+            9
+        """
+        return {"origins": self._origins, "max_size": self._limits.max_frame_bytes}
+
+    @contextlib.asynccontextmanager
+    async def run(self, host: str = "127.0.0.1", port: int = 8765) -> AsyncIterator[str]:
+        """Open the storage, listen, and yield the ``ws://`` URL; close both on exit.
+
+        ``port=0`` lets the system choose a free port.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync.server import SqliteStorage, SyncServer
+            >>> async def main() -> None:
+            ...     async with SyncServer(SqliteStorage(":memory:")).run(port=0) as url:
+            ...         print(url[:15])
+            >>> asyncio.run(main())
+            ws://127.0.0.1:
+        """
+        await self.open()
+        try:
+            async with serve(self.handler, host, port, **self.serve_options()) as listener:
+                bound = listener.sockets[0].getsockname()
+                yield f"ws://{host}:{bound[1]}"
+        finally:
+            await self.close()
+
+    # -- one connection ------------------------------------------------------------
+
+    async def handler(self, connection: ServerConnection) -> None:
+        """Serve one WebSocket connection until it closes.
+
+        Example:
+            >>> import asyncio
+            >>> from websockets.asyncio.server import serve
+            >>> from optisync.server import SqliteStorage, SyncServer
+            >>> async def main() -> None:
+            ...     server = SyncServer(SqliteStorage(":memory:"))
+            ...     await server.open()
+            ...     async with serve(server.handler, "127.0.0.1", 0, **server.serve_options()):
+            ...         pass
+            ...     await server.close()
+            >>> asyncio.run(main())
+        """
+        peer = await self._admit(connection)
+        if peer is None:
+            return
+        writer = asyncio.create_task(peer.write_forever())
+        try:
+            await self._serve_peer(peer, writer)
+        except (ConnectionClosed, OverflowError):
+            pass
+        finally:
+            self._forget(peer)
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                await writer
+            logger.info("%s disconnected", peer.grant.name)
+
+    def _forget(self, peer: _Peer) -> None:
+        if self._peers.get(peer.device_id) is peer:
+            del self._peers[peer.device_id]
+
+    async def _admit(self, connection: ServerConnection) -> _Peer | None:
+        try:
+            async with asyncio.timeout(self._limits.hello_timeout):
+                frame = await connection.recv()
+        except (TimeoutError, ConnectionClosed):
+            await connection.close(_POLICY, "no hello")
+            return None
+        refusal: Error | None
+        try:
+            hello = decode_client(frame, max_bytes=self._limits.max_message_bytes)
+        except ProtocolError as error:
+            refusal = Error(error.request_id, error.code, error.detail)
+        else:
+            refusal = await self._check_hello(hello)
+        if refusal is None:
+            assert isinstance(hello, Hello)
+            peer = _Peer(connection, hello, self._admitted[hello.device_id], self._limits)
+            del self._admitted[hello.device_id]
+            self._peers[hello.device_id] = peer
+            await self._welcome(peer, hello)
+            return peer
+        logger.info("refused a connection: %s", refusal.code)
+        with contextlib.suppress(ConnectionClosed):
+            await connection.send(encode(refusal), text=True)
+            await connection.close(_POLICY, refusal.code)
+        return None
+
+    async def _check_hello(self, hello: ClientMessage) -> Error | None:
+        if not isinstance(hello, Hello):
+            return Error(None, "bad_message", "the first message must be a hello")
+        if hello.protocol != PROTOCOL_VERSION:
+            return Error(None, "bad_version", f"this server speaks protocol {PROTOCOL_VERSION}")
+        grant = await self._authenticate(hello)
+        if grant is None:
+            return Error(None, "unauthorized", "the token was refused")
+        # Checked after the await: no other hello can slip in between.
+        if hello.device_id in self._peers or hello.device_id in self._admitted:
+            return Error(None, "device_in_use", "another connection holds this device id")
+        self._admitted[hello.device_id] = grant
+        return None
+
+    async def _welcome(self, peer: _Peer, hello: Hello) -> None:
+        peer.cursor = hello.since
+        head = await self._storage.head()
+        generation = self._storage.generation
+        # A cursor from another database, or beyond this one's head (a backup
+        # restored): the device must reload, so replay from the start.
+        reset = (hello.generation not in ("", generation)) or hello.since > head
+        if reset:
+            peer.cursor = 0
+        peer.offer(encode(Welcome(generation=generation, server_revision=head, reset=reset)))
+        logger.info("%s connected (since %d, reset %s)", peer.grant.name, hello.since, reset)
+
+    async def _serve_peer(self, peer: _Peer, writer: asyncio.Task[None]) -> None:
+        replay = asyncio.create_task(self._replay(peer))
+        self._tasks.add(replay)
+        replay.add_done_callback(self._tasks.discard)
+        bucket = _TokenBucket(self._limits.messages_per_second, self._limits.burst)
+        try:
+            async for frame in peer.connection:
+                if writer.done():
+                    break
+                reply = await self._answer(peer, frame, bucket)
+                if not peer.offer(encode(reply)):
+                    await self._cut(peer)
+                    break
+        finally:
+            replay.cancel()
+
+    async def _cut(self, peer: _Peer) -> None:
+        if peer.cut:
+            return
+        peer.cut = True
+        # Forget it at once: no more pushes pile up, and the device may reconnect.
+        self._forget(peer)
+        logger.warning("%s cut: its send queue is full", peer.grant.name)
+        await peer.connection.close(_TRY_LATER, "send queue full")
+
+    async def _answer(self, peer: _Peer, frame: str | bytes, bucket: _TokenBucket) -> Any:
+        try:
+            message = decode_client(frame, max_bytes=self._limits.max_message_bytes)
+        except ProtocolError as error:
+            return Error(error.request_id, error.code, error.detail)
+        if isinstance(message, Hello):
+            return Error(None, "bad_message", "hello is only the first message")
+        if not bucket.take():
+            return Error(message.request_id, "rate_limited", "too many messages per second")
+        if isinstance(message, Get):
+            return await self._get(peer, message)
+        return await self._set(peer, message)
+
+    async def _get(self, peer: _Peer, message: Get) -> Value | Error:
+        if not peer.grant.can_read(message.key):
+            return Error(message.request_id, "forbidden", "this connection may not read the key")
+        change = await self._storage.read(message.key)
+        if change is None:
+            return Value(message.request_id, message.key, None, -1)
+        value = msgspec.Raw(change.value)
+        return Value(message.request_id, message.key, value, change.server_revision)
+
+    async def _set(self, peer: _Peer, message: Set) -> Ack | Error:
+        request_id = message.request_id
+        if message.device_id not in (None, peer.device_id):
+            return Error(request_id, "forbidden", "device_id is not this connection's device")
+        if not peer.grant.can_write(message.key):
+            return Error(request_id, "forbidden", "this connection may not write the key")
+        try:
+            value = canonical_json(message.value)
+        except (msgspec.EncodeError, UnicodeEncodeError):
+            return Error(request_id, "bad_field", "set.value is not JSON")
+        if len(value) > self._limits.max_message_bytes:
+            return Error(request_id, "too_large", "the value is too large")
+        try:
+            change = await self._storage.commit(
+                message.key, value, local_revision=message.local_revision, device_id=peer.device_id
+            )
+        except Exception:
+            # The database is unreachable or refused: the device will retry.
+            logger.exception("commit of %r failed", message.key)
+            return Error(request_id, "unavailable", "the server could not commit; retry")
+        logger.debug("%s set %r at %d", peer.grant.name, message.key, change.server_revision)
+        return Ack(request_id, message.key, msgspec.Raw(value), change.server_revision)
+
+    # -- replay and pushes ---------------------------------------------------------
+
+    async def _replay(self, peer: _Peer) -> None:
+        page_size = self._limits.replay_page
+        try:
+            while True:
+                page = await self._storage.changes_after(peer.cursor, page_size)
+                for change in page:
+                    if peer.grant.can_read(change.key):
+                        await peer.put(self._push_frame(peer, change))
+                    peer.cursor = change.server_revision
+                if len(page) == page_size:
+                    continue
+                if peer.pending_overflow:
+                    # Too much arrived meanwhile: read it from the storage instead.
+                    peer.pending, peer.pending_overflow = [], False
+                    continue
+                pending, peer.pending = peer.pending or [], None
+                for change in pending:
+                    self._push_to(peer, change)
+                peer.offer(encode(Ready(peer.cursor)))
+                return
+        except (OverflowError, ConnectionClosed):
+            await self._cut(peer)
+
+    def _publish(self, change: Change) -> None:
+        for peer in list(self._peers.values()):
+            if not peer.grant.can_read(change.key):
+                continue
+            if peer.pending is not None:
+                if len(peer.pending) >= self._limits.replay_page:
+                    peer.pending_overflow = True
+                    peer.pending.clear()
+                elif not peer.pending_overflow:
+                    peer.pending.append(change)
+            else:
+                self._push_to(peer, change)
+
+    def _push_to(self, peer: _Peer, change: Change) -> None:
+        if change.server_revision <= peer.cursor:
+            return  # already sent in the replay
+        peer.cursor = change.server_revision
+        if not peer.offer(self._push_frame(peer, change)) and not peer.cut:
+            task = asyncio.create_task(self._cut(peer))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _push_frame(self, peer: _Peer, change: Change) -> bytes:
+        # Only the writer learns its own device id and local revision back.
+        mine = change.device_id == peer.device_id
+        return encode(
+            Push(
+                key=change.key,
+                value=msgspec.Raw(change.value),
+                server_revision=change.server_revision,
+                local_revision=change.local_revision if mine else 0,
+                device_id=change.device_id if mine else 0,
+            )
+        )

@@ -1,0 +1,369 @@
+"""Where a server keeps its log of changes: the :class:`Storage` interface and SQLite.
+
+A storage commits a change and its revision in one transaction, hands back
+the revision only once the commit is durable, and reads one key or a page of
+the log. Its blocking calls run in one worker thread, never on the event loop.
+
+Example:
+    >>> import asyncio
+    >>> from optisync.server import SqliteStorage
+    >>> async def main() -> None:
+    ...     async with SqliteStorage(":memory:") as storage:
+    ...         first = await storage.commit("like", b"true", local_revision=1, device_id=7)
+    ...         second = await storage.commit("like", b"false", local_revision=2, device_id=7)
+    ...         print(first.server_revision, second.server_revision)
+    ...         print((await storage.read("like")).value)
+    >>> asyncio.run(main())
+    1 2
+    b'false'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol, Self, TypeVar
+
+import attrs
+
+__all__ = ["Change", "SqliteStorage", "Storage"]
+
+_T = TypeVar("_T")
+
+
+@attrs.frozen
+class Change:
+    """One committed write. ``value`` is its canonical JSON, as UTF-8 bytes.
+
+    Example:
+        >>> from optisync.server import Change
+        >>> Change(server_revision=3, key="like", value=b"true", local_revision=1, device_id=7)
+        Change(server_revision=3, key='like', value=b'true', local_revision=1, device_id=7)
+    """
+
+    server_revision: int
+    key: str
+    value: bytes
+    local_revision: int
+    device_id: int
+
+
+class Storage(Protocol):
+    """What a :class:`~optisync.server.SyncServer` needs from its database.
+
+    ``on_commit`` is set by the server before :meth:`open`. The storage calls
+    it on the event loop with every committed change, in revision order, its
+    own commits and (for a database shared by several server processes) those
+    of the other processes, before :meth:`commit` returns.
+
+    Example:
+        >>> from optisync.server import SqliteStorage, Storage
+        >>> storage: Storage = SqliteStorage(":memory:")
+    """
+
+    on_commit: Callable[[Change], None] | None
+
+    @property
+    def generation(self) -> str:
+        """An id of this database, new for every new database (valid after :meth:`open`)."""
+        ...
+
+    async def open(self) -> None:
+        """Connect and create the tables if missing."""
+        ...
+
+    async def close(self) -> None:
+        """Disconnect; closing twice is harmless."""
+        ...
+
+    async def commit(
+        self, key: str, value: bytes, *, local_revision: int, device_id: int
+    ) -> Change:
+        """Store ``value`` for ``key`` at the next revision; return once durable."""
+        ...
+
+    async def read(self, key: str) -> Change | None:
+        """The newest change of ``key``, or None if it was never written."""
+        ...
+
+    async def changes_after(self, revision: int, limit: int) -> list[Change]:
+        """Up to ``limit`` changes with a revision above ``revision``, oldest first."""
+        ...
+
+    async def head(self) -> int:
+        """The newest revision (0 before the first write)."""
+        ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS optisync_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS optisync_changes (
+    revision INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    local_revision INTEGER NOT NULL,
+    device_id INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS optisync_keys (
+    key TEXT PRIMARY KEY,
+    revision INTEGER NOT NULL REFERENCES optisync_changes (revision)
+);
+"""
+_COLUMNS = "c.revision, c.key, c.value, c.local_revision, c.device_id"
+
+
+class OpenedByAsyncWith:
+    """``async with storage:`` opens it and closes it (for any storage's ``open``/``close``)."""
+
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+def _change(row: tuple[int, str, bytes, int, int]) -> Change:
+    return Change(row[0], row[1], bytes(row[2]), row[3], row[4])
+
+
+class SqliteStorage(OpenedByAsyncWith):
+    """A :class:`Storage` in one SQLite file: WAL, ``synchronous=FULL``, one writer thread.
+
+    Every call runs in the storage's own thread, so the event loop never waits
+    on the disk. ``synchronous=FULL`` makes a commit durable (fsynced) before
+    :meth:`commit` returns, so a server that acks after it never loses an
+    acked write to a crash or a power cut.
+
+    Args:
+        path: the database file, created if missing; ``":memory:"`` for a
+            database that lives as long as this object (tests).
+
+    Example:
+        >>> import asyncio
+        >>> from optisync.server import SqliteStorage
+        >>> async def main() -> None:
+        ...     async with SqliteStorage(":memory:") as storage:
+        ...         print(await storage.head(), await storage.read("nothing"))
+        >>> asyncio.run(main())
+        0 None
+    """
+
+    on_commit: Callable[[Change], None] | None = None
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = str(path)
+        self._executor: ThreadPoolExecutor | None = None
+        self._connection: sqlite3.Connection | None = None
+        self._generation = ""
+
+    @property
+    def generation(self) -> str:
+        """A random id written when the database file was created.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync.server import SqliteStorage
+            >>> async def main() -> None:
+            ...     async with SqliteStorage(":memory:") as storage:
+            ...         print(len(storage.generation))
+            >>> asyncio.run(main())
+            32
+        """
+        return self._generation
+
+    async def _run(self, call: Callable[[sqlite3.Connection], _T]) -> _T:
+        if self._executor is None or self._connection is None:
+            raise RuntimeError("the storage is not open: await open() first")
+        connection = self._connection
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call, connection)
+
+    async def open(self) -> None:
+        """Open (or create) the database file and its tables.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync.server import SqliteStorage
+            >>> async def main() -> None:
+            ...     storage = SqliteStorage(":memory:")
+            ...     await storage.open()
+            ...     await storage.close()
+            >>> asyncio.run(main())
+        """
+        if self._executor is not None:
+            raise RuntimeError("the storage is already open")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="optisync-sqlite")
+        loop = asyncio.get_running_loop()
+        self._connection = await loop.run_in_executor(self._executor, self._connect)
+        self._generation = await self._run(_read_or_create_generation)
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: BEGIN/COMMIT are ours; the thread is the only user.
+        connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            if self._path != ":memory:":
+                connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.executescript(_SCHEMA)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    async def close(self) -> None:
+        """Close the file and stop the thread. Closing twice is harmless.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync.server import SqliteStorage
+            >>> async def main() -> None:
+            ...     storage = SqliteStorage(":memory:")
+            ...     await storage.open()
+            ...     await storage.close(); await storage.close()
+            >>> asyncio.run(main())
+        """
+        executor, self._executor = self._executor, None
+        connection, self._connection = self._connection, None
+        if executor is None or connection is None:
+            return
+        await asyncio.get_running_loop().run_in_executor(executor, connection.close)
+        executor.shutdown(wait=True)
+
+    async def commit(
+        self, key: str, value: bytes, *, local_revision: int, device_id: int
+    ) -> Change:
+        """Store ``value`` for ``key`` at the next revision, in one durable transaction.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync.server import SqliteStorage
+            >>> async def main() -> None:
+            ...     async with SqliteStorage(":memory:") as storage:
+            ...         change = await storage.commit("k", b"1", local_revision=1, device_id=2)
+            ...         print(change.server_revision)
+            >>> asyncio.run(main())
+            1
+        """
+        loop = asyncio.get_running_loop()
+
+        def write(connection: sqlite3.Connection) -> Change:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = connection.execute(
+                    "INSERT INTO optisync_changes (key, value, local_revision, device_id) "
+                    "VALUES (?, ?, ?, ?)",
+                    (key, value, local_revision, device_id),
+                )
+                revision = cursor.lastrowid
+                assert revision is not None
+                connection.execute(
+                    "INSERT INTO optisync_keys (key, revision) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET revision = excluded.revision",
+                    (key, revision),
+                )
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            change = Change(revision, key, value, local_revision, device_id)
+            # Scheduled from the one writer thread, in commit order, and before
+            # the executor schedules commit()'s result: pushes go out in revision
+            # order and before the ack.
+            if self.on_commit is not None:
+                loop.call_soon_threadsafe(self.on_commit, change)
+            return change
+
+        return await self._run(write)
+
+    async def read(self, key: str) -> Change | None:
+        """The newest change of ``key``, or None.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync.server import SqliteStorage
+            >>> async def main() -> None:
+            ...     async with SqliteStorage(":memory:") as storage:
+            ...         print(await storage.read("never"))
+            >>> asyncio.run(main())
+            None
+        """
+
+        def select(connection: sqlite3.Connection) -> Change | None:
+            row = connection.execute(
+                f"SELECT {_COLUMNS} FROM optisync_keys AS k "
+                "JOIN optisync_changes AS c ON c.revision = k.revision WHERE k.key = ?",
+                (key,),
+            ).fetchone()
+            return None if row is None else _change(row)
+
+        return await self._run(select)
+
+    async def changes_after(self, revision: int, limit: int) -> list[Change]:
+        """Up to ``limit`` changes above ``revision``, oldest first: one page of a replay.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync.server import SqliteStorage
+            >>> async def main() -> None:
+            ...     async with SqliteStorage(":memory:") as storage:
+            ...         for n in range(3):
+            ...             await storage.commit("k", b"%d" % n, local_revision=n, device_id=1)
+            ...         page = await storage.changes_after(1, limit=1)
+            ...         print([c.server_revision for c in page])
+            >>> asyncio.run(main())
+            [2]
+        """
+
+        def select(connection: sqlite3.Connection) -> list[Change]:
+            rows = connection.execute(
+                f"SELECT {_COLUMNS} FROM optisync_changes AS c "
+                "WHERE c.revision > ? ORDER BY c.revision LIMIT ?",
+                (revision, limit),
+            ).fetchall()
+            return [_change(row) for row in rows]
+
+        return await self._run(select)
+
+    async def head(self) -> int:
+        """The newest revision, 0 before the first write.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync.server import SqliteStorage
+            >>> async def main() -> None:
+            ...     async with SqliteStorage(":memory:") as storage:
+            ...         print(await storage.head())
+            >>> asyncio.run(main())
+            0
+        """
+
+        def select(connection: sqlite3.Connection) -> int:
+            row = connection.execute("SELECT max(revision) FROM optisync_changes").fetchone()
+            return 0 if row[0] is None else int(row[0])
+
+        return await self._run(select)
+
+
+def _read_or_create_generation(connection: sqlite3.Connection) -> str:
+    connection.execute(
+        "INSERT OR IGNORE INTO optisync_meta (name, value) VALUES ('generation', ?)",
+        (uuid.uuid4().hex,),
+    )
+    row = connection.execute("SELECT value FROM optisync_meta WHERE name = 'generation'").fetchone()
+    return str(row[0])

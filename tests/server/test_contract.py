@@ -1,0 +1,140 @@
+"""The server keeps the documented contract (docs/server-contract.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+from websockets.asyncio.client import connect
+
+from optisync.server import SyncServer
+from tests.server.conftest import Connect, RawDevice, server_process
+
+
+async def test_a_set_is_pushed_to_every_device_the_writer_included(
+    connect_device: Connect,
+) -> None:
+    writer, reader = await connect_device(1), await connect_device(2)
+    await writer.send(
+        {"type": "set", "request_id": 5, "key": "like", "value": True, "local_revision": 3}
+    )
+    own_push, ack = await writer.receive(), await writer.receive()
+    other_push = await reader.receive()
+    assert own_push == {
+        "type": "push",
+        "key": "like",
+        "value": True,
+        "server_revision": 1,
+        "local_revision": 3,
+        "device_id": 1,
+    }
+    assert ack == {
+        "type": "ack",
+        "request_id": 5,
+        "key": "like",
+        "value": True,
+        "server_revision": 1,
+    }
+    # Another device only learns that the change is not its own.
+    assert other_push == {**own_push, "local_revision": 0, "device_id": 0}
+
+
+async def test_revisions_grow_across_keys(connect_device: Connect) -> None:
+    device = await connect_device(1)
+    revisions = [(await device.set(key, n))["server_revision"] for n, key in enumerate("abab")]
+    assert revisions == [1, 2, 3, 4]
+
+
+async def test_the_last_write_to_a_key_wins(connect_device: Connect) -> None:
+    first, second = await connect_device(1), await connect_device(2)
+    await first.set("color", "red")
+    await second.set("color", "blue")
+    assert (await first.get("color"))["value"] == "blue"
+    assert (await first.get("color"))["server_revision"] == 2
+
+
+async def test_a_get_of_a_key_never_written_has_revision_minus_one(
+    connect_device: Connect,
+) -> None:
+    device = await connect_device(1)
+    assert await device.get("nothing") == {
+        "type": "value",
+        "request_id": 1,
+        "key": "nothing",
+        "value": None,
+        "server_revision": -1,
+    }
+
+
+async def test_a_hello_replays_only_the_changes_after_since(connect_device: Connect) -> None:
+    writer = await connect_device(1)
+    for n in range(5):
+        await writer.set(f"k{n}", n)
+    late = await connect_device(2, since=3)
+    assert [push["server_revision"] for push in late.replayed] == [4, 5]
+    assert late.welcome["server_revision"] == 5
+    assert late.welcome["reset"] is False
+
+
+async def test_a_replay_longer_than_a_page_arrives_whole_and_in_order(
+    server: tuple[SyncServer, str], connect_device: Connect
+) -> None:
+    for n in range(1_234):  # more than two pages of 500
+        await server[0].storage.commit(f"k{n}", b"1", local_revision=1, device_id=9)
+    device = await connect_device(1)
+    assert [push["server_revision"] for push in device.replayed] == list(range(1, 1_235))
+
+
+async def test_the_ack_comes_after_the_commit_is_on_disk(
+    database: Path, connect_device: Connect
+) -> None:
+    device = await connect_device(1)
+    ack = await device.set("saved", {"x": 1})
+    with sqlite3.connect(database) as other_reader:
+        row = other_reader.execute(
+            "SELECT revision, value FROM optisync_changes WHERE key = 'saved'"
+        ).fetchone()
+    assert row == (ack["server_revision"], b'{"x":1}')
+
+
+async def test_values_are_stored_in_one_canonical_spelling(connect_device: Connect) -> None:
+    device = await connect_device(1)
+    await device.send(
+        '{"type":"set","request_id":1,"key":"k","value":{"b":1, "a":2},"local_revision":1}'
+    )
+    await device.receive_type("ack")
+    late = await connect_device(2)
+    assert late.replayed[0]["value"] == {"a": 2, "b": 1}
+
+
+async def test_pushes_reach_each_device_in_revision_order_under_concurrent_writers(
+    connect_device: Connect,
+) -> None:
+    writers = [await connect_device(n) for n in range(1, 5)]
+    watcher = await connect_device(99)
+
+    async def write(device: RawDevice) -> None:
+        for n in range(25):
+            await device.set(f"k{n % 3}", n)
+
+    await asyncio.gather(*(write(device) for device in writers))
+    revisions = [(await watcher.receive())["server_revision"] for _ in range(100)]
+    assert revisions == list(range(1, 101))
+
+
+def test_the_command_line_serves_a_database_file(tmp_path: Path) -> None:
+    database = tmp_path / "app.sqlite3"
+    with server_process("--database", str(database)) as (_, url):
+        assert asyncio.run(_write_once(url))["server_revision"] == 1
+    with sqlite3.connect(database) as reader:
+        assert reader.execute("SELECT count(*) FROM optisync_changes").fetchone() == (1,)
+
+
+async def _write_once(url: str) -> dict[str, object]:
+    async with connect(url) as connection:
+        device = RawDevice(connection, 1)
+        await device.send({"type": "hello", "device_id": 1, "since": 0})
+        assert (await device.receive())["type"] == "welcome"
+        await device.receive_type("ready")
+        return await device.set("k", "v")
