@@ -49,11 +49,29 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION: Final = 1
-"""The protocol version a hello must name; a server refuses any other with ``bad_version``."""
+"""The protocol version a hello must name; a server refuses any other with ``bad_version``.
+
+Example:
+    >>> from optisync.server.protocol import PROTOCOL_VERSION
+    >>> PROTOCOL_VERSION
+    1
+"""
 MAX_SAFE_INT: Final = 2**53 - 1
-"""Ids and revisions stay below 2**53 so that JavaScript clients read them exactly."""
+"""Ids and revisions stay below 2**53 so that JavaScript clients read them exactly.
+
+Example:
+    >>> from optisync.server.protocol import MAX_SAFE_INT
+    >>> MAX_SAFE_INT == 2**53 - 1
+    True
+"""
 MAX_KEY_CHARS: Final = 200
-"""Longest key, in characters."""
+"""Longest key, in characters.
+
+Example:
+    >>> from optisync.server.protocol import MAX_KEY_CHARS
+    >>> MAX_KEY_CHARS
+    200
+"""
 
 _Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_SAFE_INT)]
 _Revision = Annotated[int, msgspec.Meta(ge=-1, le=MAX_SAFE_INT)]
@@ -218,9 +236,21 @@ class Error(_Message, tag="error", frozen=True):
 
 
 ClientMessage: TypeAlias = Hello | Set | Get
-"""A message a device sends."""
+"""A message a device sends: a hello, a write or a read.
+
+Example:
+    >>> from optisync.server.protocol import ClientMessage, Get
+    >>> Get in ClientMessage.__args__
+    True
+"""
 ServerMessage: TypeAlias = Welcome | Ack | Push | Ready | Value | Error
-"""A message the server sends."""
+"""A message the server sends: a welcome, an ack, a push, ready, a value or an error.
+
+Example:
+    >>> from optisync.server.protocol import Push, ServerMessage
+    >>> Push in ServerMessage.__args__
+    True
+"""
 
 
 class ProtocolError(ValueError):

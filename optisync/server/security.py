@@ -55,7 +55,12 @@ class Grant:
 
 
 Authenticator: TypeAlias = Callable[[Hello], Awaitable[Grant | None]]
-"""``async (hello) -> Grant | None``: checks a connection's hello; None refuses it."""
+"""``async (hello) -> Grant | None``: checks a connection's hello; None refuses it.
+
+Example:
+    >>> from optisync.server import Authenticator, allow_anyone
+    >>> authenticate: Authenticator = allow_anyone
+"""
 
 
 async def allow_anyone(hello: Hello) -> Grant:
