@@ -28,6 +28,7 @@ from optisync.errors import (
     StateError,
     StoreClosedError,
 )
+from optisync.revisions import revision_from_state
 
 __all__ = ["Host", "KeyState", "Requests", "SyncEngine"]
 
@@ -220,24 +221,26 @@ class SyncEngine(Generic[S]):
         value_to_apply: Callable[[], T],
         apply_optimistic_value_to_state: Callable[[S, T], S],
         *,
-        seed_revision: int = -1,
+        seed_from: Callable[[Any], int] | None = None,
         command: bool = False,
     ) -> tuple[KeyState, T, int]:
         """A tap on a free key: apply and count it, and take the key's lock.
 
-        ``seed_revision`` (the server revision the state holds) raises the
-        key's known server revision first. Returns the key's state, the value
-        applied and the local revision it got. Nothing changes if a callback
-        raises. ``command``: the lock is an optimistic_command's.
+        ``seed_from`` (``get_server_revision_from_state``) gives the server
+        revision the state holds, which raises the key's known one. Returns
+        the key's state, the value applied and the local revision it got.
+        Nothing changes if a callback raises. ``command``: the lock is an
+        optimistic_command's.
         """
         if self.host.is_closed:
             raise StoreClosedError("Cannot start a sync: the store is closed.")
         self.binding.bind()
+        seed = -1 if seed_from is None else revision_from_state(seed_from, key)
         value = value_to_apply()
         new_state = apply_optimistic_value_to_state(self.host.state, value)
         key_state = self.key_state(key)
-        if seed_revision > key_state.server_revision:
-            key_state.server_revision = seed_revision
+        if seed > key_state.server_revision:
+            key_state.server_revision = seed
         revision = self.count_tap(key, key_state, new_state, take_lock=True, command=command)
         return key_state, value, revision
 

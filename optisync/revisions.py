@@ -16,9 +16,12 @@ from __future__ import annotations
 import enum
 import secrets
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from typing import TypeVar
 
 import attrs
+
+K = TypeVar("K", bound=Hashable)
 
 __all__ = [
     "PushMetadata",
@@ -45,6 +48,14 @@ def require_int(value: object, what: str, *, minimum: int | None = None) -> int:
         meaning = " (-1 means unknown)" if minimum == -1 else ""
         raise ValueError(f"{what} must be >= {minimum}{meaning}, got {number}")
     return number
+
+
+def revision_from_state(get_server_revision_from_state: Callable[[K], int], key: K) -> int:
+    """The server revision the state holds for ``key``: an int, -1 when unknown."""
+    revision = get_server_revision_from_state(key)
+    if type(revision) is int and revision >= -1:
+        return revision
+    return require_int(revision, "get_server_revision_from_state()'s result", minimum=-1)
 
 
 def _non_negative_int(instance: object, attribute: attrs.Attribute[int], value: object) -> None:

@@ -23,7 +23,7 @@ from optisync.errors import (
     StateError,
     StoreClosedError,
 )
-from optisync.revisions import PushMetadata, PushOutcome, require_int
+from optisync.revisions import PushMetadata, PushOutcome, require_int, revision_from_state
 
 __all__: list[str] = []
 
@@ -53,9 +53,11 @@ def start(engine: SyncEngine[S], call: PushSync[S, T, R, K]) -> CycleResult:
     """Start a lock cycle for a tap on a free key (the caller checked it is free)."""
     check_call(call)
     key = call.key
-    seed = revision_from_state(call.get_server_revision_from_state, key)
     key_state, value, revision = engine.take_lock(
-        key, call.value_to_apply, call.apply_optimistic_value_to_state, seed_revision=seed
+        key,
+        call.value_to_apply,
+        call.apply_optimistic_value_to_state,
+        seed_from=call.get_server_revision_from_state,
     )
     requests = _PushRequests(engine, call, key_state, value, revision)
     return engine.start_cycle(key, key_state, call.on_finish, requests)
@@ -249,11 +251,3 @@ def _check_push_arguments(
     check_callback("get_server_revision_from_state", get_server_revision_from_state)
     if not isinstance(push_metadata, PushMetadata):
         raise TypeError(f"push_metadata must be a PushMetadata, got {type(push_metadata).__name__}")
-
-
-def revision_from_state(get_server_revision_from_state: Callable[[K], int], key: K) -> int:
-    """The server revision the state holds for ``key``: an int, -1 when unknown."""
-    revision = get_server_revision_from_state(key)
-    if type(revision) is int and revision >= -1:
-        return revision
-    return require_int(revision, "get_server_revision_from_state()'s result", minimum=-1)
