@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import ast
+import html
 import importlib
 import inspect
 import itertools
@@ -285,13 +286,16 @@ def _mkdocs() -> str | None:
     return str(candidate) if candidate.exists() else shutil.which("mkdocs")
 
 
-@pytest.mark.skipif(_mkdocs() is None, reason="mkdocs is not installed (the 'docs' extra)")
-def test_site_builds_strictly(tmp_path: Path) -> None:
-    pytest.importorskip("mkdocstrings_handlers.python", reason="mkdocstrings[python] missing")
+@pytest.fixture(scope="module")
+def api_html(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The API page of the site, built with ``--strict`` (the build must pass)."""
     mkdocs = _mkdocs()
-    assert mkdocs is not None
+    if mkdocs is None:
+        pytest.skip("mkdocs is not installed (the 'docs' extra)")
+    pytest.importorskip("mkdocstrings_handlers.python", reason="mkdocstrings[python] missing")
+    site = tmp_path_factory.mktemp("site")
     result = subprocess.run(
-        [mkdocs, "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        [mkdocs, "build", "--strict", "--site-dir", str(site)],
         cwd=ROOT,
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
         capture_output=True,
@@ -300,7 +304,10 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    api_html = (tmp_path / "site" / "api" / "index.html").read_text(encoding="utf-8")
+    return (site / "api" / "index.html").read_text(encoding="utf-8")
+
+
+def test_site_builds_strictly(api_html: str) -> None:
     for module, name in PUBLIC_NAMES:
         assert f'id="{module}.{name}"' in api_html, f"{module}.{name} not rendered"
     # What docs/griffe_docstrings.py is for: no raw Sphinx roles, doctests shown as
@@ -308,6 +315,34 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
     assert re.search(r":(meth|class|func):", api_html) is None
     assert "<blockquote>" not in api_html
     assert 'id="optisync.PushOutcome.SELF_ECHO"' in api_html
+
+
+SIGNATURE_WIDTH = 80  # mkdocs.yml: line_length
+
+
+def _signature_lines(api_html: str, anchor: str) -> list[str]:
+    start = api_html.index(f'id="{anchor}"')
+    block = re.search(r'<div class="doc-signature highlight">(.*?)</code>', api_html[start:], re.S)
+    assert block is not None, f"{anchor} has no separate signature"
+    text = html.unescape(re.sub(r"<[^>]+>", "", block[1]))
+    return text.strip("\n").splitlines()
+
+
+def test_api_signatures_are_formatted_one_parameter_a_line(api_html: str) -> None:
+    # Formatting needs ruff (or black) importable where mkdocs runs: the docs extra.
+    lines = _signature_lines(api_html, "optisync.Store.optimistic_sync_with_push")
+    assert lines[0] == "optimistic_sync_with_push("
+    assert "    key: K," in lines
+    assert max(len(line) for line in lines) <= SIGNATURE_WIDTH, lines
+
+
+def test_api_parameters_are_a_list_whose_defaults_show_whole(api_html: str) -> None:
+    # A table squeezed its Default column to "re"/"No" next to the long Callable types.
+    assert "<th>Default</th>" not in api_html
+    start = api_html.index('id="optisync.Store.optimistic_sync_with_push"')
+    section = api_html[start : api_html.index('id="optisync.Store.server_push"')]
+    text = html.unescape(re.sub(r"<[^>]+>", "", section))
+    assert re.search(r"max_follow_up_requests\s+\(\s*int\s*,\s*default:\s*10000\s*\)", text)
 
 
 # -- core bugs found while documenting -------------------------------------------
