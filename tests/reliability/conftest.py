@@ -16,10 +16,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         f"(OPTISYNC_SCENARIOS={scenario_count()}); "
         f"failing: {STATS.failed}, divergences: {STATS.divergences}"
     )
-    write(
-        f"seed: {RUN_SEED} (replay this run: OPTISYNC_SEED={RUN_SEED} "
-        f"OPTISYNC_SCENARIOS={scenario_count()} .venv/bin/python -m pytest tests/reliability)"
-    )
+    write(f"seed: {RUN_SEED} (replay with OPTISYNC_SEED={RUN_SEED} OPTISYNC_SCENARIOS={scenario_count()})")
     write(
         f"taps: {STATS.taps}, requests: {STATS.requests}, "
         f"network failures: {STATS.network_failures}"
