@@ -16,7 +16,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         f"(OPTISYNC_SCENARIOS={scenario_count()}); "
         f"failing: {STATS.failed}, divergences: {STATS.divergences}"
     )
-    write(f"seed: {RUN_SEED} (replay with OPTISYNC_SEED={RUN_SEED} OPTISYNC_SCENARIOS={scenario_count()})")
+    replay = f"OPTISYNC_SEED={RUN_SEED} OPTISYNC_SCENARIOS={scenario_count()}"
+    write(f"seed: {RUN_SEED} (replay with {replay})")
     write(
         f"taps: {STATS.taps}, requests: {STATS.requests}, "
         f"network failures: {STATS.network_failures}"
