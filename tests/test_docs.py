@@ -19,7 +19,6 @@ import inspect
 import itertools
 import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -27,12 +26,12 @@ from pathlib import Path
 
 import attrs
 import pytest
+from docs_site import build_site
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 API_PAGE = DOCS / "api.md"
 BLOCK_TIMEOUT_SECONDS = 30
-BUILD_TIMEOUT_SECONDS = 120
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n`]*)$")
 # Signs of a coroutine or task left behind: Python reports them on stderr only.
@@ -281,29 +280,10 @@ def test_optisync_exports_what_the_api_reference_documents() -> None:
 # -- the site ------------------------------------------------------------------
 
 
-def _mkdocs() -> str | None:
-    candidate = Path(sys.executable).with_name("mkdocs")
-    return str(candidate) if candidate.exists() else shutil.which("mkdocs")
-
-
 @pytest.fixture(scope="module")
 def api_html(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The API page of the site, built with ``--strict`` (the build must pass)."""
-    mkdocs = _mkdocs()
-    if mkdocs is None:
-        pytest.skip("mkdocs is not installed (the 'docs' extra)")
-    pytest.importorskip("mkdocstrings_handlers.python", reason="mkdocstrings[python] missing")
-    site = tmp_path_factory.mktemp("site")
-    result = subprocess.run(
-        [mkdocs, "build", "--strict", "--site-dir", str(site)],
-        cwd=ROOT,
-        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
-        capture_output=True,
-        text=True,
-        timeout=BUILD_TIMEOUT_SECONDS,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    site = build_site(tmp_path_factory.mktemp("site"))
     return (site / "api" / "index.html").read_text(encoding="utf-8")
 
 

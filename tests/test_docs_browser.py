@@ -18,11 +18,9 @@ import functools
 import http.server
 import itertools
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,11 +30,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from docs_site import MISSING, build_site, mkdocs
 
 websockets_sync = pytest.importorskip("websockets.sync.client", reason="websockets missing")
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILD_TIMEOUT_SECONDS = 120
 RENDER_TIMEOUT_SECONDS = 30
 # Chromium's own flags for a quiet, sandbox-free, offline-friendly headless run.
 CHROMIUM_FLAGS = (
@@ -62,14 +60,9 @@ def _chromium() -> str | None:
     return None
 
 
-def _mkdocs() -> str | None:
-    candidate = Path(sys.executable).with_name("mkdocs")
-    return str(candidate) if candidate.exists() else shutil.which("mkdocs")
-
-
 pytestmark = [
     pytest.mark.skipif(_chromium() is None, reason="no Chromium (apt-get install -y chromium)"),
-    pytest.mark.skipif(_mkdocs() is None, reason="mkdocs is not installed (the 'docs' extra)"),
+    pytest.mark.skipif(mkdocs() is None, reason=MISSING),
 ]
 
 
@@ -83,20 +76,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    mkdocs = _mkdocs()
-    assert mkdocs is not None
-    folder = tmp_path_factory.mktemp("site")
-    result = subprocess.run(
-        [mkdocs, "build", "--strict", "--site-dir", str(folder)],
-        cwd=ROOT,
-        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
-        capture_output=True,
-        text=True,
-        timeout=BUILD_TIMEOUT_SECONDS,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return folder
+    return build_site(tmp_path_factory.mktemp("site"))
 
 
 @pytest.fixture(scope="module")
