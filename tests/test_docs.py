@@ -13,12 +13,12 @@
 from __future__ import annotations
 
 import ast
+import html
 import importlib
 import inspect
 import itertools
 import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -26,12 +26,12 @@ from pathlib import Path
 
 import attrs
 import pytest
+from docs_site import build_site
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 API_PAGE = DOCS / "api.md"
 BLOCK_TIMEOUT_SECONDS = 30
-BUILD_TIMEOUT_SECONDS = 120
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n`]*)$")
 # Signs of a coroutine or task left behind: Python reports them on stderr only.
@@ -315,30 +315,25 @@ def test_optisync_exports_what_the_api_reference_documents() -> None:
 # -- the site ------------------------------------------------------------------
 
 
-def _mkdocs() -> str | None:
-    candidate = Path(sys.executable).with_name("mkdocs")
-    return str(candidate) if candidate.exists() else shutil.which("mkdocs")
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site, built once with ``--strict`` (the build must pass)."""
+    return build_site(tmp_path_factory.mktemp("site"))
 
 
-@pytest.mark.skipif(_mkdocs() is None, reason="mkdocs is not installed (the 'docs' extra)")
-def test_site_builds_strictly(tmp_path: Path) -> None:
-    pytest.importorskip("mkdocstrings_handlers.python", reason="mkdocstrings[python] missing")
-    mkdocs = _mkdocs()
-    assert mkdocs is not None
-    result = subprocess.run(
-        [mkdocs, "build", "--strict", "--site-dir", str(tmp_path / "site")],
-        cwd=ROOT,
-        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
-        capture_output=True,
-        text=True,
-        timeout=BUILD_TIMEOUT_SECONDS,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    api_html = (tmp_path / "site" / "api" / "index.html").read_text(encoding="utf-8")
-    site_html = "".join(
-        page.read_text(encoding="utf-8") for page in (tmp_path / "site").rglob("index.html")
-    )
+@pytest.fixture(scope="module")
+def api_html(site: Path) -> str:
+    """The API page of the site."""
+    return (site / "api" / "index.html").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def site_html(site: Path) -> str:
+    """Every page of the site (some modules keep their reference on their guide page)."""
+    return "".join(page.read_text(encoding="utf-8") for page in site.rglob("index.html"))
+
+
+def test_site_builds_strictly(api_html: str, site_html: str) -> None:
     for module, name in PUBLIC_NAMES:
         assert f'id="{module}.{name}"' in site_html, f"{module}.{name} not rendered"
     # What docs/griffe_docstrings.py is for: no raw Sphinx roles, doctests shown as
@@ -346,6 +341,34 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
     assert re.search(r":(meth|class|func):", api_html) is None
     assert "<blockquote>" not in api_html
     assert 'id="optisync.PushOutcome.SELF_ECHO"' in api_html
+
+
+SIGNATURE_WIDTH = 80  # mkdocs.yml: line_length
+
+
+def _signature_lines(api_html: str, anchor: str) -> list[str]:
+    start = api_html.index(f'id="{anchor}"')
+    block = re.search(r'<div class="doc-signature highlight">(.*?)</code>', api_html[start:], re.S)
+    assert block is not None, f"{anchor} has no separate signature"
+    text = html.unescape(re.sub(r"<[^>]+>", "", block[1]))
+    return text.strip("\n").splitlines()
+
+
+def test_api_signatures_are_formatted_one_parameter_a_line(api_html: str) -> None:
+    # Formatting needs ruff (or black) importable where mkdocs runs: the docs extra.
+    lines = _signature_lines(api_html, "optisync.Store.optimistic_sync_with_push")
+    assert lines[0] == "optimistic_sync_with_push("
+    assert "    key: K," in lines
+    assert max(len(line) for line in lines) <= SIGNATURE_WIDTH, lines
+
+
+def test_api_parameters_are_a_list_whose_defaults_show_whole(api_html: str) -> None:
+    # A table squeezed its Default column to "re"/"No" next to the long Callable types.
+    assert "<th>Default</th>" not in api_html
+    start = api_html.index('id="optisync.Store.optimistic_sync_with_push"')
+    section = api_html[start : api_html.index('id="optisync.Store.server_push"')]
+    text = html.unescape(re.sub(r"<[^>]+>", "", section))
+    assert re.search(r"max_follow_up_requests\s+\(\s*int\s*,\s*default:\s*10000\s*\)", text)
 
 
 # -- core bugs found while documenting -------------------------------------------

@@ -8,6 +8,8 @@ releases: no sleeping, no timing.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -437,3 +439,41 @@ async def test_the_screenshot_helper_saves_an_svg_of_the_app(tmp_path: Path) -> 
     svg = path.read_text()
     assert svg.startswith("<svg")
     assert "Saving&#160;1..." in svg or "Saving 1..." in svg
+
+
+async def test_closing_the_live_backend_leaves_no_unretrieved_future_exception(
+    tmp_path: Path,
+) -> None:
+    # What `python -m examples.tui --live` printed on quit: an exception set on
+    # a future nobody awaited, reported by asyncio when the future is collected.
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda loop, context: reported.append(context))
+    try:
+        backend = LiveBackend(database=tmp_path / "live.sqlite", latency=0)
+        await backend.start()
+        await backend.write(True, local_revision=1, device_id=DEVICE)
+        await backend.aclose()
+        del backend
+        gc.collect()
+    finally:
+        loop.set_exception_handler(previous)
+    assert [context["message"] for context in reported] == []
+
+
+async def test_the_screen_says_it_is_connected_to_the_live_server(tmp_path: Path) -> None:
+    backend = LiveBackend(database=tmp_path / "live.sqlite", latency=0)
+    app = DemoApp(backend, state_file=tmp_path / "app.json", device_id=DEVICE)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert backend.url is not None
+        expected = f"live server {backend.url} (started in this process)"
+        assert app.sub_title == f"connected to the {expected}"
+        assert app.query_one("#server-panel").border_title == f"The database: {expected}"
+
+
+async def test_the_screen_says_it_runs_against_the_simulated_server(app: DemoApp) -> None:
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert app.sub_title == "connected to the simulated server (in this process)"

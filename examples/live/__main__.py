@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from examples.live import demo, interactive
+from examples.live.persistence import StorageInUseError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +32,11 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(interactive.run_server(args.host, args.port, args.db))
         return 0
     if args.client is not None:
-        asyncio.run(interactive.run_client(args.client, args.storage))
+        try:
+            asyncio.run(interactive.run_client(args.client, args.storage))
+        except StorageInUseError as error:
+            print(f"python -m examples.live: {error} (--storage FILE)", file=sys.stderr)
+            return 1
         return 0
     return demo.main()
 

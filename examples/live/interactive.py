@@ -114,8 +114,9 @@ async def run_client(url: str, storage: Path) -> None:
     """
     lines: asyncio.Queue[str | None] = asyncio.Queue()
     loop = asyncio.get_running_loop()
-    threading.Thread(target=_read_lines, args=(loop, lines), daemon=True).start()
     async with _ConsoleDevice(url, storage_path=storage) as device:
+        # Only once the storage file is ours (it may be refused as in use).
+        threading.Thread(target=_read_lines, args=(loop, lines), daemon=True).start()
         print(f"device {device.device_id} ({storage}) -> {url}; {_HELP}")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_PATIENCE):

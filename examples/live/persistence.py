@@ -7,6 +7,11 @@ Saved atomically (one transaction per save):
   its value is unconfirmed (a tap the server may not have);
 * the replay cursor: the newest revision received in a push, sent in ``hello``.
 
+One device at a time: the file is locked (an OS lock on ``FILE.lock`` beside
+it) while a :class:`DeviceStorage` has it open, because two devices sharing a
+file would share a device id, and each would take the other's changes for
+echoes of its own. Opening a locked file raises :class:`StorageInUseError`.
+
 A revision and the cursor are saved in the same transaction as the values
 they describe, so after a restart a replayed change the device already had is
 recognised as stale and ignored.
@@ -25,15 +30,17 @@ Example:
 
 from __future__ import annotations
 
+import os
 import secrets
 import sqlite3
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
 import attrs
 
-__all__ = ["DeviceStorage", "SavedDevice", "SavedItem"]
+__all__ = ["DeviceStorage", "SavedDevice", "SavedItem", "StorageInUseError"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -76,6 +83,42 @@ class SavedDevice:
     cursor: int
 
 
+class StorageInUseError(RuntimeError):
+    """The storage file is open in another :class:`DeviceStorage` (this process or another).
+
+    Example:
+        >>> import os, tempfile
+        >>> from examples.live.persistence import DeviceStorage, StorageInUseError
+        >>> path = os.path.join(tempfile.mkdtemp(), "device.sqlite3")
+        >>> with DeviceStorage(path):
+        ...     try:
+        ...         DeviceStorage(path)
+        ...     except StorageInUseError:
+        ...         print("in use")
+        in use
+    """
+
+
+def _lock(database: str | Path) -> int:
+    """Lock ``DATABASE.lock``, without waiting; the lock lasts until the descriptor closes."""
+    descriptor = os.open(f"{database}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    if sys.platform == "win32":  # no flock(); the example then does not guard its files
+        return descriptor
+    import fcntl
+
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise StorageInUseError(
+            f"{database} is in use by another device: give each one its own file"
+        ) from None
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
 class DeviceStorage:
     """A device's SQLite file. Open it once per run; close it with :meth:`close`.
 
@@ -83,6 +126,9 @@ class DeviceStorage:
         path: the file (created if missing), or ``":memory:"``.
         new_device_id: the id to record if the file has none yet; by default
             a random 53-bit id (exact in JSON and JavaScript).
+
+    Raises:
+        StorageInUseError: another :class:`DeviceStorage` has the file open.
 
     Example:
         >>> from examples.live.persistence import DeviceStorage
@@ -92,7 +138,14 @@ class DeviceStorage:
     """
 
     def __init__(self, path: str | Path, *, new_device_id: int | None = None) -> None:
-        self._connection = sqlite3.connect(path, isolation_level=None)
+        self._lock: int | None = None
+        if str(path) != ":memory:":
+            self._lock = _lock(path)
+        try:
+            self._connection = sqlite3.connect(path, isolation_level=None)
+        except BaseException:
+            self._unlock()
+            raise
         try:
             if str(path) != ":memory:":
                 self._connection.execute("PRAGMA journal_mode=WAL")
@@ -106,6 +159,7 @@ class DeviceStorage:
             self.device_id: int = self._meta("device_id")
         except BaseException:
             self._connection.close()
+            self._unlock()
             raise
 
     def close(self) -> None:
@@ -117,6 +171,12 @@ class DeviceStorage:
             >>> storage.close(); storage.close()
         """
         self._connection.close()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            os.close(lock)  # releases the flock
 
     def __enter__(self) -> DeviceStorage:
         return self

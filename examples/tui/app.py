@@ -163,6 +163,8 @@ class DemoApp(App[None]):
         except OSError as error:
             self.exit(return_code=1, message=f"Cannot reach the server: {error}")
             return
+        self.sub_title = f"connected to the {self.backend.description}"
+        self.query_one("#server-panel").border_title = f"The database: {self.backend.description}"
         self._stop_listening.append(self.backend.watch_database(self._on_database_change))
         self._open_store()
         self.query_one("#use-cases", OptionList).highlighted = 0

@@ -117,6 +117,11 @@ class Backend(Protocol):
         """The id of the "other device" whose writes the bottom half makes."""
         ...
 
+    @property
+    def description(self) -> str:
+        """Which server this is, for the screen (e.g. "live server ws://127.0.0.1:8765")."""
+        ...
+
     async def write_as_other_device(self, liked: bool) -> ServerRecord:
         """Set the value as the other device, as if someone used another phone."""
         ...

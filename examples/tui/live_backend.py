@@ -59,7 +59,9 @@ class _Connection:
         self._on_push = on_push
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[ServerMessage]] = {}
-        self.ready: asyncio.Future[ReadyMessage] = asyncio.get_running_loop().create_future()
+        # Made by hello(), which awaits it: a connection that never says hello
+        # (the other device's) must not hold a future that fails unseen on close.
+        self._ready: asyncio.Future[ReadyMessage] | None = None
         self._reader = asyncio.create_task(self._read())
 
     async def request(self, make: Callable[[int], SetMessage | GetMessage]) -> ServerMessage:
@@ -74,11 +76,17 @@ class _Connection:
             raise RequestFailedError(f"connection lost: {error}") from error
         finally:
             self._waiting.pop(request_id, None)
+            _forget(answer)
 
     async def hello(self) -> ReadyMessage:
         """Subscribe to pushes (the server replays every change first)."""
-        await self._socket.send(encode(HelloMessage(since=0)))
-        return await self.ready
+        ready: asyncio.Future[ReadyMessage] = asyncio.get_running_loop().create_future()
+        self._ready = ready
+        try:
+            await self._socket.send(encode(HelloMessage(since=0)))
+            return await ready
+        finally:
+            _forget(ready)
 
     async def close(self) -> None:
         await self._socket.close()
@@ -96,19 +104,32 @@ class _Connection:
             for answer in self._waiting.values():
                 if not answer.done():
                     answer.set_exception(lost)
-            if not self.ready.done():
-                self.ready.set_exception(lost)
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_exception(lost)
 
     def _dispatch(self, message: ServerMessage) -> None:
         if isinstance(message, PushMessage):
             self._on_push(message)
         elif isinstance(message, ReadyMessage):
-            if not self.ready.done():
-                self.ready.set_result(message)
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_result(message)
         elif message.request_id is not None:
             answer = self._waiting.get(message.request_id)
             if answer is not None and not answer.done():
                 answer.set_result(message)
+
+
+def _forget(future: asyncio.Future[ServerMessage] | asyncio.Future[ReadyMessage]) -> None:
+    """Drop a future its awaiter has left (the send failed, or it was cancelled).
+
+    The reader may still fail it when the connection ends; an exception set on
+    a future nobody awaits is reported as "never retrieved". Its awaiter has
+    already raised its own error, so the future's is retrieved here, unseen.
+    """
+    if not future.done():
+        future.cancel()
+    elif not future.cancelled():
+        future.exception()
 
 
 def _record_of(push: PushMessage) -> ServerRecord:
@@ -173,6 +194,14 @@ class LiveBackend:
     def other_device_id(self) -> int:
         """The id the other device's writes carry."""
         return OTHER_DEVICE_ID
+
+    @property
+    def description(self) -> str:
+        """The live server and its URL, and whether this process started it."""
+        if self.url is None:
+            return "live server (not started)"
+        where = " (started in this process)" if self._server is not None else ""
+        return f"live server {self.url}{where}"
 
     def subscribe_pushes(self, listener: Callable[[ServerRecord], object]) -> Callable[[], None]:
         """Hand the server's pushes to ``listener`` while pushes are on."""

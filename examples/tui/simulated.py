@@ -92,6 +92,11 @@ class SimulatedServer:
         """The id of the simulated other device."""
         return OTHER_DEVICE_ID
 
+    @property
+    def description(self) -> str:
+        """Says it is the simulated server, in this process."""
+        return "simulated server (in this process)"
+
     def subscribe_pushes(self, listener: Callable[[ServerRecord], object]) -> Callable[[], None]:
         """Push every committed change to ``listener`` while pushes are on."""
         return self._pushes.add(listener)

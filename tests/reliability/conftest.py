@@ -1,9 +1,9 @@
-"""Reliability suite: the scenario count comes from OPTISYNC_SCENARIOS; a summary is printed."""
+"""Reliability suite: OPTISYNC_SCENARIOS scenarios from OPTISYNC_SEED; a summary with the seed."""
 
 from __future__ import annotations
 
 import pytest
-from sim_harness import STATS, scenario_count
+from sim_harness import RUN_SEED, STATS, scenario_count
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -16,6 +16,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         f"(OPTISYNC_SCENARIOS={scenario_count()}); "
         f"failing: {STATS.failed}, divergences: {STATS.divergences}"
     )
+    replay = f"OPTISYNC_SEED={RUN_SEED} OPTISYNC_SCENARIOS={scenario_count()}"
+    write(f"seed: {RUN_SEED} (replay with {replay})")
     write(
         f"taps: {STATS.taps}, requests: {STATS.requests}, "
         f"network failures: {STATS.network_failures}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import time
 from collections import Counter
 from collections.abc import Hashable
@@ -155,6 +156,25 @@ def scenario_count() -> int:
     """How many randomized scenarios to run: ``OPTISYNC_SCENARIOS``, default 500."""
     raw = os.environ.get("OPTISYNC_SCENARIOS", "")
     return int(raw) if raw.strip() else DEFAULT_SCENARIOS
+
+
+def run_seed(environ: dict[str, str] | os._Environ[str] = os.environ) -> int:
+    """The seed hypothesis draws the run's scenarios from: ``OPTISYNC_SEED``, or a new one.
+
+    The suite prints it, so that ``OPTISYNC_SEED=<seed>`` (with the same
+    ``OPTISYNC_SCENARIOS``) replays the whole run, figures and all.
+    """
+    raw = environ.get("OPTISYNC_SEED", "").strip()
+    if not raw:
+        return secrets.randbits(32)
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"OPTISYNC_SEED must be an integer, not {raw!r}") from None
+
+
+RUN_SEED = run_seed()
+"""This run's seed, drawn once per pytest session."""
 
 
 @attrs.define

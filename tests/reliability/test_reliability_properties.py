@@ -1,17 +1,21 @@
 """Randomized scenarios over 2 to 5 devices: every property holds, every device converges.
 
-The count is OPTISYNC_SCENARIOS (default 500). A failure prints the scenario;
-replay it with ``optisync.testing.run(sim_harness.play(<scenario>))``.
+The count is OPTISYNC_SCENARIOS (default 500); the scenarios are drawn from
+the run's seed, OPTISYNC_SEED (random when unset, printed in the summary), so a
+whole run replays. A failure prints the scenario; replay it alone with
+``optisync.testing.run(sim_harness.play(<scenario>))``.
 """
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from sim_harness import (
     CALLBACKS,
     CLOSE_POINTS,
     KEYS,
+    RUN_SEED,
     Action,
     CallbackFault,
     CancelCaller,
@@ -23,6 +27,7 @@ from sim_harness import (
     Tap,
     Wait,
     run_scenario,
+    run_seed,
     scenario_count,
 )
 
@@ -81,9 +86,12 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     )
 
 
+@seed(RUN_SEED)
 @settings(
     max_examples=scenario_count(),
     deadline=None,
+    # No example database: the seed alone decides the run, so printing it is enough.
+    database=None,
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -91,3 +99,31 @@ def scenarios(draw: st.DrawFn) -> Scenario:
 def test_every_scenario_converges_and_keeps_every_property(scenario: Scenario) -> None:
     problems = run_scenario(scenario)
     assert not problems, "\n".join(problems)
+
+
+def _drawn_with(run: int) -> list[Scenario]:
+    drawn: list[Scenario] = []
+
+    @seed(run)
+    @settings(max_examples=20, database=None, deadline=None)
+    @given(scenario=scenarios())
+    def collect(scenario: Scenario) -> None:
+        drawn.append(scenario)
+
+    collect()
+    return drawn
+
+
+def test_the_same_run_seed_draws_the_same_scenarios() -> None:
+    assert _drawn_with(1234) == _drawn_with(1234)
+
+
+def test_another_run_seed_draws_other_scenarios() -> None:
+    assert _drawn_with(1234) != _drawn_with(4321)
+
+
+def test_the_run_seed_comes_from_optisync_seed() -> None:
+    assert run_seed({"OPTISYNC_SEED": " 42 "}) == 42
+    assert 0 <= run_seed({}) < 2**32
+    with pytest.raises(ValueError, match="OPTISYNC_SEED must be an integer, not 'abc'"):
+        run_seed({"OPTISYNC_SEED": "abc"})
