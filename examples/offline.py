@@ -87,13 +87,8 @@ class Device:
         cls, name: str, radio: Radio, say: Callable[[str], None], path: Path
     ) -> Device:
         """Start (or restart) a phone from its SQLite file."""
-        # On the loop's thread: virtual time must not run ahead of the disk.
         saved = await open_sqlite(
-            path,
-            JsonCodec(),
-            initial={},
-            new_device_id=lambda: radio.link.device_id,
-            worker_thread=False,
+            path, JsonCodec(), initial={}, new_device_id=lambda: radio.link.device_id
         )
         return cls(name, radio, say, saved)
 

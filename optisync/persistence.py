@@ -300,9 +300,8 @@ class SqliteStorage:
     Args:
         path: the file (created if missing), or ``":memory:"``.
         worker_thread: ``False`` runs each save on the event loop's thread,
-            blocking it: only for simulations on virtual time
-            (:class:`~optisync.testing.VirtualClockLoop`), whose clock may
-            jump past a timer while a worker thread is still writing.
+            blocking it while it writes (for a program with no threads to
+            spare); by default a worker thread writes.
 
     Example:
         >>> import asyncio
@@ -770,7 +769,7 @@ async def open_sqlite(
 ) -> Persistence[S]:
     """:meth:`Persistence.open` on a :class:`SqliteStorage` at ``path``.
 
-    ``worker_thread`` is the storage's (``False`` only on virtual time).
+    ``worker_thread`` is the storage's (see :class:`SqliteStorage`).
 
     Example:
         >>> import asyncio

@@ -170,3 +170,26 @@ def test_deadlock_timeout_none_waits_for_a_slow_thread() -> None:
 def test_a_negative_deadlock_timeout_is_rejected() -> None:
     with pytest.raises(ValueError, match="deadlock_timeout"):
         VirtualClockLoop(deadlock_timeout=-1.0)
+
+
+def test_the_clock_does_not_jump_past_a_timeout_while_a_worker_thread_works() -> None:
+    started = threading.Event()
+    release = threading.Event()
+
+    def disk_write() -> str:
+        started.set()
+        release.wait(10)  # a guard, not a timing: the timer below releases it
+        return "written"
+
+    async def main() -> tuple[str, float]:
+        loop = asyncio.get_running_loop()
+        write = loop.run_in_executor(None, disk_write)
+        await loop.run_in_executor(None, started.wait)
+        threading.Timer(0.05, release.set).start()
+        async with asyncio.timeout(3600):  # would expire at once if the clock jumped
+            result = await write
+        return result, loop.time()
+
+    result, now = testing.run(main())
+    assert result == "written"
+    assert now < 3600

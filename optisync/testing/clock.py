@@ -37,14 +37,16 @@ class _JumpingSelector(selectors.BaseSelector):
     nothing to do until another thread or a real socket wakes it: it waits for
     real, and ``on_idle`` decides for how long (``None``: forever).
 
-    While ``real_time`` is set, it waits for timers for real too, and the clock
-    moves by the time that really passed.
+    While ``real_time`` is set, or ``busy()`` says another thread is working
+    for the loop, it waits for timers for real too, and the clock moves by the
+    time that really passed: virtual time never runs ahead of a thread.
     """
 
     def __init__(self, clock: _Clock) -> None:
         self._inner = selectors.DefaultSelector()
         self._clock = clock
         self.on_idle: Callable[[int], float | None] = lambda registered: None
+        self.busy: Callable[[], bool] = lambda: False
         self.real_time = False
 
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
@@ -69,7 +71,7 @@ class _JumpingSelector(selectors.BaseSelector):
         ready = self._inner.select(0)
         if ready or timeout <= 0:
             return ready
-        if self.real_time:
+        if self.real_time or self.busy():
             started = time.monotonic()
             ready = self._inner.select(timeout)
             self._clock.now += time.monotonic() - started
@@ -88,7 +90,8 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
     """An event loop on virtual time: ``asyncio.sleep(3600)`` returns at once.
 
     ``loop.time()`` starts at ``start_time`` and only moves when every task
-    waits for a timer; it then jumps to the earliest timer. Everything built on
+    waits for a timer; it then jumps to the earliest timer, unless a job runs
+    in an executor (then it moves with real time until the job is done). Everything built on
     ``loop.time()`` follows: ``asyncio.sleep``, ``asyncio.timeout``,
     ``call_later``. Real clocks (``time.monotonic()``) are untouched. Use it
     through :func:`run`, or as ``asyncio.Runner(loop_factory=VirtualClockLoop)``.
@@ -123,6 +126,7 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         # real socket, whose peer may wake the loop at any time.
         self._own_registrations = len(selector.get_map())
         selector.on_idle = self._on_idle
+        selector.busy = lambda: self._executor_jobs > 0
         if deadlock_timeout is not None and not deadlock_timeout >= 0:
             self.close()  # fully made, so that it can be closed cleanly
             raise ValueError(f"deadlock_timeout must be >= 0 or None, got {deadlock_timeout}")
@@ -145,7 +149,12 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         func: Callable[[*Ts], T],
         *args: *Ts,
     ) -> asyncio.Future[T]:
-        """``loop.run_in_executor``, counted: while a job runs, no deadlock is reported.
+        """``loop.run_in_executor``, counted: while a job runs, time is real.
+
+        While a job runs on another thread, the clock does not jump to the
+        next timer: it moves with real time until the job is done (so a
+        ``timeout`` around a disk write on a worker thread does not expire in
+        no time), and no deadlock is reported.
 
         Example:
             >>> import asyncio, time
