@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -174,7 +175,7 @@ def read_log(arguments: list[str]) -> dict[int, tuple[str, int]]:
     """Every change in the server's database, by revision (``--database`` or ``--postgres``)."""
     query = "SELECT revision, key, value FROM optisync_changes"
     if arguments[0] == "--database":
-        with sqlite3.connect(arguments[1]) as connection:
+        with contextlib.closing(sqlite3.connect(arguments[1])) as connection:
             rows = connection.execute(query).fetchall()
     else:
         with psycopg.connect(arguments[1]) as connection:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -91,7 +92,7 @@ async def test_the_ack_comes_after_the_commit_is_on_disk(
 ) -> None:
     device = await connect_device(1)
     ack = await device.set("saved", {"x": 1})
-    with sqlite3.connect(database) as other_reader:
+    with contextlib.closing(sqlite3.connect(database)) as other_reader:
         row = other_reader.execute(
             "SELECT revision, value FROM optisync_changes WHERE key = 'saved'"
         ).fetchone()
@@ -127,7 +128,7 @@ def test_the_command_line_serves_a_database_file(tmp_path: Path) -> None:
     database = tmp_path / "app.sqlite3"
     with server_process("--database", str(database)) as (_, url):
         assert asyncio.run(_write_once(url))["server_revision"] == 1
-    with sqlite3.connect(database) as reader:
+    with contextlib.closing(sqlite3.connect(database)) as reader:
         assert reader.execute("SELECT count(*) FROM optisync_changes").fetchone() == (1,)
 
 
