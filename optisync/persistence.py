@@ -40,7 +40,6 @@ import asyncio
 import concurrent.futures
 import json
 import logging
-import secrets
 import sqlite3
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from pathlib import Path
@@ -49,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 import attrs
 
 from optisync.fields import declared_fields
+from optisync.revisions import random_device_id
 
 if TYPE_CHECKING:
     import cattrs
@@ -547,7 +547,7 @@ class Persistence(Generic[S]):
         snapshot = await storage.load()
         if snapshot is not None:
             return cls(storage, codec, snapshot, codec.decode(snapshot.state))
-        device_id = secrets.randbits(53) if new_device_id is None else new_device_id()
+        device_id = random_device_id() if new_device_id is None else new_device_id()
         snapshot = Snapshot(device_id, codec.encode(initial), {}, frozenset())
         await storage.save(snapshot)
         return cls(storage, codec, snapshot, initial)
