@@ -81,8 +81,8 @@ class KeyState:
 
     __slots__ = ("command", "from_push", "local_revision", "locked", "server_revision")
 
-    def __init__(self) -> None:
-        self.local_revision = 0
+    def __init__(self, local_revision: int) -> None:
+        self.local_revision = local_revision
         self.server_revision = -1
         # Whether the key's latest change came from a push (then a request in
         # flight gets no follow-up: the push is the server's newer word).
@@ -121,13 +121,21 @@ class SyncEngine(Generic[S]):
         "eager_start",
         "host",
         "keys",
+        "local_revision_base",
         "next_token",
         "on_undelivered",
         "status_listeners",
         "tasks",
     )
 
-    def __init__(self, host: Host[S], binding: LoopBinding, *, eager_start: bool = False) -> None:
+    def __init__(
+        self,
+        host: Host[S],
+        binding: LoopBinding,
+        *,
+        eager_start: bool = False,
+        local_revision_base: int = 0,
+    ) -> None:
         self.host = host
         self.binding = binding
         self.keys: dict[Hashable, KeyState] = {}
@@ -135,6 +143,8 @@ class SyncEngine(Generic[S]):
         self.status_listeners: dict[int, Callable[[Hashable], object]] = {}
         self.next_token = 0
         self.eager_start = eager_start
+        # Every key's local revision starts here (see Store's local_revision_base).
+        self.local_revision_base = local_revision_base
         # One bound method for every cycle, rather than a new one per cycle.
         self.on_undelivered = self.report_undelivered
 
@@ -143,7 +153,7 @@ class SyncEngine(Generic[S]):
     def key_state(self, key: Hashable) -> KeyState:
         state = self.keys.get(key)
         if state is None:
-            state = self.keys[key] = KeyState()
+            state = self.keys[key] = KeyState(self.local_revision_base)
         return state
 
     def subscribe_status(self, listener: Callable[[Hashable], object]) -> Callable[[], None]:

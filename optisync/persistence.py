@@ -8,7 +8,10 @@
   (:mod:`optisync.fields`), so that stale pushes are recognised after a restart;
 * the outbox: the keys whose latest change the server has not acknowledged,
   sent again after a restart;
-* the device id, made once when the storage is new.
+* the device id, made once when the storage is new, and the local revision
+  base of this run: each :meth:`Persistence.open` raises it (durably, before
+  the store exists) by :data:`LOCAL_REVISIONS_PER_RUN`, so that the echo of a
+  request sent before a restart is never taken for the echo of one sent after.
 
 The default back end is :class:`SqliteStorage`: stdlib ``sqlite3`` in WAL
 mode, run on one worker thread so the event loop never waits for the disk,
@@ -43,12 +46,13 @@ import logging
 import sqlite3
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 
 import attrs
 
 from optisync.fields import declared_fields
 from optisync.revisions import random_device_id
+from optisync.store import adopt_local_revision_base
 
 if TYPE_CHECKING:
     import cattrs
@@ -58,6 +62,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AttrsCodec",
+    "LOCAL_REVISIONS_PER_RUN",
     "Codec",
     "JsonCodec",
     "Persistence",
@@ -71,6 +76,31 @@ S = TypeVar("S")
 T = TypeVar("T")
 
 logger = logging.getLogger("optisync")
+
+LOCAL_REVISIONS_PER_RUN: Final = 2**32
+"""How far each :meth:`Persistence.open` raises the local revision base.
+
+A run may make this many changes to one key before its local revisions
+reach the next run's; revisions stay below 2**53 (exact in JavaScript)
+for two million runs of one storage.
+
+Example:
+    >>> from optisync.persistence import LOCAL_REVISIONS_PER_RUN
+    >>> LOCAL_REVISIONS_PER_RUN
+    4294967296
+"""
+
+_MAX_SAFE_INT: Final = 2**53 - 1
+
+
+def _next_base(base: int) -> int:
+    following = base + LOCAL_REVISIONS_PER_RUN
+    if following + LOCAL_REVISIONS_PER_RUN > _MAX_SAFE_INT:
+        raise RuntimeError(
+            "this storage was opened more than two million times: its local revisions "
+            "would pass 2**53; start a new storage (a new device)"
+        )
+    return following
 
 
 # -- codecs ---------------------------------------------------------------------
@@ -205,6 +235,8 @@ class Snapshot:
         state: the encoded state.
         server_revisions: encoded key -> newest server revision known.
         outbox: the encoded keys whose latest change is not acknowledged.
+        local_revision_base: the :attr:`Store.local_revision_base
+            <optisync.Store.local_revision_base>` of the run that saved it.
 
     Example:
         >>> from optisync.persistence import Snapshot
@@ -216,6 +248,7 @@ class Snapshot:
     state: bytes
     server_revisions: Mapping[str, int]
     outbox: frozenset[str]
+    local_revision_base: int = 0
 
 
 class Storage(Protocol):
@@ -242,9 +275,9 @@ class Storage(Protocol):
         >>> async def main() -> None:
         ...     storage: Storage = MemoryStorage()
         ...     await Persistence.open(storage, JsonCodec(), initial=[], new_device_id=lambda: 4)
-        ...     print(await storage.load())
+        ...     print((await storage.load()).device_id)
         >>> asyncio.run(main())
-        Snapshot(device_id=4, state=b'[]', server_revisions={}, outbox=frozenset())
+        4
     """
 
     async def load(self) -> Snapshot | None:
@@ -282,7 +315,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS optisync_snapshot (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     device_id INTEGER NOT NULL,
-    state BLOB NOT NULL
+    state BLOB NOT NULL,
+    local_revision_base INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS optisync_revisions (key TEXT PRIMARY KEY, revision INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS optisync_outbox (key TEXT PRIMARY KEY);
@@ -342,6 +376,7 @@ class SqliteStorage:
                 connection.execute("PRAGMA journal_mode=WAL")
                 connection.execute("PRAGMA synchronous=FULL")
                 connection.executescript(_SCHEMA)
+                _add_missing_columns(connection)
             except BaseException:
                 connection.close()
                 raise
@@ -415,25 +450,38 @@ class SqliteStorage:
         self._connection = None
 
 
+def _add_missing_columns(connection: sqlite3.Connection) -> None:
+    """Bring a file written by an older optisync up to the current schema."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(optisync_snapshot)")}
+    if "local_revision_base" not in columns:  # a file from before the column existed
+        connection.execute(
+            "ALTER TABLE optisync_snapshot "
+            "ADD COLUMN local_revision_base INTEGER NOT NULL DEFAULT 0"
+        )
+
+
 def _load(connection: sqlite3.Connection) -> Snapshot | None:
     connection.execute("BEGIN")  # one read transaction: the three tables of one commit
     try:
-        row = connection.execute("SELECT device_id, state FROM optisync_snapshot").fetchone()
+        row = connection.execute(
+            "SELECT device_id, state, local_revision_base FROM optisync_snapshot"
+        ).fetchone()
         if row is None:
             return None
         revisions = dict(connection.execute("SELECT key, revision FROM optisync_revisions"))
         outbox = frozenset(key for (key,) in connection.execute("SELECT key FROM optisync_outbox"))
     finally:
         connection.execute("COMMIT")
-    return Snapshot(int(row[0]), bytes(row[1]), revisions, outbox)
+    return Snapshot(int(row[0]), bytes(row[1]), revisions, outbox, int(row[2]))
 
 
 def _save(connection: sqlite3.Connection, snapshot: Snapshot) -> None:
     connection.execute("BEGIN IMMEDIATE")
     try:
         connection.execute(
-            "INSERT OR REPLACE INTO optisync_snapshot (id, device_id, state) VALUES (1, ?, ?)",
-            (snapshot.device_id, snapshot.state),
+            "INSERT OR REPLACE INTO optisync_snapshot (id, device_id, state, local_revision_base)"
+            " VALUES (1, ?, ?, ?)",
+            (snapshot.device_id, snapshot.state, snapshot.local_revision_base),
         )
         connection.executemany(
             "INSERT INTO optisync_revisions (key, revision) VALUES (?, ?) "
@@ -546,7 +594,13 @@ class Persistence(Generic[S]):
         """
         snapshot = await storage.load()
         if snapshot is not None:
-            return cls(storage, codec, snapshot, codec.decode(snapshot.state))
+            state = codec.decode(snapshot.state)
+            # Saved before any store of this run exists, so before it sends anything.
+            snapshot = attrs.evolve(
+                snapshot, local_revision_base=_next_base(snapshot.local_revision_base)
+            )
+            await storage.save(snapshot)
+            return cls(storage, codec, snapshot, state)
         device_id = random_device_id() if new_device_id is None else new_device_id()
         snapshot = Snapshot(device_id, codec.encode(initial), {}, frozenset())
         await storage.save(snapshot)
@@ -586,6 +640,28 @@ class Persistence(Generic[S]):
         return self._restored.device_id
 
     @property
+    def local_revision_base(self) -> int:
+        """This run's local revision base, above every local revision an earlier run sent.
+
+        :meth:`attach` gives it to the store (:attr:`Store.local_revision_base
+        <optisync.Store.local_revision_base>`). :meth:`open` raised it by
+        :data:`LOCAL_REVISIONS_PER_RUN` and saved it before returning, so even
+        a run that crashed before its first save is below it.
+
+        Example:
+            >>> import asyncio, os, tempfile
+            >>> from optisync.persistence import JsonCodec, open_sqlite
+            >>> path = os.path.join(tempfile.mkdtemp(), "app.sqlite3")
+            >>> async def run() -> int:
+            ...     saved = await open_sqlite(path, JsonCodec(), initial=0)
+            ...     await saved.close()
+            ...     return saved.local_revision_base
+            >>> [asyncio.run(run()) for _ in range(3)]
+            [0, 4294967296, 8589934592]
+        """
+        return self._restored.local_revision_base
+
+    @property
     def restored_outbox(self) -> frozenset[str]:
         """The encoded keys that were pending when the last snapshot was saved.
 
@@ -610,9 +686,15 @@ class Persistence(Generic[S]):
         while offline). Every key of the restored outbox is sent again, with
         the value the restored state holds for it.
 
+        It also starts the store's local revisions at
+        :attr:`local_revision_base` (build the store without one, or with
+        that one).
+
         Raises:
-            ValueError: the store's device id is not :attr:`device_id`.
-            RuntimeError: a store is already attached.
+            ValueError: the store's device id is not :attr:`device_id`, or
+                its ``local_revision_base`` is another non-zero one.
+            RuntimeError: a store is already attached, or the store already
+                made a change.
 
         Example:
             >>> import asyncio
@@ -635,6 +717,7 @@ class Persistence(Generic[S]):
                 "the store's device id is not the persisted one: "
                 "build it with device_id=saved.device_id"
             )
+        adopt_local_revision_base(store, self.local_revision_base)
         self._store = store
         self._fields = fields = _fields(store)
         for encoded, revision in self._restored.server_revisions.items():
@@ -691,7 +774,13 @@ class Persistence(Generic[S]):
             if revision >= 0:
                 revisions[encoded] = revision
         state = self.codec.encode(store.state)
-        return Snapshot(self.device_id, state, revisions, frozenset(self._outbox))
+        return Snapshot(
+            self.device_id,
+            state,
+            revisions,
+            frozenset(self._outbox),
+            self._restored.local_revision_base,
+        )
 
     async def flush(self) -> None:
         """Wait until everything changed so far is saved.

@@ -15,7 +15,7 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from types import TracebackType
-from typing import Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 from optisync import command as _command
 from optisync import sync as _sync
@@ -51,6 +51,13 @@ class Store(Generic[S]):
             (an int >= 0); by default the one from
             :func:`optisync.set_device_id_provider`, or else a random 53-bit
             id of this store's own.
+        local_revision_base: where this store's local revisions start (an
+            int >= 0, default 0): each key's first change gets
+            ``local_revision_base + 1``. A device that keeps its device id
+            across restarts must give each run a higher base than any local
+            revision an earlier run sent, so that the echo of a request sent
+            before the restart is never taken for the echo of one sent after
+            it; ``optisync.persistence`` does this for you.
         eager_start: run each lock cycle's task eagerly (Python 3.12+): the
             first request starts inside the call, up to the send's first
             ``await``, as in the Dart seed; about half the cost of a full
@@ -82,7 +89,12 @@ class Store(Generic[S]):
     """
 
     def __init__(
-        self, initial_state: S, *, device_id: int | None = None, eager_start: bool = False
+        self,
+        initial_state: S,
+        *,
+        device_id: int | None = None,
+        local_revision_base: int = 0,
+        eager_start: bool = False,
     ) -> None:
         if eager_start and sys.version_info < (3, 12):
             raise ValueError("eager_start=True needs Python 3.12 or newer (asyncio eager tasks).")
@@ -102,7 +114,10 @@ class Store(Generic[S]):
         self.__pending: deque[S] = deque()
         self.__binding = LoopBinding()
         self.__engine: SyncEngine[S] = SyncEngine(
-            self, self.__binding, eager_start=bool(eager_start)
+            self,
+            self.__binding,
+            eager_start=bool(eager_start),
+            local_revision_base=require_int(local_revision_base, "local_revision_base", minimum=0),
         )
         self.__handover = Handover()
 
@@ -362,15 +377,32 @@ class Store(Generic[S]):
         return state is not None and state.locked
 
     def local_revision(self, key: Hashable) -> int:
-        """How many optimistic changes this store made to ``key`` (0 if none).
+        """The local revision of this store's latest optimistic change to ``key``.
+
+        It is :attr:`local_revision_base` plus the number of changes this
+        store made to the key (so 0 if none, with the default base).
 
         Examples:
             >>> from optisync import Store
             >>> Store(0).local_revision("k")
             0
+            >>> Store(0, local_revision_base=2**32).local_revision("k")
+            4294967296
         """
-        state = self.__engine.keys.get(key)
-        return 0 if state is None else state.local_revision
+        engine = self.__engine
+        state = engine.keys.get(key)
+        return engine.local_revision_base if state is None else state.local_revision
+
+    @property
+    def local_revision_base(self) -> int:
+        """Where this store's local revisions start (see the constructor).
+
+        Examples:
+            >>> from optisync import Store
+            >>> Store(0, local_revision_base=10).local_revision_base
+            10
+        """
+        return self.__engine.local_revision_base
 
     def server_revision(self, key: Hashable) -> int:
         """The newest server revision this store has seen for ``key`` (-1 if none).
@@ -425,9 +457,10 @@ class Store(Generic[S]):
         150 bytes); an app with an unbounded number of keys (items that come
         and go) frees them here. With no ``keys``, every key not syncing now
         is forgotten; keys that are syncing are always kept. A forgotten key
-        starts over: its local revision at 0 and its server revision at -1
-        until it is read again from the state by ``get_server_revision_from_state``
-        (which every sync call and push does). So forget a key only when no
+        starts over: its local revision at :attr:`local_revision_base` and its
+        server revision at -1 until it is read again from the state by
+        ``get_server_revision_from_state`` (which every sync call and push
+        does). So forget a key only when no
         echo of its older writes matters any more (a deleted item), or when
         your state holds its server revision, as the guide recommends.
 
@@ -554,7 +587,8 @@ class Store(Generic[S]):
         store's (:meth:`server_revision`) and ``get_server_revision_from_state(key)``.
         A push not newer than that is ignored (out of order, replayed,
         duplicated). A push that echoes an older local change of this very
-        device only records its server revision. Any other push is applied
+        device, made before the key's latest change in this run, only records
+        its server revision. Any other push is applied
         with ``apply_server_push_to_state(state, key, server_revision)``
         (store the revision in your state there), marks the key's latest
         change as a push (so a request in flight gets no follow-up), and
@@ -824,3 +858,29 @@ class Store(Generic[S]):
             on_finish,
         )
         return _command.start(self.__engine, call)
+
+
+def adopt_local_revision_base(store: Store[Any], base: int) -> None:
+    """Start a store that has made no change yet at ``base`` (for ``Persistence.attach``).
+
+    Library-internal. Raises ``ValueError`` if the store was built with
+    another non-zero base, ``RuntimeError`` if it already changed a key.
+    """
+    engine: SyncEngine[Any] = getattr(store, "_Store__engine")  # noqa: B009
+    current = engine.local_revision_base
+    if current == base:
+        return
+    if current != 0:
+        raise ValueError(
+            f"the store's local_revision_base is {current}, not the persisted {base}: "
+            "leave it out (attach sets it) or build the store with "
+            "local_revision_base=saved.local_revision_base"
+        )
+    if any(key_state.local_revision != current for key_state in engine.keys.values()):
+        raise RuntimeError(
+            "the store already made a change: attach the persistence right after building "
+            "the store, before any sync"
+        )
+    engine.local_revision_base = base
+    for key_state in engine.keys.values():
+        key_state.local_revision = base

@@ -208,10 +208,15 @@ def push(
         if seeded:
             engine.status_changed(key)
         return PushOutcome.STALE
-    if push_metadata.device_id == host.device_id and (
-        push_metadata.local_revision < key_state.local_revision
+    local = key_state.local_revision
+    if (
+        push_metadata.device_id == host.device_id
+        and push_metadata.local_revision < local
+        and local > engine.local_revision_base
     ):
         # Our own older write coming back: the state already shows a newer tap.
+        # (Only a tap of this run is newer: a key this run never changed takes
+        # the echo of an earlier run's write, which the server holds.)
         key_state.server_revision = pushed
         engine.status_changed(key)
         return PushOutcome.SELF_ECHO

@@ -91,9 +91,19 @@ class DocStore(Store[Doc]):
     """A store with one liked flag; each method is an action an app would write."""
 
     def __init__(
-        self, server: FakeServer, *, device_id: int = 1, eager_start: bool = False
+        self,
+        server: FakeServer,
+        *,
+        device_id: int = 1,
+        eager_start: bool = False,
+        local_revision_base: int = 0,
     ) -> None:
-        super().__init__(Doc(), device_id=device_id, eager_start=eager_start)
+        super().__init__(
+            Doc(),
+            device_id=device_id,
+            eager_start=eager_start,
+            local_revision_base=local_revision_base,
+        )
         self.server = server
         self.errors: list[BaseException] = []
         self.finished: list[BaseException | None] = []

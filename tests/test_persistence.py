@@ -16,6 +16,7 @@ import pytest
 from optisync import PushMetadata, PushOutcome, Store
 from optisync.fields import SyncedMapWithPush, SyncRequest
 from optisync.persistence import (
+    LOCAL_REVISIONS_PER_RUN,
     AttrsCodec,
     JsonCodec,
     Persistence,
@@ -273,3 +274,151 @@ async def test_a_saved_change_of_an_item_gone_from_the_state_is_reported_not_fat
     await until_synced(store, store.liked.key("b"))
     assert server.writes == [("b", True)]
     await stop(saved, store)
+
+
+# -- local revisions across runs ----------------------------------------------------
+
+
+class EchoingStore(Store[dict[str, bool]]):
+    """A device whose sender records each request and waits for the test to answer it."""
+
+    liked = SyncedMapWithPush[dict[str, bool], str, bool](
+        lambda state, post: state.get(post, False),
+        lambda state, post, liked: {**state, post: liked},
+    )
+
+    def __init__(self, saved: Persistence[dict[str, bool]]) -> None:
+        super().__init__(saved.state, device_id=saved.device_id)
+        self.requests: list[SyncRequest] = []
+        self.answer = asyncio.Event()
+
+    @liked.sender
+    async def send_liked(self, post: str, liked: bool, request: SyncRequest) -> int:
+        self.requests.append(request)
+        await self.answer.wait()
+        return 100 + len(self.requests)
+
+
+async def test_each_open_raises_the_local_revision_base_and_saves_it_at_once(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "device.sqlite3"
+    bases = []
+    for _ in range(3):
+        saved = await open_sqlite(path, JsonCodec(), initial={})
+        bases.append(saved.local_revision_base)
+        # Saved by open itself: a run that crashes before its first save still moved it.
+        snapshot = await saved.storage.load()
+        assert snapshot is not None
+        assert snapshot.local_revision_base == saved.local_revision_base
+        await saved.close()
+    assert bases == [0, LOCAL_REVISIONS_PER_RUN, 2 * LOCAL_REVISIONS_PER_RUN]
+
+
+async def test_the_echo_of_a_write_sent_before_a_restart_does_not_undo_the_newer_tap(
+    tmp_path: Path,
+) -> None:
+    # Run 1 sends liked=True; the server commits it but the answer never comes back.
+    # The user taps again (liked=False) and the app restarts before anything answers.
+    path = tmp_path / "device.sqlite3"
+    saved = await open_sqlite(path, JsonCodec(), initial={})
+    store = EchoingStore(saved)
+    saved.attach(store)
+    store.liked.set("a", True)
+    await asyncio.sleep(0)
+    store.liked.set("a", False)
+    [sent_before] = store.requests
+    await store.close()
+    await saved.close()
+
+    # Run 2 restores liked=False and resends it; then the server's push of run 1's
+    # write (its own device id, its local revision) arrives.
+    saved = await open_sqlite(path, JsonCodec(), initial={})
+    store = EchoingStore(saved)
+    saved.attach(store)
+    await asyncio.sleep(0)
+    [resent] = store.requests
+    assert resent.local_revision > sent_before.local_revision
+    echo = PushMetadata(
+        server_revision=50, local_revision=sent_before.local_revision, device_id=store.device_id
+    )
+    assert store.liked.push("a", True, echo) is PushOutcome.SELF_ECHO
+    assert store.liked["a"] is False
+    store.answer.set()
+    await until_synced(store, store.liked.key("a"))
+    assert store.liked["a"] is False
+    await store.close()
+    await saved.close()
+
+
+async def test_attach_starts_the_store_at_the_persisted_base_or_says_how_to_build_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "device.sqlite3"
+    await (await open_sqlite(path, JsonCodec(), initial=0)).close()
+    saved = await open_sqlite(path, JsonCodec(), initial=0)
+    store = Store(0, device_id=saved.device_id)
+    saved.attach(store)
+    assert store.local_revision_base == LOCAL_REVISIONS_PER_RUN
+    assert store.local_revision("k") == LOCAL_REVISIONS_PER_RUN
+    await saved.close()
+
+    saved = await open_sqlite(path, JsonCodec(), initial=0)
+    with pytest.raises(ValueError, match=r"local_revision_base=saved\.local_revision_base"):
+        saved.attach(Store(0, device_id=saved.device_id, local_revision_base=5))
+    same = Store(0, device_id=saved.device_id, local_revision_base=saved.local_revision_base)
+    saved.attach(same)  # the persisted base, given explicitly, is fine
+    await saved.close()
+
+    saved = await open_sqlite(path, JsonCodec(), initial=0)
+    changed = Store(0, device_id=saved.device_id)
+    async with changed:
+
+        async def send(value: int) -> None:
+            pass
+
+        await changed.optimistic_sync(
+            key="k",
+            value_to_apply=lambda: 1,
+            apply_optimistic_value_to_state=lambda state, value: value,
+            get_value_from_state=lambda state: state,
+            send_value_to_server=send,
+        )
+        with pytest.raises(RuntimeError, match="already made a change"):
+            saved.attach(changed)
+    await saved.close()
+
+
+async def test_a_file_from_before_the_local_revision_base_opens_and_gets_one(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    connection = sqlite3.connect(path)
+    connection.executescript(
+        """
+        CREATE TABLE optisync_snapshot (
+            id INTEGER PRIMARY KEY CHECK (id = 1), device_id INTEGER NOT NULL, state BLOB NOT NULL
+        );
+        CREATE TABLE optisync_revisions (key TEXT PRIMARY KEY, revision INTEGER NOT NULL);
+        CREATE TABLE optisync_outbox (key TEXT PRIMARY KEY);
+        INSERT INTO optisync_revisions VALUES ('["liked", "a"]', 4);
+        """
+    )
+    connection.execute("INSERT INTO optisync_snapshot VALUES (1, 31, ?)", (b'{"a": true}',))
+    connection.commit()
+    connection.close()
+    saved = await open_sqlite(path, JsonCodec(), initial={})
+    assert (saved.device_id, saved.state) == (31, {"a": True})
+    assert saved.local_revision_base == LOCAL_REVISIONS_PER_RUN
+    await saved.close()
+
+
+def test_a_storage_opened_two_million_times_refuses_to_pass_two_to_the_53() -> None:
+    from optisync.persistence import _next_base
+
+    last = 2**53 - 1 - 2 * LOCAL_REVISIONS_PER_RUN
+    assert _next_base(last) == last + LOCAL_REVISIONS_PER_RUN
+    with pytest.raises(RuntimeError, match="start a new storage"):
+        _next_base(last + 1)

@@ -1032,3 +1032,48 @@ async def test_a_cancelled_error_raised_by_send_itself_is_a_failed_request(
     assert not store.is_syncing(KEY)
     assert not store.is_closed
     assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+# -- local_revision_base: a device that keeps its id across restarts ----------------
+
+
+async def test_local_revisions_start_after_the_base_and_are_what_is_sent(
+    server: FakeServer,
+) -> None:
+    async with DocStore(server, local_revision_base=1000) as store:
+        assert store.local_revision(KEY) == 1000
+        done = store.toggle()
+        (await server.request(1)).respond(True, server_revision=1)
+        await done
+        assert server.log == [(True, 1001)]
+        assert store.local_revision(KEY) == 1001
+
+
+async def test_an_echo_of_an_earlier_run_is_applied_unless_this_run_tapped_since(
+    server: FakeServer,
+) -> None:
+    async with DocStore(server, device_id=1, local_revision_base=1000) as store:
+        # Its own write from the run before (local revision below the base), on a key
+        # this run never changed: the server's word, applied.
+        assert store.push(True, server_revision=3, local_revision=7, device_id=1) is (
+            PushOutcome.APPLIED
+        )
+        assert store.state.liked is True
+        done = store.toggle()  # this run's tap: liked=False, local revision 1001
+        # An older write of the earlier run comes back: the newer tap stays on screen.
+        assert store.push(True, server_revision=4, local_revision=9, device_id=1) is (
+            PushOutcome.SELF_ECHO
+        )
+        assert store.state.liked is False
+        (await server.request(1)).respond(False, server_revision=5)
+        await done
+        assert server.log == [(False, 1001)]
+        assert store.state.liked is False
+
+
+@pytest.mark.parametrize(
+    ("base", "error"), [(-1, ValueError), (1.5, TypeError), (True, TypeError), ("0", TypeError)]
+)
+def test_a_bad_local_revision_base_is_refused(base: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match="local_revision_base"):
+        optisync.Store(0, local_revision_base=base)
