@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optisync import Store
-from optisync.client import ClientConnectionError, RequestRefusedError, SyncClient
+from optisync import PushOutcome, Store
+from optisync.client import ClientConnectionError, RequestRefusedError, SyncClient, Traced
 from optisync.server import Change, Grant, SqliteStorage, SyncServer
-from optisync.server.protocol import Hello
+from optisync.server.protocol import Ack, Get, Hello, Push, Ready, Set, Value, Welcome
 
 State = dict[str, Any]
 
@@ -266,6 +267,73 @@ async def test_the_cursor_and_generation_are_settable_before_start_only() -> Non
         client.cursor = 6
     await client.close()
     assert client.cursor == 5
+
+
+async def test_the_trace_sees_each_message_sent_and_received_in_order(
+    url_of: Callable[[], str],
+) -> None:
+    traced: list[Traced] = []
+    store = Store[State]({}, device_id=1)
+    async with SyncClient(store, url_of(), apply_value=apply_value, trace=traced.append) as client:
+        await client.wait_online()
+        await toggle(store, client)
+        await client.get("like")  # a round trip: the push and the ack came before its value
+    kinds = [(event.direction, type(event.message)) for event in traced]
+    assert kinds == [
+        ("sent", Hello),
+        ("received", Welcome),
+        ("received", Ready),
+        ("sent", Set),
+        ("received", Push),
+        ("received", Ack),
+        ("sent", Get),
+        ("received", Value),
+    ]
+    push = traced[4]
+    assert isinstance(push.message, Push)
+    assert (push.message.key, push.message.server_revision, push.message.device_id) == (
+        "like",
+        1,
+        1,
+    )
+    assert push.outcome is PushOutcome.APPLIED
+    assert [event.outcome for event in traced if event is not push] == [None] * 7
+
+
+async def test_the_trace_of_a_push_comes_after_the_client_handled_it(
+    url_of: Callable[[], str],
+) -> None:
+    seen: list[tuple[int, State]] = []
+    watcher, writer = Store[State]({}, device_id=1), Store[State]({}, device_id=2)
+
+    def trace(event: Traced) -> None:
+        if isinstance(event.message, Push):
+            seen.append((watching.cursor, watcher.state))
+
+    watching = SyncClient(watcher, url_of(), apply_value=apply_value, trace=trace)
+    async with watching, SyncClient(writer, url_of(), apply_value=apply_value) as writing:
+        await watching.wait_online()
+        await writing.wait_online()
+        await toggle(writer, writing)
+        while watching.cursor < 1:
+            await watching.get("like")  # a round trip: the push has arrived
+    assert seen == [(1, {"like": True})]
+
+
+async def test_a_trace_that_raises_is_logged_and_the_client_goes_on(
+    url_of: Callable[[], str], caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(event: Traced) -> None:
+        raise RuntimeError("a broken tracer")
+
+    store = Store[State]({}, device_id=1)
+    with caplog.at_level(logging.ERROR, logger="optisync.client"):
+        async with SyncClient(store, url_of(), apply_value=apply_value, trace=broken) as client:
+            await client.wait_online()
+            await toggle(store, client)
+    assert store.state == {"like": True}
+    assert store.server_revision("like") == 1
+    assert "the trace callback failed" in caplog.text
 
 
 @settings(max_examples=15, deadline=None)
