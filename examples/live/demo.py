@@ -38,7 +38,7 @@ from examples.live.network import Link
 from examples.live.timeline import Narrator, Timeline, matches, print_table, show, tap
 from optisync.server import Change, SqliteStorage, SyncServer
 
-__all__ = ["DemoServer", "DemoStorage", "Valve", "converged", "run_demo"]
+__all__ = ["DemoServer", "DemoStorage", "Stage", "Valve", "converged", "run_demo", "wait_converged"]
 
 STEP_TIMEOUT = 10.0
 """Seconds a step may take to converge: a safety net, so that a broken run ends."""
@@ -164,6 +164,62 @@ class DemoServer(SyncServer):
             await self._disconnects.wait_for(lambda: self.connection_count <= count)
 
 
+class Stage:
+    """The server side of the demo: its valves, a mirror of its database, a server to restart.
+
+    Args:
+        path: the server's SQLite file; it outlives restarts.
+        say: prints a line in the server's column.
+
+    Example:
+        >>> import asyncio, os, tempfile
+        >>> from pathlib import Path
+        >>> from examples.live.demo import Stage
+        >>> async def main() -> None:
+        ...     stage = Stage(Path(tempfile.mkdtemp()) / "server.sqlite3")
+        ...     await stage.start()
+        ...     print(stage.port > 0, stage.server.connection_count)
+        ...     await stage.stop()
+        >>> asyncio.run(main())
+        True 0
+    """
+
+    def __init__(self, path: Path, say: Callable[[str], None] = lambda text: None) -> None:
+        self.path = path
+        self.before, self.after = Valve(), Valve()
+        self.database: dict[str, Change] = {}
+        self.port = 0
+        self._say = say
+        self._server: DemoServer | None = None
+        self._running = contextlib.AsyncExitStack()
+
+    @property
+    def server(self) -> DemoServer:
+        """The server running now."""
+        if self._server is None:
+            raise RuntimeError("the server is not running")
+        return self._server
+
+    async def start(self) -> DemoServer:
+        """Start a server on the file, on a new port the OS picks."""
+        storage = DemoStorage(
+            self.path, before=self.before, after=self.after, say=self._say, database=self.database
+        )
+        self._server = DemoServer(storage)
+        url = await self._running.enter_async_context(self._server.run(port=0))
+        self.port = int(url.rsplit(":", 1)[1])
+        return self._server
+
+    async def stop(self) -> None:
+        """Stop the server (its devices see their connections close)."""
+        await self._running.aclose()
+        self._server = None
+
+    def link(self) -> Link:
+        """A link to whichever server runs now (use it with ``async with``)."""
+        return Link(lambda: self.port)
+
+
 def converged(device: LiveDevice, database: Mapping[str, Change]) -> bool:
     """Online, nothing unconfirmed, and every item as the database holds it.
 
@@ -204,31 +260,10 @@ class _Script:
         self.out = out
         self.folder = folder
         self.timeline = Timeline(out)
-        self.before, self.after = Valve(), Valve()
-        self.database: dict[str, Change] = {}
-        self.path = folder / "server.sqlite3"
-        self.port = 0
-        self.server: DemoServer | None = None
-        self._running = contextlib.AsyncExitStack()
+        self.stage = Stage(folder / "server.sqlite3", say=self.server_says)
 
     def server_says(self, text: str) -> None:
         self.timeline.add(0, text)
-
-    async def start_server(self) -> DemoServer:
-        storage = DemoStorage(
-            self.path,
-            before=self.before,
-            after=self.after,
-            say=self.server_says,
-            database=self.database,
-        )
-        self.server = DemoServer(storage)
-        url = await self._running.enter_async_context(self.server.run(port=0))
-        self.port = int(url.rsplit(":", 1)[1])
-        return self.server
-
-    async def stop_server(self) -> None:
-        await self._running.aclose()
 
     async def device(self, column: int, name: str, link: Link) -> tuple[LiveDevice, Narrator]:
         narrator = Narrator(self.timeline, column)
@@ -242,10 +277,10 @@ class _Script:
         return device, narrator
 
     async def play(self) -> bool:
-        server = await self.start_server()
-        self.out.write(f"Server on 127.0.0.1:{self.port}; SQLite files in {self.folder}\n\n")
+        server = await self.stage.start()
+        self.out.write(f"Server on 127.0.0.1:{self.stage.port}; SQLite files in {self.folder}\n\n")
         self.timeline.header(["server", "device A", "device B"])
-        async with Link(lambda: self.port) as link_a, Link(lambda: self.port) as link_b:
+        async with self.stage.link() as link_a, self.stage.link() as link_b:
             a, say_a = await self.device(1, "A", link_a)
             b, say_b = await self.device(2, "B", link_b)
             devices = [a, b]
@@ -268,35 +303,35 @@ class _Script:
                 self.timeline.step("Both devices close")
                 for device in devices:
                     await device.close()
-                await self.stop_server()
-        database = await read_database(self.path)
+                await self.stage.stop()
+        database = await read_database(self.stage.path)
         return print_table(self.out, ["device A", "device B"], devices, database) and finished
 
     async def coalesced_taps(self, a: LiveDevice, say_a: Narrator, b: LiveDevice) -> None:
         self.timeline.step("1. A taps like, unlike, like while request 1 is in flight")
-        self.before.close()
+        self.stage.before.close()
         first = tap(a, say_a, "like")
-        await self.before.wait_held(1)
+        await self.stage.before.wait_held(1)
         tap(a, say_a, "like")
         tap(a, say_a, "like")
         self.server_says("(request 1 was held until now)")
-        self.before.open()
+        self.stage.before.open()
         await first
-        await wait_converged([a, b], self.database)
+        await wait_converged([a, b], self.stage.database)
 
     async def conflicting_writes(
         self, a: LiveDevice, say_a: Narrator, b: LiveDevice, say_b: Narrator
     ) -> None:
         self.timeline.step("2. A and B set color at once: the later commit wins")
-        self.before.close()
+        self.stage.before.close()
         red = tap(a, say_a, "color", "red")
         blue = tap(b, say_b, "color", "blue")
-        await self.before.wait_held(2)
-        self.before.release(device_id=a.device_id)
+        await self.stage.before.wait_held(2)
+        self.stage.before.release(device_id=a.device_id)
         await red
-        self.before.open()
+        self.stage.before.open()
         await blue
-        await wait_converged([a, b], self.database)
+        await wait_converged([a, b], self.stage.database)
 
     async def dropped_connection(
         self,
@@ -308,28 +343,28 @@ class _Script:
         link_a: Link,
     ) -> None:
         self.timeline.step("3. A's network drops while its request is in flight; B taps")
-        self.before.close()
+        self.stage.before.close()
         lost = tap(a, say_a, "like")
-        await self.before.wait_held(1)
+        await self.stage.before.wait_held(1)
         link_a.down()
         with contextlib.suppress(ConnectionError):
             await lost
         say_a.say("request failed: connection lost")
         self.server_says("(A's set commits after A left)")
-        self.before.open()
+        self.stage.before.open()
         await tap(b, say_b, "like")
         await server.wait_connections(1)  # the server has let A's old connection go
         link_a.up()
-        await wait_converged([a, b], self.database)
+        await wait_converged([a, b], self.stage.database)
 
     async def server_restart(
         self, a: LiveDevice, b: LiveDevice, say_b: Narrator, link_a: Link, link_b: Link
     ) -> None:
         self.timeline.step("4. The server restarts after committing B's set, before its ack")
-        self.after.close()
+        self.stage.after.close()
         green = tap(b, say_b, "color", "green")
-        await self.after.wait_held(1)
-        revision = self.database["color"].server_revision
+        await self.stage.after.wait_held(1)
+        revision = self.stage.database["color"].server_revision
         # Both devices have the push; only B's ack is held.
         await a.wait_until(lambda: a.client.cursor >= revision)
         await b.wait_until(lambda: b.client.cursor >= revision)
@@ -339,13 +374,13 @@ class _Script:
         with contextlib.suppress(ConnectionError):
             await green
         say_b.say("request failed: connection lost")
-        self.after.open()
-        await self.stop_server()
-        await self.start_server()
-        self.server_says(f"restarted on port {self.port}")
+        self.stage.after.open()
+        await self.stage.stop()
+        await self.stage.start()
+        self.server_says(f"restarted on port {self.stage.port}")
         link_a.up()
         link_b.up()
-        await wait_converged([a, b], self.database)
+        await wait_converged([a, b], self.stage.database)
 
     async def device_restart(
         self, a: LiveDevice, say_a: Narrator, b: LiveDevice, say_b: Narrator
@@ -361,10 +396,9 @@ class _Script:
         say_b.watch(restarted)
         state = restarted.state
         say_b.say(f"restored color={show(state.value('color'))} cursor {state.cursor}")
-        assert self.server is not None
-        await self.server.wait_connections(1)  # B's old connection is gone: its id is free
+        await self.stage.server.wait_connections(1)  # B's old connection is gone: its id is free
         restarted.start()
-        await wait_converged([a, restarted], self.database)
+        await wait_converged([a, restarted], self.stage.database)
         return restarted
 
 
