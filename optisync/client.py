@@ -459,9 +459,7 @@ class SyncClient(Generic[S]):
         elif isinstance(message, Ready):
             self._set_online(True)
         elif isinstance(message, Error) and message.request_id is None:
-            if message.code in _FATAL:
-                raise ServerRefusedError(f"{message.code}: {message.message}")
-            logger.warning("server error: %s %s", message.code, message.message)
+            self._unnumbered_error(message)
         elif message.request_id is not None:
             future = self._pending.get(message.request_id)
             if future is not None and not future.done():
@@ -470,6 +468,17 @@ class SyncClient(Generic[S]):
                 else:
                     future.set_result(message)
         return None
+
+    def _unnumbered_error(self, error: Error) -> None:
+        # The server answers a connection's requests in order: an error it could
+        # not number (a message too large to read) answers the oldest one waiting.
+        waiting = [future for future in self._pending.values() if not future.done()]
+        if self._online and waiting:
+            waiting[0].set_exception(RequestRefusedError(error.code, error.message))
+        elif error.code in _FATAL:
+            raise ServerRefusedError(f"{error.code}: {error.message}")
+        else:
+            logger.warning("server error: %s %s", error.code, error.message)
 
     def _welcome(self, welcome: Welcome) -> None:
         if welcome.reset:

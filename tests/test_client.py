@@ -190,6 +190,22 @@ async def test_a_refused_write_raises_request_refused(tmp_path: Path) -> None:
     assert refused.value.code == "forbidden"
 
 
+async def test_a_write_too_large_to_read_fails_instead_of_waiting_for_ever(
+    url_of: Callable[[], str],
+) -> None:
+    # The server cannot read the request id of a message over its limit: its
+    # error carries none, and answers the oldest request (replies come in order).
+    store = Store[State]({}, device_id=1)
+    async with SyncClient(store, url_of(), apply_value=apply_value) as client:
+        await client.wait_online()
+        huge = client.sender("big")("x" * 70_000, 1, 1, lambda revision: None)
+        with pytest.raises(RequestRefusedError) as refused:
+            await asyncio.gather(huge, client.sender("small")(1, 1, 1, lambda revision: None))
+        assert refused.value.code == "too_large"
+        assert await client.get("small") == (1, 1)
+        assert await client.get("big") == (None, -1)
+
+
 async def test_after_a_drop_the_client_reconnects_and_replays_what_it_missed(
     url_of: Callable[[], str], proxy: Proxy
 ) -> None:
