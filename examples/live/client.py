@@ -371,9 +371,10 @@ class LiveDevice:
     def _remember(self, push: Push) -> None:
         # The cursor goes into the state, so it is saved with the values it covers;
         # so does a revision learnt from a self-echo, which no value carries.
+        # A replay from an older cursor (a rewound one) never moves the saved one back.
         state, key = self.state, push.key
         revision = max(self._revision(key), self.store.server_revision(key))
-        cursor, generation = self.client.cursor, self.client.generation
+        cursor, generation = max(state.cursor, self.client.cursor), self.client.generation
         if (state.cursor, state.generation, self._revision(key)) != (cursor, generation, revision):
             revisions = {**state.revisions, key: revision}
             self.store.emit(
