@@ -37,7 +37,7 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import attrs
 
@@ -209,7 +209,7 @@ class LiveDevice:
         initial: LiveState | None = None,
         trace: Callable[[Traced], object] | None = None,
         on_error: Callable[[BaseException], object] = lambda error: None,
-    ) -> LiveDevice:
+    ) -> Self:
         """Restore a device from ``storage`` (None: kept in memory only) and build it.
 
         ``initial`` is the state of a new storage file.
@@ -261,7 +261,7 @@ class LiveDevice:
         if lock is not None:
             os.close(lock)  # releases the flock
 
-    async def __aenter__(self) -> LiveDevice:
+    async def __aenter__(self) -> Self:
         self.start()
         return self
 

@@ -200,6 +200,11 @@ class Stage:
             raise RuntimeError("the server is not running")
         return self._server
 
+    @property
+    def url(self) -> str:
+        """The URL of the server running now (a device connected to it directly)."""
+        return f"ws://127.0.0.1:{self.port}"
+
     async def start(self) -> DemoServer:
         """Start a server on the file, on a new port the OS picks."""
         storage = DemoStorage(

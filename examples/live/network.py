@@ -35,6 +35,7 @@ class Link:
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Server | None = None
+        self._closed = False
         self.url = ""
 
     async def __aenter__(self) -> Link:
@@ -43,6 +44,7 @@ class Link:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        self._closed = True
         self._up.set()
         self._cut()
         if self._listener is not None:
@@ -53,7 +55,7 @@ class Link:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def down(self) -> None:
-        """Cut every connection now; hold new ones until :meth:`up`."""
+        """Cut every connection through the link now; hold new ones until :meth:`up`."""
         self._up.clear()
         self._cut()
 
@@ -71,10 +73,13 @@ class Link:
         task.add_done_callback(self._tasks.discard)
 
     async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
+        # A connection made while the link is down waits here, uncut: to the
+        # device it is a handshake that takes long, not a failure to back off from.
         await self._up.wait()
-        if writer.transport.is_closing():
+        if self._closed:
+            writer.transport.abort()
             return
+        self._writers.add(writer)
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target_port())
         except OSError:
