@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from examples.live.network import Link
 from optisync import PushOutcome, Store
 from optisync.client import ClientConnectionError, RequestRefusedError, SyncClient, Traced
 from optisync.server import Change, Grant, SqliteStorage, SyncServer
@@ -23,47 +23,6 @@ State = dict[str, Any]
 
 def apply_value(state: State, key: str, value: Any, revision: int) -> State:
     return {**state, key: value}
-
-
-class Proxy:
-    """A TCP forwarder the test can cut, as a network would."""
-
-    def __init__(self, target_port: int) -> None:
-        self._target_port = target_port
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.url = ""
-
-    async def __aenter__(self) -> Proxy:
-        self._server = await asyncio.start_server(self._forward, "127.0.0.1", 0)
-        self.url = f"ws://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.cut()
-        self._server.close()
-        await self._server.wait_closed()
-
-    def cut(self) -> None:
-        """Drop every connection through the proxy; new ones get through."""
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-
-    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target_port)
-        self._writers |= {writer, up_writer}
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(source, sink))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await source.read(65536):
-                sink.write(data)
-                await sink.drain()
-        sink.transport.abort()
 
 
 class GatedStorage(SqliteStorage):
@@ -91,8 +50,9 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[SyncServer, str]]:
 
 
 @pytest.fixture
-async def proxy(server: tuple[SyncServer, str]) -> AsyncIterator[Proxy]:
-    async with Proxy(int(server[1].rsplit(":", 1)[1])) as running:
+async def proxy(server: tuple[SyncServer, str]) -> AsyncIterator[Link]:
+    """A TCP link to the server (the live demo's) that a test can cut, as a network would."""
+    async with Link(lambda: int(server[1].rsplit(":", 1)[1])) as running:
         yield running
 
 
@@ -161,7 +121,7 @@ async def test_a_request_while_offline_fails_with_a_connection_error(
 
 
 async def test_a_request_in_flight_at_a_drop_fails_with_a_connection_error(
-    server: tuple[SyncServer, str], proxy: Proxy
+    server: tuple[SyncServer, str], proxy: Link
 ) -> None:
     storage: GatedStorage = server[0].storage  # type: ignore[assignment]
     storage.gate.clear()
@@ -170,7 +130,8 @@ async def test_a_request_in_flight_at_a_drop_fails_with_a_connection_error(
         await client.wait_online()
         request = asyncio.create_task(client.sender("like")(True, 1, 1, lambda revision: None))
         await storage.waiting.wait()
-        proxy.cut()
+        proxy.down()  # every connection through it dropped
+        proxy.up()
         with pytest.raises(ConnectionError):
             await request
         storage.gate.set()
@@ -207,7 +168,7 @@ async def test_a_write_too_large_to_read_fails_instead_of_waiting_for_ever(
 
 
 async def test_after_a_drop_the_client_reconnects_and_replays_what_it_missed(
-    url_of: Callable[[], str], proxy: Proxy
+    url_of: Callable[[], str], proxy: Link
 ) -> None:
     watcher, writer = Store[State]({}, device_id=1), Store[State]({}, device_id=2)
     async with (
@@ -217,7 +178,8 @@ async def test_after_a_drop_the_client_reconnects_and_replays_what_it_missed(
         status = Status(watching)
         await watching.wait_online()
         await writing.wait_online()
-        proxy.cut()
+        proxy.down()  # every connection through it dropped
+        proxy.up()
         await status.wait_for(2)  # offline
         await toggle(writer, writing)
         await status.wait_for(3)  # online again, its replay done

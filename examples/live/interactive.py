@@ -20,9 +20,9 @@ import threading
 from pathlib import Path
 
 from examples.live.client import LiveDevice
-from examples.live.timeline import show
+from examples.live.timeline import describe, show
 from optisync.client import Traced
-from optisync.server.protocol import Ack, Error, Push, Ready, Set, Value
+from optisync.server.protocol import Hello
 
 __all__ = ["run_client"]
 
@@ -31,22 +31,8 @@ _HELP = "commands: toggle ITEM | set ITEM JSON | show | quit"
 
 
 def _print_traffic(event: Traced) -> None:
-    message = event.message
-    if isinstance(message, Set):
-        print(f"-> set {message.key}={show(message.value)}")
-    elif isinstance(message, Push):
-        mine = " (mine)" if message.device_id else ""
-        verdict = event.outcome.value if event.outcome else "?"
-        revision = message.server_revision
-        print(f"<- push {message.key}={show(message.value)} r{revision}{mine}: {verdict}")
-    elif isinstance(message, Ack):
-        print(f"<- ack {message.key} revision {message.server_revision}")
-    elif isinstance(message, Ready):
-        print(f"connected: server at revision {message.server_revision}")
-    elif isinstance(message, Value):
-        print(f"<- value {message.key}={show(message.value)} (reload)")
-    elif isinstance(message, Error):
-        print(f"<- error {message.code}: {message.message}")
+    if not isinstance(event.message, Hello) and (line := describe(event)):
+        print(line)
 
 
 def _read_lines(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None]) -> None:

@@ -21,7 +21,7 @@ from optisync.client import Traced
 from optisync.server import Change
 from optisync.server.protocol import Ack, Error, Get, Hello, Push, Ready, Set, Value, canonical_json
 
-__all__ = ["Narrator", "Timeline", "matches", "print_table", "show", "tap"]
+__all__ = ["Narrator", "Timeline", "describe", "matches", "print_table", "show", "tap"]
 
 _WIDTH = 42
 
@@ -35,6 +35,39 @@ def show(value: Any) -> str:
         ('"red"', '-')
     """
     return "-" if value is None else canonical_json(value).decode()
+
+
+def describe(event: Traced) -> str:
+    """One protocol message as a line (``""`` for the welcome: the ready line says the rest).
+
+    Example:
+        >>> from optisync.client import Traced
+        >>> from optisync.server.protocol import Set
+        >>> from examples.live.timeline import describe
+        >>> describe(Traced("sent", Set(request_id=1, key="like", value=True, local_revision=2)))
+        '-> set like=true lr 2'
+    """
+    message = event.message
+    if isinstance(message, Hello):
+        return f"-> hello since {message.since}"
+    if isinstance(message, Set):
+        return f"-> set {message.key}={show(message.value)} lr {message.local_revision}"
+    if isinstance(message, Get):
+        return f"-> get {message.key} (reload)"
+    if isinstance(message, Push):
+        whose = " mine" if message.device_id else ""
+        verdict = event.outcome.value if event.outcome else "?"
+        revision = message.server_revision
+        return f"<- push {message.key}={show(message.value)} r{revision}{whose}: {verdict}"
+    if isinstance(message, Ack):
+        return f"<- ack {message.key} rev {message.server_revision}"
+    if isinstance(message, Ready):
+        return f"connected, rev {message.server_revision}"
+    if isinstance(message, Value):
+        return f"<- value {message.key}={show(message.value)} r{message.server_revision}"
+    if isinstance(message, Error):
+        return f"<- error {message.code}: {message.message}"
+    return ""
 
 
 class Timeline:
@@ -106,34 +139,17 @@ class Narrator:
 
     def trace(self, event: Traced) -> None:
         """Say what one protocol message was (a ``trace`` for the device's client)."""
-        text = self._describe(event)
-        if text:
-            self.say(text)
-
-    def _describe(self, event: Traced) -> str:
         message = event.message
         if isinstance(message, Hello):
             self._replayed = 0
-            return f"-> hello since {message.since}"
-        if isinstance(message, Set):
-            return f"-> set {message.key}={show(message.value)} lr {message.local_revision}"
-        if isinstance(message, Get):
-            return f"-> get {message.key} (reload)"
-        if isinstance(message, Push):
+        elif isinstance(message, Push):
             self._replayed += 1
-            whose = " mine" if message.device_id else ""
-            verdict = event.outcome.value if event.outcome else "?"
-            revision = message.server_revision
-            return f"<- push {message.key}={show(message.value)} r{revision}{whose}: {verdict}"
-        if isinstance(message, Ack):
-            return f"<- ack {message.key} rev {message.server_revision}"
-        if isinstance(message, Ready):
-            return f"connected, {self._replayed} replayed, rev {message.server_revision}"
-        if isinstance(message, Value):
-            return f"<- value {message.key}={show(message.value)} r{message.server_revision}"
-        if isinstance(message, Error):
-            return f"<- error {message.code}"
-        return ""  # the welcome: the Ready line says the rest
+        elif isinstance(message, Ready):
+            self.say(f"connected, {self._replayed} replayed, rev {message.server_revision}")
+            return
+        text = describe(event)
+        if text:
+            self.say(text)
 
     def _status(self, online: bool) -> None:
         if online:

@@ -90,7 +90,7 @@ def test_the_server_mode_and_two_interactive_devices_sync(tmp_path: Path) -> Non
         finally:
             server.terminate()
     assert phone.returncode == laptop.returncode == 0, phone.stderr + laptop.stderr
-    assert "<- ack color revision 1" in phone.stdout
+    assert "<- ack color rev 1" in phone.stdout
     assert '  color = "red" (revision 1)' in laptop.stdout.splitlines()
 
 
