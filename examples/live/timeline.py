@@ -48,26 +48,25 @@ def describe(event: Traced) -> str:
         '-> set like=true lr 2'
     """
     message = event.message
-    if isinstance(message, Hello):
-        return f"-> hello since {message.since}"
-    if isinstance(message, Set):
-        return f"-> set {message.key}={show(message.value)} lr {message.local_revision}"
-    if isinstance(message, Get):
-        return f"-> get {message.key} (reload)"
     if isinstance(message, Push):
         whose = " mine" if message.device_id else ""
         verdict = event.outcome.value if event.outcome else "?"
         revision = message.server_revision
         return f"<- push {message.key}={show(message.value)} r{revision}{whose}: {verdict}"
-    if isinstance(message, Ack):
-        return f"<- ack {message.key} rev {message.server_revision}"
-    if isinstance(message, Ready):
-        return f"connected, rev {message.server_revision}"
-    if isinstance(message, Value):
-        return f"<- value {message.key}={show(message.value)} r{message.server_revision}"
-    if isinstance(message, Error):
-        return f"<- error {message.code}: {message.message}"
-    return ""
+    line = _LINES.get(type(message))
+    return "" if line is None else line(message)
+
+
+# Each message but the push (which has an outcome too) and the welcome, as a line.
+_LINES: dict[type, Callable[[Any], str]] = {
+    Hello: lambda m: f"-> hello since {m.since}",
+    Set: lambda m: f"-> set {m.key}={show(m.value)} lr {m.local_revision}",
+    Get: lambda m: f"-> get {m.key} (reload)",
+    Ack: lambda m: f"<- ack {m.key} rev {m.server_revision}",
+    Ready: lambda m: f"connected, rev {m.server_revision}",
+    Value: lambda m: f"<- value {m.key}={show(m.value)} r{m.server_revision}",
+    Error: lambda m: f"<- error {m.code}: {m.message}",
+}
 
 
 class Timeline:

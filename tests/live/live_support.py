@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from examples.live.client import LiveDevice
+from examples.live.network import Link
 from optisync import PushOutcome
 from optisync.client import Traced
 from optisync.server import Change, SqliteStorage
@@ -56,6 +57,12 @@ class Device(LiveDevice):
 #: ``await make_device(url, name=None, start=True)``: a Device (with a storage
 #: file ``name.sqlite3`` when named), closed at teardown.
 DeviceFactory = Callable[..., Awaitable[Device]]
+
+
+async def take_offline(device: LiveDevice, link: Link) -> None:
+    """Take ``link`` down and wait until ``device`` knows it is offline."""
+    link.down()
+    await device.wait_until(lambda: not device.online)
 
 
 async def read_log(path: Path) -> dict[int, Change]:

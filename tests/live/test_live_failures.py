@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from live_support import DeviceFactory, read_log
+from live_support import DeviceFactory, read_log, take_offline
 
 from examples.live.demo import Stage, wait_converged
 from examples.live.network import Link
@@ -16,8 +16,7 @@ async def test_a_tap_while_offline_fails_at_once_and_the_reload_restores_the_ser
     phone = await make_device(link.url)
     await phone.wait_online()
     await phone.set_value("color", "red")
-    link.down()
-    await phone.wait_until(lambda: not phone.online)
+    await take_offline(phone, link)
 
     with pytest.raises(ClientConnectionError):
         await phone.set_value("color", "blue")
@@ -92,8 +91,7 @@ async def test_a_dropped_device_gets_exactly_the_changes_it_missed_replayed(
     await laptop.set_value("a", 1)
     await wait_converged([phone, laptop], stage.database)
 
-    link.down()
-    await phone.wait_until(lambda: not phone.online)
+    await take_offline(phone, link)
     await laptop.set_value("a", 2)
     await laptop.set_value("b", True)
     await laptop.set_value("a", 3)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from live_support import DeviceFactory
+from live_support import DeviceFactory, take_offline
 
 from examples.live.client import LiveState
 from examples.live.demo import Stage, wait_converged
@@ -68,8 +68,7 @@ async def test_a_tap_unconfirmed_at_close_is_reloaded_after_the_restart(
     phone = await make_device(link.url, "phone")
     await phone.wait_online()
     await phone.set_value("color", "red")
-    link.down()
-    await phone.wait_until(lambda: not phone.online)
+    await take_offline(phone, link)
     phone.set_value("color", "blue")  # fails at once: offline
     await phone.close()
     assert [type(error).__name__ for error in phone.record.errors] == ["ClientConnectionError"]
