@@ -39,20 +39,23 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 from types import TracebackType
-from typing import Any, Final, Generic, Self, TypeVar
+from typing import Any, Final, Generic, Literal, Self, TypeVar
 
+import attrs
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from optisync import PushMetadata, Store
+from optisync import PushMetadata, PushOutcome, Store
 from optisync.server.protocol import (
     Ack,
+    ClientMessage,
     Error,
     Get,
     Hello,
     ProtocolError,
     Push,
     Ready,
+    ServerMessage,
     Set,
     Value,
     Welcome,
@@ -60,7 +63,13 @@ from optisync.server.protocol import (
     encode,
 )
 
-__all__ = ["ClientConnectionError", "RequestRefusedError", "ServerRefusedError", "SyncClient"]
+__all__ = [
+    "ClientConnectionError",
+    "RequestRefusedError",
+    "ServerRefusedError",
+    "SyncClient",
+    "Traced",
+]
 
 logger: Final = logging.getLogger("optisync.client")
 
@@ -110,6 +119,32 @@ class ServerRefusedError(RuntimeError):
     """
 
 
+@attrs.frozen
+class Traced:
+    """One protocol message the client sent or received, for a ``trace`` callback.
+
+    Attributes:
+        direction: ``"sent"`` (after the message went out) or ``"received"``
+            (after the client handled it: :attr:`SyncClient.cursor` and
+            :attr:`SyncClient.online` already tell its effect).
+        message: the decoded message (:mod:`optisync.server.protocol`).
+        outcome: for a received push, what :meth:`Store.server_push
+            <optisync.Store.server_push>` did with it; otherwise None.
+
+    Example:
+        >>> from optisync import PushOutcome
+        >>> from optisync.client import Traced
+        >>> from optisync.server.protocol import Push
+        >>> push = Push(key="like", value=True, server_revision=3, local_revision=0, device_id=0)
+        >>> Traced("received", push, PushOutcome.APPLIED).outcome.value
+        'applied'
+    """
+
+    direction: Literal["sent", "received"]
+    message: ClientMessage | ServerMessage
+    outcome: PushOutcome | None = None
+
+
 class SyncClient(Generic[S]):
     """Keeps one :class:`~optisync.Store` connected to an optisync server.
 
@@ -130,6 +165,9 @@ class SyncClient(Generic[S]):
             database (new, or restored from a backup): reload your state.
         reconnect: reconnect after a drop (with websockets' backoff); False
             stays offline after the first drop (tests).
+        trace: called with a :class:`Traced` for every message sent and
+            received (a timeline, a debug log); an exception it raises is
+            logged and ignored.
 
     Example:
         >>> from optisync import Store
@@ -152,6 +190,7 @@ class SyncClient(Generic[S]):
         generation: str = "",
         on_reset: Callable[[], object] | None = None,
         reconnect: bool = True,
+        trace: Callable[[Traced], object] | None = None,
     ) -> None:
         self._store = store
         self._url = url
@@ -162,6 +201,7 @@ class SyncClient(Generic[S]):
         self._generation = generation
         self._on_reset = on_reset
         self._reconnect = reconnect
+        self._trace = trace
         self._connection: ClientConnection | None = None
         self._online = False
         self._ready = asyncio.Event()
@@ -345,6 +385,7 @@ class SyncClient(Generic[S]):
         self._pending[request_id] = future
         try:
             await connection.send(encode(message), text=True)
+            self._traced("sent", message)
             return await future
         except ConnectionClosed as error:
             raise ClientConnectionError("the connection dropped") from error
@@ -384,32 +425,60 @@ class SyncClient(Generic[S]):
             generation=self._generation,
         )
         await connection.send(encode(hello), text=True)
+        self._traced("sent", hello)
         async for frame in connection:
             try:
                 message = decode_server(frame)
             except ProtocolError:
                 logger.warning("ignored a malformed message from the server")
                 continue
-            self._handle(message)
+            outcome = None
+            try:
+                outcome = self._handle(message)
+            finally:
+                self._traced("received", message, outcome)
 
-    def _handle(self, message: Any) -> None:
+    def _traced(
+        self,
+        direction: Literal["sent", "received"],
+        message: ClientMessage | ServerMessage,
+        outcome: PushOutcome | None = None,
+    ) -> None:
+        if self._trace is None:
+            return
+        try:
+            self._trace(Traced(direction, message, outcome))
+        except Exception:
+            logger.exception("the trace callback failed")
+
+    def _handle(self, message: ServerMessage) -> PushOutcome | None:
         if isinstance(message, Push):
-            self._push(message)
-        elif isinstance(message, Welcome):
+            return self._push(message)
+        if isinstance(message, Welcome):
             self._welcome(message)
         elif isinstance(message, Ready):
             self._set_online(True)
         elif isinstance(message, Error) and message.request_id is None:
-            if message.code in _FATAL:
-                raise ServerRefusedError(f"{message.code}: {message.message}")
-            logger.warning("server error: %s %s", message.code, message.message)
-        else:
+            self._unnumbered_error(message)
+        elif message.request_id is not None:
             future = self._pending.get(message.request_id)
             if future is not None and not future.done():
                 if isinstance(message, Error):
                     future.set_exception(RequestRefusedError(message.code, message.message))
                 else:
                     future.set_result(message)
+        return None
+
+    def _unnumbered_error(self, error: Error) -> None:
+        # The server answers a connection's requests in order: an error it could
+        # not number (a message too large to read) answers the oldest one waiting.
+        waiting = [future for future in self._pending.values() if not future.done()]
+        if self._online and waiting:
+            waiting[0].set_exception(RequestRefusedError(error.code, error.message))
+        elif error.code in _FATAL:
+            raise ServerRefusedError(f"{error.code}: {error.message}")
+        else:
+            logger.warning("server error: %s %s", error.code, error.message)
 
     def _welcome(self, welcome: Welcome) -> None:
         if welcome.reset:
@@ -418,9 +487,9 @@ class SyncClient(Generic[S]):
                 self._on_reset()
         self._generation = welcome.generation
 
-    def _push(self, push: Push) -> None:
+    def _push(self, push: Push) -> PushOutcome:
         key: Hashable = push.key
-        self._store.server_push(
+        outcome = self._store.server_push(
             key=key,
             push_metadata=PushMetadata(
                 server_revision=push.server_revision,
@@ -433,6 +502,7 @@ class SyncClient(Generic[S]):
             get_server_revision_from_state=lambda key: self._get_revision(push.key),
         )
         self._cursor = max(self._cursor, push.server_revision)
+        return outcome
 
     def _drop(self) -> None:
         self._connection = None

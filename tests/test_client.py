@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -12,57 +12,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optisync import Store
-from optisync.client import ClientConnectionError, RequestRefusedError, SyncClient
+from examples.live.network import Link
+from optisync import PushOutcome, Store
+from optisync.client import ClientConnectionError, RequestRefusedError, SyncClient, Traced
 from optisync.server import Change, Grant, SqliteStorage, SyncServer
-from optisync.server.protocol import Hello
+from optisync.server.protocol import Ack, Get, Hello, Push, Ready, Set, Value, Welcome
 
 State = dict[str, Any]
 
 
 def apply_value(state: State, key: str, value: Any, revision: int) -> State:
     return {**state, key: value}
-
-
-class Proxy:
-    """A TCP forwarder the test can cut, as a network would."""
-
-    def __init__(self, target_port: int) -> None:
-        self._target_port = target_port
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.url = ""
-
-    async def __aenter__(self) -> Proxy:
-        self._server = await asyncio.start_server(self._forward, "127.0.0.1", 0)
-        self.url = f"ws://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.cut()
-        self._server.close()
-        await self._server.wait_closed()
-
-    def cut(self) -> None:
-        """Drop every connection through the proxy; new ones get through."""
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-
-    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target_port)
-        self._writers |= {writer, up_writer}
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(source, sink))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await source.read(65536):
-                sink.write(data)
-                await sink.drain()
-        sink.transport.abort()
 
 
 class GatedStorage(SqliteStorage):
@@ -90,8 +50,9 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[SyncServer, str]]:
 
 
 @pytest.fixture
-async def proxy(server: tuple[SyncServer, str]) -> AsyncIterator[Proxy]:
-    async with Proxy(int(server[1].rsplit(":", 1)[1])) as running:
+async def proxy(server: tuple[SyncServer, str]) -> AsyncIterator[Link]:
+    """A TCP link to the server (the live demo's) that a test can cut, as a network would."""
+    async with Link(lambda: int(server[1].rsplit(":", 1)[1])) as running:
         yield running
 
 
@@ -160,7 +121,7 @@ async def test_a_request_while_offline_fails_with_a_connection_error(
 
 
 async def test_a_request_in_flight_at_a_drop_fails_with_a_connection_error(
-    server: tuple[SyncServer, str], proxy: Proxy
+    server: tuple[SyncServer, str], proxy: Link
 ) -> None:
     storage: GatedStorage = server[0].storage  # type: ignore[assignment]
     storage.gate.clear()
@@ -169,7 +130,8 @@ async def test_a_request_in_flight_at_a_drop_fails_with_a_connection_error(
         await client.wait_online()
         request = asyncio.create_task(client.sender("like")(True, 1, 1, lambda revision: None))
         await storage.waiting.wait()
-        proxy.cut()
+        proxy.down()  # every connection through it dropped
+        proxy.up()
         with pytest.raises(ConnectionError):
             await request
         storage.gate.set()
@@ -189,8 +151,24 @@ async def test_a_refused_write_raises_request_refused(tmp_path: Path) -> None:
     assert refused.value.code == "forbidden"
 
 
+async def test_a_write_too_large_to_read_fails_instead_of_waiting_for_ever(
+    url_of: Callable[[], str],
+) -> None:
+    # The server cannot read the request id of a message over its limit: its
+    # error carries none, and answers the oldest request (replies come in order).
+    store = Store[State]({}, device_id=1)
+    async with SyncClient(store, url_of(), apply_value=apply_value) as client:
+        await client.wait_online()
+        huge = client.sender("big")("x" * 70_000, 1, 1, lambda revision: None)
+        with pytest.raises(RequestRefusedError) as refused:
+            await asyncio.gather(huge, client.sender("small")(1, 1, 1, lambda revision: None))
+        assert refused.value.code == "too_large"
+        assert await client.get("small") == (1, 1)
+        assert await client.get("big") == (None, -1)
+
+
 async def test_after_a_drop_the_client_reconnects_and_replays_what_it_missed(
-    url_of: Callable[[], str], proxy: Proxy
+    url_of: Callable[[], str], proxy: Link
 ) -> None:
     watcher, writer = Store[State]({}, device_id=1), Store[State]({}, device_id=2)
     async with (
@@ -200,7 +178,8 @@ async def test_after_a_drop_the_client_reconnects_and_replays_what_it_missed(
         status = Status(watching)
         await watching.wait_online()
         await writing.wait_online()
-        proxy.cut()
+        proxy.down()  # every connection through it dropped
+        proxy.up()
         await status.wait_for(2)  # offline
         await toggle(writer, writing)
         await status.wait_for(3)  # online again, its replay done
@@ -266,6 +245,73 @@ async def test_the_cursor_and_generation_are_settable_before_start_only() -> Non
         client.cursor = 6
     await client.close()
     assert client.cursor == 5
+
+
+async def test_the_trace_sees_each_message_sent_and_received_in_order(
+    url_of: Callable[[], str],
+) -> None:
+    traced: list[Traced] = []
+    store = Store[State]({}, device_id=1)
+    async with SyncClient(store, url_of(), apply_value=apply_value, trace=traced.append) as client:
+        await client.wait_online()
+        await toggle(store, client)
+        await client.get("like")  # a round trip: the push and the ack came before its value
+    kinds = [(event.direction, type(event.message)) for event in traced]
+    assert kinds == [
+        ("sent", Hello),
+        ("received", Welcome),
+        ("received", Ready),
+        ("sent", Set),
+        ("received", Push),
+        ("received", Ack),
+        ("sent", Get),
+        ("received", Value),
+    ]
+    push = traced[4]
+    assert isinstance(push.message, Push)
+    assert (push.message.key, push.message.server_revision, push.message.device_id) == (
+        "like",
+        1,
+        1,
+    )
+    assert push.outcome is PushOutcome.APPLIED
+    assert [event.outcome for event in traced if event is not push] == [None] * 7
+
+
+async def test_the_trace_of_a_push_comes_after_the_client_handled_it(
+    url_of: Callable[[], str],
+) -> None:
+    seen: list[tuple[int, State]] = []
+    watcher, writer = Store[State]({}, device_id=1), Store[State]({}, device_id=2)
+
+    def trace(event: Traced) -> None:
+        if isinstance(event.message, Push):
+            seen.append((watching.cursor, watcher.state))
+
+    watching = SyncClient(watcher, url_of(), apply_value=apply_value, trace=trace)
+    async with watching, SyncClient(writer, url_of(), apply_value=apply_value) as writing:
+        await watching.wait_online()
+        await writing.wait_online()
+        await toggle(writer, writing)
+        while watching.cursor < 1:
+            await watching.get("like")  # a round trip: the push has arrived
+    assert seen == [(1, {"like": True})]
+
+
+async def test_a_trace_that_raises_is_logged_and_the_client_goes_on(
+    url_of: Callable[[], str], caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(event: Traced) -> None:
+        raise RuntimeError("a broken tracer")
+
+    store = Store[State]({}, device_id=1)
+    with caplog.at_level(logging.ERROR, logger="optisync.client"):
+        async with SyncClient(store, url_of(), apply_value=apply_value, trace=broken) as client:
+            await client.wait_online()
+            await toggle(store, client)
+    assert store.state == {"like": True}
+    assert store.server_revision("like") == 1
+    assert "the trace callback failed" in caplog.text
 
 
 @settings(max_examples=15, deadline=None)

@@ -1,13 +1,14 @@
-"""Live sync over a real WebSocket server with SQLite: server, devices, demo.
+"""Live sync on the library's server and client: the demo, and one device to drive by hand.
 
 Run the demo with ``python -m examples.live``; see ``docs/live.md``.
 
 Modules:
 
-* :mod:`examples.live.protocol`: the JSON messages and their strict decoding;
-* :mod:`examples.live.database`: the server's SQLite log of changes;
-* :mod:`examples.live.server`: :class:`~examples.live.server.LiveServer`;
-* :mod:`examples.live.persistence`: a device's SQLite file;
-* :mod:`examples.live.client`: :class:`~examples.live.client.LiveStore`, a device;
-* :mod:`examples.live.demo`: the scripted two-device demo.
+* :mod:`examples.live.client`: :class:`~examples.live.client.LiveDevice`, a
+  device on :mod:`optisync.client` and :mod:`optisync.persistence`;
+* :mod:`examples.live.network`: a link the demo can cut;
+* :mod:`examples.live.timeline`: the demo's columns and final table;
+* :mod:`examples.live.demo`: the five scenes on :mod:`optisync.server`;
+* :mod:`examples.live.two_servers`: scene 6, two server processes on PostgreSQL;
+* :mod:`examples.live.interactive`: ``--client URL --storage FILE``.
 """

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
 from examples.live import demo, interactive
-from examples.live.persistence import StorageInUseError
+from examples.live.client import StorageInUseError
+from examples.live.two_servers import DSN_VARIABLE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,10 +18,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m examples.live",
         description="Live optisync over WebSockets and SQLite. With no flag: the scripted "
-        "demo (a server and two devices in one process, unattended).",
+        "demo (the library's server and two devices in one process, unattended).",
     )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--server", action="store_true", help="run only the server")
+    mode.add_argument(
+        "--server", action="store_true", help="run only the server (python -m optisync.server)"
+    )
     mode.add_argument("--client", metavar="URL", help="run one interactive device against URL")
     parser.add_argument("--host", default="127.0.0.1", help="server: address to bind")
     parser.add_argument("--port", type=int, default=8765, help="server: port (0: any free one)")
@@ -27,9 +31,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--storage", type=Path, default=Path("device.sqlite3"), help="client: its state file"
     )
+    parser.add_argument(
+        "--postgres",
+        metavar="DSN",
+        default=os.environ.get(DSN_VARIABLE),
+        help=f"demo: PostgreSQL for scene 6, two server processes (default ${DSN_VARIABLE})",
+    )
     args = parser.parse_args(argv)
     if args.server:
-        asyncio.run(interactive.run_server(args.host, args.port, args.db))
+        from optisync.server.__main__ import main as serve
+
+        serve(["--database", str(args.db), "--host", args.host, "--port", str(args.port)])
         return 0
     if args.client is not None:
         try:
@@ -38,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"python -m examples.live: {error} (--storage FILE)", file=sys.stderr)
             return 1
         return 0
-    return demo.main()
+    return demo.main(args.postgres)
 
 
 if __name__ == "__main__":

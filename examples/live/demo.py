@@ -1,9 +1,13 @@
-"""The scripted demo: one server, two devices, a timeline, and a final check.
+"""The scripted demo: the library's server and two devices, a timeline, and a final check.
 
-``python -m examples.live`` runs :func:`run_demo`. Everything is real (a
-WebSocket server on 127.0.0.1 with a port the OS picks, SQLite files in a
-temporary folder); only the moments when the server commits are held by a
-:class:`Valve` so that the timeline reads the same on every run.
+``python -m examples.live`` runs :func:`run_demo`. Everything is real: an
+:class:`optisync.server.SyncServer` on :class:`~optisync.server.SqliteStorage`
+(127.0.0.1, a port the OS picks), two :class:`~examples.live.client.LiveDevice`
+on :class:`optisync.client.SyncClient`, SQLite files in a temporary folder.
+Only two things are staged: a :class:`Valve` in the server's storage holds
+commits so that the timeline reads the same on every run, and each device
+reaches the server through a :class:`~examples.live.network.Link` the script
+can cut.
 
 Example:
     >>> import asyncio, io
@@ -22,93 +26,37 @@ import contextlib
 import functools
 import sys
 import tempfile
-import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-import attrs
+from websockets.asyncio.server import ServerConnection
 
-from examples.live.client import ConnectionLostError, LiveStore, NotConnectedError
-from examples.live.database import Change, ServerDatabase
-from examples.live.protocol import (
-    AckMessage,
-    ErrorMessage,
-    GetMessage,
-    JsonValue,
-    PushMessage,
-    ReadyMessage,
-    SetMessage,
-    ValueMessage,
-    canonical_json,
-)
-from examples.live.server import LiveServer
-from optisync import PushOutcome
+from examples.live import two_servers
+from examples.live.client import LiveDevice
+from examples.live.network import Link
+from examples.live.timeline import Narrator, Timeline, matches, print_table, show, tap
+from optisync.server import Change, SqliteStorage, SyncServer
 
-__all__ = ["Timeline", "Valve", "run_demo"]
+__all__ = ["DemoServer", "DemoStorage", "Stage", "Valve", "converged", "run_demo", "wait_converged"]
 
-_COLUMNS = ("server", "device A", "device B")
-_WIDTH = 39
-_STEP_TIMEOUT = 10.0
-
-
-class Timeline:
-    """Lines of the demo in side-by-side columns, with the time since the start.
-
-    Example:
-        >>> import io
-        >>> from examples.live.demo import Timeline
-        >>> out = io.StringIO()
-        >>> timeline = Timeline(out, clock=lambda: 0.0)
-        >>> timeline.add(1, "tap like")
-        >>> "tap like" in out.getvalue()
-        True
-    """
-
-    def __init__(self, out: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
-        self._out = out
-        self._clock = clock
-        self._start = clock()
-
-    def header(self) -> None:
-        """Print the column titles."""
-        cells = "".join(f"| {title:<{_WIDTH - 2}}" for title in _COLUMNS).rstrip()
-        self._out.write(f"{'ms':>6} {cells}\n{'-' * 6} {('+' + '-' * (_WIDTH - 1)) * 3}\n")
-
-    def step(self, title: str) -> None:
-        """Print a step of the script across the whole width."""
-        self._out.write(f"\n== {title}\n")
-
-    def add(self, column: int, text: str) -> None:
-        """Print ``text`` in ``column`` (0: server, 1: device A, 2: device B)."""
-        elapsed = round((self._clock() - self._start) * 1000)
-        cells = ["" for _ in _COLUMNS]
-        cells[column] = text if len(text) <= _WIDTH - 3 else text[: _WIDTH - 4] + "~"
-        row = "".join(f"| {cell:<{_WIDTH - 2}}" for cell in cells).rstrip()
-        self._out.write(f"{elapsed:>6} {row}\n")
-
-
-@attrs.define
-class _Held:
-    message: SetMessage
-    release: asyncio.Future[None]
+STEP_TIMEOUT = 10.0
+"""Seconds a step may take to converge: a safety net, so that a broken run ends."""
 
 
 class Valve:
-    """A server hook that can hold ``set`` messages until the script lets them through.
+    """Holds the commits of the server until the script lets them through.
 
-    Open, it lets everything pass. Closed, each set waits in line until
-    :meth:`release`. Use it as ``before_commit`` or ``after_commit``.
+    Open, it lets everything pass. Closed, each commit waits until
+    :meth:`release` (of its device) or :meth:`open`.
 
     Example:
         >>> import asyncio
         >>> from examples.live.demo import Valve
-        >>> from examples.live.protocol import SetMessage
         >>> async def main() -> None:
         ...     valve = Valve()
         ...     valve.close()
-        ...     held = asyncio.ensure_future(valve(SetMessage(1, "x", 1, 1, 7)))
+        ...     held = asyncio.ensure_future(valve(7))
         ...     await valve.wait_held(1)
         ...     valve.release(device_id=7)
         ...     await held
@@ -119,199 +67,344 @@ class Valve:
 
     def __init__(self) -> None:
         self._open = True
-        self._held: deque[_Held] = deque()
-        self._changed = asyncio.Event()
+        self._held: list[tuple[int, asyncio.Future[None]]] = []
+        self._changed = asyncio.Condition()
 
-    async def __call__(self, message: SetMessage) -> None:
+    async def __call__(self, device_id: int) -> None:
         if self._open:
             return
-        held = _Held(message, asyncio.get_running_loop().create_future())
-        self._held.append(held)
-        self._changed.set()
-        try:
-            await held.release
-        finally:
-            with contextlib.suppress(ValueError):
-                self._held.remove(held)
-            self._changed.set()
+        passage = asyncio.get_running_loop().create_future()
+        self._held.append((device_id, passage))
+        async with self._changed:
+            self._changed.notify_all()
+        await passage
 
     def close(self) -> None:
-        """Hold every set from now on."""
+        """Hold every commit from now on."""
         self._open = False
 
     def open(self) -> None:
-        """Let every set through, those held included."""
+        """Let every commit through, those held included."""
         self._open = True
         while self._held:
-            self._release(self._held.popleft())
+            self._let_through(0)
 
-    def release(self, *, device_id: int) -> SetMessage:
-        """Let the oldest set of ``device_id`` through; return it."""
-        for held in self._held:
-            if held.message.device_id == device_id:
-                self._held.remove(held)
-                self._release(held)
-                return held.message
-        raise LookupError(f"no set of device {device_id} is held")
+    def release(self, *, device_id: int) -> None:
+        """Let the oldest held commit of ``device_id`` through."""
+        index = next(i for i, (held, _) in enumerate(self._held) if held == device_id)
+        self._let_through(index)
 
-    def _release(self, held: _Held) -> None:
-        if not held.release.done():
-            held.release.set_result(None)
+    def _let_through(self, index: int) -> None:
+        _, passage = self._held.pop(index)
+        if not passage.done():
+            passage.set_result(None)
 
     async def wait_held(self, count: int) -> None:
-        """Wait until ``count`` sets (or more) are held."""
-        while len(self._held) < count:
-            self._changed.clear()
-            await self._changed.wait()
-
-    async def wait_empty(self) -> None:
-        """Wait until no set is held (released, or dropped with its connection)."""
-        while self._held:
-            self._changed.clear()
-            await self._changed.wait()
+        """Wait until ``count`` commits (or more) are held."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self._held) >= count)
 
 
-def _show(value: JsonValue) -> str:
-    return "-" if value is None else canonical_json(value)
+class DemoStorage(SqliteStorage):
+    """The server's SQLite storage, with the demo's valves and a line per commit.
 
-
-class DemoDevice(LiveStore):
-    """A :class:`LiveStore` that writes what it does into the timeline."""
+    Args:
+        path: the database file.
+        before: holds a commit before it happens.
+        after: holds it after the commit and its pushes, before the ack.
+        say: prints a line in the server's column.
+        database: a mirror of the newest change of each key, for the script's checks.
+    """
 
     def __init__(
         self,
-        url: str,
+        path: Path,
         *,
-        column: int,
-        timeline: Timeline,
-        names: dict[int, str],
-        storage_path: Path,
-        backoff: Callable[[int], Awaitable[None]],
+        before: Valve,
+        after: Valve,
+        say: Callable[[str], None],
+        database: dict[str, Change],
     ) -> None:
-        super().__init__(url, storage_path=storage_path, backoff=backoff, ack_timeout=10)
-        self._column = column
-        self._timeline = timeline
-        self._names = names
-        self._was_connected = False
+        super().__init__(path)
+        self._before, self._after, self._say = before, after, say
+        self.database = database
 
-    def say(self, text: str) -> None:
-        self._timeline.add(self._column, text)
-
-    def tap(self, item: str, value: JsonValue | None = None) -> Awaitable[None]:
-        """Toggle ``item`` (or set it to ``value``) and say so."""
-        result = self.toggle(item) if value is None else self.set_value(item, value)
-        busy = "coalesced" if _done(result) else "request"
-        self.say(f"tap {item}={_show(self.state.value(item))} ({busy})")
-        return result
-
-    def on_connected(self, ready: ReadyMessage, replayed: int) -> None:
-        self._was_connected = True
-        self.say(f"connected, {replayed} replayed, rev {ready.server_revision}")
-
-    def on_disconnected(self, error: BaseException | None) -> None:
-        if self._was_connected:
-            self._was_connected = False
-            self.say("disconnected")
-
-    def on_sent(self, message: SetMessage | GetMessage) -> None:
-        if isinstance(message, SetMessage):
-            self.say(f"-> set {message.item}={_show(message.value)} lr {message.local_revision}")
-        else:
-            self.say(f"-> get {message.item} (reload)")
-
-    def on_ack(self, ack: AckMessage) -> None:
-        self.say(f"<- ack {ack.item} rev {ack.server_revision}")
-
-    def on_push(self, push: PushMessage, outcome: PushOutcome) -> None:
-        name = self._names.get(push.device_id, "?")
-        self.say(
-            f"<- push {push.item}={_show(push.value)} r{push.server_revision} "
-            f"{name}: {outcome.value}"
+    async def commit(
+        self, key: str, value: bytes, *, local_revision: int, device_id: int
+    ) -> Change:
+        """Commit as :class:`~optisync.server.SqliteStorage` does, between the two valves."""
+        await self._before(device_id)
+        change = await super().commit(
+            key, value, local_revision=local_revision, device_id=device_id
         )
-
-    def on_reload(self, reply: ValueMessage, applied: bool) -> None:
-        verdict = "applied" if applied else "kept newer"
-        self.say(f"<- value {reply.item}={_show(reply.value)} r{reply.server_revision}: {verdict}")
-
-    def on_server_error(self, error: ErrorMessage) -> None:
-        self.say(f"<- error {error.code}")
-
-    def on_error(self, error: BaseException) -> None:
-        if isinstance(error, ConnectionLostError):
-            self.say("request failed: connection lost")
-        elif isinstance(error, NotConnectedError):
-            self.say("request failed: offline")
-        else:
-            self.say(f"error: {error!r}")
+        self.database[key] = change
+        self._say(f"commit {key}={value.decode()} rev {change.server_revision}")
+        await self._after(device_id)
+        return change
 
 
-def _done(awaitable: Awaitable[None]) -> bool:
-    done = getattr(awaitable, "done", None)
-    return done is None or bool(done())
+class DemoServer(SyncServer):
+    """A :class:`~optisync.server.SyncServer` the script can ask how many devices it serves."""
+
+    def __init__(self, storage: DemoStorage) -> None:
+        super().__init__(storage)
+        self._disconnects = asyncio.Condition()
+
+    async def handler(self, connection: ServerConnection) -> None:
+        """Serve as the library does; then wake :meth:`wait_connections`."""
+        try:
+            await super().handler(connection)
+        finally:
+            async with self._disconnects:
+                self._disconnects.notify_all()
+
+    async def wait_connections(self, count: int) -> None:
+        """Wait until at most ``count`` devices are connected (a device id is free again)."""
+        async with self._disconnects:
+            await self._disconnects.wait_for(lambda: self.connection_count <= count)
 
 
-class _Gate:
-    """The devices' backoff: reconnect promptly, but only while the gate is open."""
+class Stage:
+    """The server side of the demo: its valves, a mirror of its database, a server to restart.
 
-    def __init__(self) -> None:
-        self.open = asyncio.Event()
-        self.open.set()
+    Args:
+        path: the server's SQLite file; it outlives restarts.
+        say: prints a line in the server's column.
 
-    async def __call__(self, attempt: int) -> None:
-        await self.open.wait()
-        await asyncio.sleep(min(0.2, 0.01 * attempt))
+    Example:
+        >>> import asyncio, os, tempfile
+        >>> from pathlib import Path
+        >>> from examples.live.demo import Stage
+        >>> async def main() -> None:
+        ...     stage = Stage(Path(tempfile.mkdtemp()) / "server.sqlite3")
+        ...     await stage.start()
+        ...     print(stage.port > 0, stage.server.connection_count)
+        ...     await stage.stop()
+        >>> asyncio.run(main())
+        True 0
+    """
+
+    def __init__(self, path: Path, say: Callable[[str], None] = lambda text: None) -> None:
+        self.path = path
+        self.before, self.after = Valve(), Valve()
+        self.database: dict[str, Change] = {}
+        self.port = 0
+        self._say = say
+        self._server: DemoServer | None = None
+        self._running = contextlib.AsyncExitStack()
+
+    @property
+    def server(self) -> DemoServer:
+        """The server running now."""
+        if self._server is None:
+            raise RuntimeError("the server is not running")
+        return self._server
+
+    @property
+    def url(self) -> str:
+        """The URL of the server running now (a device connected to it directly)."""
+        return f"ws://127.0.0.1:{self.port}"
+
+    async def start(self) -> DemoServer:
+        """Start a server on the file, on a new port the OS picks."""
+        storage = DemoStorage(
+            self.path, before=self.before, after=self.after, say=self._say, database=self.database
+        )
+        self._server = DemoServer(storage)
+        url = await self._running.enter_async_context(self._server.run(port=0))
+        self.port = int(url.rsplit(":", 1)[1])
+        return self._server
+
+    async def stop(self) -> None:
+        """Stop the server (its devices see their connections close)."""
+        await self._running.aclose()
+        self._server = None
+
+    def link(self) -> Link:
+        """A link to whichever server runs now (use it with ``async with``)."""
+        return Link(lambda: self.port)
 
 
-def _equal(device: LiveStore, change: Change | None, item: str) -> bool:
-    value = device.state.values.get(item)
-    revision = device.state.revisions.get(item, -1)
-    if change is None:
-        return item not in device.state.values
-    return canonical_json(value) == change.value and revision == change.server_revision
+def converged(device: LiveDevice, database: Mapping[str, Change]) -> bool:
+    """Online, nothing unconfirmed, and every item as the database holds it.
 
-
-def _settled(device: LiveStore, database: ServerDatabase) -> bool:
-    snapshot = database.snapshot()
-    items = set(snapshot).union(device.state.values)
+    Example:
+        >>> from examples.live.demo import converged
+        >>> callable(converged)
+        True
+    """
+    items = set(database).union(device.state.values)
     return (
-        device.is_connected
+        device.online
         and not device.unconfirmed_items
-        and all(_equal(device, snapshot.get(item), item) for item in items)
+        and all(matches(device, database, item) for item in items)
     )
 
 
-async def _converge(devices: list[DemoDevice], server: LiveServer) -> None:
-    """Wait until every device equals the database (each wakes on its own activity)."""
-    async with asyncio.timeout(_STEP_TIMEOUT):
-        while not all(_settled(device, server.database) for device in devices):
+async def wait_converged(devices: Sequence[LiveDevice], database: Mapping[str, Change]) -> None:
+    """Wait, woken by each device's activity, until every device has converged."""
+    async with asyncio.timeout(STEP_TIMEOUT):
+        while not all(converged(device, database) for device in devices):
             for device in devices:
-                await device.wait_until(functools.partial(_settled, device, server.database))
+                await device.wait_until(functools.partial(converged, device, database))
 
 
-def _table(out: TextIO, devices: list[DemoDevice], database: ServerDatabase) -> bool:
-    snapshot = database.snapshot()
-    items = sorted(set(snapshot).union(*(device.state.values for device in devices)))
-    out.write("\nFinal state (value @ server revision)\n")
-    out.write(f"{'item':<8}| {'database':<18}| {'device A':<18}| {'device B':<18}| check\n")
-    all_equal = True
-    for item in items:
-        change = snapshot.get(item)
-        db_cell = "-" if change is None else f"{change.value} @ {change.server_revision}"
-        cells = []
-        equal = True
-        for device in devices:
-            value = device.state.values.get(item)
-            revision = device.state.revisions.get(item, -1)
-            cells.append(f"{_show(value)} @ {revision}")
-            equal = equal and _equal(device, change, item)
-        all_equal = all_equal and equal
-        row = "".join(f"| {cell:<18}" for cell in [db_cell, *cells])
-        out.write(f"{item:<8}{row}| {'equal' if equal else 'DIFFERENT'}\n")
-    for device in devices:
-        if device.unconfirmed_items:
-            all_equal = False
-            out.write(f"unconfirmed on {device.url}: {sorted(device.unconfirmed_items)}\n")
-    return all_equal
+async def read_database(path: Path) -> dict[str, Change]:
+    """The newest change of every key in the server's SQLite file."""
+    newest: dict[str, Change] = {}
+    async with SqliteStorage(path) as storage:
+        for change in await storage.changes_after(0, 1_000_000):
+            newest[change.key] = change
+    return newest
+
+
+class _Script:
+    """The five scenes, with the server, the links and the devices they act on."""
+
+    def __init__(self, out: TextIO, folder: Path) -> None:
+        self.out = out
+        self.folder = folder
+        self.timeline = Timeline(out)
+        self.stage = Stage(folder / "server.sqlite3", say=self.server_says)
+
+    def server_says(self, text: str) -> None:
+        self.timeline.add(0, text)
+
+    async def device(self, column: int, name: str, link: Link) -> tuple[LiveDevice, Narrator]:
+        narrator = Narrator(self.timeline, column)
+        device = await LiveDevice.open(
+            link.url,
+            self.folder / f"device-{name}.sqlite3",
+            trace=narrator.trace,
+            on_error=narrator.error,
+        )
+        narrator.watch(device)
+        return device, narrator
+
+    async def play(self) -> bool:
+        server = await self.stage.start()
+        self.out.write(f"Server on 127.0.0.1:{self.stage.port}; SQLite files in {self.folder}\n\n")
+        self.timeline.header(["server", "device A", "device B"])
+        async with self.stage.link() as link_a, self.stage.link() as link_b:
+            a, say_a = await self.device(1, "A", link_a)
+            b, say_b = await self.device(2, "B", link_b)
+            devices = [a, b]
+            finished = False
+            try:
+                self.timeline.step("Both devices connect")
+                a.start()
+                b.start()
+                await a.wait_online()
+                await b.wait_online()
+                await self.coalesced_taps(a, say_a, b)
+                await self.conflicting_writes(a, say_a, b, say_b)
+                await self.dropped_connection(server, a, say_a, b, say_b, link_a)
+                await self.server_restart(a, b, say_b, link_a, link_b)
+                devices[1] = await self.device_restart(a, say_a, b, say_b)
+                finished = True
+            except TimeoutError:
+                self.out.write(f"\nA step did not converge within {STEP_TIMEOUT:g} s.\n")
+            finally:
+                self.timeline.step("Both devices close")
+                for device in devices:
+                    await device.close()
+                await self.stage.stop()
+        database = await read_database(self.stage.path)
+        return print_table(self.out, ["device A", "device B"], devices, database) and finished
+
+    async def coalesced_taps(self, a: LiveDevice, say_a: Narrator, b: LiveDevice) -> None:
+        self.timeline.step("1. A taps like, unlike, like while request 1 is in flight")
+        self.stage.before.close()
+        first = tap(a, say_a, "like")
+        await self.stage.before.wait_held(1)
+        tap(a, say_a, "like")
+        tap(a, say_a, "like")
+        self.server_says("(request 1 was held until now)")
+        self.stage.before.open()
+        await first
+        await wait_converged([a, b], self.stage.database)
+
+    async def conflicting_writes(
+        self, a: LiveDevice, say_a: Narrator, b: LiveDevice, say_b: Narrator
+    ) -> None:
+        self.timeline.step("2. A and B set color at once: the later commit wins")
+        self.stage.before.close()
+        red = tap(a, say_a, "color", "red")
+        blue = tap(b, say_b, "color", "blue")
+        await self.stage.before.wait_held(2)
+        self.stage.before.release(device_id=a.device_id)
+        await red
+        self.stage.before.open()
+        await blue
+        await wait_converged([a, b], self.stage.database)
+
+    async def dropped_connection(
+        self,
+        server: DemoServer,
+        a: LiveDevice,
+        say_a: Narrator,
+        b: LiveDevice,
+        say_b: Narrator,
+        link_a: Link,
+    ) -> None:
+        self.timeline.step("3. A's network drops while its request is in flight; B taps")
+        self.stage.before.close()
+        lost = tap(a, say_a, "like")
+        await self.stage.before.wait_held(1)
+        link_a.down()
+        with contextlib.suppress(ConnectionError):
+            await lost
+        say_a.say("request failed: connection lost")
+        self.server_says("(A's set commits after A left)")
+        self.stage.before.open()
+        await tap(b, say_b, "like")
+        await server.wait_connections(1)  # the server has let A's old connection go
+        link_a.up()
+        await wait_converged([a, b], self.stage.database)
+
+    async def server_restart(
+        self, a: LiveDevice, b: LiveDevice, say_b: Narrator, link_a: Link, link_b: Link
+    ) -> None:
+        self.timeline.step("4. The server restarts after committing B's set, before its ack")
+        self.stage.after.close()
+        green = tap(b, say_b, "color", "green")
+        await self.stage.after.wait_held(1)
+        revision = self.stage.database["color"].server_revision
+        # Both devices have the push; only B's ack is held.
+        await a.wait_until(lambda: a.client.cursor >= revision)
+        await b.wait_until(lambda: b.client.cursor >= revision)
+        self.server_says("stops before the ack")
+        link_a.down()
+        link_b.down()
+        with contextlib.suppress(ConnectionError):
+            await green
+        say_b.say("request failed: connection lost")
+        self.stage.after.open()
+        await self.stage.stop()
+        await self.stage.start()
+        self.server_says(f"restarted on port {self.stage.port}")
+        link_a.up()
+        link_b.up()
+        await wait_converged([a, b], self.stage.database)
+
+    async def device_restart(
+        self, a: LiveDevice, say_a: Narrator, b: LiveDevice, say_b: Narrator
+    ) -> LiveDevice:
+        self.timeline.step("5. B restarts from its file while A sets color")
+        url = b.url
+        await b.close()
+        say_b.say(f"closed (saved cursor {b.state.cursor})")
+        await tap(a, say_a, "color", "yellow")
+        restarted = await LiveDevice.open(
+            url, self.folder / "device-B.sqlite3", trace=say_b.trace, on_error=say_b.error
+        )
+        say_b.watch(restarted)
+        state = restarted.state
+        say_b.say(f"restored color={show(state.value('color'))} cursor {state.cursor}")
+        await self.stage.server.wait_connections(1)  # B's old connection is gone: its id is free
+        restarted.start()
+        await wait_converged([a, restarted], self.stage.database)
+        return restarted
 
 
 @contextlib.contextmanager
@@ -320,8 +413,11 @@ def _folder() -> Iterator[Path]:
         yield Path(name)
 
 
-async def run_demo(out: TextIO) -> bool:
-    """Play the script; print the timeline and the final table; return whether all converged.
+async def run_demo(out: TextIO, postgres: str | None = None) -> bool:
+    """Play the scenes; print the timeline and the final tables; return whether all converged.
+
+    ``postgres``: a PostgreSQL DSN for the sixth scene (two server
+    processes on one database); without one it is skipped, and says so.
 
     Example:
         >>> import asyncio, io
@@ -330,130 +426,13 @@ async def run_demo(out: TextIO) -> bool:
         True
     """
     with _folder() as folder:
-        return await _script(out, folder)
+        converged_all = await _Script(out, folder).play()
+        converged_all = await two_servers.play(out, postgres, folder) and converged_all
+    return converged_all
 
 
-async def _script(out: TextIO, folder: Path) -> bool:
-    timeline = Timeline(out)
-    before, after = Valve(), Valve()
-    gate = _Gate()
-
-    def server_say(text: str) -> None:
-        timeline.add(0, text)
-
-    def new_server() -> LiveServer:
-        return LiveServer(
-            folder / "server.sqlite3", before_commit=before, after_commit=after, trace=server_say
-        )
-
-    server = new_server()
-    await server.start()
-    port = server.port
-    names: dict[int, str] = {}
-    out.write(f"Server on {server.url}; SQLite files in {folder} (removed at the end)\n\n")
-    timeline.header()
-
-    def device(column: int, name: str) -> DemoDevice:
-        made = DemoDevice(
-            server.url,
-            column=column,
-            timeline=timeline,
-            names=names,
-            storage_path=folder / f"device-{name}.sqlite3",
-            backoff=gate,
-        )
-        names[made.device_id] = name
-        return made
-
-    a, b = device(1, "A"), device(2, "B")
-    devices = [a, b]
-    try:
-        timeline.step("Both devices connect")
-        a.start()
-        b.start()
-        await a.wait_ready()
-        await b.wait_ready()
-
-        timeline.step("1. A taps like, unlike, like while request 1 is in flight")
-        before.close()
-        first = a.tap("like")
-        await before.wait_held(1)
-        a.tap("like")
-        a.tap("like")
-        server_say("(request 1 was held until now)")
-        before.open()
-        await first
-        await _converge(devices, server)
-
-        timeline.step("2. A and B set color at once: the later commit wins")
-        before.close()
-        red = a.tap("color", "red")
-        blue = b.tap("color", "blue")
-        await before.wait_held(2)
-        before.release(device_id=a.device_id)
-        await red
-        before.open()
-        await blue
-        await _converge(devices, server)
-
-        timeline.step("3. A's network drops while its request is in flight; B taps")
-        before.close()
-        gate.open.clear()
-        lost = a.tap("like")
-        await before.wait_held(1)
-        a.drop_connection()
-        with contextlib.suppress(ConnectionLostError):
-            await lost
-        a.say("request failed: connection lost")
-        await before.wait_empty()  # the server saw the drop: the held set is abandoned
-        server_say("(A's set dropped uncommitted)")
-        before.open()
-        await b.tap("like")
-        gate.open.set()
-        await _converge(devices, server)
-
-        timeline.step("4. The server restarts after committing B's set, before its ack")
-        after.close()
-        green = b.tap("color", "green")
-        await after.wait_held(1)
-        gate.open.clear()
-        server_say("stopping")
-        await server.stop()
-        after.open()
-        with contextlib.suppress(ConnectionLostError):
-            await green  # failed already: on_error said so
-        server = new_server()
-        await server.start(port=port)
-        server_say(f"restarted on port {port}")
-        gate.open.set()
-        await _converge(devices, server)
-
-        timeline.step("5. B restarts from its file while A sets color")
-        await b.close()
-        b.say(f"closed (saved cursor {b.cursor})")
-        await a.tap("color", "yellow")
-        b = device(2, "B")
-        devices = [a, b]
-        b.say(f"restored color={_show(b.state.value('color'))} cursor {b.cursor}")
-        b.start()
-        await _converge(devices, server)
-
-    except TimeoutError:
-        out.write(f"\nA step did not converge within {_STEP_TIMEOUT} s.\n")
-        with ServerDatabase(folder / "server.sqlite3") as database:
-            _table(out, devices, database)
-        return False
-    else:
-        with ServerDatabase(folder / "server.sqlite3") as database:
-            return _table(out, devices, database)
-    finally:
-        for each in devices:
-            await each.close()
-        await server.stop()
-
-
-def main() -> int:
-    """Run the demo; the exit status is 0 when the devices equal the database."""
-    converged = asyncio.run(run_demo(sys.stdout))
-    print("\nAll devices equal the database." if converged else "\nDEVICES DIFFER.")
-    return 0 if converged else 1
+def main(postgres: str | None = None) -> int:
+    """Run the demo; the exit status is 0 when every device equals the database."""
+    converged_all = asyncio.run(run_demo(sys.stdout, postgres))
+    print("\nAll devices equal the database." if converged_all else "\nDEVICES DIFFER.")
+    return 0 if converged_all else 1

@@ -299,6 +299,8 @@ class DemoApp(App[None]):
     def _writer(self, record: ServerRecord) -> str:
         if record.device_id is None:
             return "nobody yet"
+        if record.device_id == 0:
+            return "another device (the server names only a device's own writes)"
         if record.device_id == self.backend.other_device_id:
             return f"device {record.device_id} (the other device)"
         if self._store is not None and record.device_id == self._store.device_id:

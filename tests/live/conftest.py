@@ -1,82 +1,67 @@
-"""Fixtures for the live tests: a server on 127.0.0.1 (OS-chosen port) and devices."""
+"""Fixtures for the live tests: the demo's stage (a server on 127.0.0.1) and devices."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from live_support import Device, DeviceFactory, tiny_backoff
+from live_support import Device, DeviceFactory, Recorder
 
-from examples.live.client import Backoff
-from examples.live.demo import Valve
-from examples.live.server import LiveServer
+from examples.live.demo import Stage
+from examples.live.network import Link
+from tests.server.conftest import postgres_dsn  # noqa: F401 - the fixture, for scene 6
 
 
 @pytest.fixture(autouse=True)
-async def nothing_left_behind(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
-    """Runs last at teardown: no task still running, no SQLite connection open.
+async def nothing_left_behind() -> AsyncIterator[None]:
+    """Runs last at teardown: no task still running.
 
-    Unclosed sockets and transports show up as ResourceWarnings (errors here);
-    collecting garbage now pins them on this test rather than a later one.
+    Unclosed sockets, transports and SQLite connections show up as
+    ResourceWarnings (errors here); collecting garbage now pins them on this
+    test rather than a later one.
     """
-    opened: list[sqlite3.Connection] = []
-    connect = sqlite3.connect
-
-    def recording_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-        connection: sqlite3.Connection = connect(*args, **kwargs)
-        opened.append(connection)
-        return connection
-
-    monkeypatch.setattr(sqlite3, "connect", recording_connect)
     yield
     current = asyncio.current_task()
     left = [task for task in asyncio.all_tasks() if task is not current and not task.done()]
     assert left == [], f"tasks left behind: {left}"
-    still_open = [connection for connection in opened if _is_open(connection)]
-    assert still_open == [], f"SQLite connections left open: {still_open}"
     gc.collect()
 
 
-def _is_open(connection: sqlite3.Connection) -> bool:
-    try:
-        connection.total_changes  # noqa: B018 - raises once the connection is closed
-    except sqlite3.ProgrammingError:
-        return False
-    return True
+@pytest.fixture
+async def stage(tmp_path: Path) -> AsyncIterator[Stage]:
+    """The demo's server side, started: valves open, a mirror of the database."""
+    running = Stage(tmp_path / "server.sqlite3")
+    await running.start()
+    yield running
+    await running.stop()
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[LiveServer]:
-    async with LiveServer(":memory:") as live_server:
-        yield live_server
+async def link(stage: Stage) -> AsyncIterator[Link]:
+    """A link to the stage's server that a test can cut."""
+    async with stage.link() as opened:
+        yield opened
 
 
 @pytest.fixture
-def valve() -> Valve:
-    return Valve()
-
-
-@pytest.fixture
-async def make_device() -> AsyncIterator[DeviceFactory]:
-    """``make_device(url, **options)``: a started Device, closed at teardown."""
+async def make_device(tmp_path: Path) -> AsyncIterator[DeviceFactory]:
     made: list[Device] = []
 
-    def make(url: str, *, backoff: Backoff = tiny_backoff, **options: Any) -> Device:
-        device = Device(url, backoff=backoff, **options)
+    async def make(url: str, name: str | None = None, *, start: bool = True) -> Device:
+        record = Recorder()
+        storage = None if name is None else tmp_path / f"{name}.sqlite3"
+        device = await Device.open(
+            url, storage, trace=record.events.append, on_error=record.errors.append
+        )
+        device.record = record
         made.append(device)
-        device.start()
+        if start:
+            device.start()
         return device
 
     yield make
     for device in made:
         await device.close()
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "server.sqlite3"

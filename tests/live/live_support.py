@@ -2,116 +2,70 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
-from examples.live.client import LiveStore
-from examples.live.database import ServerDatabase
-from examples.live.protocol import (
-    AckMessage,
-    ErrorMessage,
-    JsonValue,
-    PushMessage,
-    ReadyMessage,
-    canonical_json,
-)
+from examples.live.client import LiveDevice
+from examples.live.network import Link
 from optisync import PushOutcome
-
-# A safety net so that a broken test fails instead of hanging; never an assertion.
-HANG_GUARD = 20.0
-
-
-async def tiny_backoff(attempt: int) -> None:
-    """Reconnect almost at once: the tests never wait on wall-clock time."""
-    await asyncio.sleep(0.001 * min(attempt, 10))
+from optisync.client import Traced
+from optisync.server import Change, SqliteStorage
+from optisync.server.protocol import Ack, Hello, Push, Ready, Value
 
 
-class Gate:
-    """A backoff that reconnects only while open; ``attempts`` counts the waits."""
+class Recorder:
+    """What one device sent and received, from its client's trace, and its errors."""
 
     def __init__(self) -> None:
-        self.is_open = asyncio.Event()
-        self.is_open.set()
-        self.waiting = asyncio.Event()
-
-    def close(self) -> None:
-        self.is_open.clear()
-
-    def open(self) -> None:
-        self.is_open.set()
-
-    async def __call__(self, attempt: int) -> None:
-        self.waiting.set()
-        await self.is_open.wait()
-        await tiny_backoff(attempt)
-
-
-class Device(LiveStore):
-    """A LiveStore that records what it receives, for the assertions."""
-
-    def __init__(self, url: str, **kwargs: Any) -> None:
-        super().__init__(url, **kwargs)
-        self.acks: list[AckMessage] = []
-        self.pushes: list[tuple[PushMessage, PushOutcome]] = []
-        self.replays: list[int] = []
-        self.server_errors: list[ErrorMessage] = []
+        self.events: list[Traced] = []
         self.errors: list[BaseException] = []
-        self.connected_count = 0
-        self.connections = asyncio.Event()
 
-    def on_connected(self, ready: ReadyMessage, replayed: int) -> None:
-        self.replays.append(replayed)
-        self.connected_count += 1
+    @property
+    def pushes(self) -> list[tuple[Push, PushOutcome | None]]:
+        return [(e.message, e.outcome) for e in self.events if isinstance(e.message, Push)]
 
-    def on_ack(self, ack: AckMessage) -> None:
-        self.acks.append(ack)
+    @property
+    def acks(self) -> list[Ack]:
+        return [event.message for event in self.events if isinstance(event.message, Ack)]
 
-    def on_push(self, push: PushMessage, outcome: PushOutcome) -> None:
-        self.pushes.append((push, outcome))
+    @property
+    def reloads(self) -> list[Value]:
+        return [event.message for event in self.events if isinstance(event.message, Value)]
 
-    def on_server_error(self, error: ErrorMessage) -> None:
-        self.server_errors.append(error)
-
-    def on_error(self, error: BaseException) -> None:
-        self.errors.append(error)
-
-
-def matches(device: LiveStore, database: ServerDatabase) -> bool:
-    """Whether the device shows exactly the database's values and revisions."""
-    snapshot = database.snapshot()
-    state = device.state
-    if set(state.values) != set(snapshot):
-        return False
-    return all(
-        canonical_json(state.values[item]) == change.value
-        and state.revisions.get(item) == change.server_revision
-        for item, change in snapshot.items()
-    )
+    @property
+    def replays(self) -> list[int]:
+        """Pushes between each hello and its ready: one count per connection."""
+        counts: list[int] = []
+        replaying = False
+        for event in self.events:
+            if isinstance(event.message, Hello):
+                counts.append(0)
+                replaying = True
+            elif isinstance(event.message, Ready):
+                replaying = False
+            elif isinstance(event.message, Push) and replaying:
+                counts[-1] += 1
+        return counts
 
 
-async def wait_converged(devices: Iterable[LiveStore], database: ServerDatabase) -> None:
-    """Wait (woken by each device's activity) until all equal the database, all confirmed."""
-    every = list(devices)
-    async with asyncio.timeout(HANG_GUARD):
-        while not all(settled(device, database) for device in every):
-            for device in every:
-                await device.wait_until(functools.partial(settled, device, database))
+class Device(LiveDevice):
+    """A LiveDevice that records its traffic for the assertions."""
+
+    record: Recorder
 
 
-def settled(device: LiveStore, database: ServerDatabase) -> bool:
-    """Connected, nothing unconfirmed, and equal to the database."""
-    return device.is_connected and not device.unconfirmed_items and matches(device, database)
+#: ``await make_device(url, name=None, start=True)``: a Device (with a storage
+#: file ``name.sqlite3`` when named), closed at teardown.
+DeviceFactory = Callable[..., Awaitable[Device]]
 
 
-#: ``make_device(url, **options)``, the fixture: a started Device, closed at teardown.
-DeviceFactory = Callable[..., Device]
+async def take_offline(device: LiveDevice, link: Link) -> None:
+    """Take ``link`` down and wait until ``device`` knows it is offline."""
+    link.down()
+    await device.wait_until(lambda: not device.online)
 
 
-def nested_lists(depth: int) -> JsonValue:
-    """The number 0 inside ``depth`` lists, each inside the next."""
-    value: JsonValue = 0
-    for _ in range(depth):
-        value = [value]
-    return value
+async def read_log(path: Path) -> dict[int, Change]:
+    """Every change in the server's file, by revision."""
+    async with SqliteStorage(path) as storage:
+        return {c.server_revision: c for c in await storage.changes_after(0, 1_000_000)}

@@ -1,205 +1,120 @@
-"""Server restarts, dropped connections and replays."""
+"""Dropped connections, server restarts, refused writes: failed requests reload."""
 
 from __future__ import annotations
 
-import asyncio
-from pathlib import Path
-
 import pytest
-from live_support import HANG_GUARD, DeviceFactory, Gate, nested_lists, wait_converged
+from live_support import DeviceFactory, read_log, take_offline
 
-from examples.live.client import ConnectionLostError, NotConnectedError, RequestRejectedError
-from examples.live.demo import Valve
-from examples.live.protocol import MAX_NESTING
-from examples.live.server import LiveServer
+from examples.live.demo import Stage, wait_converged
+from examples.live.network import Link
+from optisync.client import ClientConnectionError, RequestRefusedError
 
 
-async def test_a_server_restart_before_the_commit_fails_the_request_and_reload_restores_the_value(
-    db_path: Path, valve: Valve, make_device: DeviceFactory
+async def test_a_tap_while_offline_fails_at_once_and_the_reload_restores_the_server_value(
+    stage: Stage, link: Link, make_device: DeviceFactory
 ) -> None:
-    gate = Gate()
-    server = LiveServer(db_path, before_commit=valve)
-    await server.start()
-    port = server.port
-    try:
-        phone = make_device(server.url, backoff=gate)
-        laptop = make_device(server.url, backoff=gate)
-        await phone.wait_ready()
-        await laptop.wait_ready()
-        await phone.set_value("color", "red")
-        valve.close()
-        in_flight = phone.set_value("color", "blue")
-        await valve.wait_held(1)
-        gate.close()
+    phone = await make_device(link.url)
+    await phone.wait_online()
+    await phone.set_value("color", "red")
+    await take_offline(phone, link)
 
-        await server.stop()
-        with pytest.raises(ConnectionLostError):
-            await in_flight
-        assert phone.state.value("color") == "blue"  # optimistic, not on the server
+    with pytest.raises(ClientConnectionError):
+        await phone.set_value("color", "blue")
+    assert phone.state.value("color") == "blue"  # optimistic, never sent
+    assert phone.unconfirmed_items == {"color"}
 
-        valve.open()
-        server = LiveServer(db_path, before_commit=valve)
-        await server.start(port=port)
-        gate.open()
-        await wait_converged([phone, laptop], server.database)
-    finally:
-        await server.stop()
-    assert phone.state.value("color") == "red"
-    assert phone.state.revisions["color"] == 1
+    await stage.server.wait_connections(0)
+    link.up()
+    await wait_converged([phone], stage.database)
+    assert (phone.state.value("color"), phone.state.revisions["color"]) == ("red", 1)
+    assert [reload.value for reload in phone.record.reloads] == ["red"]
+
+
+async def test_a_request_in_flight_at_a_drop_fails_and_its_reload_shows_the_late_commit(
+    stage: Stage, link: Link, make_device: DeviceFactory
+) -> None:
+    phone = await make_device(link.url)
+    await phone.wait_online()
+    await phone.set_value("like", True)
+    stage.before.close()
+    in_flight = phone.toggle("like")
+    await stage.before.wait_held(1)
+
+    link.down()
+    with pytest.raises(ClientConnectionError):
+        await in_flight
+    assert phone.state.value("like") is False
+    assert phone.unconfirmed_items == {"like"}
+
+    stage.before.open()  # the server commits the write its device no longer waits for
+    await stage.server.wait_connections(0)
+    link.up()
+    await wait_converged([phone], stage.database)
+    assert (phone.state.value("like"), phone.state.revisions["like"]) == (False, 2)
+    assert phone.record.replays == [0, 1]
 
 
 async def test_a_server_restart_after_the_commit_delivers_the_write_by_replay(
-    db_path: Path, valve: Valve, make_device: DeviceFactory
+    stage: Stage, make_device: DeviceFactory
 ) -> None:
-    gate = Gate()
-    server = LiveServer(db_path, after_commit=valve)
-    await server.start()
-    port = server.port
-    try:
-        phone = make_device(server.url, backoff=gate)
-        laptop = make_device(server.url, backoff=gate)
-        await phone.wait_ready()
-        await laptop.wait_ready()
-        valve.close()
+    async with stage.link() as phone_link, stage.link() as laptop_link:
+        phone = await make_device(phone_link.url)
+        laptop = await make_device(laptop_link.url)
+        await phone.wait_online()
+        await laptop.wait_online()
+        stage.after.close()
         in_flight = phone.set_value("color", "blue")
-        await valve.wait_held(1)
-        gate.close()
+        await stage.after.wait_held(1)
 
-        await server.stop()
-        with pytest.raises(ConnectionLostError):
+        phone_link.down()
+        laptop_link.down()
+        with pytest.raises(ClientConnectionError):
             await in_flight
-
-        valve.open()
-        server = LiveServer(db_path, after_commit=valve)
-        await server.start(port=port)
-        gate.open()
-        await wait_converged([phone, laptop], server.database)
-    finally:
-        await server.stop()
-    assert phone.acks == []  # never acknowledged, yet committed and replayed
+        stage.after.open()
+        await stage.stop()
+        await stage.start()
+        phone_link.up()
+        laptop_link.up()
+        await wait_converged([phone, laptop], stage.database)
+    assert phone.record.acks == []  # never acknowledged, yet committed
     assert phone.state.value("color") == laptop.state.value("color") == "blue"
-    assert phone.replays == [0, 1]
+    assert phone.state.revisions["color"] == laptop.state.revisions["color"] == 1
 
 
 async def test_a_dropped_device_gets_exactly_the_changes_it_missed_replayed(
-    server: LiveServer, make_device: DeviceFactory
+    stage: Stage, link: Link, make_device: DeviceFactory
 ) -> None:
-    gate = Gate()
-    phone = make_device(server.url, backoff=gate)
-    laptop = make_device(server.url)
-    await phone.wait_ready()
-    await laptop.wait_ready()
+    phone = await make_device(link.url)
+    laptop = await make_device(stage.url)
+    await phone.wait_online()
+    await laptop.wait_online()
     await laptop.set_value("a", 1)
-    await wait_converged([phone, laptop], server.database)
+    await wait_converged([phone, laptop], stage.database)
 
-    gate.close()
-    gate.waiting.clear()
-    phone.drop_connection()
-    async with asyncio.timeout(HANG_GUARD):
-        await gate.waiting.wait()  # the phone knows it is offline
-    assert not phone.is_connected
+    await take_offline(phone, link)
     await laptop.set_value("a", 2)
     await laptop.set_value("b", True)
     await laptop.set_value("a", 3)
     assert phone.state.values == {"a": 1}
 
-    gate.open()
-    await wait_converged([phone, laptop], server.database)
-    assert phone.replays == [0, 3]
+    await stage.server.wait_connections(1)
+    link.up()
+    await wait_converged([phone, laptop], stage.database)
+    assert phone.record.replays == [0, 3]
     assert phone.state.values == {"a": 3, "b": True}
-    assert phone.cursor == 4
+    assert phone.state.cursor == 4
 
 
-async def test_a_request_pending_when_the_connection_drops_fails_and_on_finish_reloads(
-    server: LiveServer, valve: Valve, make_device: DeviceFactory
+async def test_a_write_the_server_refuses_fails_and_the_reload_takes_it_back(
+    stage: Stage, make_device: DeviceFactory
 ) -> None:
-    server_with_valve = LiveServer(before_commit=valve)
-    async with server_with_valve:
-        gate = Gate()
-        phone = make_device(server_with_valve.url, backoff=gate)
-        await phone.wait_ready()
-        await phone.set_value("like", True)
-        valve.close()
-        in_flight = phone.toggle("like")
-        await valve.wait_held(1)
-        gate.close()
+    phone = await make_device(stage.url)
+    await phone.wait_online()
 
-        phone.drop_connection()
-        with pytest.raises(ConnectionLostError):
-            await in_flight
-        await valve.wait_empty()  # the server abandoned the uncommitted set
-        assert phone.state.value("like") is False
-        assert phone.unconfirmed_items == {"like"}
+    with pytest.raises(RequestRefusedError) as refused:
+        await phone.set_value("big", "x" * 70_000)  # over the server's 64 KiB limit
 
-        valve.open()
-        gate.open()
-        await wait_converged([phone], server_with_valve.database)
-        assert phone.state.value("like") is True
-        assert server_with_valve.database.change_count() == 1
-
-
-async def test_a_tap_while_offline_fails_at_once_and_is_reloaded_after_reconnecting(
-    server: LiveServer, make_device: DeviceFactory
-) -> None:
-    gate = Gate()
-    phone = make_device(server.url, backoff=gate)
-    await phone.wait_ready()
-    gate.close()
-    gate.waiting.clear()
-    phone.drop_connection()
-    async with asyncio.timeout(HANG_GUARD):
-        await gate.waiting.wait()
-
-    with pytest.raises(NotConnectedError):
-        await phone.set_value("color", "red")
-    assert phone.state.value("color") == "red"
-
-    gate.open()
-    await wait_converged([phone], server.database)
-    assert "color" not in phone.state.values  # the server never had it
-
-
-async def test_an_ack_that_does_not_come_in_time_fails_the_request(
-    valve: Valve, make_device: DeviceFactory
-) -> None:
-    async with LiveServer(before_commit=valve) as server:
-        phone = make_device(server.url, ack_timeout=0.05)
-        await phone.wait_ready()
-        valve.close()
-        with pytest.raises(TimeoutError):
-            await phone.set_value("color", "red")
-        valve.open()  # the late commit still arrives as a push
-        await wait_converged([phone], server.database)
-        assert phone.state.value("color") == "red"
-
-
-async def test_a_request_the_server_fails_to_store_gets_an_error_and_stays_unconfirmed(
-    server: LiveServer, make_device: DeviceFactory
-) -> None:
-    phone = make_device(server.url)
-    await phone.wait_ready()
-    server.database.close()  # the disk went away: every query now raises
-
-    with pytest.raises(RequestRejectedError) as refused:
-        await phone.set_value("color", "red")
-
-    assert refused.value.error.code == "internal"
-    await phone.wait_until(lambda: len(phone.server_errors) == 2)  # the set, then the reload
-    assert phone.is_connected  # the server survived
-    assert phone.unconfirmed_items == {"color"}  # reloaded after the next reconnection
-
-
-async def test_a_device_refuses_an_invalid_item_or_value_before_changing_anything(
-    server: LiveServer, make_device: DeviceFactory
-) -> None:
-    phone = make_device(server.url)
-    with pytest.raises(ValueError, match="item"):
-        phone.set_value("x" * 201, 1)
-    with pytest.raises(ValueError, match="bytes"):
-        phone.set_value("big", "x" * 9000)
-    with pytest.raises(ValueError, match="JSON"):
-        phone.set_value("nan", float("nan"))
-    with pytest.raises(ValueError, match="nest"):
-        phone.set_value("deep", nested_lists(MAX_NESTING))
-    assert phone.state.values == {}
-    assert phone.unconfirmed_items == set()
+    assert refused.value.code == "too_large"
+    await wait_converged([phone], stage.database)
+    assert "big" not in phone.state.values
+    assert await read_log(stage.path) == {}

@@ -1,116 +1,83 @@
-"""A device's file: what survives a restart, and why stale replays are then ignored."""
+"""A device's file (optisync.persistence): what survives a restart, and why replays are stale."""
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
-
-import pytest
-from live_support import DeviceFactory, wait_converged
+from live_support import DeviceFactory, take_offline
 
 from examples.live.client import LiveState
-from examples.live.demo import Valve
-from examples.live.persistence import DeviceStorage, SavedItem
-from examples.live.server import LiveServer
+from examples.live.demo import Stage, wait_converged
+from examples.live.network import Link
 from optisync import PushOutcome
 
 
 async def test_a_restarted_device_restores_its_values_revisions_cursor_and_device_id(
-    server: LiveServer, make_device: DeviceFactory, tmp_path: Path
+    stage: Stage, make_device: DeviceFactory
 ) -> None:
-    path = tmp_path / "phone.sqlite3"
-    phone = make_device(server.url, storage_path=path)
-    await phone.wait_ready()
+    phone = await make_device(stage.url, "phone")
+    await phone.wait_online()
     await phone.set_value("color", "red")
     await phone.toggle("like")
-    await wait_converged([phone], server.database)
-    device_id, state, cursor = phone.device_id, phone.state, phone.cursor
+    await wait_converged([phone], stage.database)
+    device_id, state = phone.device_id, phone.state
     await phone.close()
 
-    again = make_device(server.url, storage_path=path)
-
+    again = await make_device(stage.url, "phone", start=False)
     assert again.device_id == device_id
     assert again.state == state
-    assert again.cursor == cursor == 2
-    await wait_converged([again], server.database)
-    assert again.replays == [0]
+    assert again.state.cursor == again.client.cursor == 2
+    await stage.server.wait_connections(0)  # the old connection has let the device id go
+    again.start()
+    await wait_converged([again], stage.database)
+    assert again.record.replays == [0]
 
 
 async def test_persisted_revisions_make_a_restarted_device_ignore_stale_replays(
-    server: LiveServer, make_device: DeviceFactory, tmp_path: Path
+    stage: Stage, make_device: DeviceFactory
 ) -> None:
-    path = tmp_path / "phone.sqlite3"
-    phone = make_device(server.url, storage_path=path)
-    laptop = make_device(server.url)
-    await phone.wait_ready()
-    await laptop.wait_ready()
+    phone = await make_device(stage.url, "phone")
+    laptop = await make_device(stage.url)
+    await phone.wait_online()
+    await laptop.wait_online()
     for value in ("red", "green", "blue"):
         await laptop.set_value("color", value)
     await phone.set_value("size", 1)
     await phone.set_value("size", 2)
-    await wait_converged([phone, laptop], server.database)
+    await wait_converged([phone, laptop], stage.database)
     saved_state = phone.state
     await phone.close()
-    # Rewind the saved cursor, as a device whose cursor lagged its state
-    # would be: the server now replays every change, all of them known.
-    with DeviceStorage(path) as storage:
-        storage.save({}, cursor=0)
 
-    again = make_device(server.url, storage_path=path)
+    again = await make_device(stage.url, "phone", start=False)
+    # Rewind the cursor, as a device whose cursor lagged its state would be:
+    # the server now replays every change, all of them known.
+    again.client.cursor = 0
     emitted: list[LiveState] = []
-    again.subscribe(emitted.append)
-    await wait_converged([again], server.database)
+    again.store.subscribe(emitted.append)
+    await stage.server.wait_connections(1)
+    again.start()
+    await wait_converged([again], stage.database)
 
-    assert again.replays == [5]
-    assert [outcome for _, outcome in again.pushes] == [PushOutcome.STALE] * 5
+    assert again.record.replays == [5]
+    assert [outcome for _, outcome in again.record.pushes] == [PushOutcome.STALE] * 5
     assert emitted == []  # no replayed value ever reached the screen
     assert again.state == saved_state
 
 
 async def test_a_tap_unconfirmed_at_close_is_reloaded_after_the_restart(
-    valve: Valve, make_device: DeviceFactory, tmp_path: Path
+    stage: Stage, link: Link, make_device: DeviceFactory
 ) -> None:
-    path = tmp_path / "phone.sqlite3"
-    async with LiveServer(before_commit=valve) as server:
-        phone = make_device(server.url, storage_path=path)
-        await phone.wait_ready()
-        await phone.set_value("color", "red")
-        valve.close()
-        phone.set_value("color", "blue")
-        await valve.wait_held(1)
-        await phone.close()  # the sync is cancelled: "blue" may never reach the server
-        await valve.wait_empty()
-        valve.open()
+    phone = await make_device(link.url, "phone")
+    await phone.wait_online()
+    await phone.set_value("color", "red")
+    await take_offline(phone, link)
+    phone.set_value("color", "blue")  # fails at once: offline
+    await phone.close()
+    assert [type(error).__name__ for error in phone.record.errors] == ["ClientConnectionError"]
 
-        again = make_device(server.url, storage_path=path)
-        assert again.state.value("color") == "blue"
-        assert again.unconfirmed_items == {"color"}
-        await wait_converged([again], server.database)
-
-        assert again.state.value("color") == "red"
-
-
-async def test_a_save_that_fails_leaves_the_previous_save_whole(tmp_path: Path) -> None:
-    path = tmp_path / "phone.sqlite3"
-    with DeviceStorage(path, new_device_id=7) as storage:
-        storage.save({"a": SavedItem("1", 1, pending=False)}, cursor=1)
-        broken = SavedItem(object(), 2, pending=False)  # type: ignore[arg-type]
-        with pytest.raises(sqlite3.Error):
-            storage.save({"a": SavedItem("2", 2, pending=False), "b": broken}, cursor=2)
-
-    with DeviceStorage(path) as storage:
-        saved = storage.load()
-    assert saved.device_id == 7
-    assert saved.cursor == 1
-    assert saved.items == {"a": SavedItem("1", 1, pending=False)}
-
-
-def test_a_storage_file_made_without_an_id_gets_a_random_one_and_keeps_it(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "phone.sqlite3"
-    with DeviceStorage(path) as storage:
-        first = storage.device_id
-    with DeviceStorage(path, new_device_id=1) as storage:
-        assert storage.device_id == first
-    assert 0 <= first < 2**53
+    again = await make_device(stage.url, "phone", start=False)
+    assert again.state.value("color") == "blue"
+    assert again.unconfirmed_items == {"color"}
+    await stage.server.wait_connections(0)
+    again.start()
+    await wait_converged([again], stage.database)
+    assert (again.state.value("color"), again.state.revisions["color"]) == ("red", 1)
+    assert [reload.value for reload in again.record.reloads] == ["red"]

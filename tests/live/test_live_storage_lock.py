@@ -8,50 +8,43 @@ from pathlib import Path
 
 import pytest
 
-from examples.live.client import LiveStore
-from examples.live.persistence import DeviceStorage, StorageInUseError
+from examples.live.client import LiveDevice, StorageInUseError
 
 ROOT = Path(__file__).resolve().parent.parent.parent
+NOBODY = "ws://127.0.0.1:9"  # nobody listens there: the devices never connect
 
 
-def test_a_second_storage_on_an_open_file_is_refused(tmp_path: Path) -> None:
+async def test_a_second_device_on_an_open_storage_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "phone.sqlite3"
-    with DeviceStorage(path), pytest.raises(StorageInUseError, match=r"phone\.sqlite3 is in use"):
-        DeviceStorage(path)
-
-
-def test_a_closed_storage_file_can_be_opened_again(tmp_path: Path) -> None:
-    path = tmp_path / "phone.sqlite3"
-    with DeviceStorage(path) as first:
-        device_id = first.device_id
-    with DeviceStorage(path) as again:
-        assert again.device_id == device_id
-
-
-async def test_a_live_store_refuses_a_storage_file_another_store_holds(tmp_path: Path) -> None:
-    path = tmp_path / "phone.sqlite3"
-    phone = LiveStore("ws://127.0.0.1:9", storage_path=path)
+    phone = await LiveDevice.open(NOBODY, path)
     try:
-        with pytest.raises(StorageInUseError):
-            LiveStore("ws://127.0.0.1:9", storage_path=path)
+        with pytest.raises(StorageInUseError, match=r"phone\.sqlite3 is in use"):
+            await LiveDevice.open(NOBODY, path)
     finally:
         await phone.close()
-    await LiveStore("ws://127.0.0.1:9", storage_path=path).close()  # released by close()
 
 
-def test_the_client_command_exits_with_one_line_when_its_storage_is_held(tmp_path: Path) -> None:
+async def test_a_closed_storage_file_opens_again_with_its_device_id(tmp_path: Path) -> None:
     path = tmp_path / "phone.sqlite3"
-    with DeviceStorage(path):  # another client, as far as the new process can tell
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "examples.live",
-                "--client",
-                "ws://127.0.0.1:9",
-                "--storage",
-                path,
-            ],
+    first = await LiveDevice.open(NOBODY, path)
+    device_id = first.device_id
+    await first.close()
+    again = await LiveDevice.open(NOBODY, path)
+    await again.close()
+    assert again.device_id == device_id
+    assert 0 <= device_id < 2**53
+
+
+async def test_the_client_command_exits_with_one_line_when_its_storage_is_held(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "phone.sqlite3"
+    holder = await LiveDevice.open(
+        NOBODY, path
+    )  # another client, as far as the new process can tell
+    try:
+        result = subprocess.run(  # noqa: ASYNC221 - the holder needs no loop meanwhile
+            [sys.executable, "-m", "examples.live", "--client", NOBODY, "--storage", path],
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -59,6 +52,8 @@ def test_the_client_command_exits_with_one_line_when_its_storage_is_held(tmp_pat
             timeout=60,
             check=False,
         )
+    finally:
+        await holder.close()
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
         f"python -m examples.live: {path} is in use by another device: "

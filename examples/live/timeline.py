@@ -1,0 +1,227 @@
+"""The demo's output: a timeline in side-by-side columns, and what each device says in it.
+
+Example:
+    >>> import io
+    >>> from examples.live.timeline import Timeline
+    >>> out = io.StringIO()
+    >>> timeline = Timeline(out, clock=lambda: 0.0)
+    >>> timeline.add(1, "tap like=true (request)")
+    >>> print(out.getvalue().rstrip())
+         0 |                                         | tap like=true (request)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TextIO
+
+from examples.live.client import LiveDevice
+from optisync.client import Traced
+from optisync.server import Change
+from optisync.server.protocol import Ack, Error, Get, Hello, Push, Ready, Set, Value, canonical_json
+
+__all__ = ["Narrator", "Timeline", "describe", "matches", "print_table", "show", "tap"]
+
+_WIDTH = 42
+
+
+def show(value: Any) -> str:
+    """A value as the timeline prints it: its JSON, or ``-`` for none.
+
+    Example:
+        >>> from examples.live.timeline import show
+        >>> show("red"), show(None)
+        ('"red"', '-')
+    """
+    return "-" if value is None else canonical_json(value).decode()
+
+
+def describe(event: Traced) -> str:
+    """One protocol message as a line (``""`` for the welcome: the ready line says the rest).
+
+    Example:
+        >>> from optisync.client import Traced
+        >>> from optisync.server.protocol import Set
+        >>> from examples.live.timeline import describe
+        >>> describe(Traced("sent", Set(request_id=1, key="like", value=True, local_revision=2)))
+        '-> set like=true lr 2'
+    """
+    message = event.message
+    if isinstance(message, Push):
+        whose = " mine" if message.device_id else ""
+        verdict = event.outcome.value if event.outcome else "?"
+        revision = message.server_revision
+        return f"<- push {message.key}={show(message.value)} r{revision}{whose}: {verdict}"
+    line = _LINES.get(type(message))
+    return "" if line is None else line(message)
+
+
+# Each message but the push (which has an outcome too) and the welcome, as a line.
+_LINES: dict[type, Callable[[Any], str]] = {
+    Hello: lambda m: f"-> hello since {m.since}",
+    Set: lambda m: f"-> set {m.key}={show(m.value)} lr {m.local_revision}",
+    Get: lambda m: f"-> get {m.key} (reload)",
+    Ack: lambda m: f"<- ack {m.key} rev {m.server_revision}",
+    Ready: lambda m: f"connected, rev {m.server_revision}",
+    Value: lambda m: f"<- value {m.key}={show(m.value)} r{m.server_revision}",
+    Error: lambda m: f"<- error {m.code}: {m.message}",
+}
+
+
+class Timeline:
+    """Lines in columns (0: the server, then one per device), with the time since the start."""
+
+    def __init__(self, out: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
+        self._out = out
+        self._clock = clock
+        self._start = clock()
+
+    def header(self, titles: Sequence[str]) -> None:
+        """Print the column titles."""
+        cells = "".join(f"| {title:<{_WIDTH - 2}}" for title in titles).rstrip()
+        rule = ("+" + "-" * (_WIDTH - 1)) * len(titles)
+        self._out.write(f"{'ms':>6} {cells}\n{'-' * 6} {rule}\n")
+
+    def step(self, title: str) -> None:
+        """Print a step of the script across the whole width."""
+        self._out.write(f"\n== {title}\n")
+
+    def note(self, text: str) -> None:
+        """Print a line of its own, outside the columns."""
+        self._out.write(f"{text}\n")
+
+    def add(self, column: int, text: str) -> None:
+        """Print ``text`` in ``column``."""
+        elapsed = round((self._clock() - self._start) * 1000)
+        cells = [""] * (column + 1)
+        cells[column] = text if len(text) <= _WIDTH - 3 else text[: _WIDTH - 4] + "~"
+        row = "".join(f"| {cell:<{_WIDTH - 2}}" for cell in cells).rstrip()
+        self._out.write(f"{elapsed:>6} {row}\n")
+
+
+class Narrator:
+    """Says in one column what a device sends, receives and does.
+
+    Pass :meth:`trace` as the device's ``trace`` and :meth:`error` as its
+    ``on_error``, then :meth:`watch` the device once it is built.
+
+    Example:
+        >>> import io
+        >>> from examples.live.timeline import Narrator, Timeline
+        >>> from optisync.client import Traced
+        >>> from optisync.server.protocol import Ack
+        >>> out = io.StringIO()
+        >>> ack = Ack(request_id=1, key="like", value=True, server_revision=4)
+        >>> Narrator(Timeline(out, clock=lambda: 0.0), 2).trace(Traced("received", ack))
+        >>> out.getvalue().split("|")[-1].strip()
+        '<- ack like rev 4'
+    """
+
+    def __init__(self, timeline: Timeline, column: int) -> None:
+        self._timeline = timeline
+        self._column = column
+        self._replayed = 0
+        self._was_online = False
+
+    def say(self, text: str) -> None:
+        """Print ``text`` in this device's column."""
+        self._timeline.add(self._column, text)
+
+    def watch(self, device: LiveDevice) -> None:
+        """Say when ``device`` goes offline."""
+        device.client.subscribe_status(self._status)
+
+    def error(self, error: BaseException) -> None:
+        """Say that a request nobody awaited failed."""
+        self.say(f"failed: {type(error).__name__}")
+
+    def trace(self, event: Traced) -> None:
+        """Say what one protocol message was (a ``trace`` for the device's client)."""
+        message = event.message
+        if isinstance(message, Hello):
+            self._replayed = 0
+        elif isinstance(message, Push):
+            self._replayed += 1
+        elif isinstance(message, Ready):
+            self.say(f"connected, {self._replayed} replayed, rev {message.server_revision}")
+            return
+        text = describe(event)
+        if text:
+            self.say(text)
+
+    def _status(self, online: bool) -> None:
+        if online:
+            self._was_online = True
+        elif self._was_online:
+            self._was_online = False
+            self.say("disconnected")
+
+
+def matches(device: LiveDevice, database: Mapping[str, Change], item: str) -> bool:
+    """Whether ``device`` shows ``item`` as ``database`` holds it: value and revision.
+
+    Example:
+        >>> from examples.live.timeline import matches
+        >>> callable(matches)
+        True
+    """
+    change = database.get(item)
+    if change is None:
+        return item not in device.state.values
+    value = canonical_json(device.state.value(item))
+    return value == change.value and device.state.revisions.get(item) == change.server_revision
+
+
+def print_table(
+    out: TextIO,
+    names: Sequence[str],
+    devices: Sequence[LiveDevice],
+    database: Mapping[str, Change],
+    items: Sequence[str] | None = None,
+) -> bool:
+    """Print each item in the database and on each device; return whether all are equal.
+
+    Example:
+        >>> import io
+        >>> from examples.live.timeline import print_table
+        >>> print_table(io.StringIO(), [], [], {})
+        True
+    """
+    shown = (
+        sorted(set(database).union(*(d.state.values for d in devices))) if items is None else items
+    )
+    out.write("\nFinal state (value @ server revision)\n")
+    titles = "".join(f"| {title:<18}" for title in ["database", *names])
+    out.write(f"{'item':<8}{titles}| check\n")
+    all_equal = True
+    for item in shown:
+        change = database.get(item)
+        cells = ["-" if change is None else f"{change.value.decode()} @ {change.server_revision}"]
+        for device in devices:
+            cells.append(
+                f"{show(device.state.value(item))} @ {device.state.revisions.get(item, -1)}"
+            )
+        equal = all(matches(device, database, item) for device in devices)
+        all_equal = all_equal and equal
+        row = "".join(f"| {cell:<18}" for cell in cells)
+        out.write(f"{item:<8}{row}| {'equal' if equal else 'DIFFERENT'}\n")
+    for name, device in zip(names, devices, strict=True):
+        if device.unconfirmed_items:
+            all_equal = False
+            out.write(f"unconfirmed on {name}: {sorted(device.unconfirmed_items)}\n")
+    return all_equal
+
+
+def tap(device: LiveDevice, narrator: Narrator, item: str, value: Any = None) -> Awaitable[None]:
+    """Toggle ``item`` (or set it to ``value``) on ``device`` and say so.
+
+    Example:
+        >>> from examples.live.timeline import tap
+        >>> callable(tap)
+        True
+    """
+    result = device.toggle(item) if value is None else device.set_value(item, value)
+    busy = "coalesced" if getattr(result, "done", lambda: True)() else "request"
+    narrator.say(f"tap {item}={show(device.state.value(item))} ({busy})")
+    return result
