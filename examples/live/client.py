@@ -193,7 +193,10 @@ class LiveDevice:
             trace=self._traced,
         )
         # Items to reload, with the local revision they had when their sync failed.
-        self._reload: dict[str, int] = dict.fromkeys(saved.state.reload, 0)
+        # (A restored item was not tapped in this run: its mark is the store's base.)
+        self._reload: dict[str, int] = {
+            item: self.store.local_revision(item) for item in saved.state.reload
+        }
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiters: set[asyncio.Future[None]] = set()
         self.store.subscribe(lambda state: self._pulse())
