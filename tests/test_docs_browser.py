@@ -14,12 +14,15 @@ Skipped, with the reason shown in the summary, without Chromium (Debian:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import itertools
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -128,13 +131,16 @@ class Page:
 def page() -> Iterator[Page]:
     chromium = _chromium()
     assert chromium is not None
-    with tempfile.TemporaryDirectory() as profile:
+    # Chromium's helper processes may still write to the profile for a moment
+    # after the browser exits: stop the whole group, and never fail on the cleanup.
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         browser = subprocess.Popen(
             [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,
         )
         try:
             assert browser.stderr is not None
@@ -152,7 +158,8 @@ def page() -> Iterator[Page]:
                 tab.call("Page.enable")
                 yield tab
         finally:
-            browser.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(browser.pid, signal.SIGTERM)
             browser.wait(timeout=30)
             if browser.stderr is not None:
                 browser.stderr.close()
