@@ -56,7 +56,10 @@ async def run_client(url: str, storage: Path) -> None:
         trace=_print_traffic,
         on_error=lambda error: print(f"failed: {type(error).__name__}: {error}"),
     )
-    device.client.subscribe_status(lambda online: online or print("disconnected; retrying"))
+    quitting = False
+    device.client.subscribe_status(
+        lambda online: online or quitting or print("disconnected; retrying")
+    )
     async with device:
         # Only once the storage file is ours (it may be refused as in use).
         threading.Thread(target=_read_lines, args=(loop, lines), daemon=True).start()
@@ -74,6 +77,7 @@ async def run_client(url: str, storage: Path) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_PATIENCE):
                 await device.wait_until(lambda: not device.unconfirmed_items)
+        quitting = True  # the disconnect that closing makes is not news
 
 
 def _run_command(device: LiveDevice, command: str, arguments: list[str]) -> None:
