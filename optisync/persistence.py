@@ -256,7 +256,9 @@ class Storage(Protocol):
 
     Any object with these three coroutines is one. A back end must make each
     :meth:`save` atomic: after a crash, :meth:`load` returns the last
-    snapshot whose save completed, whole.
+    snapshot whose save completed, whole, with every field of it (a back end
+    that dropped ``local_revision_base`` would bring back the restart bug it
+    prevents).
 
     Example:
         A back end that keeps the last snapshot in memory (what optisync's
