@@ -293,11 +293,8 @@ def test_a_restart_while_a_write_is_committed_but_unanswered_keeps_the_newer_tap
         faults=NetworkFaults(
             request_latency=(0.01, 0.3),
             push_latency=(0.01, 0.3),
-            duplicate_push=0.0,
-            drop_push=0.0,
             reconnect_delay=(0.01, 0.1),
             fail_before_commit=0.1,
-            fail_after_commit=0.0,
         ),
         script=(
             Wait(0.0),
