@@ -49,6 +49,7 @@ import attrs
 
 from optisync.errors import StateError
 from optisync.revisions import PushMetadata, PushOutcome
+from optisync.store import latest_change_is_push
 
 if TYPE_CHECKING:
     from optisync.store import Store
@@ -595,6 +596,13 @@ class _BoundWithPush(_Bound[S, I, T]):
                 attempts += 1
                 if attempts > 1:  # a retry sends what the state shows now, as its newest change
                     value, revision = get(store.state, item), store.local_revision(key)
+                if latest_change_is_push(store, key):
+                    # A push came after the last tap (while this waited to be sent):
+                    # the server's newer word is on screen and nothing of ours is
+                    # left to send, as for a follow-up. Sending would write over
+                    # whatever the server committed since.
+                    now = get(store.state, item)
+                    return self._inform(key, store.server_revision(key), now, inform)
                 answer = await send(store, item, value, SyncRequest(key, revision, device_id))
                 return self._inform(key, answer, value, inform)
 

@@ -587,8 +587,9 @@ class Store(Generic[S]):
         store's (:meth:`server_revision`) and ``get_server_revision_from_state(key)``.
         A push not newer than that is ignored (out of order, replayed,
         duplicated). A push that echoes an older local change of this very
-        device, made before the key's latest change in this run, only records
-        its server revision. Any other push is applied
+        device, made before the key's latest change in this run (a tap still
+        on screen, not replaced by a push), only records its server revision.
+        Any other push is applied
         with ``apply_server_push_to_state(state, key, server_revision)``
         (store the revision in your state there), marks the key's latest
         change as a push (so a request in flight gets no follow-up), and
@@ -884,3 +885,10 @@ def adopt_local_revision_base(store: Store[Any], base: int) -> None:
     engine.local_revision_base = base
     for key_state in engine.keys.values():
         key_state.local_revision = base
+
+
+def latest_change_is_push(store: Store[Any], key: Hashable) -> bool:
+    """Whether the key's latest change came from a push (library-internal, for the fields)."""
+    engine: SyncEngine[Any] = getattr(store, "_Store__engine")  # noqa: B009
+    key_state = engine.keys.get(key)
+    return key_state is not None and key_state.from_push

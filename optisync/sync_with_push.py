@@ -213,10 +213,13 @@ def push(
         push_metadata.device_id == host.device_id
         and push_metadata.local_revision < local
         and local > engine.local_revision_base
+        and not key_state.from_push
     ):
         # Our own older write coming back: the state already shows a newer tap.
         # (Only a tap of this run is newer: a key this run never changed takes
-        # the echo of an earlier run's write, which the server holds.)
+        # the echo of an earlier run's write, which the server holds. And only
+        # while the state shows that tap: if a push replaced it, this echo is
+        # newer than that push, so it is the server's newest word.)
         key_state.server_revision = pushed
         engine.status_changed(key)
         return PushOutcome.SELF_ECHO

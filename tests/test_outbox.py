@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from optisync import Store, StoreClosedError, testing
+from optisync import PushMetadata, PushOutcome, Store, StoreClosedError, testing
 from optisync.fields import SyncedMapWithPush, SyncRequest
 from optisync.outbox import Backoff, Outbox
 from optisync.persistence import JsonCodec, open_sqlite
@@ -266,6 +266,83 @@ def test_a_change_made_offline_survives_a_restart_made_offline(tmp_path: Path) -
     assert server.writes == []
     run(second_run())
     assert server.writes == [("post", True)]
+
+
+# -- a push while a change waits -------------------------------------------------------
+
+
+async def waiting(outbox: Outbox) -> None:
+    """Return once a key waits between attempts (its failed attempt is over)."""
+    marked = asyncio.Event()
+    stop = outbox.subscribe(marked.set)
+    try:
+        while not outbox.unreachable_keys():
+            marked.clear()
+            await marked.wait()
+    finally:
+        stop()
+
+
+def other_device(store: Store[Any], server_revision: int) -> PushMetadata:
+    return PushMetadata(server_revision, local_revision=0, device_id=store.device_id + 1)
+
+
+def test_a_push_after_the_last_tap_ends_the_wait_without_sending_anything() -> None:
+    # The seed's rule for a follow-up holds for a retry: a push since the last tap is
+    # the server's newer word. Sending the state now would write the other device's
+    # value as this one's, over anything written after it.
+    async def scenario() -> None:
+        server = FlakyServer()
+        server.down = True
+        async with Likes(server) as store:
+            outbox = Outbox(store, backoff=NO_JITTER)
+            store.liked.set("post", True)
+            await waiting(outbox)
+            outcome = store.liked.push("post", False, other_device(store, server_revision=7))
+            assert outcome is PushOutcome.APPLIED
+            server.down = False
+            await outbox.synced()
+            assert server.writes == []
+            assert store.liked["post"] is False
+            assert store.liked.server_revision("post") == 7
+
+    run(scenario())
+
+
+def test_a_push_while_the_transport_says_offline_also_ends_the_wait() -> None:
+    async def scenario() -> None:
+        server = FlakyServer()
+        async with Likes(server) as store:
+            outbox = Outbox(store, backoff=NO_JITTER)
+            outbox.set_reachable(False)  # no attempt is made at all
+            store.liked.set("post", True)
+            await waiting(outbox)
+            store.liked.push("post", False, other_device(store, server_revision=7))
+            outbox.set_reachable(True)
+            await outbox.synced()
+            assert (server.attempts, server.writes) == (0, [])
+            assert store.liked["post"] is False
+
+    run(scenario())
+
+
+def test_a_tap_after_that_push_is_sent_when_the_server_is_back() -> None:
+    async def scenario() -> None:
+        server = FlakyServer()
+        server.down = True
+        async with Likes(server) as store:
+            outbox = Outbox(store, backoff=NO_JITTER)
+            store.liked.set("post", True)
+            await waiting(outbox)
+            store.liked.push("post", False, other_device(store, server_revision=7))
+            store.liked.set("post", True)  # the user taps again, after the push
+            server.down = False
+            await outbox.synced()
+            # (The retry sends the latest value; the cycle's follow-up may repeat it.)
+            assert set(server.writes) == {("post", True)}
+            assert store.liked["post"] is True
+
+    run(scenario())
 
 
 # -- the runnable proof ----------------------------------------------------------------

@@ -1077,3 +1077,39 @@ async def test_an_echo_of_an_earlier_run_is_applied_unless_this_run_tapped_since
 def test_a_bad_local_revision_base_is_refused(base: Any, error: type[Exception]) -> None:
     with pytest.raises(error, match="local_revision_base"):
         optisync.Store(0, local_revision_base=base)
+
+
+async def test_an_echo_newer_than_the_push_that_replaced_the_taps_is_applied(
+    store: DocStore, server: FakeServer
+) -> None:
+    # Request 1 (liked=True) is in flight; the user taps again; another device's push
+    # (rev 3) replaces the taps on screen; then request 1's own echo arrives with
+    # rev 4: it was committed after that push, so it is the server's newest word.
+    # Taking it for a self-echo kept the push's value on screen: without a response
+    # applier nothing fixed that, and the device stayed wrong for good.
+    done = store.toggle(apply_server_response_to_state=None)  # liked=True, local 1
+    request = await server.request(1)
+    store.toggle()  # liked=False, local 2: coalesced
+    assert store.push(False, server_revision=3, device_id=2) is PushOutcome.APPLIED
+    echo = store.push(True, server_revision=4, local_revision=1, device_id=store.device_id)
+    assert echo is PushOutcome.APPLIED
+    assert store.state.liked is True
+    request.respond(True, server_revision=4)
+    await done
+    assert server.log == [(True, 1)]  # the push came after the taps: no follow-up
+    assert (store.state.liked, store.server_revision(KEY)) == (True, 4)
+
+
+async def test_an_echo_older_than_a_tap_still_on_screen_is_a_self_echo(
+    store: DocStore, server: FakeServer
+) -> None:
+    done = store.toggle()  # liked=True, local 1
+    request = await server.request(1)
+    store.toggle()  # liked=False, local 2
+    echo = store.push(True, server_revision=4, local_revision=1, device_id=store.device_id)
+    assert echo is PushOutcome.SELF_ECHO
+    assert store.state.liked is False
+    request.respond(True, server_revision=4)
+    (await server.request(2)).respond(False, server_revision=5)
+    await done
+    assert store.state.liked is False
