@@ -54,8 +54,11 @@ MALFORMED = [
     ('{"type": "get", "request_id": 4, "key": "a\\nb"}', "bad_field", 4),
     (SET_TEXT % ('"k"', "1e999"), "bad_field", 4),
     (SET_TEXT % ('"k"', "NaN"), "bad_json", None),
-    (SET_TEXT % ('"k"', '"\\ud800"'), "bad_field", None),
-    (SET_TEXT % ('"k\\udc00"', "1"), "bad_field", None),
+    (SET_TEXT % ('"k"', '"\\ud800"'), "bad_field", 4),
+    (SET_TEXT % ('"k\\udc00"', "1"), "bad_field", 4),
+    (SET_TEXT.replace("4", '"4"') % ('"k"', '"\\ud800"'), "bad_field", None),
+    ((SET_TEXT % ('"k"', '"\\ud800"'))[:-1], "bad_json", None),
+    (SET_TEXT % ('"k"', "[" * 5_000 + "]" * 5_000), "bad_field", None),
     ('{"type": "hello", "device_id": 1, "since": 0}', "bad_message", None),
     ("[" * 10_000 + "]" * 10_000, "bad_message", None),
 ]  # fmt: skip
@@ -79,8 +82,9 @@ async def test_a_message_over_the_size_limit_gets_too_large(
     server: tuple[SyncServer, str], connect_device: Connect
 ) -> None:
     device = await connect_device(1)
-    await device.send({**SET, "value": "x" * (64 * 1024)})
-    assert (await device.receive_type("error"))["code"] == "too_large"
+    await device.send({**SET, "request_id": 6, "value": "x" * (64 * 1024)})
+    error = await device.receive_type("error")
+    assert (error["code"], error["request_id"]) == ("too_large", 6)
     assert await head(server) == 0
 
 
