@@ -201,14 +201,19 @@ async def test_after_every_backend_is_terminated_writes_go_on_and_both_servers_c
             # Commits, reads and LISTEN of both servers, all at once.
             await _terminate(admin, "application_name LIKE 'optisync-%%'")
         await asyncio.gather(*(write(device, 4) for device in devices))
-        views = []
-        for device in devices:
-            while len(device.pushes) < 24:
-                device.pushes.append(await device.receive())
-            assert [push["server_revision"] for push in device.pushes] == list(range(1, 25))
-            views.append({push["key"]: push["value"] for push in device.pushes})
-        assert views[0] == views[1] == views[2] == views[3]
-        assert {key: (await devices[0].get(key))["value"] for key in views[0]} == views[0]
+        await _assert_converged(devices, commits=24)
+
+
+async def _assert_converged(devices: list[RawDevice], commits: int) -> None:
+    """Every device gets every commit, in revision order; all end with the server's values."""
+    views = []
+    for device in devices:
+        while len(device.pushes) < commits:
+            device.pushes.append(await device.receive())
+        assert [push["server_revision"] for push in device.pushes] == list(range(1, commits + 1))
+        views.append({push["key"]: push["value"] for push in device.pushes})
+    assert all(view == views[0] for view in views)
+    assert {key: (await devices[-1].get(key))["value"] for key in views[0]} == views[0]
 
 
 async def test_two_server_processes_on_one_database_converge(postgres_dsn: str) -> None:
@@ -228,15 +233,8 @@ async def test_two_server_processes_on_one_database_converge(postgres_dsn: str) 
                 await device.set(f"k{n % 4}", f"{device.device_id}:{n}", local_revision=n + 1)
 
         await asyncio.gather(*(write(device) for device in devices))
-        views = []
-        for device in devices:
-            while len(device.pushes) < 60:
-                device.pushes.append(await device.receive())
-            # Every device saw every commit of both processes, in revision order.
-            assert [push["server_revision"] for push in device.pushes] == list(range(1, 61))
-            views.append({push["key"]: push["value"] for push in device.pushes})
-        assert views[0] == views[1] == views[2] == views[3]
-        assert {key: (await devices[1].get(key))["value"] for key in views[0]} == views[0]
+        # Every device saw every commit of both processes, in revision order.
+        await _assert_converged(devices, commits=60)
         for device in devices:
             await device.connection.close()
 
