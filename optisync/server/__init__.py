@@ -19,7 +19,7 @@ Example:
 
 from optisync.server.security import Authenticator, Grant, allow_anyone, require_token
 from optisync.server.server import Limits, SyncServer
-from optisync.server.storage import Change, SqliteStorage, Storage
+from optisync.server.storage import Change, SqliteStorage, Storage, StorageUnavailableError
 
 __all__ = [
     "Authenticator",
@@ -28,6 +28,7 @@ __all__ = [
     "Limits",
     "SqliteStorage",
     "Storage",
+    "StorageUnavailableError",
     "SyncServer",
     "allow_anyone",
     "require_token",

@@ -19,12 +19,13 @@ import os
 import queue
 import sys
 from collections.abc import Sequence
+from typing import TextIO
 
 from optisync.server.security import allow_anyone, require_token
 from optisync.server.server import SyncServer
 from optisync.server.storage import SqliteStorage, Storage
 
-__all__ = ["DroppingQueueHandler", "main", "parse_arguments"]
+__all__ = ["DropReportingHandler", "DroppingQueueHandler", "main", "parse_arguments"]
 
 TOKEN_VARIABLE = "OPTISYNC_SERVER_TOKEN"
 
@@ -53,6 +54,42 @@ class DroppingQueueHandler(logging.handlers.QueueHandler):
             self.dropped += 1
 
 
+class DropReportingHandler(logging.StreamHandler[TextIO]):
+    """Writes records to a stream, first saying how many ``source`` dropped since the last.
+
+    It runs in the :class:`~logging.handlers.QueueListener`'s thread: when a
+    stalled stream moves again, its reader learns how much of the log is missing.
+
+    Example:
+        >>> import io, logging, queue
+        >>> from optisync.server.__main__ import DropReportingHandler, DroppingQueueHandler
+        >>> source = DroppingQueueHandler(queue.Queue(maxsize=1))
+        >>> source.dropped = 3
+        >>> out = io.StringIO()
+        >>> DropReportingHandler(out, source).emit(logging.makeLogRecord({"msg": "next"}))
+        >>> print(out.getvalue(), end="")
+        3 log records dropped: the log output was not read
+        next
+    """
+
+    def __init__(self, stream: TextIO, source: DroppingQueueHandler) -> None:
+        super().__init__(stream)
+        self._source = source
+        self._reported = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        dropped = self._source.dropped
+        if dropped > self._reported:
+            note = logging.LogRecord(
+                "optisync.server", logging.WARNING, __file__, 0,
+                "%d log records dropped: the log output was not read",
+                (dropped - self._reported,), None,
+            )  # fmt: skip
+            super().emit(self._source.prepare(note))
+            self._reported = dropped
+        super().emit(record)
+
+
 def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line's options.
 
@@ -74,7 +111,13 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="ORIGIN",
         help="a web page origin allowed to connect (repeatable); none by default",
     )
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        default="INFO",
+        help="debug logs every message (and every frame, from websockets)",
+    )
     return parser.parse_args(argv)
 
 
@@ -113,8 +156,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """
     arguments = parse_arguments(argv)
     records: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=10_000)
-    listener = logging.handlers.QueueListener(records, logging.StreamHandler(sys.stderr))
-    logging.basicConfig(level=arguments.log_level, handlers=[DroppingQueueHandler(records)])
+    into_queue = DroppingQueueHandler(records)
+    listener = logging.handlers.QueueListener(records, DropReportingHandler(sys.stderr, into_queue))
+    logging.basicConfig(level=arguments.log_level, handlers=[into_queue])
     listener.start()
     try:
         asyncio.run(_serve(arguments))

@@ -8,6 +8,12 @@ hands each change to its server in order. LISTEN has no replay: after a
 reconnect the process re-reads the log from that same revision, so nothing
 committed meanwhile is missed.
 
+Commits and reads take their connection from a pool of their own
+(``psycopg_pool``), which checks it before handing it out and replaces one
+that PostgreSQL closed (a restart, ``pg_terminate_backend``). A call whose
+connection is lost midway raises :class:`StorageUnavailableError` for that
+call alone; the next one runs on a new connection.
+
 Example:
     >>> import asyncio, os
     >>> from optisync.server.postgres import PostgresStorage
@@ -28,13 +34,14 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Final
 
 import psycopg
 import psycopg.sql
+from psycopg_pool import AsyncConnectionPool
 
-from optisync.server.storage import Change, OpenedByAsyncWith
+from optisync.server.storage import Change, OpenedByAsyncWith, StorageUnavailableError
 
 __all__ = ["PostgresStorage"]
 
@@ -63,6 +70,12 @@ CREATE TABLE IF NOT EXISTS optisync_keys (
 _SCHEMA_LOCK: Final = 0x0951_7C
 _COLUMNS: Final = "c.revision, c.key, c.value, c.local_revision, c.device_id"
 _PAGE: Final = 500
+# What each connection calls itself in pg_stat_activity.
+_COMMITS: Final = "optisync-commits"
+_READS: Final = "optisync-reads"
+_LISTEN: Final = "optisync-listen"
+
+_Pool = AsyncConnectionPool[psycopg.AsyncConnection[tuple[object, ...]]]
 
 
 def _change(row: tuple[int, str, bytes, int, int]) -> Change:
@@ -77,6 +90,8 @@ class PostgresStorage(OpenedByAsyncWith):
         channel: the LISTEN/NOTIFY channel shared by the processes of one database.
         reconnect_delay: first wait before the LISTEN connection reconnects;
             it doubles up to 5 s while the database stays unreachable.
+        wait_timeout: how long a commit or read waits for a working
+            connection (the database down) before it fails.
 
     Example:
         >>> from optisync.server.postgres import PostgresStorage
@@ -87,17 +102,21 @@ class PostgresStorage(OpenedByAsyncWith):
     on_commit: Callable[[Change], None] | None = None
 
     def __init__(
-        self, dsn: str, *, channel: str = "optisync_changes", reconnect_delay: float = 0.1
+        self,
+        dsn: str,
+        *,
+        channel: str = "optisync_changes",
+        reconnect_delay: float = 0.1,
+        wait_timeout: float = 5.0,
     ) -> None:
         self._dsn = dsn
         self._channel = channel
         self._reconnect_delay = reconnect_delay
         # Commits on one connection, reads on another: a transaction is never
         # shared by two tasks, and a replay's reads never wait behind commits.
-        self._db: psycopg.AsyncConnection[tuple[object, ...]] | None = None
-        self._reads: psycopg.AsyncConnection[tuple[object, ...]] | None = None
-        self._writing = asyncio.Lock()
-        self._reading = asyncio.Lock()
+        self._wait_timeout = wait_timeout
+        self._commits: _Pool | None = None
+        self._reads: _Pool | None = None
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
         self._catching_up = asyncio.Lock()
@@ -127,13 +146,45 @@ class PostgresStorage(OpenedByAsyncWith):
         """
         return self._last_seen
 
+    async def _open_pool(self, name: str) -> _Pool:
+        # One connection, checked before each use: one that PostgreSQL closed
+        # while idle is replaced before a call fails on it.
+        pool: _Pool = AsyncConnectionPool(
+            self._dsn,
+            kwargs={"autocommit": True, "application_name": name},
+            min_size=1,
+            max_size=1,
+            open=False,
+            check=AsyncConnectionPool.check_connection,
+            timeout=self._wait_timeout,
+            name=name,
+        )
+        try:
+            await pool.open(wait=True, timeout=self._wait_timeout)
+        except BaseException:
+            await pool.close()
+            raise
+        return pool
+
+    @contextlib.asynccontextmanager
+    async def _connection(
+        self, pool: _Pool | None, doing: str
+    ) -> AsyncIterator[psycopg.AsyncConnection[tuple[object, ...]]]:
+        """A working connection of ``pool``; a lost one raises StorageUnavailableError."""
+        if pool is None:
+            raise RuntimeError("the storage is not open: await open() first")
+        try:
+            async with pool.connection() as connection:
+                yield connection
+        except psycopg.OperationalError as error:  # PoolTimeout is one too
+            # The pool drops a broken connection when it is handed back.
+            raise StorageUnavailableError(f"PostgreSQL failed during {doing}: {error}") from error
+
     async def _query(
         self, sql: str, parameters: tuple[object, ...] = ()
     ) -> list[tuple[object, ...]]:
-        if self._reads is None:
-            raise RuntimeError("the storage is not open: await open() first")
-        async with self._reading:
-            cursor = await self._reads.execute(sql, parameters)
+        async with self._connection(self._reads, "a read") as reads:
+            cursor = await reads.execute(sql, parameters)
             return await cursor.fetchall()
 
     async def open(self) -> None:
@@ -143,29 +194,33 @@ class PostgresStorage(OpenedByAsyncWith):
             >>> from optisync.server.postgres import PostgresStorage
             >>> storage = PostgresStorage("dbname=app")  # then: await storage.open()
         """
-        self._db = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
+        if self._commits is not None:
+            raise RuntimeError("the storage is already open")
         try:
-            self._reads = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
-            async with self._db.transaction():
-                await self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                await self._db.execute(_SCHEMA)
-                await self._db.execute(
-                    "INSERT INTO optisync_meta (name, value) VALUES ('generation', %s) "
-                    "ON CONFLICT DO NOTHING",
-                    (uuid.uuid4().hex,),
-                )
-                cursor = await self._db.execute(
-                    "SELECT value FROM optisync_meta WHERE name = 'generation'"
-                )
-                row = await cursor.fetchone()
-            assert row is not None
-            self._generation = str(row[0])
+            self._commits = await self._open_pool(_COMMITS)
+            self._reads = await self._open_pool(_READS)
+            self._generation = await self._create_tables()
             self._last_seen = await self.head()
             self._listener = asyncio.create_task(self._listen_forever())
             await self._listening.wait()
         except BaseException:
             await self.close()
             raise
+
+    async def _create_tables(self) -> str:
+        """Create what is missing; the database's generation id."""
+        async with self._connection(self._commits, "open") as db, db.transaction():
+            await db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            await db.execute(_SCHEMA)
+            await db.execute(
+                "INSERT INTO optisync_meta (name, value) VALUES ('generation', %s) "
+                "ON CONFLICT DO NOTHING",
+                (uuid.uuid4().hex,),
+            )
+            cursor = await db.execute("SELECT value FROM optisync_meta WHERE name = 'generation'")
+            row = await cursor.fetchone()
+        assert row is not None
+        return str(row[0])
 
     async def close(self) -> None:
         """Stop listening and disconnect. Closing twice is harmless.
@@ -180,10 +235,10 @@ class PostgresStorage(OpenedByAsyncWith):
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
-        for connection in (self._db, self._reads):
-            if connection is not None:
-                await connection.close()
-        self._db = self._reads = None
+        for pool in (self._commits, self._reads):
+            if pool is not None:
+                await pool.close()
+        self._commits = self._reads = None
 
     async def commit(
         self, key: str, value: bytes, *, local_revision: int, device_id: int
@@ -195,10 +250,7 @@ class PostgresStorage(OpenedByAsyncWith):
             >>> PostgresStorage("dbname=app").commit  # doctest: +ELLIPSIS
             <bound method PostgresStorage.commit of <...>>
         """
-        if self._db is None:
-            raise RuntimeError("the storage is not open: await open() first")
-        db = self._db
-        async with self._writing, db.transaction():
+        async with self._connection(self._commits, "a commit") as db, db.transaction():
             # The row lock on the counter orders commits: revision order is commit order.
             cursor = await db.execute(
                 "UPDATE optisync_head SET revision = revision + 1 RETURNING revision"
@@ -217,7 +269,9 @@ class PostgresStorage(OpenedByAsyncWith):
                 (key, revision),
             )
             await db.execute("SELECT pg_notify(%s, %s)", (self._channel, str(revision)))
-        # Hand it (and any earlier commit of another process) to the server before the ack.
+        # Hand it (and any earlier commit of another process) to the server before
+        # the ack. Should this read fail, the change still reaches every device
+        # through the LISTEN side's catch-up; only this call reports a failure.
         await self._catch_up(revision)
         return Change(revision, key, value, local_revision, device_id)
 
@@ -281,7 +335,7 @@ class PostgresStorage(OpenedByAsyncWith):
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self._dsn, autocommit=True
+                    self._dsn, autocommit=True, application_name=_LISTEN
                 ) as listener:
                     await listener.execute(
                         psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(self._channel))
@@ -292,7 +346,7 @@ class PostgresStorage(OpenedByAsyncWith):
                     delay = self._reconnect_delay
                     async for notice in listener.notifies():
                         await self._catch_up(int(notice.payload))
-            except psycopg.OperationalError as error:
+            except (psycopg.OperationalError, StorageUnavailableError) as error:
                 self.reconnects += 1
                 logger.warning("LISTEN connection lost (%s); reconnecting in %.1f s", error, delay)
                 await asyncio.sleep(delay)

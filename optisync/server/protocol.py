@@ -284,6 +284,8 @@ class _RequestId(msgspec.Struct):
 _client_decoder: Final = msgspec.json.Decoder(ClientMessage)
 _server_decoder: Final = msgspec.json.Decoder(ServerMessage)
 _id_decoder: Final = msgspec.json.Decoder(_RequestId)
+# Checks the syntax only: the text is skipped over, no value is built.
+_syntax_decoder: Final = msgspec.json.Decoder(msgspec.Raw)
 _encoder: Final = msgspec.json.Encoder()
 _LONE_SURROGATE: Final = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
@@ -338,20 +340,29 @@ def decode_server(data: bytes | str, *, max_bytes: int = 16 * 1024 * 1024) -> Se
 
 
 def _decode(decoder: msgspec.json.Decoder[Any], data: bytes | str, max_bytes: int) -> Any:
-    raw = data.encode() if isinstance(data, str) else data
+    # surrogatepass: a str holding a lone surrogate becomes bytes msgspec refuses.
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
     if len(raw) > max_bytes:
-        raise ProtocolError("too_large", f"a message may hold at most {max_bytes} bytes")
+        raise ProtocolError(
+            "too_large", f"a message may hold at most {max_bytes} bytes", _request_id(raw)
+        )
     try:
         return decoder.decode(raw)
     except msgspec.ValidationError as error:
-        raise ProtocolError(_validation_code(str(error)), str(error), _request_id(raw)) from None
+        code, detail = _validation_code(str(error)), str(error)
+    except RecursionError:
+        code, detail = "bad_field", "a value nests too deeply"
     except msgspec.DecodeError as error:
+        code, detail = "bad_json", str(error)
         if _LONE_SURROGATE.search(raw):
-            # JSON allows "\ud800" but no UTF-8 text holds it: the field is bad, not the JSON.
-            raise ProtocolError(
-                "bad_field", "strings may not hold a lone surrogate", _request_id(raw)
-            ) from None
-        raise ProtocolError("bad_json", str(error)) from None
+            # JSON allows "\ud800" but no UTF-8 text holds it. Read the message
+            # with each surrogate escape replaced: if that is JSON, the field is
+            # bad, not the JSON, and its request_id is readable.
+            readable = _LONE_SURROGATE.sub(rb"\\ufffd", raw)
+            if _is_json(readable):
+                code, detail = "bad_field", "strings may not hold a lone surrogate"
+                raw = readable
+    raise ProtocolError(code, detail, _request_id(raw)) from None
 
 
 def _validation_code(text: str) -> str:
@@ -369,7 +380,16 @@ def _validation_code(text: str) -> str:
 
 
 def _request_id(raw: bytes) -> int | None:
+    """The message's top-level ``request_id`` if the JSON holds a valid one, else None."""
     try:
         return _id_decoder.decode(raw).request_id
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         return None
+
+
+def _is_json(raw: bytes) -> bool:
+    try:
+        _syntax_decoder.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return False
+    return True

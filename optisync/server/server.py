@@ -57,6 +57,8 @@ logger: Final = logging.getLogger("optisync.server")
 # Close codes (RFC 6455): 1008 policy violation, 1013 try again later.
 _POLICY: Final = 1008
 _TRY_LATER: Final = 1013
+_QUEUE_FULL: Final = "send queue full"
+_NO_DATABASE: Final = "the database is unavailable"
 
 
 @attrs.frozen
@@ -332,7 +334,13 @@ class SyncServer:
             peer = _Peer(connection, hello, self._admitted[hello.device_id], self._limits)
             del self._admitted[hello.device_id]
             self._peers[hello.device_id] = peer
-            await self._welcome(peer, hello)
+            try:
+                await self._welcome(peer, hello)
+            except Exception:
+                logger.exception("welcome of %s failed", peer.grant.name)
+                self._forget(peer)
+                await connection.close(_TRY_LATER, _NO_DATABASE)
+                return None
             return peer
         logger.info("refused a connection: %s", refusal.code)
         with contextlib.suppress(ConnectionClosed):
@@ -377,19 +385,19 @@ class SyncServer:
                     break
                 reply = await self._answer(peer, frame, bucket)
                 if not peer.offer(encode(reply)):
-                    await self._cut(peer)
+                    await self._cut(peer, _QUEUE_FULL)
                     break
         finally:
             replay.cancel()
 
-    async def _cut(self, peer: _Peer) -> None:
+    async def _cut(self, peer: _Peer, reason: str) -> None:
         if peer.cut:
             return
         peer.cut = True
         # Forget it at once: no more pushes pile up, and the device may reconnect.
         self._forget(peer)
-        logger.warning("%s cut: its send queue is full", peer.grant.name)
-        await peer.connection.close(_TRY_LATER, "send queue full")
+        logger.warning("%s cut: %s", peer.grant.name, reason)
+        await peer.connection.close(_TRY_LATER, reason)
 
     async def _answer(self, peer: _Peer, frame: str | bytes, bucket: _TokenBucket) -> Any:
         try:
@@ -407,7 +415,11 @@ class SyncServer:
     async def _get(self, peer: _Peer, message: Get) -> Value | Error:
         if not peer.grant.can_read(message.key):
             return Error(message.request_id, "forbidden", "this connection may not read the key")
-        change = await self._storage.read(message.key)
+        try:
+            change = await self._storage.read(message.key)
+        except Exception:
+            logger.exception("read of %r failed", message.key)
+            return Error(message.request_id, "unavailable", "the server could not read; retry")
         if change is None:
             return Value(message.request_id, message.key, None, -1)
         value = msgspec.Raw(change.value)
@@ -421,7 +433,7 @@ class SyncServer:
             return Error(request_id, "forbidden", "this connection may not write the key")
         try:
             value = canonical_json(message.value)
-        except (msgspec.EncodeError, UnicodeEncodeError):
+        except (msgspec.EncodeError, UnicodeEncodeError, RecursionError):
             return Error(request_id, "bad_field", "set.value is not JSON")
         if len(value) > self._limits.max_message_bytes:
             return Error(request_id, "too_large", "the value is too large")
@@ -459,7 +471,11 @@ class SyncServer:
                 peer.offer(encode(Ready(peer.cursor)))
                 return
         except (OverflowError, ConnectionClosed):
-            await self._cut(peer)
+            await self._cut(peer, _QUEUE_FULL)
+        except Exception:
+            # The device reconnects and replays from its cursor.
+            logger.exception("replay for %s failed", peer.grant.name)
+            await self._cut(peer, _NO_DATABASE)
 
     def _publish(self, change: Change) -> None:
         for peer in list(self._peers.values()):
@@ -479,7 +495,7 @@ class SyncServer:
             return  # already sent in the replay
         peer.cursor = change.server_revision
         if not peer.offer(self._push_frame(peer, change)) and not peer.cut:
-            task = asyncio.create_task(self._cut(peer))
+            task = asyncio.create_task(self._cut(peer, _QUEUE_FULL))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 

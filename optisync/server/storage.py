@@ -31,7 +31,7 @@ from typing import Protocol, Self, TypeVar
 
 import attrs
 
-__all__ = ["Change", "SqliteStorage", "Storage"]
+__all__ = ["Change", "SqliteStorage", "Storage", "StorageUnavailableError"]
 
 _T = TypeVar("_T")
 
@@ -51,6 +51,21 @@ class Change:
     value: bytes
     local_revision: int
     device_id: int
+
+
+class StorageUnavailableError(ConnectionError):
+    """The database could not be reached, or the connection was lost during the call.
+
+    A commit that raises it was not acknowledged: the server answers
+    ``unavailable`` and the device retries. (Lost during the COMMIT itself, the
+    write may still have been committed: it then reaches every device, the
+    writer included, as a push like any other change.)
+
+    Example:
+        >>> from optisync.server import StorageUnavailableError
+        >>> issubclass(StorageUnavailableError, ConnectionError)
+        True
+    """
 
 
 class Storage(Protocol):

@@ -7,7 +7,10 @@ when ``$OPTISYNC_TEST_POSTGRES_DSN`` is set: ``source .ci/postgres.sh``).
 * fan-out: one device writes, every connected device receives the push;
   p50/p99 of the time from the write's send to each push's arrival;
 * kill -9: a server process is killed while 8 devices write; after a restart
-  every acknowledged write is read back with its revision and value.
+  every acknowledged write is read back with its revision and value;
+* PostgreSQL backends terminated: every connection of a server is closed by
+  PostgreSQL while 8 devices write (retrying on ``unavailable``); every
+  acknowledged write is read back, and commits answered ``unavailable`` counted.
 """
 
 from __future__ import annotations
@@ -171,6 +174,63 @@ async def kill_nine(arguments: list[str], rounds: int) -> tuple[int, int]:
     return len(acked), lost
 
 
+async def write_through_faults(
+    device: Writer, prefix: str, tally: FaultTally, enough: asyncio.Event
+) -> None:
+    """Write until ``tally.stop``; retry each write answered ``unavailable``, as a device does."""
+    index = 0
+    while not tally.stop:
+        index += 1
+        key = f"{prefix}:{index}"
+        while (answer := await device.set(key, index))["type"] != "ack":
+            assert answer["code"] == "unavailable", answer
+            tally.unavailable += 1
+        revision = answer["server_revision"]
+        assert isinstance(revision, int)
+        tally.acked[revision] = (key, index)
+        if len(tally.acked) >= tally.target:
+            enough.set()
+
+
+class FaultTally:
+    def __init__(self) -> None:
+        self.acked: dict[int, tuple[str, int]] = {}
+        self.unavailable = 0
+        self.target = 0
+        self.stop = False
+
+
+async def terminate_backends(dsn: str, rounds: int) -> str:
+    """Terminate every optisync backend ``rounds`` times while 8 devices write."""
+    tally, prefix = FaultTally(), f"fault:{time.time_ns()}"
+    with server_process("--postgres", dsn) as (_, url):
+        devices = [Writer(await open_device(url, 5_000_000 + n)) for n in range(8)]
+        enough = asyncio.Event()
+        tasks = [
+            asyncio.create_task(write_through_faults(device, f"{prefix}:{n}", tally, enough))
+            for n, device in enumerate(devices)
+        ]
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
+            for _ in range(rounds):
+                tally.target = len(tally.acked) + 200
+                enough.clear()
+                await enough.wait()
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND application_name LIKE 'optisync-%'"
+                )
+        tally.stop = True
+        await asyncio.gather(*tasks)
+    stored = {r: kv for r, kv in read_log(["--postgres", dsn]).items() if kv[0].startswith(prefix)}
+    lost = sum(stored.get(revision) != write for revision, write in tally.acked.items())
+    unacked = len(stored) - len(tally.acked)  # committed, but answered unavailable
+    return (
+        f"pg_terminate_backend x{rounds} under writes: {len(tally.acked):,} acknowledged, "
+        f"{lost} lost, {tally.unavailable} answered unavailable and retried, "
+        f"{unacked} committed without an ack"
+    )
+
+
 def read_log(arguments: list[str]) -> dict[int, tuple[str, int]]:
     """Every change in the server's database, by revision (``--database`` or ``--postgres``)."""
     query = "SELECT revision, key, value FROM optisync_changes"
@@ -202,6 +262,8 @@ async def main(sizes: list[int], rounds: int) -> None:
                 arguments = ["--database", f"{folder}/kill.sqlite3"]
             acked, lost = await kill_nine(arguments, rounds)
             print(f"kill -9 x{rounds} on {name}: {acked:,} acknowledged writes, {lost} lost")
+        if dsn:
+            print(await terminate_backends(dsn, rounds))
 
 
 if __name__ == "__main__":

@@ -155,12 +155,12 @@ async def postgres_dsn() -> AsyncIterator[str]:
 
 
 @contextlib.contextmanager
-def server_process(*arguments: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def server_process(
+    *arguments: str, stderr: int = subprocess.DEVNULL
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """``python -m optisync.server *arguments --port 0``; yields the process and its URL."""
     command = [sys.executable, "-m", "optisync.server", *arguments, "--port", "0"]
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    ) as process:
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True) as process:
         try:
             assert process.stdout is not None
             url = process.stdout.readline().strip()

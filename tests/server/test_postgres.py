@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
+from psycopg import sql
+from websockets.exceptions import ConnectionClosed
 
-from optisync.server import Change
+from optisync.server import Change, SyncServer
 from optisync.server.postgres import PostgresStorage
 from tests.server.conftest import RawDevice, open_raw_device, server_process
+
+SET = {"type": "set", "key": "k", "local_revision": 1}
 
 
 class Seen:
@@ -71,26 +77,143 @@ async def test_after_a_listen_connection_drops_the_log_after_the_last_seen_is_re
 ) -> None:
     async with PostgresStorage(postgres_dsn) as deaf, PostgresStorage(postgres_dsn) as writer:
         seen = Seen(deaf)
-        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as admin:
-            pids = await _listener_pids(admin)
-            await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,)
-            )
-            while set(pids) & set(await _listener_pids(admin)):
-                pass  # until the killed backends are gone: the notifications below are lost
-        for n in range(3):
-            await writer.commit("k", b"%d" % n, local_revision=n, device_id=2)
+        async with _admin(postgres_dsn) as admin, _refusing_connections(postgres_dsn):
+            # The listener cannot come back until the writes below are done:
+            # their notifications are lost for good, only a re-read finds them.
+            await _terminate(admin, "application_name = 'optisync-listen'")
+            for n in range(3):
+                await writer.commit("k", b"%d" % n, local_revision=n, device_id=2)
+            assert seen.revisions == []
         await seen.reach(3)
         assert seen.revisions == [1, 2, 3]
         assert deaf.reconnects >= 1
 
 
-async def _listener_pids(admin: psycopg.AsyncConnection[Any]) -> list[int]:
+# -- connections PostgreSQL closes -------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _admin(dsn: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
+        yield admin
+
+
+@contextlib.asynccontextmanager
+async def _refusing_connections(dsn: str) -> AsyncIterator[None]:
+    """No new connection to the database (open ones stay) until the block ends."""
+    name = sql.Identifier(str(psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]))
+    async with _admin(psycopg.conninfo.make_conninfo(dsn, dbname="postgres")) as admin:
+        await admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(name))
+        try:
+            yield
+        finally:
+            await admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(name))
+
+
+async def _pids(admin: psycopg.AsyncConnection[Any], condition: str) -> list[int]:
     cursor = await admin.execute(
-        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-        "AND query LIKE 'LISTEN%%'"
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND " + condition
     )
     return [row[0] for row in await cursor.fetchall()]
+
+
+async def _terminate(admin: psycopg.AsyncConnection[Any], condition: str) -> None:
+    """Terminate the backends that match ``condition`` once there are some; wait till gone."""
+    while not (pids := await _pids(admin, condition)):
+        pass  # each poll is a round trip to PostgreSQL
+    await admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
+    while set(pids) & set(await _pids(admin, "true")):
+        pass
+
+
+@contextlib.asynccontextmanager
+async def _holding(dsn: str, lock: str) -> AsyncIterator[None]:
+    """Hold ``lock`` (in a transaction of its own) until the block ends."""
+    async with _admin(dsn) as holder, holder.transaction():
+        await holder.execute(lock)
+        yield
+
+
+WAITING_ON_A_LOCK = "application_name = '%s' AND wait_event_type = 'Lock'"
+
+
+async def test_a_commit_cut_off_midway_is_unavailable_commits_nothing_and_the_next_works(
+    postgres_dsn: str,
+) -> None:
+    async with SyncServer(PostgresStorage(postgres_dsn)).run(port=0) as url:
+        writer, other = await open_raw_device(url, 1), await open_raw_device(url, 2)
+        await writer.set("k", "before")
+        async with _admin(postgres_dsn) as admin:
+            # The commit waits on the counter's row lock, and is killed there.
+            async with _holding(postgres_dsn, "SELECT 1 FROM optisync_head FOR UPDATE"):
+                await writer.send({**SET, "request_id": 50, "value": "lost"})
+                await _terminate(admin, WAITING_ON_A_LOCK % "optisync-commits")
+            error = await writer.receive_type("error")
+            assert (error["code"], error["request_id"]) == ("unavailable", 50)
+            cursor = await admin.execute("SELECT count(*) FROM optisync_changes")
+            assert await cursor.fetchone() == (1,)  # nothing of "lost" was committed
+        ack = await writer.set("k", "after")  # on a new connection
+        assert ack["server_revision"] == 2
+        for device in (writer, other):
+            while len(device.pushes) < 2:
+                device.pushes.append(await device.receive())
+            assert [(p["server_revision"], p["value"]) for p in device.pushes] == [
+                (1, "before"),
+                (2, "after"),
+            ]
+        assert (await other.get("k"))["value"] == "after"
+
+
+async def test_a_read_cut_off_midway_is_unavailable_and_the_next_read_works(
+    postgres_dsn: str,
+) -> None:
+    async with SyncServer(PostgresStorage(postgres_dsn)).run(port=0) as url:
+        device = await open_raw_device(url, 1)
+        await device.set("k", "value")
+        async with _admin(postgres_dsn) as admin:
+            async with _holding(postgres_dsn, "LOCK optisync_keys IN ACCESS EXCLUSIVE MODE"):
+                await device.send({"type": "get", "request_id": 60, "key": "k"})
+                await _terminate(admin, WAITING_ON_A_LOCK % "optisync-reads")
+            error = await device.receive_type("error")
+            assert (error["code"], error["request_id"]) == ("unavailable", 60)
+        assert (await device.get("k"))["value"] == "value"
+
+
+async def test_after_every_backend_is_terminated_writes_go_on_and_both_servers_converge(
+    postgres_dsn: str,
+) -> None:
+    async with (
+        SyncServer(PostgresStorage(postgres_dsn)).run(port=0) as url_one,
+        SyncServer(PostgresStorage(postgres_dsn)).run(port=0) as url_two,
+    ):
+        devices = [
+            await open_raw_device(url, device_id)
+            for device_id, url in enumerate([url_one, url_two, url_one, url_two], start=1)
+        ]
+
+        async def write(device: RawDevice, first: int) -> None:
+            for n in range(first, first + 3):
+                ack = await device.set(f"k{n % 2}", f"{device.device_id}:{n}", local_revision=n)
+                assert ack["type"] == "ack"
+
+        await asyncio.gather(*(write(device, 1) for device in devices))
+        async with _admin(postgres_dsn) as admin:
+            # Commits, reads and LISTEN of both servers, all at once.
+            await _terminate(admin, "application_name LIKE 'optisync-%%'")
+        await asyncio.gather(*(write(device, 4) for device in devices))
+        await _assert_converged(devices, commits=24)
+
+
+async def _assert_converged(devices: list[RawDevice], commits: int) -> None:
+    """Every device gets every commit, in revision order; all end with the server's values."""
+    views = []
+    for device in devices:
+        while len(device.pushes) < commits:
+            device.pushes.append(await device.receive())
+        assert [push["server_revision"] for push in device.pushes] == list(range(1, commits + 1))
+        views.append({push["key"]: push["value"] for push in device.pushes})
+    assert all(view == views[0] for view in views)
+    assert {key: (await devices[-1].get(key))["value"] for key in views[0]} == views[0]
 
 
 async def test_two_server_processes_on_one_database_converge(postgres_dsn: str) -> None:
@@ -110,14 +233,31 @@ async def test_two_server_processes_on_one_database_converge(postgres_dsn: str) 
                 await device.set(f"k{n % 4}", f"{device.device_id}:{n}", local_revision=n + 1)
 
         await asyncio.gather(*(write(device) for device in devices))
-        views = []
-        for device in devices:
-            while len(device.pushes) < 60:
-                device.pushes.append(await device.receive())
-            # Every device saw every commit of both processes, in revision order.
-            assert [push["server_revision"] for push in device.pushes] == list(range(1, 61))
-            views.append({push["key"]: push["value"] for push in device.pushes})
-        assert views[0] == views[1] == views[2] == views[3]
-        assert {key: (await devices[1].get(key))["value"] for key in views[0]} == views[0]
+        # Every device saw every commit of both processes, in revision order.
+        await _assert_converged(devices, commits=60)
         for device in devices:
             await device.connection.close()
+
+
+async def test_a_hello_while_the_database_is_down_is_closed_1013_and_the_retry_admitted(
+    postgres_dsn: str,
+) -> None:
+    storage = PostgresStorage(postgres_dsn, wait_timeout=0.2)
+    async with SyncServer(storage).run(port=0) as url:
+        async with _admin(postgres_dsn) as admin, _refusing_connections(postgres_dsn):
+            await _terminate(admin, "application_name = 'optisync-reads'")
+            assert await _admitted_or_close_code(url, 1) == 1013
+        # Retried as a device does, it is admitted once the pool has reconnected:
+        # the failed hello did not leave the device id claimed (device_in_use).
+        while (device := await _admitted_or_close_code(url, 1)) == 1013:
+            pass
+        assert isinstance(device, RawDevice)
+        assert device.welcome["type"] == "welcome"
+        await device.connection.close()
+
+
+async def _admitted_or_close_code(url: str, device_id: int) -> RawDevice | int | None:
+    try:
+        return await open_raw_device(url, device_id)
+    except ConnectionClosed as closed:
+        return None if closed.rcvd is None else closed.rcvd.code

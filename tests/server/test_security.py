@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import fcntl
+import io
 import json
 import logging
 import queue
 import random
 import socket
+import struct
+import subprocess
+import termios
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -16,9 +23,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from optisync.server import Grant, Limits, SqliteStorage, SyncServer, require_token
-from optisync.server.__main__ import DroppingQueueHandler
+from optisync.server.__main__ import DroppingQueueHandler, DropReportingHandler
 from optisync.server.protocol import Hello
-from tests.server.conftest import Connect
+from tests.server.conftest import Connect, open_raw_device, server_process
 
 SET_TEXT = '{"type": "set", "request_id": 4, "key": %s, "value": %s, "local_revision": 1}'
 SET = {"type": "set", "request_id": 1, "key": "k", "value": 1, "local_revision": 1}
@@ -54,8 +61,11 @@ MALFORMED = [
     ('{"type": "get", "request_id": 4, "key": "a\\nb"}', "bad_field", 4),
     (SET_TEXT % ('"k"', "1e999"), "bad_field", 4),
     (SET_TEXT % ('"k"', "NaN"), "bad_json", None),
-    (SET_TEXT % ('"k"', '"\\ud800"'), "bad_field", None),
-    (SET_TEXT % ('"k\\udc00"', "1"), "bad_field", None),
+    (SET_TEXT % ('"k"', '"\\ud800"'), "bad_field", 4),
+    (SET_TEXT % ('"k\\udc00"', "1"), "bad_field", 4),
+    (SET_TEXT.replace("4", '"4"') % ('"k"', '"\\ud800"'), "bad_field", None),
+    ((SET_TEXT % ('"k"', '"\\ud800"'))[:-1], "bad_json", None),
+    (SET_TEXT % ('"k"', "[" * 5_000 + "]" * 5_000), "bad_field", None),
     ('{"type": "hello", "device_id": 1, "since": 0}', "bad_message", None),
     ("[" * 10_000 + "]" * 10_000, "bad_message", None),
 ]  # fmt: skip
@@ -79,8 +89,9 @@ async def test_a_message_over_the_size_limit_gets_too_large(
     server: tuple[SyncServer, str], connect_device: Connect
 ) -> None:
     device = await connect_device(1)
-    await device.send({**SET, "value": "x" * (64 * 1024)})
-    assert (await device.receive_type("error"))["code"] == "too_large"
+    await device.send({**SET, "request_id": 6, "value": "x" * (64 * 1024)})
+    error = await device.receive_type("error")
+    assert (error["code"], error["request_id"]) == ("too_large", 6)
     assert await head(server) == 0
 
 
@@ -298,9 +309,55 @@ async def test_the_server_logs_through_logging(url: str, caplog: pytest.LogCaptu
     assert any(r.name == "optisync.server" and "refused" in r.message for r in caplog.records)
 
 
-def test_a_full_log_queue_drops_records_instead_of_blocking() -> None:
+def test_a_full_log_queue_drops_records_and_the_next_line_out_counts_them() -> None:
     records: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=2)
     handler = DroppingQueueHandler(records)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     for n in range(5):
-        handler.emit(logging.makeLogRecord({"msg": f"line {n}"}))
+        handler.emit(logging.makeLogRecord({"msg": f"line {n}", "levelname": "INFO"}))
     assert (records.qsize(), handler.dropped) == (2, 3)
+    out = io.StringIO()
+    writer = DropReportingHandler(out, handler)
+    while not records.empty():
+        writer.handle(records.get_nowait())
+    handler.emit(logging.makeLogRecord({"msg": "line 5", "levelname": "INFO"}))
+    writer.handle(records.get_nowait())
+    assert out.getvalue().splitlines() == [
+        "WARNING 3 log records dropped: the log output was not read",
+        "INFO line 0",
+        "INFO line 1",
+        "INFO line 5",
+    ]
+
+
+@pytest.mark.timeout(120)  # a guard against a hung server, not a timing assertion
+async def test_a_server_whose_output_pipes_are_never_read_keeps_answering() -> None:
+    # 3,000 sets, each logged several times: the log is many times a pipe's size.
+    # One device at a time, each within its burst: nothing is rate limited.
+    # (In memory: this is about the log, not the disk.)
+    devices, writes = 15, 200
+    with server_process(
+        "--database", ":memory:", "--log-level", "debug", stderr=subprocess.PIPE
+    ) as (process, url):
+        assert process.stderr is not None
+        for device_id in range(1, devices + 1):
+            device = await open_raw_device(url, device_id)
+            for n in range(1, writes + 1):
+                await device.send({**SET, "request_id": n, "value": n})
+            acks = [await device.receive_type("ack") for _ in range(writes)]
+            assert [ack["request_id"] for ack in acks] == list(range(1, writes + 1))
+            await device.connection.close()
+        # The log really backed up: the stderr pipe is full, nobody drains it.
+        capacity = fcntl.fcntl(process.stderr, fcntl.F_GETPIPE_SZ)
+        unread = struct.unpack("i", fcntl.ioctl(process.stderr, termios.FIONREAD, b"\0" * 4))[0]
+        assert unread > capacity - 4096, (unread, capacity)
+        last = await open_raw_device(url, devices + 1)
+        assert (await last.get("k"))["server_revision"] == devices * writes
+        await last.connection.close()
+        # Read at last, the log says how many lines it had to drop.
+        report = await asyncio.to_thread(_first_line_with, process.stderr, "records dropped")
+        assert int(report.split(":")[-2].split()[0]) > 0, report
+
+
+def _first_line_with(lines: Iterable[str], text: str) -> str:
+    return next(line for line in lines if text in line)
