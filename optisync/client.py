@@ -471,7 +471,8 @@ class SyncClient(Generic[S]):
 
     def _unnumbered_error(self, error: Error) -> None:
         # The server answers a connection's requests in order: an error it could
-        # not number (a message too large to read) answers the oldest one waiting.
+        # not number (a frame it could not read its request id from, such as one
+        # nested too deep) answers the oldest one waiting.
         waiting = [future for future in self._pending.values() if not future.done()]
         if self._online and waiting:
             waiting[0].set_exception(RequestRefusedError(error.code, error.message))
