@@ -7,10 +7,11 @@ minutes cost nothing, and the order of events is the loop's, not the clock's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import subprocess
 import sys
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -287,19 +288,31 @@ def other_device(store: Store[Any], server_revision: int) -> PushMetadata:
     return PushMetadata(server_revision, local_revision=0, device_id=store.device_id + 1)
 
 
+@contextlib.asynccontextmanager
+async def a_waiting_change_then_a_push(
+    server: FlakyServer, *, transport_offline: bool = False
+) -> AsyncIterator[tuple[Likes, Outbox]]:
+    """liked=True waits for the server; then another device's liked=False is pushed."""
+    async with Likes(server) as store:
+        outbox = Outbox(store, backoff=NO_JITTER)
+        if transport_offline:
+            outbox.set_reachable(False)  # no attempt is made at all
+        else:
+            server.down = True  # attempts fail
+        store.liked.set("post", True)
+        await waiting(outbox)
+        outcome = store.liked.push("post", False, other_device(store, server_revision=7))
+        assert outcome is PushOutcome.APPLIED
+        yield store, outbox
+
+
 def test_a_push_after_the_last_tap_ends_the_wait_without_sending_anything() -> None:
     # The seed's rule for a follow-up holds for a retry: a push since the last tap is
     # the server's newer word. Sending the state now would write the other device's
     # value as this one's, over anything written after it.
     async def scenario() -> None:
         server = FlakyServer()
-        server.down = True
-        async with Likes(server) as store:
-            outbox = Outbox(store, backoff=NO_JITTER)
-            store.liked.set("post", True)
-            await waiting(outbox)
-            outcome = store.liked.push("post", False, other_device(store, server_revision=7))
-            assert outcome is PushOutcome.APPLIED
+        async with a_waiting_change_then_a_push(server) as (store, outbox):
             server.down = False
             await outbox.synced()
             assert server.writes == []
@@ -312,12 +325,7 @@ def test_a_push_after_the_last_tap_ends_the_wait_without_sending_anything() -> N
 def test_a_push_while_the_transport_says_offline_also_ends_the_wait() -> None:
     async def scenario() -> None:
         server = FlakyServer()
-        async with Likes(server) as store:
-            outbox = Outbox(store, backoff=NO_JITTER)
-            outbox.set_reachable(False)  # no attempt is made at all
-            store.liked.set("post", True)
-            await waiting(outbox)
-            store.liked.push("post", False, other_device(store, server_revision=7))
+        async with a_waiting_change_then_a_push(server, transport_offline=True) as (store, outbox):
             outbox.set_reachable(True)
             await outbox.synced()
             assert (server.attempts, server.writes) == (0, [])
@@ -329,12 +337,7 @@ def test_a_push_while_the_transport_says_offline_also_ends_the_wait() -> None:
 def test_a_tap_after_that_push_is_sent_when_the_server_is_back() -> None:
     async def scenario() -> None:
         server = FlakyServer()
-        server.down = True
-        async with Likes(server) as store:
-            outbox = Outbox(store, backoff=NO_JITTER)
-            store.liked.set("post", True)
-            await waiting(outbox)
-            store.liked.push("post", False, other_device(store, server_revision=7))
+        async with a_waiting_change_then_a_push(server) as (store, outbox):
             store.liked.set("post", True)  # the user taps again, after the push
             server.down = False
             await outbox.synced()
