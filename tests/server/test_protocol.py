@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from optisync.server.protocol import ProtocolError, decode_client
+from optisync.server.protocol import MAX_NESTING, ProtocolError, decode_client
 
 SET_7 = b'{"type":"set","request_id":7,"key":%s,"value":%s,"local_revision":1}'
 
@@ -44,6 +44,17 @@ def test_an_error_has_no_request_id_when_none_can_be_read(frame: bytes, code: st
     with pytest.raises(ProtocolError) as caught:
         decode_client(frame, max_bytes=100_000)
     assert (caught.value.code, caught.value.request_id) == (code, None)
+
+
+def test_the_nesting_limit_is_the_same_on_every_python() -> None:
+    deepest = b"[" * (MAX_NESTING - 1) + b"]" * (MAX_NESTING - 1)  # the message is one more
+    assert decode_client(SET_7 % (b'"k"', deepest)).value is not None  # type: ignore[union-attr]
+    with pytest.raises(ProtocolError) as caught:
+        decode_client(SET_7 % (b'"k"', b"[" + deepest + b"]"))
+    assert caught.value.code == "bad_field"
+    # Brackets inside strings are text, not nesting.
+    text = b'"' + b"[" * 100 + b'\\"{' + b'"'
+    assert decode_client(SET_7 % (b'"k"', text)).value == "[" * 100 + '"{'  # type: ignore[union-attr]
 
 
 def test_a_valid_surrogate_pair_is_one_character_not_an_error() -> None:
