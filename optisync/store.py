@@ -460,9 +460,9 @@ class Store(Generic[S]):
         starts over: its local revision at :attr:`local_revision_base` and its
         server revision at -1 until it is read again from the state by
         ``get_server_revision_from_state`` (which every sync call and push
-        does). So forget a key only when no
-        echo of its older writes matters any more (a deleted item), or when
-        your state holds its server revision, as the guide recommends.
+        does). So forget a key only when no echo of its older writes matters
+        any more (a deleted item), or when your state holds its server
+        revision, as the guide recommends.
 
         Examples:
             >>> import asyncio
@@ -861,13 +861,21 @@ class Store(Generic[S]):
         return _command.start(self.__engine, call)
 
 
+# -- library-internal access for optisync.fields and optisync.persistence --------------
+
+
+def _engine_of(store: Store[Any]) -> SyncEngine[Any]:
+    engine: SyncEngine[Any] = getattr(store, "_Store__engine")  # noqa: B009
+    return engine
+
+
 def adopt_local_revision_base(store: Store[Any], base: int) -> None:
     """Start a store that has made no change yet at ``base`` (for ``Persistence.attach``).
 
-    Library-internal. Raises ``ValueError`` if the store was built with
-    another non-zero base, ``RuntimeError`` if it already changed a key.
+    Raises ``ValueError`` if the store was built with another non-zero base,
+    ``RuntimeError`` if it already changed a key.
     """
-    engine: SyncEngine[Any] = getattr(store, "_Store__engine")  # noqa: B009
+    engine = _engine_of(store)
     current = engine.local_revision_base
     if current == base:
         return
@@ -888,7 +896,6 @@ def adopt_local_revision_base(store: Store[Any], base: int) -> None:
 
 
 def latest_change_is_push(store: Store[Any], key: Hashable) -> bool:
-    """Whether the key's latest change came from a push (library-internal, for the fields)."""
-    engine: SyncEngine[Any] = getattr(store, "_Store__engine")  # noqa: B009
-    key_state = engine.keys.get(key)
+    """Whether the key's latest change came from a push (for the fields' retries)."""
+    key_state = _engine_of(store).keys.get(key)
     return key_state is not None and key_state.from_push

@@ -369,8 +369,6 @@ def _decode(decoder: msgspec.json.Decoder[Any], data: bytes | str, max_bytes: in
         return decoder.decode(raw)
     except msgspec.ValidationError as error:
         code, detail = _validation_code(str(error)), str(error)
-    except RecursionError:
-        code, detail = "bad_field", "a value nests too deeply"
     except msgspec.DecodeError as error:
         code, detail = "bad_json", str(error)
         if _LONE_SURROGATE.search(raw):
@@ -424,6 +422,6 @@ def _request_id(raw: bytes) -> int | None:
 def _is_json(raw: bytes) -> bool:
     try:
         _syntax_decoder.decode(raw)
-    except (msgspec.DecodeError, RecursionError):
+    except msgspec.DecodeError:
         return False
     return True

@@ -433,7 +433,7 @@ class SyncServer:
             return Error(request_id, "forbidden", "this connection may not write the key")
         try:
             value = canonical_json(message.value)
-        except (msgspec.EncodeError, UnicodeEncodeError, RecursionError):
+        except (msgspec.EncodeError, UnicodeEncodeError):
             return Error(request_id, "bad_field", "set.value is not JSON")
         if len(value) > self._limits.max_message_bytes:
             return Error(request_id, "too_large", "the value is too large")
