@@ -11,19 +11,33 @@ from optisync._stream import StateStream
 from optisync._types import OnFinish
 from optisync.command import roll_back_unless_moved_on
 from optisync.errors import (
+    AlreadyAttachedError,
+    ArgumentTypeError,
+    ClosedError,
     CommandInProgressError,
     FollowUpLimitError,
+    InvalidArgumentError,
     MissingServerRevisionError,
+    NotOpenError,
+    OptisyncError,
     RequestCancelledError,
     StateError,
     StoreClosedError,
+    TransportError,
     WrongThreadError,
 )
 from optisync.revisions import PushMetadata, PushOutcome, default_device_id, set_device_id_provider
 from optisync.store import Store
 
 __all__ = [
+    "AlreadyAttachedError",
+    "ArgumentTypeError",
+    "ClosedError",
     "CommandInProgressError",
+    "InvalidArgumentError",
+    "NotOpenError",
+    "OptisyncError",
+    "TransportError",
     "FollowUpLimitError",
     "MissingServerRevisionError",
     "OnFinish",

@@ -23,6 +23,7 @@ from optisync._loop import LoopBinding, is_being_cancelled, report
 from optisync._tasks import Cycle, CycleResult
 from optisync._types import OnFinish
 from optisync.errors import (
+    ArgumentTypeError,
     CommandInProgressError,
     RequestCancelledError,
     StateError,
@@ -158,7 +159,7 @@ class SyncEngine(Generic[S]):
 
     def subscribe_status(self, listener: Callable[[Hashable], object]) -> Callable[[], None]:
         if not callable(listener):
-            raise TypeError(f"listener must be callable, got {type(listener).__name__}")
+            raise ArgumentTypeError(f"listener must be callable, got {type(listener).__name__}")
         token = self.next_token
         self.next_token += 1
         self.status_listeners[token] = listener
@@ -211,7 +212,9 @@ class SyncEngine(Generic[S]):
         try:
             key_state = self.keys.get(key)
         except TypeError:
-            raise TypeError(f"key must be hashable, got {type(key).__name__}: {key!r}") from None
+            raise ArgumentTypeError(
+                f"key must be hashable, got {type(key).__name__}: {key!r}"
+            ) from None
         if key_state is None or not key_state.locked:
             return False
         if threading.get_ident() != self.binding.thread:

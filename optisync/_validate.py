@@ -6,6 +6,8 @@ import operator
 from collections.abc import Callable, Hashable, Iterator
 from typing import Protocol
 
+from optisync.errors import ArgumentTypeError, InvalidArgumentError
+
 __all__ = ["check_call", "check_callback", "check_key"]
 
 # Callbacks a caller may leave out (None).
@@ -25,7 +27,9 @@ def check_key(key: Hashable) -> None:
     try:
         hash(key)
     except TypeError:
-        raise TypeError(f"key must be hashable, got {type(key).__name__}: {key!r}") from None
+        raise ArgumentTypeError(
+            f"key must be hashable, got {type(key).__name__}: {key!r}"
+        ) from None
 
 
 class Call(Protocol):
@@ -95,15 +99,15 @@ def check_callback(name: str, callback: object) -> None:
     if callback is None and name in _OPTIONAL:
         return
     if not callable(callback):
-        raise TypeError(f"{name} must be callable, got {type(callback).__name__}")
+        raise ArgumentTypeError(f"{name} must be callable, got {type(callback).__name__}")
 
 
 def _check_limit(max_follow_up_requests: object) -> None:
     if not isinstance(max_follow_up_requests, int) or isinstance(max_follow_up_requests, bool):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"max_follow_up_requests must be an int, got {type(max_follow_up_requests).__name__}"
         )
     if max_follow_up_requests < -1:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"max_follow_up_requests must be >= 0, or -1 for no limit; got {max_follow_up_requests}"
         )

@@ -1,14 +1,38 @@
-"""Errors raised by optisync.
+"""Errors raised by optisync: one root, :class:`OptisyncError`.
 
-Every error optisync raises on its own account is a :class:`StateError`, which
-is a :class:`RuntimeError`, so ``except RuntimeError`` catches them all.
+Every error optisync raises on its own account is an :class:`OptisyncError`,
+so ``except optisync.OptisyncError`` catches them all. Each one also derives
+from the built-in exception a caller would catch without knowing optisync:
+
+* :class:`StateError` (a ``RuntimeError``): an object was used in a way its
+  current state does not allow; :class:`ClosedError`, :class:`NotOpenError`
+  and :class:`AlreadyAttachedError` name the common cases;
+* :class:`InvalidArgumentError` (a ``ValueError``) and
+  :class:`ArgumentTypeError` (a ``TypeError``): a call's argument was refused;
+* a transport's :class:`TransportError` (a ``ConnectionError``): the server
+  could not be reached, or the connection dropped.
+
 Errors raised by your own callbacks reach you unchanged.
+
+Example:
+    >>> import optisync
+    >>> issubclass(optisync.StoreClosedError, optisync.OptisyncError)
+    True
+    >>> issubclass(optisync.StoreClosedError, RuntimeError)
+    True
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "AlreadyAttachedError",
+    "ArgumentTypeError",
+    "ClosedError",
     "CommandInProgressError",
+    "InvalidArgumentError",
+    "NotOpenError",
+    "OptisyncError",
+    "TransportError",
     "FollowUpLimitError",
     "MissingServerRevisionError",
     "RequestCancelledError",
@@ -18,8 +42,21 @@ __all__ = [
 ]
 
 
-class StateError(RuntimeError):
-    """A store was used in a way its current state does not allow.
+class OptisyncError(Exception):
+    """The root of every error optisync raises on purpose.
+
+    Examples:
+        >>> import optisync
+        >>> try:
+        ...     optisync.Store(0, device_id=-1)
+        ... except optisync.OptisyncError as error:
+        ...     print(type(error).__name__, isinstance(error, ValueError))
+        InvalidArgumentError True
+    """
+
+
+class StateError(OptisyncError, RuntimeError):
+    """An object was used in a way its current state does not allow.
 
     Examples:
         >>> import optisync
@@ -28,7 +65,77 @@ class StateError(RuntimeError):
     """
 
 
-class StoreClosedError(StateError):
+class InvalidArgumentError(OptisyncError, ValueError):
+    """An argument has the right type but a value optisync refuses (a negative id, say).
+
+    Examples:
+        >>> import optisync
+        >>> issubclass(optisync.InvalidArgumentError, ValueError)
+        True
+    """
+
+
+class ArgumentTypeError(OptisyncError, TypeError):
+    """An argument has a type optisync does not take (a callback that is not callable, say).
+
+    Examples:
+        >>> import optisync
+        >>> try:
+        ...     optisync.Store(0).subscribe("not a function")
+        ... except TypeError as error:
+        ...     print(type(error).__name__)
+        ArgumentTypeError
+    """
+
+
+class ClosedError(StateError):
+    """The object (a store, a client, a storage, a link) was closed; open a new one.
+
+    Examples:
+        >>> import optisync
+        >>> issubclass(optisync.StoreClosedError, optisync.ClosedError)
+        True
+    """
+
+
+class NotOpenError(StateError):
+    """The object must be opened (or started) before this call.
+
+    Examples:
+        >>> import optisync
+        >>> print(optisync.NotOpenError("the storage is not open: await open() first"))
+        the storage is not open: await open() first
+    """
+
+
+class AlreadyAttachedError(StateError):
+    """The object is already attached to a store (or the store already has one).
+
+    A store has at most one outbox, one persistence and one transport.
+
+    Examples:
+        >>> import optisync
+        >>> issubclass(optisync.AlreadyAttachedError, RuntimeError)
+        True
+    """
+
+
+class TransportError(OptisyncError, ConnectionError):
+    """The server could not be reached, or the connection dropped during a request.
+
+    A ``ConnectionError``: a declared field's store with an
+    :class:`~optisync.outbox.Outbox` keeps the change and sends it again
+    later. Whether a request that failed this way was committed is told by
+    the server's replay once the transport is back online.
+
+    Examples:
+        >>> import optisync
+        >>> isinstance(optisync.TransportError("offline"), ConnectionError)
+        True
+    """
+
+
+class StoreClosedError(ClosedError):
     """The store is closed: it no longer emits states or starts syncs.
 
     Examples:

@@ -21,6 +21,8 @@ from typing import TypeVar
 
 import attrs
 
+from optisync.errors import ArgumentTypeError, InvalidArgumentError
+
 K = TypeVar("K", bound=Hashable)
 
 __all__ = [
@@ -42,11 +44,11 @@ def require_int(value: object, what: str, *, minimum: int | None = None) -> int:
     Raises TypeError for a wrong type and ValueError for a value out of range.
     """
     if not _is_int(value):
-        raise TypeError(f"{what} must be an int, got {type(value).__name__}: {value!r}")
+        raise ArgumentTypeError(f"{what} must be an int, got {type(value).__name__}: {value!r}")
     number: int = value  # type: ignore[assignment]
     if minimum is not None and number < minimum:
         meaning = " (-1 means unknown)" if minimum == -1 else ""
-        raise ValueError(f"{what} must be >= {minimum}{meaning}, got {number}")
+        raise InvalidArgumentError(f"{what} must be >= {minimum}{meaning}, got {number}")
     return number
 
 
@@ -78,7 +80,7 @@ class PushMetadata:
         >>> PushMetadata(server_revision="7", local_revision=2, device_id=42)
         Traceback (most recent call last):
         ...
-        TypeError: server_revision must be an int, got str: '7'
+        optisync.errors.ArgumentTypeError: server_revision must be an int, got str: '7'
 
     Each field is an int of at least 0: a pushed change always has a server
     revision; a change no device made (say, by an admin) may carry a local
@@ -164,7 +166,7 @@ def set_device_id_provider(provider: Callable[[], int] | None) -> None:
     """
     global _provider
     if provider is not None and not callable(provider):
-        raise TypeError(f"provider must be callable or None, got {type(provider).__name__}")
+        raise ArgumentTypeError(f"provider must be callable or None, got {type(provider).__name__}")
     _provider = provider
 
 

@@ -26,7 +26,7 @@ from optisync._stream import StateStream, StreamChannel
 from optisync._tasks import COMPLETED
 from optisync._threadsafe import Handover
 from optisync._types import OnFinish
-from optisync.errors import StoreClosedError
+from optisync.errors import ArgumentTypeError, InvalidArgumentError, StateError, StoreClosedError
 from optisync.revisions import PushMetadata, PushOutcome, new_device_id, require_int
 
 __all__ = ["Store"]
@@ -97,7 +97,9 @@ class Store(Generic[S]):
         eager_start: bool = False,
     ) -> None:
         if eager_start and sys.version_info < (3, 12):
-            raise ValueError("eager_start=True needs Python 3.12 or newer (asyncio eager tasks).")
+            raise InvalidArgumentError(
+                "eager_start=True needs Python 3.12 or newer (asyncio eager tasks)."
+            )
         if device_id is None:
             self.__device_id = new_device_id()
         else:
@@ -276,7 +278,7 @@ class Store(Generic[S]):
             >>> store.emit(2)
         """
         if not callable(listener):
-            raise TypeError(f"listener must be callable, got {type(listener).__name__}")
+            raise ArgumentTypeError(f"listener must be callable, got {type(listener).__name__}")
         token = self.__next_listener
         self.__next_listener += 1
         self.__listeners[token] = listener
@@ -880,13 +882,13 @@ def adopt_local_revision_base(store: Store[Any], base: int) -> None:
     if current == base:
         return
     if current != 0:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"the store's local_revision_base is {current}, not the persisted {base}: "
             "leave it out (attach sets it) or build the store with "
             "local_revision_base=saved.local_revision_base"
         )
     if any(key_state.local_revision != current for key_state in engine.keys.values()):
-        raise RuntimeError(
+        raise StateError(
             "the store already made a change: attach the persistence right after building "
             "the store, before any sync"
         )

@@ -1,0 +1,232 @@
+"""The one contract between a store and a server: :class:`Transport`, and the key codec.
+
+A transport carries a store's declared fields (:mod:`optisync.fields`) to a
+server and the server's pushes back. :class:`optisync.client.SyncClient` (a
+WebSocket connection to ``python -m optisync.server``) and
+:class:`optisync.testing.DeviceLink` (a device on the simulator) are the two
+that ship; the same store code runs over either.
+
+What a transport does, as a :class:`typing.Protocol`:
+
+* :meth:`~Transport.send` a value for a wire key with its :class:`SyncRequest`
+  and get back an :class:`Ack` (the server's revision and the value it holds);
+* :meth:`~Transport.get` a key's value and revision from the server;
+* :meth:`~Transport.subscribe_pushes`: every push, replayed or live, as
+  ``listener(wire_key, value, PushMetadata)``;
+* :attr:`~Transport.online` and :meth:`~Transport.subscribe_status`;
+* :meth:`~Transport.caught_up`: wait until every write made so far is
+  acknowledged and the server's head at the time of the call has arrived.
+
+Store keys and wire keys. A store key is a field's ``(name, item)`` (or a
+single value's ``name``, or any plain ``str``); a wire key is a ``str``.
+:func:`wire_key` and :func:`store_key` convert between them, reversibly and
+without collisions:
+
+* a ``str`` key is percent-encoded (``urllib.parse.quote`` with no safe
+  characters): ``"theme"`` stays ``"theme"``, ``"a/b"`` becomes ``"a%2Fb"``;
+* ``(name, item)`` with a ``str`` item is ``quote(name) + "/" + quote(item)``;
+* ``(name, item)`` with an ``int`` item is ``quote(name) + "/#" + str(item)``
+  (``quote`` never leaves a ``#``, so ``"#1"`` and ``1`` stay apart).
+
+Only ``str`` and ``int`` items are allowed (not ``bool``, which would equal
+``0``/``1`` as a dict key, nor floats, tuples or ``None``):
+:class:`~optisync.InvalidArgumentError` says so at the first sync of such
+an item. The server limits a wire key to 200 characters, so keep names and
+items short (a percent-escaped character takes three).
+
+Example:
+    >>> from optisync.transport import store_key, wire_key
+    >>> wire_key(("done", "buy milk/eggs")), wire_key(("done", 7)), wire_key("theme")
+    ('done/buy%20milk%2Feggs', 'done/#7', 'theme')
+    >>> store_key("done/buy%20milk%2Feggs"), store_key("done/#7"), store_key("theme")
+    (('done', 'buy milk/eggs'), ('done', 7), 'theme')
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Hashable
+from typing import Any, Generic, Protocol, TypeAlias, TypeVar, runtime_checkable
+from urllib.parse import quote, unquote
+
+import attrs
+
+from optisync.errors import ArgumentTypeError, InvalidArgumentError
+from optisync.revisions import PushMetadata
+
+__all__ = [
+    "Ack",
+    "PushListener",
+    "SyncRequest",
+    "Transport",
+    "store_key",
+    "wire_key",
+]
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class SyncRequest:
+    """What a push-aware sender passes to the server along with the value.
+
+    Attributes:
+        key: the store key being synced, e.g. ``("liked", "post-1")``.
+        local_revision: the local revision of this change; send it.
+        device_id: this store's device id; send it.
+
+    Example:
+        >>> from optisync.transport import SyncRequest
+        >>> SyncRequest(("liked", "p"), local_revision=3, device_id=9).local_revision
+        3
+    """
+
+    key: Hashable
+    local_revision: int
+    device_id: int
+
+
+@attrs.frozen
+class Ack(Generic[T]):
+    """The server's answer to a write: the revision it committed at, and the value it holds.
+
+    A transport's :meth:`~Transport.send` returns one. A field's own sender
+    returns either the bare revision (an ``int``: the server stored the value
+    as sent) or an ``Ack`` (it stored ``value``, say normalised); that value
+    is applied to the state once the key is stable.
+
+    Example:
+        >>> from optisync.transport import Ack
+        >>> Ack(server_revision=4, value="Dark").value
+        'Dark'
+    """
+
+    server_revision: int
+    value: T
+
+
+PushListener: TypeAlias = Callable[[str, Any, PushMetadata], object]
+"""``listener(wire_key, value, metadata)``: what :meth:`Transport.subscribe_pushes` calls."""
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """A connection from one device to a server, as declared fields use it.
+
+    ``SyncClient`` and the simulator's ``DeviceLink`` implement it; so can
+    your own (an HTTP API with server-sent events, say). A transport raises
+    a ``ConnectionError`` (:class:`~optisync.TransportError`) when the
+    server cannot be reached or the connection drops during a request, so
+    that an :class:`~optisync.outbox.Outbox` keeps the change and retries;
+    any other error is a refusal.
+
+    Example:
+        >>> from optisync.transport import Transport
+        >>> from optisync import testing
+        >>> link = testing.SimulatedNetwork(testing.SimulatedServer()).device(1)
+        >>> isinstance(link, Transport)
+        True
+    """
+
+    @property
+    def device_id(self) -> int:
+        """The device id the server knows this connection by (the store's)."""
+        ...
+
+    async def send(self, key: str, value: Any, request: SyncRequest) -> Ack[Any]:
+        """Write ``value`` at wire ``key``; return once the server has committed it."""
+        ...
+
+    async def get(self, key: str) -> tuple[Any, int]:
+        """The server's value of wire ``key`` and its revision; ``(None, -1)``: never written."""
+        ...
+
+    def subscribe_pushes(self, listener: PushListener) -> Callable[[], None]:
+        """Call ``listener(wire_key, value, metadata)`` for every push; returns an unsubscribe."""
+        ...
+
+    @property
+    def online(self) -> bool:
+        """Whether requests can be sent now (connected, and the replay received)."""
+        ...
+
+    def subscribe_status(self, listener: Callable[[bool], object]) -> Callable[[], None]:
+        """Call ``listener(online)`` on every change of :attr:`online`; returns an unsubscribe."""
+        ...
+
+    async def caught_up(self) -> None:
+        """Wait until every write is acknowledged and the server's head has arrived."""
+        ...
+
+
+# -- the key codec ---------------------------------------------------------------
+
+
+_INT = re.compile(r"-?[0-9]+")
+
+
+def _quote(text: str) -> str:
+    return quote(text, safe="")
+
+
+def wire_key(key: Hashable) -> str:
+    """The wire key of a store key (see the module's text for the encoding).
+
+    Raises:
+        InvalidArgumentError: an item that is not a ``str`` or an ``int``, or an
+            empty name.
+        ArgumentTypeError: a key that is neither a ``str`` nor a ``(name, item)`` pair.
+
+    Example:
+        >>> from optisync.transport import wire_key
+        >>> wire_key(("title", "a#b")), wire_key(("title", -3))
+        ('title/a%23b', 'title/#-3')
+        >>> wire_key(("done", 1.5))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        optisync.errors.InvalidArgumentError: the item 1.5 of 'done' cannot be sent: ...
+    """
+    if isinstance(key, str):
+        if not key:
+            raise InvalidArgumentError("an empty key cannot be sent")
+        return _quote(key)
+    if not (isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], str)):
+        raise ArgumentTypeError(f"a key to send must be a str or a (name, item) pair, got {key!r}")
+    name, item = key
+    if not name:
+        raise InvalidArgumentError(f"the key {key!r} has an empty name")
+    if isinstance(item, str):
+        return f"{_quote(name)}/{_quote(item)}"
+    if isinstance(item, int) and not isinstance(item, bool):
+        return f"{_quote(name)}/#{item}"
+    raise InvalidArgumentError(
+        f"the item {item!r} of {name!r} cannot be sent: item ids must be str or int, "
+        f"got {type(item).__name__}"
+    )
+
+
+def store_key(wire: str) -> Hashable:
+    """The store key of a wire key: the inverse of :func:`wire_key`.
+
+    Raises:
+        InvalidArgumentError: ``wire`` is not the output of :func:`wire_key`.
+
+    Example:
+        >>> from optisync.transport import store_key
+        >>> store_key("title/a%23b"), store_key("a%2Fb")
+        (('title', 'a#b'), 'a/b')
+    """
+    name, slash, item = wire.partition("/")
+    try:
+        if not slash:
+            key: Hashable = unquote(name, errors="strict")
+        elif item.startswith("#") and _INT.fullmatch(item[1:]):
+            key = (unquote(name, errors="strict"), int(item[1:]))
+        else:
+            key = (unquote(name, errors="strict"), unquote(item, errors="strict"))
+        canonical = wire_key(key)
+    except (UnicodeDecodeError, InvalidArgumentError):
+        canonical = None
+    if canonical != wire:  # another spelling of a key would be a second name for it
+        raise InvalidArgumentError(f"{wire!r} is not a wire key optisync made")
+    return key
