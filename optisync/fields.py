@@ -42,30 +42,50 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Hashable, Iterator
-from typing import TYPE_CHECKING, Any, Generic, Protocol, Self, TypeVar, overload
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable, Mapping
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    Literal,
+    Protocol,
+    Self,
+    TypeVar,
+    overload,
+    runtime_checkable,
+)
 
-import attrs
-
-from optisync.errors import StateError
+from optisync.errors import (
+    AlreadyAttachedError,
+    ArgumentTypeError,
+    InvalidArgumentError,
+    StateError,
+)
 from optisync.revisions import PushMetadata, PushOutcome
 from optisync.store import latest_change_is_push
+from optisync.transport import Ack, SyncRequest, Transport, store_key, wire_key
 
 if TYPE_CHECKING:
     from optisync.store import Store
 
 __all__ = [
     "Ack",
+    "BoundField",
     "BoundMap",
     "BoundMapWithPush",
     "BoundValue",
     "BoundValueWithPush",
+    "Retrier",
+    "StoreFields",
     "SyncRequest",
     "SyncedMap",
     "SyncedMapWithPush",
     "SyncedValue",
     "SyncedValueWithPush",
     "declared_fields",
+    "serve",
+    "store_fields",
 ]
 
 S = TypeVar("S")
@@ -73,51 +93,40 @@ I = TypeVar("I", bound=Hashable)  # noqa: E741 - the item id, as in dict[I, T]
 T = TypeVar("T")
 O = TypeVar("O")  # noqa: E741 - the store class a sender is a method of
 R = TypeVar("R")
+
+OnRefused = Literal["reload", "keep"]
+"""What a served field does when the server refuses a write (see :func:`serve`).
+
+``"reload"`` (the default): fetch the key's value from the server and show
+it, unless the user changed the key since. ``"keep"``: leave the state as it
+is. A ``@field.reloader`` replaces either."""
 B = TypeVar("B")  # the class of a field bound to a store
 
 
-@attrs.frozen
-class SyncRequest:
-    """What a push-aware sender passes to the server along with the value.
+@runtime_checkable
+class Retrier(Protocol):
+    """What retries a field's sends while the server is unreachable (an outbox).
 
-    Attributes:
-        key: the key being synced, e.g. ``("liked", "post-1")``.
-        local_revision: the local revision of this change; send it.
-        device_id: this store's device id; send it.
+    :class:`optisync.outbox.Outbox` is the one that ships; it plugs itself
+    into a store with :meth:`StoreFields.attach_retrier`.
 
     Example:
-        >>> from optisync.fields import SyncRequest
-        >>> SyncRequest(("liked", "p"), local_revision=3, device_id=9).local_revision
-        3
+        >>> from optisync import Store
+        >>> from optisync.fields import Retrier
+        >>> from optisync.outbox import Outbox
+        >>> isinstance(Outbox(Store(0)), Retrier)
+        True
     """
 
-    key: Hashable
-    local_revision: int
-    device_id: int
+    def deliver(self, key: Hashable, attempt: Callable[[], Awaitable[R]]) -> Awaitable[R]:
+        """Run ``attempt`` (again) until it does not raise ``ConnectionError``.
 
+        Example:
+            What a field's sync calls, for each send::
 
-@attrs.frozen
-class Ack(Generic[T]):
-    """A sender's answer when the server changed the value it stored (say, normalised it).
-
-    A sender returns the server's revision (an ``int``) when the server
-    stored the value as sent, or an ``Ack`` with the revision and the value it
-    stored; that value is applied to the state once the key is stable.
-
-    Example:
-        >>> from optisync.fields import Ack
-        >>> Ack(server_revision=4, value="Dark").value
-        'Dark'
-    """
-
-    server_revision: int
-    value: T
-
-
-class _Retrier(Protocol):
-    """What ``optisync.outbox`` plugs into a store: retries while unreachable."""
-
-    def deliver(self, key: Hashable, attempt: Callable[[], Awaitable[R]]) -> Awaitable[R]: ...
+                answer = await retrier.deliver(key, attempt)
+        """
+        ...
 
 
 # -- the fields, as declared on the class ------------------------------------------
@@ -126,29 +135,65 @@ class _Retrier(Protocol):
 class _Field(Generic[S, I, T, B]):
     """What every declared field shares: its name, its lenses, its bound objects (``B``)."""
 
-    _bound_class: Callable[[Any, Any], Any]  # set below, once the bound classes exist
-    _single = False  # one value (key: the name), not a collection (key: (name, item))
+    bound_class: Callable[[Any, Any, Any], Any]  # set below, once the bound classes exist
+    #: One value (key: the name), not a collection (key: ``(name, item)``).
+    single = False
+    #: Synced with ``optimistic_sync_with_push`` (True) or ``optimistic_sync``.
+    with_push = False
 
     def __init__(
         self,
         get: Callable[[S, I], T],
         set: Callable[[S, I, T], S],  # noqa: A002 - reads best at the call site
         max_follow_up_requests: int,
+        on_refused: OnRefused,
     ) -> None:
         if not callable(get) or not callable(set):
-            raise TypeError("a synced field needs callable get= and set= functions")
+            raise ArgumentTypeError("a synced field needs callable get= and set= functions")
+        if on_refused not in ("reload", "keep"):
+            raise InvalidArgumentError(f"on_refused must be 'reload' or 'keep', got {on_refused!r}")
         self.get = get
         self.set = set
         self.max_follow_up_requests = max_follow_up_requests
+        self.on_refused: OnRefused = on_refused
         self.name = ""
-        self._send: Callable[..., Awaitable[Any]] | None = None
-        self._reload: Callable[[Any, I], Awaitable[T]] | None = None
+        #: The ``@field.sender`` method as ``(store, item, value[, request])``; None: none declared.
+        self.custom_sender: Callable[..., Awaitable[Any]] | None = None
+        #: The ``@field.reloader`` method as ``(store, item)``; None: none declared.
+        self.custom_reloader: Callable[[Any, I], Awaitable[T]] | None = None
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
-    def _key(self, item: I) -> Hashable:
+    def key(self, item: I) -> Hashable:
+        """The store key of ``item``: ``(name, item)``; a single value's is its name.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedMap
+            >>> class Flags(Store[dict[str, bool]]):
+            ...     on = SyncedMap[dict[str, bool], str, bool](
+            ...         lambda s, f: s.get(f, False), lambda s, f, v: {**s, f: v})
+            >>> Flags.on.key("dark")
+            ('on', 'dark')
+        """
         return (self.name, item)
+
+    def item_of(self, key: Hashable) -> tuple[bool, I]:
+        """``(True, item)`` if ``key`` is one of this field's keys, else ``(False, None)``.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedMap
+            >>> class Flags(Store[dict[str, bool]]):
+            ...     on = SyncedMap[dict[str, bool], str, bool](
+            ...         lambda s, f: s.get(f, False), lambda s, f, v: {**s, f: v})
+            >>> Flags.on.item_of(("on", "dark")), Flags.on.item_of("on")
+            ((True, 'dark'), (False, None))
+        """
+        if isinstance(key, tuple) and len(key) == 2 and key[0] == self.name:
+            return True, key[1]
+        return False, None  # type: ignore[return-value]
 
     @overload
     def __get__(self, store: None, owner: type) -> Self: ...
@@ -162,7 +207,7 @@ class _Field(Generic[S, I, T, B]):
     def _bind(self, store: Store[S]) -> B:
         if not self.name:
             raise StateError("a synced field must be assigned to a name in a Store class body")
-        bound: B = self._bound_class(self, store)
+        bound: B = self.bound_class(self, store, store_fields(store))
         # Like functools.cached_property: the bound object replaces the lookup
         # from now on, under the field's own name (no other name is used).
         vars(store)[self.name] = bound
@@ -186,8 +231,9 @@ class _MapField(_Field[S, I, T, B]):
         set: Callable[[S, I, T], S],  # noqa: A002
         *,
         max_follow_up_requests: int = 10_000,
+        on_refused: OnRefused = "reload",
     ) -> None:
-        super().__init__(get, set, max_follow_up_requests)
+        super().__init__(get, set, max_follow_up_requests, on_refused)
 
     def reloader(self, fn: Callable[[O, I], Awaitable[T]]) -> Callable[[O, I], Awaitable[T]]:
         """Declare how to fetch the server's value of an item after a failed sync.
@@ -208,14 +254,14 @@ class _MapField(_Field[S, I, T, B]):
             ...     async def fetch_done(self, todo: str) -> bool:
             ...         return False
         """
-        self._reload = fn
+        self.custom_reloader = fn
         return fn
 
 
 class _ValueField(_Field[S, None, T, B]):
     """A declared single value: its key is its name."""
 
-    _single = True
+    single = True
 
     def __init__(
         self,
@@ -223,11 +269,35 @@ class _ValueField(_Field[S, None, T, B]):
         set: Callable[[S, T], S],  # noqa: A002
         *,
         max_follow_up_requests: int = 10_000,
+        on_refused: OnRefused = "reload",
     ) -> None:
-        super().__init__(_lift_get(get), _lift_set(set), max_follow_up_requests)
+        super().__init__(_lift_get(get), _lift_set(set), max_follow_up_requests, on_refused)
 
-    def _key(self, item: None) -> Hashable:
+    def key(self, item: None = None) -> Hashable:
+        """The store key of the value: the field's name.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedValue
+            >>> class Name(Store[str]):
+            ...     name = SyncedValue[str, str](lambda s: s, lambda s, v: v)
+            >>> Name.name.key()
+            'name'
+        """
         return self.name
+
+    def item_of(self, key: Hashable) -> tuple[bool, None]:
+        """``(True, None)`` if ``key`` is this value's key (its name), else ``(False, None)``.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedValue
+            >>> class Name(Store[str]):
+            ...     name = SyncedValue[str, str](lambda s: s, lambda s, v: v)
+            >>> Name.name.item_of("name")
+            (True, None)
+        """
+        return key == self.name, None
 
     def reloader(self, fn: Callable[[O], Awaitable[T]]) -> Callable[[O], Awaitable[T]]:
         """Declare how to fetch the server's value after a failed sync: ``async (self) -> value``.
@@ -242,7 +312,7 @@ class _ValueField(_Field[S, None, T, B]):
             ...     async def fetch_name(self) -> str:
             ...         return "Ada"
         """
-        self._reload = lambda store, item: fn(store)
+        self.custom_reloader = lambda store, item: fn(store)
         return fn
 
 
@@ -283,6 +353,8 @@ class SyncedMapWithPush(_MapField[S, I, T, "BoundMapWithPush[S, I, T]"]):
         11 11
     """
 
+    with_push = True
+
     def sender(
         self, fn: Callable[[O, I, T, SyncRequest], Awaitable[int | Ack[T]]]
     ) -> Callable[[O, I, T, SyncRequest], Awaitable[int | Ack[T]]]:
@@ -305,7 +377,7 @@ class SyncedMapWithPush(_MapField[S, I, T, "BoundMapWithPush[S, I, T]"]):
             ...     async def send_stars(self, item: int, n: int, request: SyncRequest) -> int:
             ...         return 1
         """
-        self._send = fn
+        self.custom_sender = fn
         return fn
 
 
@@ -357,7 +429,7 @@ class SyncedMap(_MapField[S, I, T, "BoundMap[S, I, T]"]):
             ...     async def send_on(self, flag: str, on: bool) -> None:
             ...         return None
         """
-        self._send = fn
+        self.custom_sender = fn
         return fn
 
 
@@ -390,6 +462,8 @@ class SyncedValueWithPush(_ValueField[S, T, "BoundValueWithPush[S, T]"]):
         APPLIED 8
     """
 
+    with_push = True
+
     def sender(
         self, fn: Callable[[O, T, SyncRequest], Awaitable[int | Ack[T]]]
     ) -> Callable[[O, T, SyncRequest], Awaitable[int | Ack[T]]]:
@@ -405,7 +479,7 @@ class SyncedValueWithPush(_ValueField[S, T, "BoundValueWithPush[S, T]"]):
             ...     async def send_theme(self, theme: str, request: SyncRequest) -> int:
             ...         return 1
         """
-        self._send = lambda store, item, value, request: fn(store, value, request)
+        self.custom_sender = lambda store, item, value, request: fn(store, value, request)
         return fn
 
 
@@ -452,7 +526,7 @@ class SyncedValue(_ValueField[S, T, "BoundValue[S, T]"]):
             ...     async def send_mode(self, mode: str) -> None:
             ...         return None
         """
-        self._send = lambda store, item, value: fn(store, value)
+        self.custom_sender = lambda store, item, value: fn(store, value)
         return fn
 
 
@@ -477,91 +551,298 @@ def declared_fields(store_class: type) -> dict[str, _Field[Any, Any, Any, Any]]:
     return found
 
 
-# -- the fields, bound to a store ---------------------------------------------------
+# -- one store's fields: the seam the outbox, persistence and transports use ----------
+
+_REGISTRY = "__optisync_fields__"  # the StoreFields of a store, in its instance dict
 
 
-class _Bound(Generic[S, I, T]):
-    """A field on one store: its keys, its sync calls, and its server revisions."""
+class StoreFields:
+    """The declared fields of one store, and what serves them: its transport and retrier.
 
-    def __init__(self, field: _Field[S, I, T, Any], store: Store[S]) -> None:
-        self._field = field
-        self._store = store
-        self._items: dict[Hashable, I] = {}  # every key this field synced: key -> item
-        self._revisions: dict[Hashable, int] = {}
-        self._retrier: _Retrier | None = None
+    Get it with :func:`store_fields`. It is the public seam between the fields
+    and the parts built on them: :mod:`optisync.outbox` attaches its retrier
+    here, :mod:`optisync.persistence` reads and restores the fields' keys and
+    revisions here, and a :class:`~optisync.transport.Transport` serves the
+    fields through :func:`serve`.
 
-    # reading
+    Example:
+        >>> from optisync import Store
+        >>> from optisync.fields import SyncedMapWithPush, store_fields
+        >>> class Likes(Store[dict[str, bool]]):
+        ...     liked = SyncedMapWithPush[dict[str, bool], str, bool](
+        ...         lambda s, i: s.get(i, False), lambda s, i, v: {**s, i: v})
+        >>> fields = store_fields(Likes({}))
+        >>> list(fields.by_name), fields.field_of(("liked", "post"))[1]
+        (['liked'], 'post')
+    """
 
-    def _get(self, item: I) -> T:
-        return self._field.get(self._store.state, item)
+    def __init__(self, store: Store[Any]) -> None:
+        self.store = store
+        self.__by_name: dict[str, BoundField[Any, Any, Any]] | None = None
+        self.__retrier: Retrier | None = None
+        self.__transport: Transport | None = None
+        self.__on_transport: list[Callable[[Transport], object]] = []
 
-    def _send_fn(self) -> Callable[..., Awaitable[Any]]:
-        send = self._field._send
-        if send is None:
-            raise StateError(
-                f"the synced field {self._field.name!r} has no sender: "
-                f"decorate an async method with @{self._field.name}.sender"
-            )
-        return send
-
-    def _on_finish(self, item: I) -> Callable[[Exception | None], Awaitable[S | None]] | None:
-        reload = self._field._reload
-        if reload is None:
-            return None
-        field, store = self._field, self._store
-
-        async def reload_on_error(error: Exception | None) -> S | None:
-            if error is None:
-                return None
-            value = await reload(store, item)
-            return field.set(store.state, item, value)
-
-        return reload_on_error
-
-    def _deliver(self, key: Hashable, attempt: Callable[[], Awaitable[R]]) -> Awaitable[R]:
-        if self._retrier is None:
-            return attempt()
-        return self._retrier.deliver(key, attempt)
-
-    # what persistence and the outbox read and restore
-
-    def _keys(self) -> Iterator[tuple[Hashable, I]]:
-        return iter(self._items.items())
-
-    def _revision(self, key: Hashable) -> int:
-        return self._revisions.get(key, -1)
-
-    def _learn(self, key: Hashable) -> None:
-        known = self._store.server_revision(key)
-        if known > self._revisions.get(key, -1):
-            self._revisions[key] = known
-
-    def _restore_revision(self, item: I, revision: int) -> None:
-        key = self._field._key(item)
-        self._items[key] = item
-        self._revisions[key] = max(revision, self._revisions.get(key, -1))
-
-    def _resend(self, item: I) -> Awaitable[None]:
-        return self._set(item, self._get(item))
-
-    def _set(self, item: I, value: T) -> Awaitable[None]:
-        raise NotImplementedError
-
-    # public
-
-    def is_pending(self, item: I) -> bool:
-        """Whether the item's latest change is still being sent (its key is syncing).
+    @property
+    def by_name(self) -> Mapping[str, BoundField[Any, Any, Any]]:
+        """Every declared field of the store, bound to it, by name.
 
         Example:
             >>> from optisync import Store
-            >>> from optisync.fields import SyncedMap
-            >>> class Flags(Store[dict[str, bool]]):
-            ...     on = SyncedMap[dict[str, bool], str, bool](
-            ...         lambda s, f: s.get(f, False), lambda s, f, v: {**s, f: v})
-            >>> Flags({}).on.is_pending("dark-mode")
-            False
+            >>> from optisync.fields import store_fields
+            >>> store_fields(Store(0)).by_name
+            {}
         """
-        return self._store.is_syncing(self._field._key(item))
+        if self.__by_name is None:
+            store = self.store
+            self.__by_name = {name: getattr(store, name) for name in declared_fields(type(store))}
+        return self.__by_name
+
+    def field_of(self, key: Hashable) -> tuple[BoundField[Any, Any, Any] | None, Any]:
+        """The bound field a store key belongs to and its item; ``(None, None)`` for other keys.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedValue, store_fields
+            >>> class Name(Store[str]):
+            ...     name = SyncedValue[str, str](lambda s: s, lambda s, v: v)
+            >>> bound, item = store_fields(Name("")).field_of("name")
+            >>> bound.name, item
+            ('name', None)
+        """
+        if isinstance(key, str):
+            name = key
+        elif isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], str):
+            name = key[0]
+        else:
+            return None, None
+        bound = self.by_name.get(name)
+        if bound is None:
+            return None, None
+        found, item = bound.field.item_of(key)
+        return (bound, item) if found else (None, None)
+
+    # -- the retrier (an outbox) ---------------------------------------------------
+
+    @property
+    def retrier(self) -> Retrier | None:
+        """The retrier attached with :meth:`attach_retrier`, if any.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import store_fields
+            >>> store_fields(Store(0)).retrier is None
+            True
+        """
+        return self.__retrier
+
+    def attach_retrier(self, retrier: Retrier) -> None:
+        """Route every send of the store's fields through ``retrier.deliver``.
+
+        Raises:
+            AlreadyAttachedError: the store has a retrier (an outbox) already.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import store_fields
+            >>> from optisync.outbox import Outbox
+            >>> store = Store(0)
+            >>> outbox = Outbox(store)  # attaches itself
+            >>> store_fields(store).retrier is outbox
+            True
+        """
+        if self.__retrier is not None:
+            raise AlreadyAttachedError("this store already has an outbox")
+        self.__retrier = retrier
+
+    # -- the transport -----------------------------------------------------------
+
+    @property
+    def transport(self) -> Transport | None:
+        """The transport serving the store (see :func:`serve`), if any.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import store_fields
+            >>> store_fields(Store(0)).transport is None
+            True
+        """
+        return self.__transport
+
+    def when_served(self, listener: Callable[[Transport], object]) -> None:
+        """Call ``listener(transport)`` once the store is served (at once if it is).
+
+        For the parts that follow the transport: the outbox follows its online
+        status, persistence saves its replay position.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import store_fields
+            >>> store_fields(Store(0)).when_served(print)  # called later, by serve()
+        """
+        if self.__transport is not None:
+            listener(self.__transport)
+        else:
+            self.__on_transport.append(listener)
+
+    def set_transport(self, transport: Transport) -> None:
+        """Record ``transport`` as the store's and tell :meth:`when_served`'s listeners.
+
+        :func:`serve` calls it; a transport is set once per store.
+
+        Raises:
+            AlreadyAttachedError: the store is served already.
+
+        Example:
+            >>> from optisync import Store, testing
+            >>> from optisync.fields import store_fields
+            >>> link = testing.SimulatedNetwork(testing.SimulatedServer()).device(1)
+            >>> fields = store_fields(Store(0, device_id=1))
+            >>> fields.set_transport(link)
+            >>> fields.transport is link
+            True
+        """
+        if self.__transport is not None:
+            raise AlreadyAttachedError("this store is served by a transport already")
+        self.__transport = transport
+        listeners, self.__on_transport = self.__on_transport, []
+        for listener in listeners:
+            listener(transport)
+
+
+def store_fields(store: Store[Any]) -> StoreFields:
+    """The :class:`StoreFields` of ``store`` (made on first use, one per store).
+
+    Example:
+        >>> from optisync import Store
+        >>> from optisync.fields import store_fields
+        >>> store = Store(0)
+        >>> store_fields(store) is store_fields(store)
+        True
+    """
+    found = vars(store).get(_REGISTRY)
+    if found is None:
+        found = vars(store)[_REGISTRY] = StoreFields(store)
+    fields: StoreFields = found
+    return fields
+
+
+def serve(store: Store[Any], transport: Transport) -> Callable[[], None]:
+    """Let ``transport`` send the store's declared fields and deliver their pushes.
+
+    After it, a field with no ``@sender`` sends through
+    ``transport.send(wire_key(key), value, request)``, and every push the
+    transport delivers for one of the fields' wire keys reaches the field
+    (revisions, self-echoes and staleness as with :meth:`BoundMapWithPush.push`).
+    Pushes of keys no field declares are ignored. A write the server refuses
+    follows the field's ``on_refused`` (``"reload"``: the key is fetched and
+    shown, at once or once the transport is online again).
+    :class:`optisync.client.SyncClient` calls it for you; returns a function
+    that stops delivering pushes.
+
+    Raises:
+        InvalidArgumentError: the transport's device id is not the store's.
+        AlreadyAttachedError: the store is served already.
+
+    Example:
+        >>> from optisync import Store, testing
+        >>> from optisync.fields import SyncedValueWithPush, serve
+        >>> class Theme(Store[str]):
+        ...     theme = SyncedValueWithPush[str, str](lambda s: s, lambda s, t: t)
+        >>> async def main() -> None:
+        ...     network = testing.SimulatedNetwork(testing.SimulatedServer())
+        ...     async with Theme("light", device_id=1) as phone:
+        ...         serve(phone, network.device(1))
+        ...         await phone.theme.set("dark")  # no sender: the link sends it
+        ...         other = network.device(2)
+        ...         await other.write("theme", "blue", local_revision=1)
+        ...         await network.settle()
+        ...         print(phone.state, phone.theme.server_revision())
+        >>> testing.run(main())
+        blue 2
+    """
+    if transport.device_id != store.device_id:
+        raise InvalidArgumentError(
+            f"the transport's device id {transport.device_id} is not the store's "
+            f"{store.device_id}: build the transport for this store"
+        )
+    fields = store_fields(store)
+    fields.set_transport(transport)
+
+    def on_push(wire: str, value: Any, metadata: PushMetadata) -> None:
+        try:
+            key = store_key(wire)
+        except InvalidArgumentError:
+            return  # a key no declared field made
+        bound, item = fields.field_of(key)
+        if bound is not None and bound.field.with_push:
+            bound.apply_push(item, value, metadata)
+
+    stop_pushes = transport.subscribe_pushes(on_push)
+    stop_status = transport.subscribe_status(
+        lambda online: _reload_waiting(fields) if online else None
+    )
+
+    def stop() -> None:
+        stop_pushes()
+        stop_status()
+
+    return stop
+
+
+def _reload_waiting(fields: StoreFields) -> None:
+    for bound in fields.by_name.values():
+        bound.reload_waiting()
+
+
+# -- the fields, bound to a store ---------------------------------------------------
+
+
+class BoundField(Generic[S, I, T]):
+    """A declared field on one store: its keys, its sync calls, and its server revisions.
+
+    Every bound field (:class:`BoundMapWithPush`, :class:`BoundMap`,
+    :class:`BoundValueWithPush`, :class:`BoundValue`) is one of these, with a
+    strategy chosen by the declaration: with push (``optimistic_sync_with_push``
+    and server revisions) or without (``optimistic_sync``). A single value is
+    a collection with one item, ``None``. The methods here are the seam the
+    outbox and persistence use; apps use the shapes' ``set``, ``push``,
+    ``[item]`` and ``value``.
+
+    Example:
+        >>> from optisync import Store
+        >>> from optisync.fields import BoundField, SyncedMap
+        >>> class Flags(Store[dict[str, bool]]):
+        ...     on = SyncedMap[dict[str, bool], str, bool](
+        ...         lambda s, f: s.get(f, False), lambda s, f, v: {**s, f: v})
+        >>> flags = Flags({})
+        >>> isinstance(flags.on, BoundField), flags.on.name
+        (True, 'on')
+    """
+
+    def __init__(self, field: _Field[S, I, T, Any], store: Store[S], fields: StoreFields) -> None:
+        self.field = field
+        self.store = store
+        self.__fields = fields
+        self.__items: dict[Hashable, I] = {}  # every key this field synced: key -> item
+        self.__revisions: dict[Hashable, int] = {}
+        self.__reloads: dict[Hashable, int] = {}  # key -> local revision when it failed
+        self.__tasks: set[asyncio.Task[None]] = set()
+        self.__strategy: _Strategy = _WithPush() if field.with_push else _WithoutPush()
+
+    @property
+    def name(self) -> str:
+        """The field's name on the store class.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedValue
+            >>> class Name(Store[str]):
+            ...     name = SyncedValue[str, str](lambda s: s, lambda s, v: v)
+            >>> Name("").name.name
+            'name'
+        """
+        return self.field.name
 
     def key(self, item: I) -> Hashable:
         """The store key of an item: ``(field name, item)`` (a single value: its name).
@@ -575,15 +856,362 @@ class _Bound(Generic[S, I, T]):
             >>> Flags({}).on.key("dark-mode")
             ('on', 'dark-mode')
         """
-        return self._field._key(item)
+        return self.field.key(item)
+
+    def is_pending(self, item: I) -> bool:
+        """Whether the item's latest change is still being sent (its key is syncing).
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedMap
+            >>> class Flags(Store[dict[str, bool]]):
+            ...     on = SyncedMap[dict[str, bool], str, bool](
+            ...         lambda s, f: s.get(f, False), lambda s, f, v: {**s, f: v})
+            >>> Flags({}).on.is_pending("dark-mode")
+            False
+        """
+        return self.store.is_syncing(self.field.key(item))
+
+    def get(self, item: I) -> T:
+        """The item's value in the current state.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedMap
+            >>> class Flags(Store[dict[str, bool]]):
+            ...     on = SyncedMap[dict[str, bool], str, bool](
+            ...         lambda s, f: s.get(f, False), lambda s, f, v: {**s, f: v})
+            >>> Flags({"dark": True}).on.get("dark")
+            True
+        """
+        return self.field.get(self.store.state, item)
+
+    # -- what persistence and the outbox read and restore ---------------------------
+
+    def items(self) -> list[tuple[Hashable, I]]:
+        """Every ``(key, item)`` this field synced, received or restored on this store.
+
+        Example:
+            >>> from optisync import PushMetadata, Store
+            >>> from optisync.fields import SyncedMapWithPush
+            >>> class Likes(Store[dict[str, bool]]):
+            ...     liked = SyncedMapWithPush[dict[str, bool], str, bool](
+            ...         lambda s, i: s.get(i, False), lambda s, i, v: {**s, i: v})
+            >>> likes = Likes({}, device_id=1)
+            >>> _ = likes.liked.push("post", True, PushMetadata(3, 1, 2))
+            >>> likes.liked.items()
+            [(('liked', 'post'), 'post')]
+        """
+        return list(self.__items.items())
+
+    def known_revision(self, key: Hashable) -> int:
+        """The newest server revision this field knows for ``key`` (-1: none).
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedMapWithPush
+            >>> class Likes(Store[dict[str, bool]]):
+            ...     liked = SyncedMapWithPush[dict[str, bool], str, bool](
+            ...         lambda s, i: s.get(i, False), lambda s, i, v: {**s, i: v})
+            >>> Likes({}).liked.known_revision(("liked", "post"))
+            -1
+        """
+        return self.__revisions.get(key, -1)
+
+    def learn_revision(self, key: Hashable) -> None:
+        """Take the store's server revision of ``key`` if it is newer than the field's.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedValueWithPush
+            >>> class Theme(Store[str]):
+            ...     theme = SyncedValueWithPush[str, str](lambda s: s, lambda s, t: t)
+            >>> store = Theme("light")
+            >>> store.theme.learn_revision("theme")  # the store knows none: nothing to learn
+            >>> store.theme.known_revision("theme")
+            -1
+        """
+        known = self.store.server_revision(key)
+        if known > self.__revisions.get(key, -1):
+            self.__revisions[key] = known
+
+    def restore(self, item: I, revision: int) -> None:
+        """Record ``item`` with a server revision saved by an earlier run (persistence).
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedMapWithPush
+            >>> class Likes(Store[dict[str, bool]]):
+            ...     liked = SyncedMapWithPush[dict[str, bool], str, bool](
+            ...         lambda s, i: s.get(i, False), lambda s, i, v: {**s, i: v})
+            >>> likes = Likes({})
+            >>> likes.liked.restore("post", 7)
+            >>> likes.liked.server_revision("post")
+            7
+        """
+        key = self.field.key(item)
+        self.__items[key] = item
+        self.__revisions[key] = max(revision, self.__revisions.get(key, -1))
+
+    def forget_revisions(self) -> None:
+        """Forget every server revision (the server was replaced, or restored from a backup).
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedValueWithPush
+            >>> class Theme(Store[str]):
+            ...     theme = SyncedValueWithPush[str, str](lambda s: s, lambda s, t: t)
+            >>> store = Theme("light")
+            >>> store.theme.restore(None, 4)
+            >>> store.theme.forget_revisions()
+            >>> store.theme.server_revision()
+            -1
+        """
+        self.__revisions.clear()
+
+    def resend(self, item: I) -> Awaitable[None]:
+        """Sync the value the state shows for ``item`` again (an unsent change after a restart).
+
+        Example:
+            >>> import asyncio
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedMap
+            >>> class Flags(Store[dict[str, bool]]):
+            ...     on = SyncedMap[dict[str, bool], str, bool](
+            ...         lambda s, f: s.get(f, False), lambda s, f, v: {**s, f: v})
+            ...
+            ...     @on.sender
+            ...     async def send_on(self, flag: str, on: bool) -> None:
+            ...         print("sent", flag, on)
+            >>> async def main() -> None:
+            ...     async with Flags({"dark": True}) as flags:
+            ...         await flags.on.resend("dark")
+            >>> asyncio.run(main())
+            sent dark True
+        """
+        return self.sync(item, self.get(item))
+
+    # -- syncing ---------------------------------------------------------------------
+
+    def sync(self, item: I, value: T) -> Awaitable[None]:
+        """Show ``value`` for ``item`` at once and sync it; what the shapes' ``set`` calls.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedMap
+            >>> class Flags(Store[dict[str, bool]]):
+            ...     on = SyncedMap[dict[str, bool], str, bool](
+            ...         lambda s, f: s.get(f, False), lambda s, f, v: {**s, f: v})
+            ...
+            ...     @on.sender
+            ...     async def send_on(self, flag: str, on: bool) -> None:
+            ...         return None
+            >>> async def main() -> None:
+            ...     async with Flags({}) as flags:
+            ...         await flags.on.sync("dark", True)
+            ...         print(flags.state)
+            >>> asyncio.run(main())
+            {'dark': True}
+        """
+        key = self.field.key(item)
+        if self.field.custom_sender is None:
+            wire_key(key)  # an item the transport could not send: refuse before the tap shows
+        self.__items[key] = item
+        return self.__strategy.sync(self, item, key, value)
+
+    def apply_push(self, item: I, value: T, metadata: PushMetadata) -> PushOutcome:
+        """Apply a value the server pushed for ``item``, unless stale or a self-echo.
+
+        Raises:
+            StateError: the field is declared without push (``SyncedMap``, ``SyncedValue``).
+
+        Example:
+            >>> from optisync import PushMetadata, Store
+            >>> from optisync.fields import SyncedMapWithPush
+            >>> class Likes(Store[dict[str, bool]]):
+            ...     liked = SyncedMapWithPush[dict[str, bool], str, bool](
+            ...         lambda s, i: s.get(i, False), lambda s, i, v: {**s, i: v})
+            >>> likes = Likes({}, device_id=1)
+            >>> likes.liked.apply_push("post", True, PushMetadata(5, 1, 2)).name
+            'APPLIED'
+        """
+        if not self.field.with_push:
+            raise StateError(
+                f"the field {self.name!r} is declared without push: "
+                "declare it SyncedMapWithPush or SyncedValueWithPush to apply pushes"
+            )
+        field = self.field
+        key = field.key(item)
+        self.__items[key] = item
+        outcome = self.store.server_push(
+            key=key,
+            push_metadata=metadata,
+            apply_server_push_to_state=lambda state, k, revision: field.set(state, item, value),
+            get_server_revision_from_state=self.known_revision,
+        )
+        self.learn_revision(key)
+        return outcome
+
+    def sender_for(self, item: I) -> Callable[[T, SyncRequest], Awaitable[int | Ack[T] | T | None]]:
+        """``send(value, request)`` for ``item``: the ``@sender`` method, else the transport's.
+
+        Raises:
+            StateError: the field has no sender and the store no transport.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedMap
+            >>> class Flags(Store[dict[str, bool]]):
+            ...     on = SyncedMap[dict[str, bool], str, bool](
+            ...         lambda s, f: s.get(f, False), lambda s, f, v: {**s, f: v})
+            >>> Flags({}).on.sender_for("dark")  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            optisync.errors.StateError: the synced field 'on' has no sender: ...
+        """
+        custom, store = self.field.custom_sender, self.store
+        if custom is not None:
+            if self.field.with_push:
+                return lambda value, request: custom(store, item, value, request)
+            return lambda value, request: custom(store, item, value)
+        transport = self.__fields.transport
+        if transport is None:
+            raise StateError(
+                f"the synced field {self.name!r} has no sender: decorate an async method "
+                f"with @{self.name}.sender, or serve the store with a transport "
+                "(optisync.client.SyncClient(store, url))"
+            )
+        wire = wire_key(self.field.key(item))
+        served = transport
+
+        async def send(value: T, request: SyncRequest) -> Ack[T] | T:
+            ack: Ack[T] = await served.send(wire, value, request)
+            return ack if self.field.with_push else ack.value
+
+        return send
+
+    def deliver(self, key: Hashable, attempt: Callable[[], Awaitable[R]]) -> Awaitable[R]:
+        """Run one send ``attempt``, through the store's retrier (outbox) if it has one.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedMap
+            >>> class Flags(Store[dict[str, bool]]):
+            ...     on = SyncedMap[dict[str, bool], str, bool](
+            ...         lambda s, f: s.get(f, False), lambda s, f, v: {**s, f: v})
+            >>> async def attempt() -> str:
+            ...     return "sent"
+            >>> asyncio.run(Flags({}).on.deliver(("on", "dark"), attempt))
+            'sent'
+        """
+        retrier = self.__fields.retrier
+        if retrier is None:
+            return attempt()
+        return retrier.deliver(key, attempt)
+
+    # -- after a failure ---------------------------------------------------------------
+
+    def on_finish_for(self, item: I) -> Callable[[Exception | None], Awaitable[S | None]] | None:
+        """The ``on_finish`` of ``item``'s syncs: the ``@reloader``, or the served policy.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedMap
+            >>> class Flags(Store[dict[str, bool]]):
+            ...     on = SyncedMap[dict[str, bool], str, bool](
+            ...         lambda s, f: s.get(f, False), lambda s, f, v: {**s, f: v})
+            >>> Flags({}).on.on_finish_for("dark") is None  # no reloader, no transport
+            True
+        """
+        reload = self.field.custom_reloader
+        field, store = self.field, self.store
+        if reload is not None:
+
+            async def reload_on_error(error: Exception | None) -> S | None:
+                if error is None:
+                    return None
+                value = await reload(store, item)
+                return field.set(store.state, item, value)
+
+            return reload_on_error
+        if self.__fields.transport is None and field.custom_sender is None:
+            return None
+        if field.on_refused == "keep" or field.custom_sender is not None:
+            return None
+        key = field.key(item)
+
+        async def reload_from_server(error: Exception | None) -> None:
+            if error is None:
+                self.__reloads.pop(key, None)  # the server has this key's latest change
+            else:
+                self.__reloads[key] = store.local_revision(key)
+                self.__items[key] = item
+                self.reload_waiting()
+
+        return reload_from_server
+
+    def reload_waiting(self) -> None:
+        """Fetch, from the transport, each key whose write failed; show what the server holds.
+
+        A key the user changed since its failure is left alone (that change
+        is being synced). While offline, the keys wait for the next time the
+        transport is online (:func:`serve` calls this then).
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedMap
+            >>> class Flags(Store[dict[str, bool]]):
+            ...     on = SyncedMap[dict[str, bool], str, bool](
+            ...         lambda s, f: s.get(f, False), lambda s, f, v: {**s, f: v})
+            >>> Flags({}).on.reload_waiting()  # nothing failed: nothing to do
+        """
+        transport = self.__fields.transport
+        if transport is None or not transport.online or self.store.is_closed:
+            return
+        for key in list(self.__reloads):
+            task = asyncio.get_running_loop().create_task(self.__reload(transport, key))
+            self.__tasks.add(task)
+            task.add_done_callback(self.__tasks.discard)
+
+    async def __reload(self, transport: Transport, key: Hashable) -> None:
+        marked = self.__reloads.get(key)
+        if marked is None:
+            return  # reloaded already
+        try:
+            value, revision = await transport.get(wire_key(key))
+        except ConnectionError:
+            return  # tried again once online
+        except Exception as error:  # a refusal: nothing better to show
+            self.__reloads.pop(key, None)
+            self.store.on_error(error)
+            return
+        store = self.store
+        if self.__reloads.get(key) != marked or store.is_closed:
+            return  # failed again since: that failure's reload applies
+        del self.__reloads[key]
+        if store.is_syncing(key) or store.local_revision(key) != marked:
+            return  # the user changed it since: that change is being synced
+        if revision < 0 or revision < max(self.known_revision(key), store.server_revision(key)):
+            return  # the server never had it, or a newer push is on screen already
+        item = self.__items[key]
+        self.__revisions[key] = max(revision, self.__revisions.get(key, -1))
+        store.emit(self.field.set(store.state, item, value))
 
 
-class _BoundWithPush(_Bound[S, I, T]):
-    def _set(self, item: I, value: T) -> Awaitable[None]:
-        field, store = self._field, self._store
-        key = field._key(item)
-        self._items[key] = item
-        send = self._send_fn()
+class _Strategy(Protocol):
+    def sync(
+        self, bound: BoundField[Any, Any, Any], item: Any, key: Hashable, value: Any
+    ) -> Awaitable[None]: ...
+
+
+class _WithPush:
+    """``optimistic_sync_with_push``: revisions, self-echoes, stale responses."""
+
+    def sync(self, bound: BoundField[S, I, T], item: I, key: Hashable, value: T) -> Awaitable[None]:
+        field, store = bound.field, bound.store
+        send = bound.sender_for(item)
         get, put = field.get, field.set
 
         async def send_value(
@@ -602,11 +1230,11 @@ class _BoundWithPush(_Bound[S, I, T]):
                     # left to send, as for a follow-up. Sending would write over
                     # whatever the server committed since.
                     now = get(store.state, item)
-                    return self._inform(key, store.server_revision(key), now, inform)
-                answer = await send(store, item, value, SyncRequest(key, revision, device_id))
-                return self._inform(key, answer, value, inform)
+                    return _informed(bound, key, store.server_revision(key), now, inform)
+                answer = await send(value, SyncRequest(key, revision, device_id))
+                return _informed(bound, key, answer, value, inform)
 
-            return await self._deliver(key, attempt)
+            return await bound.deliver(key, attempt)
 
         return store.optimistic_sync_with_push(
             key=key,
@@ -614,44 +1242,36 @@ class _BoundWithPush(_Bound[S, I, T]):
             apply_optimistic_value_to_state=lambda state, v: put(state, item, v),
             get_value_from_state=lambda state: get(state, item),
             send_value_to_server=send_value,
-            get_server_revision_from_state=self._revision,
+            get_server_revision_from_state=bound.known_revision,
             apply_server_response_to_state=lambda state, v: put(state, item, v),
-            on_finish=self._on_finish(item),
+            on_finish=bound.on_finish_for(item),
             max_follow_up_requests=field.max_follow_up_requests,
         )
 
-    def _inform(
-        self, key: Hashable, answer: int | Ack[T], sent: T, inform: Callable[[int], None]
-    ) -> T:
-        if isinstance(answer, Ack):
-            inform(answer.server_revision)
-            value: T = answer.value
-        else:
-            inform(answer)
-            value = sent
-        self._learn(key)
-        return value
 
-    def _push(self, item: I, value: T, metadata: PushMetadata) -> PushOutcome:
-        field = self._field
-        key = field._key(item)
-        self._items[key] = item
-        outcome = self._store.server_push(
-            key=key,
-            push_metadata=metadata,
-            apply_server_push_to_state=lambda state, k, revision: field.set(state, item, value),
-            get_server_revision_from_state=self._revision,
-        )
-        self._learn(key)
-        return outcome
+def _informed(
+    bound: BoundField[Any, Any, T],
+    key: Hashable,
+    answer: Any,
+    sent: T,
+    inform: Callable[[int], None],
+) -> T:
+    if isinstance(answer, Ack):
+        inform(answer.server_revision)
+        value: T = answer.value
+    else:
+        inform(answer)
+        value = sent
+    bound.learn_revision(key)
+    return value
 
 
-class _BoundWithoutPush(_Bound[S, I, T]):
-    def _set(self, item: I, value: T) -> Awaitable[None]:
-        field, store = self._field, self._store
-        key = field._key(item)
-        self._items[key] = item
-        send = self._send_fn()
+class _WithoutPush:
+    """``optimistic_sync``: a follow-up when the state moved on; no revisions."""
+
+    def sync(self, bound: BoundField[S, I, T], item: I, key: Hashable, value: T) -> Awaitable[None]:
+        field, store = bound.field, bound.store
+        send = bound.sender_for(item)
         get, put = field.get, field.set
 
         async def send_value(sent: T) -> T | None:
@@ -661,10 +1281,11 @@ class _BoundWithoutPush(_Bound[S, I, T]):
                 nonlocal attempts
                 attempts += 1
                 value = sent if attempts == 1 else get(store.state, item)
-                answer: T | None = await send(store, item, value)
+                request = SyncRequest(key, store.local_revision(key), store.device_id)
+                answer: T | None = await send(value, request)  # type: ignore[assignment]
                 return answer
 
-            return await self._deliver(key, attempt)
+            return await bound.deliver(key, attempt)
 
         return store.optimistic_sync(
             key=key,
@@ -673,12 +1294,12 @@ class _BoundWithoutPush(_Bound[S, I, T]):
             get_value_from_state=lambda state: get(state, item),
             send_value_to_server=send_value,
             apply_server_response_to_state=lambda state, v: put(state, item, v),
-            on_finish=self._on_finish(item),
+            on_finish=bound.on_finish_for(item),
             max_follow_up_requests=field.max_follow_up_requests,
         )
 
 
-class _MapShape(_Bound[S, I, T]):
+class _MapShape(BoundField[S, I, T]):
     """What a bound collection offers, whatever its sync strategy."""
 
     def __getitem__(self, item: I) -> T:
@@ -693,7 +1314,7 @@ class _MapShape(_Bound[S, I, T]):
             >>> Likes({"post": True}).liked["post"]
             True
         """
-        return self._get(item)
+        return self.get(item)
 
     def set(self, item: I, value: T) -> Awaitable[None]:
         """Show ``value`` for ``item`` at once and sync it.
@@ -721,10 +1342,10 @@ class _MapShape(_Bound[S, I, T]):
             >>> asyncio.run(main())
             {'milk': True}
         """
-        return self._set(item, value)
+        return self.sync(item, value)
 
 
-class _ValueShape(_Bound[S, None, T]):
+class _ValueShape(BoundField[S, None, T]):
     """What a bound single value offers, whatever its sync strategy."""
 
     @property
@@ -739,7 +1360,7 @@ class _ValueShape(_Bound[S, None, T]):
             >>> Name("Ada").name.value
             'Ada'
         """
-        return self._get(None)
+        return self.get(None)
 
     @property
     def pending(self) -> bool:
@@ -775,10 +1396,10 @@ class _ValueShape(_Bound[S, None, T]):
             >>> asyncio.run(main())
             Ada
         """
-        return self._set(None, value)
+        return self.sync(None, value)
 
 
-class BoundMapWithPush(_MapShape[S, I, T], _BoundWithPush[S, I, T]):
+class BoundMapWithPush(_MapShape[S, I, T]):
     """A :class:`SyncedMapWithPush` on one store: ``store.<field>``.
 
     Example:
@@ -816,7 +1437,7 @@ class BoundMapWithPush(_MapShape[S, I, T], _BoundWithPush[S, I, T]):
             >>> likes.liked.push("post", True, meta), likes.liked.push("post", False, meta)
             (<PushOutcome.APPLIED: 'applied'>, <PushOutcome.STALE: 'stale'>)
         """
-        return self._push(item, value, metadata)
+        return self.apply_push(item, value, metadata)
 
     def server_revision(self, item: I) -> int:
         """The newest server revision known for ``item`` (-1 if none).
@@ -830,10 +1451,10 @@ class BoundMapWithPush(_MapShape[S, I, T], _BoundWithPush[S, I, T]):
             >>> Likes({}).liked.server_revision("post")
             -1
         """
-        return self._revision(self._field._key(item))
+        return self.known_revision(self.key(item))
 
 
-class BoundMap(_MapShape[S, I, T], _BoundWithoutPush[S, I, T]):
+class BoundMap(_MapShape[S, I, T]):
     """A :class:`SyncedMap` on one store: ``store.<field>``.
 
     Example:
@@ -847,7 +1468,7 @@ class BoundMap(_MapShape[S, I, T], _BoundWithoutPush[S, I, T]):
     """
 
 
-class BoundValueWithPush(_ValueShape[S, T], _BoundWithPush[S, None, T]):
+class BoundValueWithPush(_ValueShape[S, T]):
     """A :class:`SyncedValueWithPush` on one store: ``store.<field>``.
 
     Example:
@@ -872,7 +1493,7 @@ class BoundValueWithPush(_ValueShape[S, T], _BoundWithPush[S, None, T]):
             >>> store.theme.push("dark", meta)
             <PushOutcome.APPLIED: 'applied'>
         """
-        return self._push(None, value, metadata)
+        return self.apply_push(None, value, metadata)
 
     def server_revision(self) -> int:
         """The newest server revision known for the value (-1 if none).
@@ -885,10 +1506,10 @@ class BoundValueWithPush(_ValueShape[S, T], _BoundWithPush[S, None, T]):
             >>> Theme("light").theme.server_revision()
             -1
         """
-        return self._revision(self._field._key(None))
+        return self.known_revision(self.key(None))
 
 
-class BoundValue(_ValueShape[S, T], _BoundWithoutPush[S, None, T]):
+class BoundValue(_ValueShape[S, T]):
     """A :class:`SyncedValue` on one store: ``store.<field>``.
 
     Example:
@@ -901,7 +1522,7 @@ class BoundValue(_ValueShape[S, T], _BoundWithoutPush[S, None, T]):
     """
 
 
-SyncedMapWithPush._bound_class = BoundMapWithPush
-SyncedMap._bound_class = BoundMap
-SyncedValueWithPush._bound_class = BoundValueWithPush
-SyncedValue._bound_class = BoundValue
+SyncedMapWithPush.bound_class = BoundMapWithPush
+SyncedMap.bound_class = BoundMap
+SyncedValueWithPush.bound_class = BoundValueWithPush
+SyncedValue.bound_class = BoundValue

@@ -46,12 +46,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
-from optisync.errors import StoreClosedError
-from optisync.fields import declared_fields
+from optisync.errors import ArgumentTypeError, InvalidArgumentError, StoreClosedError
+from optisync.fields import store_fields
 
 if TYPE_CHECKING:
-    from optisync.fields import _Bound
     from optisync.store import Store
+    from optisync.transport import Transport
 
 __all__ = ["Backoff", "Outbox"]
 
@@ -60,9 +60,9 @@ R = TypeVar("R")
 
 def _non_negative(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{attribute.name} must be a number of seconds, got {value!r}")
+        raise ArgumentTypeError(f"{attribute.name} must be a number of seconds, got {value!r}")
     if not value >= 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value}")
+        raise InvalidArgumentError(f"{attribute.name} must be >= 0, got {value}")
 
 
 @attrs.frozen
@@ -81,7 +81,7 @@ class Backoff:
         >>> Backoff(initial=-1)
         Traceback (most recent call last):
         ...
-        ValueError: initial must be >= 0, got -1
+        optisync.errors.InvalidArgumentError: initial must be >= 0, got -1
     """
 
     initial: float = attrs.field(default=0.5, validator=_non_negative)
@@ -105,7 +105,15 @@ class Backoff:
             multiplier=self.initial, max=self.maximum, exp_base=self.multiplier
         )
 
-    def _strategy(self) -> Any:
+    def tenacity_wait(self) -> Any:
+        """These waits as a `tenacity <https://tenacity.readthedocs.io>`_ wait strategy.
+
+        Example:
+            >>> from optisync.outbox import Backoff
+            >>> wait = Backoff(initial=1.0, jitter=0.0).tenacity_wait()
+            >>> callable(wait)
+            True
+        """
         if self.jitter == 0:
             return self._exponential()
         return self._exponential() + _tenacity().wait_random(0, self.jitter)
@@ -166,19 +174,21 @@ class Outbox:
     def __init__(self, store: Store[Any], *, backoff: Backoff | None = None) -> None:
         self.store = store
         self.backoff = Backoff() if backoff is None else backoff
-        self._fields: list[_Bound[Any, Any, Any]] = [
-            getattr(store, name) for name in declared_fields(type(store))
-        ]
-        for bound in self._fields:
-            if bound._retrier is not None:
-                raise RuntimeError("this store already has an outbox")
-            bound._retrier = self
+        self._fields = store_fields(store)
+        self._fields.attach_retrier(self)
         self._unreachable: set[Hashable] = set()
         self._reachable = asyncio.Event()
         self._reachable.set()
         self._wake: asyncio.Event | None = None
         self._listeners: dict[int, Callable[[], object]] = {}
         self._next_listener = 0
+        self._fields.when_served(self._follow)
+
+    def _follow(self, transport: Transport) -> None:
+        # A served store's outbox knows what its transport knows: no attempt
+        # while offline, every waiting key at once when it is back.
+        self.set_reachable(transport.online)
+        transport.subscribe_status(self.set_reachable)
 
     # -- what the fields call ----------------------------------------------------
 
@@ -214,7 +224,7 @@ class Outbox:
 
         retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(ConnectionError),
-            wait=self.backoff._strategy(),
+            wait=self.backoff.tenacity_wait(),
             stop=tenacity.stop_never,
             sleep=self._sleep,
             before_sleep=lambda _: self._mark(key, unreachable=True),
@@ -308,7 +318,10 @@ class Outbox:
         """
         store = self.store
         return frozenset(
-            key for bound in self._fields for key, _ in bound._keys() if store.is_syncing(key)
+            key
+            for bound in self._fields.by_name.values()
+            for key, _ in bound.items()
+            if store.is_syncing(key)
         )
 
     def unreachable_keys(self) -> frozenset[Hashable]:

@@ -13,10 +13,10 @@
   the store exists) by :data:`LOCAL_REVISIONS_PER_RUN`, so that the echo of a
   request sent before a restart is never taken for the echo of one sent after.
 
-The default back end is :class:`SqliteStorage`: stdlib ``sqlite3`` in WAL
+The default back end is :class:`SqliteSnapshotStorage`: stdlib ``sqlite3`` in WAL
 mode, run on one worker thread so the event loop never waits for the disk,
 one transaction per save, so a crash at any point leaves the last committed
-snapshot readable. Other back ends implement the :class:`Storage` protocol.
+snapshot readable. Other back ends implement the :class:`SnapshotStorage` protocol.
 
 Example:
     >>> import asyncio, os, tempfile
@@ -50,14 +50,21 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 
 import attrs
 
-from optisync.fields import declared_fields
+from optisync.errors import (
+    AlreadyAttachedError,
+    ArgumentTypeError,
+    ClosedError,
+    InvalidArgumentError,
+    StateError,
+)
+from optisync.fields import BoundField, StoreFields, store_fields
 from optisync.revisions import random_device_id
 from optisync.store import adopt_local_revision_base
+from optisync.transport import Resumable, Transport
 
 if TYPE_CHECKING:
     import cattrs
 
-    from optisync.fields import _Bound
     from optisync.store import Store
 
 __all__ = [
@@ -67,8 +74,8 @@ __all__ = [
     "JsonCodec",
     "Persistence",
     "Snapshot",
-    "SqliteStorage",
-    "Storage",
+    "SqliteSnapshotStorage",
+    "SnapshotStorage",
     "open_sqlite",
 ]
 
@@ -96,7 +103,7 @@ _MAX_SAFE_INT: Final = 2**53 - 1
 def _next_base(base: int) -> int:
     following = base + LOCAL_REVISIONS_PER_RUN
     if following + LOCAL_REVISIONS_PER_RUN > _MAX_SAFE_INT:
-        raise RuntimeError(
+        raise StateError(
             "this storage was opened more than two million times: its local revisions "
             "would pass 2**53; start a new storage (a new device)"
         )
@@ -237,6 +244,10 @@ class Snapshot:
         outbox: the encoded keys whose latest change is not acknowledged.
         local_revision_base: the :attr:`Store.local_revision_base
             <optisync.Store.local_revision_base>` of the run that saved it.
+        cursor: the replay position of the store's transport (a
+            :class:`~optisync.transport.Resumable`, such as ``SyncClient``):
+            the newest server revision the saved state covers.
+        generation: the server generation that cursor belongs to.
 
     Example:
         >>> from optisync.persistence import Snapshot
@@ -249,10 +260,12 @@ class Snapshot:
     server_revisions: Mapping[str, int]
     outbox: frozenset[str]
     local_revision_base: int = 0
+    cursor: int = 0
+    generation: str = ""
 
 
-class Storage(Protocol):
-    """Where snapshots go. :class:`SqliteStorage` is the tested default.
+class SnapshotStorage(Protocol):
+    """Where snapshots go. :class:`SqliteSnapshotStorage` is the tested default.
 
     Any object with these three coroutines is one. A back end must make each
     :meth:`save` atomic: after a crash, :meth:`load` returns the last
@@ -265,7 +278,7 @@ class Storage(Protocol):
         reliability suite restarts its devices from):
 
         >>> import asyncio
-        >>> from optisync.persistence import JsonCodec, Persistence, Snapshot, Storage
+        >>> from optisync.persistence import JsonCodec, Persistence, Snapshot, SnapshotStorage
         >>> class MemoryStorage:
         ...     snapshot: Snapshot | None = None
         ...     async def load(self) -> Snapshot | None:
@@ -275,7 +288,7 @@ class Storage(Protocol):
         ...     async def close(self) -> None:
         ...         pass
         >>> async def main() -> None:
-        ...     storage: Storage = MemoryStorage()
+        ...     storage: SnapshotStorage = MemoryStorage()
         ...     await Persistence.open(storage, JsonCodec(), initial=[], new_device_id=lambda: 4)
         ...     print((await storage.load()).device_id)
         >>> asyncio.run(main())
@@ -318,14 +331,16 @@ CREATE TABLE IF NOT EXISTS optisync_snapshot (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     device_id INTEGER NOT NULL,
     state BLOB NOT NULL,
-    local_revision_base INTEGER NOT NULL DEFAULT 0
+    local_revision_base INTEGER NOT NULL DEFAULT 0,
+    cursor INTEGER NOT NULL DEFAULT 0,
+    generation TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS optisync_revisions (key TEXT PRIMARY KEY, revision INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS optisync_outbox (key TEXT PRIMARY KEY);
 """
 
 
-class SqliteStorage:
+class SqliteSnapshotStorage:
     """Snapshots in an SQLite file, written on one worker thread.
 
     WAL journal, one ``BEGIN IMMEDIATE`` ... ``COMMIT`` per save: a process
@@ -341,9 +356,9 @@ class SqliteStorage:
 
     Example:
         >>> import asyncio
-        >>> from optisync.persistence import Snapshot, SqliteStorage
+        >>> from optisync.persistence import Snapshot, SqliteSnapshotStorage
         >>> async def main() -> None:
-        ...     storage = SqliteStorage(":memory:")
+        ...     storage = SqliteSnapshotStorage(":memory:")
         ...     await storage.save(Snapshot(5, b'"hi"', {}, frozenset()))
         ...     print((await storage.load()).state)
         ...     await storage.close()
@@ -365,7 +380,7 @@ class SqliteStorage:
 
     async def _run(self, job: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
-            raise RuntimeError(f"the storage {self.path!s} is closed")
+            raise ClosedError(f"the storage {self.path!s} is closed")
         if self._executor is None:
             return self._on_worker(job)
         loop = asyncio.get_running_loop()
@@ -390,9 +405,9 @@ class SqliteStorage:
 
         Example:
             >>> import asyncio
-            >>> from optisync.persistence import SqliteStorage
+            >>> from optisync.persistence import SqliteSnapshotStorage
             >>> async def main() -> None:
-            ...     storage = SqliteStorage(":memory:")
+            ...     storage = SqliteSnapshotStorage(":memory:")
             ...     print(await storage.load())
             ...     await storage.close()
             >>> asyncio.run(main())
@@ -405,9 +420,9 @@ class SqliteStorage:
 
         Example:
             >>> import asyncio
-            >>> from optisync.persistence import Snapshot, SqliteStorage
+            >>> from optisync.persistence import Snapshot, SqliteSnapshotStorage
             >>> async def main() -> None:
-            ...     storage = SqliteStorage(":memory:")
+            ...     storage = SqliteSnapshotStorage(":memory:")
             ...     await storage.save(Snapshot(5, b"1", {}, frozenset({'["liked","a"]'})))
             ...     print((await storage.load()).outbox)
             ...     await storage.close()
@@ -421,9 +436,9 @@ class SqliteStorage:
 
         Example:
             >>> import asyncio
-            >>> from optisync.persistence import SqliteStorage
+            >>> from optisync.persistence import SqliteSnapshotStorage
             >>> async def main() -> None:
-            ...     storage = SqliteStorage(":memory:")
+            ...     storage = SqliteSnapshotStorage(":memory:")
             ...     await storage.close()
             ...     print(storage.is_closed)
             >>> asyncio.run(main())
@@ -441,8 +456,8 @@ class SqliteStorage:
         """Whether :meth:`close` was called.
 
         Example:
-            >>> from optisync.persistence import SqliteStorage
-            >>> SqliteStorage(":memory:").is_closed
+            >>> from optisync.persistence import SqliteSnapshotStorage
+            >>> SqliteSnapshotStorage(":memory:").is_closed
             False
         """
         return self._closed
@@ -455,18 +470,22 @@ class SqliteStorage:
 def _add_missing_columns(connection: sqlite3.Connection) -> None:
     """Bring a file written by an older optisync up to the current schema."""
     columns = {row[1] for row in connection.execute("PRAGMA table_info(optisync_snapshot)")}
-    if "local_revision_base" not in columns:  # a file from before the column existed
-        connection.execute(
-            "ALTER TABLE optisync_snapshot "
-            "ADD COLUMN local_revision_base INTEGER NOT NULL DEFAULT 0"
-        )
+    added = {  # each column a file from before it existed lacks
+        "local_revision_base": "INTEGER NOT NULL DEFAULT 0",
+        "cursor": "INTEGER NOT NULL DEFAULT 0",
+        "generation": "TEXT NOT NULL DEFAULT ''",
+    }
+    for name, declaration in added.items():
+        if name not in columns:
+            connection.execute(f"ALTER TABLE optisync_snapshot ADD COLUMN {name} {declaration}")
 
 
 def _load(connection: sqlite3.Connection) -> Snapshot | None:
     connection.execute("BEGIN")  # one read transaction: the three tables of one commit
     try:
         row = connection.execute(
-            "SELECT device_id, state, local_revision_base FROM optisync_snapshot"
+            "SELECT device_id, state, local_revision_base, cursor, generation"
+            " FROM optisync_snapshot"
         ).fetchone()
         if row is None:
             return None
@@ -474,16 +493,25 @@ def _load(connection: sqlite3.Connection) -> Snapshot | None:
         outbox = frozenset(key for (key,) in connection.execute("SELECT key FROM optisync_outbox"))
     finally:
         connection.execute("COMMIT")
-    return Snapshot(int(row[0]), bytes(row[1]), revisions, outbox, int(row[2]))
+    return Snapshot(
+        int(row[0]), bytes(row[1]), revisions, outbox, int(row[2]), int(row[3]), str(row[4])
+    )
 
 
 def _save(connection: sqlite3.Connection, snapshot: Snapshot) -> None:
     connection.execute("BEGIN IMMEDIATE")
     try:
         connection.execute(
-            "INSERT OR REPLACE INTO optisync_snapshot (id, device_id, state, local_revision_base)"
-            " VALUES (1, ?, ?, ?)",
-            (snapshot.device_id, snapshot.state, snapshot.local_revision_base),
+            "INSERT OR REPLACE INTO optisync_snapshot"
+            " (id, device_id, state, local_revision_base, cursor, generation)"
+            " VALUES (1, ?, ?, ?, ?, ?)",
+            (
+                snapshot.device_id,
+                snapshot.state,
+                snapshot.local_revision_base,
+                snapshot.cursor,
+                snapshot.generation,
+            ),
         )
         connection.executemany(
             "INSERT INTO optisync_revisions (key, revision) VALUES (?, ?) "
@@ -509,7 +537,7 @@ def _encode_key(name: str, item: object, single: bool) -> str:
     if single:
         return json.dumps([name])
     if not isinstance(item, _JSON_SCALARS):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"cannot persist the key of item {item!r} of field {name!r}: item ids must be "
             f"str, int, float, bool or None, got {type(item).__name__}"
         )
@@ -537,9 +565,9 @@ class Persistence(Generic[S]):
     Example:
         >>> import asyncio
         >>> from optisync import Store
-        >>> from optisync.persistence import JsonCodec, Persistence, SqliteStorage
+        >>> from optisync.persistence import JsonCodec, Persistence, SqliteSnapshotStorage
         >>> async def main() -> None:
-        ...     storage = SqliteStorage(":memory:")
+        ...     storage = SqliteSnapshotStorage(":memory:")
         ...     saved = await Persistence.open(
         ...         storage, JsonCodec(), initial=0, new_device_id=lambda: 5)
         ...     store = Store(saved.state, device_id=saved.device_id)
@@ -553,7 +581,9 @@ class Persistence(Generic[S]):
         b'1' 5
     """
 
-    def __init__(self, storage: Storage, codec: Codec[S], snapshot: Snapshot, state: S) -> None:
+    def __init__(
+        self, storage: SnapshotStorage, codec: Codec[S], snapshot: Snapshot, state: S
+    ) -> None:
         self.storage = storage
         self.codec = codec
         self._restored = snapshot
@@ -566,12 +596,13 @@ class Persistence(Generic[S]):
         # as locks are taken and released while the store is open: close()
         # releases locks too, but quitting acknowledges nothing.
         self._outbox: set[str] = set(snapshot.outbox)
-        self._fields: dict[str, _Bound[Any, Any, Any]] = {}
+        self._fields: StoreFields | None = None
+        self._position: Resumable | None = None
 
     @classmethod
     async def open(
         cls,
-        storage: Storage,
+        storage: SnapshotStorage,
         codec: Codec[S],
         *,
         initial: S,
@@ -585,9 +616,9 @@ class Persistence(Generic[S]):
 
         Example:
             >>> import asyncio
-            >>> from optisync.persistence import JsonCodec, Persistence, SqliteStorage
+            >>> from optisync.persistence import JsonCodec, Persistence, SqliteSnapshotStorage
             >>> async def main() -> None:
-            ...     storage = SqliteStorage(":memory:")
+            ...     storage = SqliteSnapshotStorage(":memory:")
             ...     saved = await Persistence.open(storage, JsonCodec(), initial=[])
             ...     print(saved.state, 0 <= saved.device_id < 2**53)
             ...     await saved.close()
@@ -713,37 +744,53 @@ class Persistence(Generic[S]):
             the store's device id is not the persisted one: build it with device_id=saved.device_id
         """
         if self._store is not None:
-            raise RuntimeError("a store is already attached to this persistence")
+            raise AlreadyAttachedError("a store is already attached to this persistence")
         if store.device_id != self.device_id:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "the store's device id is not the persisted one: "
                 "build it with device_id=saved.device_id"
             )
         adopt_local_revision_base(store, self.local_revision_base)
         self._store = store
-        self._fields = fields = _fields(store)
+        self._fields = fields = store_fields(store)
+        by_name = fields.by_name
         for encoded, revision in self._restored.server_revisions.items():
             name, item = _decode_key(encoded)
-            if name in fields:
-                fields[name]._restore_revision(item, revision)
+            if name in by_name:
+                by_name[name].restore(item, revision)
         self._unsubscribe = [
             store.subscribe(self._changed),
             store.subscribe_sync_status(self._status_changed),
         ]
+        fields.when_served(self._follow)
         for encoded in sorted(self._restored.outbox):
             name, item = _decode_key(encoded)
-            if name not in fields:
+            if name not in by_name:
                 logger.warning("optisync: dropping the saved change of %s: no such field", encoded)
                 continue
             try:
-                fields[name]._resend(item)
+                by_name[name].resend(item)
             except Exception as error:  # say, the item is gone from the restored state
                 store.on_error(error)
         self._changed(None)  # the resent keys' new status, and anything dropped
 
+    def _follow(self, transport: Transport) -> None:
+        # The transport's replay position is saved with the state it covers,
+        # and restored before the transport starts.
+        if not isinstance(transport, Resumable):
+            return
+        restored = self._restored
+        if (restored.cursor, restored.generation) != (transport.cursor, transport.generation):
+            transport.resume(restored.cursor, restored.generation)
+        self._position = transport
+        self._unsubscribe.append(
+            transport.subscribe_position(lambda cursor, gen: self._changed(None))
+        )
+
     def _status_changed(self, key: Hashable) -> None:
         store = self._store
         assert store is not None
+        assert self._fields is not None
         encoded = _encode_store_key(self._fields, key)
         if encoded is not None and not store.is_closed:
             if store.is_syncing(key):
@@ -771,17 +818,23 @@ class Persistence(Generic[S]):
 
     def _snapshot(self, store: Store[S]) -> Snapshot:
         revisions = dict(self._restored.server_revisions)
-        for encoded, key, bound in _keys(store):
-            revision = bound._revision(key)
+        for encoded, key, bound in _keys(store_fields(store)):
+            revision = bound.known_revision(key)
             if revision >= 0:
                 revisions[encoded] = revision
+        restored, position = self._restored, self._position
+        cursor, generation = restored.cursor, restored.generation
+        if position is not None:  # read with the state: the cursor never runs ahead of it
+            cursor, generation = position.cursor, position.generation
         state = self.codec.encode(store.state)
         return Snapshot(
             self.device_id,
             state,
             revisions,
             frozenset(self._outbox),
-            self._restored.local_revision_base,
+            restored.local_revision_base,
+            cursor,
+            generation,
         )
 
     async def flush(self) -> None:
@@ -828,25 +881,18 @@ class Persistence(Generic[S]):
         await self.storage.close()
 
 
-def _fields(store: Store[Any]) -> dict[str, _Bound[Any, Any, Any]]:
-    return {name: getattr(store, name) for name in declared_fields(type(store))}
-
-
-def _encode_store_key(fields: Mapping[str, _Bound[Any, Any, Any]], key: Hashable) -> str | None:
+def _encode_store_key(fields: StoreFields, key: Hashable) -> str | None:
     """The encoded form of a store key of a declared field; None for any other key."""
-    if isinstance(key, str):
-        bound = fields.get(key)
-        return _encode_key(key, None, True) if bound and bound._field._single else None
-    if isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], str):
-        bound = fields.get(key[0])
-        return _encode_key(key[0], key[1], False) if bound and not bound._field._single else None
-    return None
+    bound, item = fields.field_of(key)
+    if bound is None:
+        return None
+    return _encode_key(bound.name, item, bound.field.single)
 
 
-def _keys(store: Store[Any]) -> Iterator[tuple[str, Hashable, _Bound[Any, Any, Any]]]:
-    for name, bound in _fields(store).items():
-        single = bound._field._single
-        for key, item in bound._keys():
+def _keys(fields: StoreFields) -> Iterator[tuple[str, Hashable, BoundField[Any, Any, Any]]]:
+    for name, bound in fields.by_name.items():
+        single = bound.field.single
+        for key, item in bound.items():
             yield _encode_key(name, item, single), key, bound
 
 
@@ -858,9 +904,9 @@ async def open_sqlite(
     new_device_id: Callable[[], int] | None = None,
     worker_thread: bool = True,
 ) -> Persistence[S]:
-    """:meth:`Persistence.open` on a :class:`SqliteStorage` at ``path``.
+    """:meth:`Persistence.open` on a :class:`SqliteSnapshotStorage` at ``path``.
 
-    ``worker_thread`` is the storage's (see :class:`SqliteStorage`).
+    ``worker_thread`` is the storage's (see :class:`SqliteSnapshotStorage`).
 
     Example:
         >>> import asyncio
@@ -872,5 +918,5 @@ async def open_sqlite(
         >>> asyncio.run(main())
         {'liked': False}
     """
-    storage = SqliteStorage(path, worker_thread=worker_thread)
+    storage = SqliteSnapshotStorage(path, worker_thread=worker_thread)
     return await Persistence.open(storage, codec, initial=initial, new_device_id=new_device_id)

@@ -56,7 +56,7 @@ from optisync.revisions import PushMetadata
 
 __all__ = [
     "Ack",
-    "PushListener",
+    "Resumable",
     "SyncRequest",
     "Transport",
     "store_key",
@@ -130,32 +130,148 @@ class Transport(Protocol):
 
     @property
     def device_id(self) -> int:
-        """The device id the server knows this connection by (the store's)."""
+        """The device id the server knows this connection by (the store's).
+
+        Example:
+            :func:`optisync.fields.serve` checks it::
+
+                assert transport.device_id == store.device_id
+        """
         ...
 
     async def send(self, key: str, value: Any, request: SyncRequest) -> Ack[Any]:
-        """Write ``value`` at wire ``key``; return once the server has committed it."""
+        """Write ``value`` at wire ``key``; return once the server has committed it.
+
+        Example:
+            What a served field's sync sends::
+
+                ack = await transport.send("done/milk", True, request)
+                ack.server_revision, ack.value  # (12, True)
+        """
         ...
 
     async def get(self, key: str) -> tuple[Any, int]:
-        """The server's value of wire ``key`` and its revision; ``(None, -1)``: never written."""
+        """The server's value of wire ``key`` and its revision; ``(None, -1)``: never written.
+
+        Example:
+            What a served field reloads after a refused write::
+
+                value, revision = await transport.get("done/milk")
+        """
         ...
 
     def subscribe_pushes(self, listener: PushListener) -> Callable[[], None]:
-        """Call ``listener(wire_key, value, metadata)`` for every push; returns an unsubscribe."""
+        """Call ``listener(wire_key, value, metadata)`` for every push; returns an unsubscribe.
+
+        Replayed pushes (after a reconnect) are delivered the same way.
+
+        Example:
+            What :func:`optisync.fields.serve` subscribes::
+
+                stop = transport.subscribe_pushes(lambda key, value, metadata: ...)
+        """
         ...
 
     @property
     def online(self) -> bool:
-        """Whether requests can be sent now (connected, and the replay received)."""
+        """Whether requests can be sent now (connected, and the replay received).
+
+        Example:
+            An "offline" badge::
+
+                badge.visible = not transport.online
+        """
         ...
 
     def subscribe_status(self, listener: Callable[[bool], object]) -> Callable[[], None]:
-        """Call ``listener(online)`` on every change of :attr:`online`; returns an unsubscribe."""
+        """Call ``listener(online)`` on every change of :attr:`online`; returns an unsubscribe.
+
+        Example:
+            What an :class:`~optisync.outbox.Outbox` of a served store follows::
+
+                stop = transport.subscribe_status(outbox.set_reachable)
+        """
         ...
 
     async def caught_up(self) -> None:
-        """Wait until every write is acknowledged and the server's head has arrived."""
+        """Wait until every write is acknowledged and the server's head has arrived.
+
+        "The server's head" is its newest revision at the time of the call:
+        once this returns, the store shows every change committed before it.
+
+        Example:
+            A test, or a "synced" indicator::
+
+                await transport.caught_up()
+        """
+        ...
+
+
+@runtime_checkable
+class Resumable(Protocol):
+    """A transport that resumes from a replay position an app saves (``SyncClient`` is one).
+
+    :class:`optisync.persistence.Persistence` saves the position with the
+    state it covers, and restores it before the transport starts.
+
+    Example:
+        >>> from optisync import Store
+        >>> from optisync.client import SyncClient
+        >>> from optisync.transport import Resumable
+        >>> isinstance(SyncClient(Store(0, device_id=1), "ws://127.0.0.1:1"), Resumable)
+        True
+    """
+
+    @property
+    def cursor(self) -> int:
+        """The newest server revision received: the server replays what came after it.
+
+        Example:
+            Saved by :class:`~optisync.persistence.Persistence`::
+
+                snapshot = attrs.evolve(snapshot, cursor=transport.cursor)
+        """
+        ...
+
+    @property
+    def generation(self) -> str:
+        """The server generation (its database) the cursor belongs to; ``""``: none yet.
+
+        Example:
+            Saved beside the cursor::
+
+                saved = (transport.cursor, transport.generation)
+        """
+        ...
+
+    def resume(self, cursor: int, generation: str) -> None:
+        """Start from a saved position; call it before the transport starts.
+
+        Example:
+            What :meth:`Persistence.attach <optisync.persistence.Persistence.attach>` does::
+
+                transport.resume(snapshot.cursor, snapshot.generation)
+        """
+        ...
+
+    def subscribe_position(self, listener: Callable[[int, str], object]) -> Callable[[], None]:
+        """Call ``listener(cursor, generation)`` whenever either changes; returns an unsubscribe.
+
+        Example:
+            A saver::
+
+                stop = transport.subscribe_position(lambda cursor, generation: save())
+        """
+        ...
+
+    def subscribe_reset(self, listener: Callable[[], object]) -> Callable[[], None]:
+        """Call ``listener()`` when the server says the position is from another database.
+
+        Example:
+            Forget what the old database said::
+
+                stop = transport.subscribe_reset(lambda: print("server replaced"))
+        """
         ...
 
 

@@ -338,7 +338,13 @@ def test_mypy_reports_wrong_types_in_a_declared_store(tmp_path: Path) -> None:
 
 # -- the documentation of the declared-fields family of modules ---------------------
 
-_MODULES = ("optisync.fields", "optisync.persistence", "optisync.outbox", "optisync.pytest_plugin")
+_MODULES = (
+    "optisync.fields",
+    "optisync.transport",
+    "optisync.persistence",
+    "optisync.outbox",
+    "optisync.pytest_plugin",
+)
 
 
 def _names() -> list[tuple[str, str]]:

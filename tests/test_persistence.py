@@ -21,7 +21,7 @@ from optisync.persistence import (
     JsonCodec,
     Persistence,
     Snapshot,
-    SqliteStorage,
+    SqliteSnapshotStorage,
     open_sqlite,
 )
 
@@ -189,7 +189,7 @@ def test_the_attrs_codec_round_trips_nested_attrs_classes() -> None:
 
 
 async def test_a_closed_storage_refuses_to_save(tmp_path: Path) -> None:
-    storage = SqliteStorage(tmp_path / "x.sqlite3")
+    storage = SqliteSnapshotStorage(tmp_path / "x.sqlite3")
     await storage.close()
     with pytest.raises(RuntimeError, match="is closed"):
         await storage.save(Snapshot(1, b"0", {}, frozenset()))
@@ -199,10 +199,10 @@ async def test_a_closed_storage_refuses_to_save(tmp_path: Path) -> None:
 
 _WRITER = """
     import asyncio, sys
-    from optisync.persistence import Snapshot, SqliteStorage
+    from optisync.persistence import Snapshot, SqliteSnapshotStorage
 
     async def main() -> None:
-        storage = SqliteStorage(sys.argv[1])
+        storage = SqliteSnapshotStorage(sys.argv[1])
         for n in range(1, 20_001):  # bounded: the parent kills it long before
             keys = {f'["k", {i}]': n for i in range(50)}
             await storage.save(Snapshot(7, str(n).encode(), keys, frozenset({f'["k", {n % 50}]'})))
@@ -233,7 +233,7 @@ def test_a_kill_mid_writes_leaves_the_last_committed_snapshot_whole(
     assert child.returncode == -signal.SIGKILL
 
     async def load() -> Snapshot | None:
-        storage = SqliteStorage(path)
+        storage = SqliteSnapshotStorage(path)
         try:
             return await storage.load()
         finally:

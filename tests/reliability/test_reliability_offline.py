@@ -31,7 +31,7 @@ BACKOFF = Backoff(initial=0.05, maximum=1.0, jitter=0.0)
 
 
 class MemoryStorage:
-    """A Storage that keeps the last snapshot in memory: what a restart reads back."""
+    """A SnapshotStorage that keeps the last snapshot in memory: what a restart reads back."""
 
     def __init__(self) -> None:
         self.snapshot: Snapshot | None = None
