@@ -560,8 +560,8 @@ class StoreFields:
     """The declared fields of one store, and what serves them: its transport and retrier.
 
     Get it with :func:`store_fields`. It is the public seam between the fields
-    and the parts built on them: :mod:`optisync.outbox` attaches its retrier
-    here, :mod:`optisync.persistence` reads and restores the fields' keys and
+    and the parts built on them: ``optisync.outbox`` attaches its retrier
+    here, ``optisync.persistence`` reads and restores the fields' keys and
     revisions here, and a :class:`~optisync.transport.Transport` serves the
     fields through :func:`serve`.
 

@@ -1,6 +1,6 @@
 """The one contract between a store and a server: :class:`Transport`, and the key codec.
 
-A transport carries a store's declared fields (:mod:`optisync.fields`) to a
+A transport carries a store's declared fields (``optisync.fields``) to a
 server and the server's pushes back. :class:`optisync.client.SyncClient` (a
 WebSocket connection to ``python -m optisync.server``) and
 :class:`optisync.testing.DeviceLink` (a device on the simulator) are the two

@@ -167,6 +167,7 @@ def test_fenced_blocks_finds_indented_blocks_and_skips_text(tmp_path: Path) -> N
 _OTHER_MODULES = (
     "optisync.testing",
     "optisync.fields",
+    "optisync.transport",
     "optisync.persistence",
     "optisync.outbox",
     "optisync.server",
