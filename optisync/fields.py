@@ -64,7 +64,7 @@ from optisync.errors import (
 )
 from optisync.revisions import PushMetadata, PushOutcome
 from optisync.store import latest_change_is_push
-from optisync.transport import Ack, SyncRequest, Transport, store_key, wire_key
+from optisync.transport import Ack, Resumable, SyncRequest, Transport, store_key, wire_key
 
 if TYPE_CHECKING:
     from optisync.store import Store
@@ -734,7 +734,10 @@ def serve(store: Store[Any], transport: Transport) -> Callable[[], None]:
     ``transport.send(wire_key(key), value, request)``, and every push the
     transport delivers for one of the fields' wire keys reaches the field
     (revisions, self-echoes and staleness as with :meth:`BoundMapWithPush.push`).
-    Pushes of keys no field declares are ignored. A write the server refuses
+    Pushes of keys no field declares are ignored. When the server says it
+    is another database (a ``Resumable`` transport's reset: new, or restored
+    from a backup), the fields forget their server revisions, so that its
+    replay is applied. A write the server refuses
     follows the field's ``on_refused`` (``"reload"``: the key is fetched and
     shown, at once or once the transport is online again).
     :class:`optisync.client.SyncClient` calls it for you; returns a function
@@ -778,16 +781,26 @@ def serve(store: Store[Any], transport: Transport) -> Callable[[], None]:
         if bound is not None and bound.field.with_push:
             bound.apply_push(item, value, metadata)
 
-    stop_pushes = transport.subscribe_pushes(on_push)
-    stop_status = transport.subscribe_status(
-        lambda online: _reload_waiting(fields) if online else None
-    )
+    stops = [
+        transport.subscribe_pushes(on_push),
+        transport.subscribe_status(lambda online: _reload_waiting(fields) if online else None),
+    ]
+    if isinstance(transport, Resumable):
+        stops.append(transport.subscribe_reset(lambda: _forget_revisions(fields)))
 
     def stop() -> None:
-        stop_pushes()
-        stop_status()
+        for unsubscribe in stops:
+            unsubscribe()
 
     return stop
+
+
+def _forget_revisions(fields: StoreFields) -> None:
+    # The server is another database now (new, or restored from a backup): its
+    # revisions start over, so the replay that follows must not look stale.
+    for bound in fields.by_name.values():
+        bound.forget_revisions()
+    fields.store.forget_idle_keys()
 
 
 def _reload_waiting(fields: StoreFields) -> None:

@@ -513,9 +513,9 @@ def _save(connection: sqlite3.Connection, snapshot: Snapshot) -> None:
                 snapshot.generation,
             ),
         )
+        connection.execute("DELETE FROM optisync_revisions")  # a reset forgets old ones
         connection.executemany(
-            "INSERT INTO optisync_revisions (key, revision) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET revision = excluded.revision",
+            "INSERT INTO optisync_revisions (key, revision) VALUES (?, ?)",
             snapshot.server_revisions.items(),
         )
         connection.execute("DELETE FROM optisync_outbox")
