@@ -572,7 +572,7 @@ class DeviceLink:
     """One device's connection: its requests to the server, and the pushes it receives.
 
     Made by :meth:`SimulatedNetwork.device`. It is an
-    :class:`optisync.transport.Transport` (:meth:`send`, :meth:`get`,
+    ``optisync.transport.Transport`` (:meth:`send`, :meth:`get`,
     :meth:`subscribe_pushes`, :attr:`online`, :meth:`subscribe_status`,
     :meth:`caught_up`), so a store served by a transport runs on the
     simulator unchanged. For a store wired by hand, give it :meth:`send_value`
@@ -886,7 +886,7 @@ class DeviceLink:
     async def send(self, key: str, value: Any, request: SyncRequest) -> Ack[Any]:
         """Write ``value`` at wire ``key`` with ``request.local_revision``; return the server's Ack.
 
-        The :class:`~optisync.transport.Ack` holds the commit's server revision
+        The ``Ack`` holds the commit's server revision
         and the value the server stores. Raises :class:`SimulatedRequestError`
         (a ``ConnectionError``) when the network loses the write, before or
         after the commit, as :meth:`write` does;
