@@ -88,9 +88,10 @@ def test_a_deadlock_raises_instead_of_hanging() -> None:
     async def main() -> None:
         await asyncio.Event().wait()  # nothing will ever set it, and no timer is left
 
-    with pytest.raises(RuntimeError, match="deadlock: every task waits") as failure:
+    with pytest.raises(testing.DeadlockError, match="deadlock: every task waits") as failure:
         testing.run(main(), deadlock_timeout=0.0)
     assert "main()" in str(failure.value)  # names the task that waits
+    assert isinstance(failure.value, RuntimeError)  # what a caller unaware of optisync catches
 
 
 def test_an_executor_job_slower_than_the_deadlock_timeout_is_not_a_deadlock() -> None:

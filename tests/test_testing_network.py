@@ -381,3 +381,55 @@ def test_send_value_is_exported_with_the_networks_names() -> None:
     from optisync.testing import network
 
     assert "SendValue" in network.__all__
+
+
+def test_every_error_of_the_simulator_is_an_optisync_error_with_a_builtin_base() -> None:
+    import optisync
+
+    network = world()
+    link = network.device(1)
+    refusals: list[tuple[Callable[[], object], type[Exception], type[Exception]]] = [
+        (lambda: NetworkFaults(drop_push=2.0), optisync.InvalidArgumentError, ValueError),
+        (lambda: NetworkFaults(drop_push="x"), optisync.ArgumentTypeError, TypeError),  # type: ignore[arg-type]
+        (
+            lambda: SimulatedNetwork(SimulatedServer(), seed=None),
+            optisync.ArgumentTypeError,
+            TypeError,
+        ),  # type: ignore[arg-type]
+        (lambda: network.device(1), optisync.InvalidArgumentError, ValueError),
+        (lambda: network.device("1"), optisync.ArgumentTypeError, TypeError),  # type: ignore[arg-type]
+        (lambda: network.requests_sent(9, "k"), testing.UnknownDeviceError, KeyError),
+        (lambda: link.connect(lambda c: None, since=5), optisync.InvalidArgumentError, ValueError),
+        (lambda: link.connect(None), optisync.ArgumentTypeError, TypeError),  # type: ignore[arg-type]
+        (
+            lambda: network.server.write([], 1, local_revision=1, device_id=1),
+            optisync.ArgumentTypeError,
+            TypeError,
+        ),
+        (
+            lambda: testing.VirtualClockLoop(deadlock_timeout=-1),
+            optisync.InvalidArgumentError,
+            ValueError,
+        ),
+    ]
+    for call, error_type, builtin in refusals:
+        with pytest.raises(error_type) as raised:
+            call()
+        assert isinstance(raised.value, optisync.OptisyncError)
+        assert isinstance(raised.value, builtin)
+    network.close()
+    with pytest.raises(optisync.ClosedError, match="network is closed"):
+        network.device(2)
+    with pytest.raises(optisync.ClosedError, match="link of device 1 is closed"):
+        link.connect(lambda c: None)
+    assert issubclass(SimulatedRequestError, optisync.TransportError)
+    assert issubclass(SettleTimeoutError, optisync.OptisyncError)
+    assert issubclass(SettleTimeoutError, AssertionError)
+
+
+def test_an_unknown_device_error_reads_as_a_sentence() -> None:
+    network = world()
+    network.device(1)
+    with pytest.raises(testing.UnknownDeviceError) as raised:
+        network.max_requests_in_flight(2, "k")
+    assert str(raised.value) == "no device 2 on this network; its devices are [1]"

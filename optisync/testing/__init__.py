@@ -20,7 +20,7 @@ Example:
     1 v
 """
 
-from optisync.testing.clock import VirtualClockLoop, run
+from optisync.testing.clock import DeadlockError, VirtualClockLoop, run
 from optisync.testing.network import (
     DeviceLink,
     NetworkFaults,
@@ -29,11 +29,13 @@ from optisync.testing.network import (
     SimulatedNetwork,
     SimulatedRequestError,
     TraceEvent,
+    UnknownDeviceError,
 )
 from optisync.testing.server import Commit, SimulatedServer
 
 __all__ = [
     "Commit",
+    "DeadlockError",
     "DeviceLink",
     "NetworkFaults",
     "SendValue",
@@ -42,6 +44,7 @@ __all__ = [
     "SimulatedRequestError",
     "SimulatedServer",
     "TraceEvent",
+    "UnknownDeviceError",
     "VirtualClockLoop",
     "run",
 ]

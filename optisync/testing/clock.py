@@ -16,10 +16,33 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar, TypeVarTuple
 
-__all__ = ["VirtualClockLoop", "run"]
+from optisync.errors import InvalidArgumentError, OptisyncError
+
+__all__ = ["DeadlockError", "VirtualClockLoop", "run"]
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
+
+
+class DeadlockError(OptisyncError, RuntimeError):
+    """Every task of a :class:`VirtualClockLoop` waits, and nothing can wake them.
+
+    No timer is scheduled, no executor job runs, no real socket is open and no
+    other thread woke the loop within ``deadlock_timeout``: virtual time
+    cannot move, and a normal loop would hang forever. The message lists the
+    waiting tasks; find the event or future nobody will set.
+
+    Example:
+        >>> import asyncio
+        >>> from optisync import testing
+        >>> async def stuck() -> None:
+        ...     await asyncio.Event().wait()
+        >>> try:
+        ...     testing.run(stuck(), deadlock_timeout=0.0)
+        ... except RuntimeError as error:
+        ...     print(type(error).__name__, str(error)[:8])
+        DeadlockError deadlock
+    """
 
 
 class _Clock:
@@ -100,9 +123,10 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
     scheduled, no executor job (``run_in_executor``, ``asyncio.to_thread``) is
     running and no real socket is open, the loop waits ``deadlock_timeout``
     seconds of real time for another thread to wake it
-    (``call_soon_threadsafe``), then raises ``RuntimeError`` naming the
-    waiting tasks. Pass ``deadlock_timeout=None`` to wait forever instead, as
-    a normal loop does, if your code is woken by threads that may take longer.
+    (``call_soon_threadsafe``), then raises :class:`DeadlockError` (a
+    ``RuntimeError``) naming the waiting tasks. Pass ``deadlock_timeout=None``
+    to wait forever instead, as a normal loop does, if your code is woken by
+    threads that may take longer.
 
     Example:
         >>> import asyncio
@@ -129,7 +153,9 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         selector.busy = lambda: self._executor_jobs > 0
         if deadlock_timeout is not None and not deadlock_timeout >= 0:
             self.close()  # fully made, so that it can be closed cleanly
-            raise ValueError(f"deadlock_timeout must be >= 0 or None, got {deadlock_timeout}")
+            raise InvalidArgumentError(
+                f"deadlock_timeout must be >= 0 or None, got {deadlock_timeout}"
+            )
 
     def time(self) -> float:
         """The virtual time, in seconds.
@@ -200,7 +226,7 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
     def _on_idle(self, registered: int) -> float | None:
         if registered < 0:
             waiting = [task for task in asyncio.all_tasks(self) if not task.done()]
-            raise RuntimeError(
+            raise DeadlockError(
                 "deadlock: every task waits, and no timer, executor job, socket or other "
                 "thread can wake them, so virtual time cannot move; "
                 f"{len(waiting)} task(s) waiting: {waiting!r} (if another thread wakes the "
@@ -223,7 +249,7 @@ def run(
 
     Tasks still running when ``main`` returns are cancelled, as ``asyncio.run``
     does; check for them inside ``main`` if they matter to you. A deadlock
-    raises ``RuntimeError`` rather than hanging; ``deadlock_timeout`` is
+    raises :class:`DeadlockError` rather than hanging; ``deadlock_timeout`` is
     explained in :class:`VirtualClockLoop`.
 
     Example:
@@ -239,7 +265,7 @@ def run(
         >>> testing.run(stuck(), deadlock_timeout=0.0)
         Traceback (most recent call last):
         ...
-        RuntimeError: deadlock: every task waits, ...
+        optisync.testing.clock.DeadlockError: deadlock: every task waits, ...
     """
 
     def factory() -> VirtualClockLoop:

@@ -10,6 +10,8 @@ run. Delays are ``asyncio`` timers, so on a
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 import math
 import random
 from collections.abc import Awaitable, Callable, Hashable, Iterable
@@ -17,9 +19,17 @@ from typing import Any
 
 import attrs
 
-from optisync.errors import StoreClosedError
+from optisync.errors import (
+    ArgumentTypeError,
+    ClosedError,
+    InvalidArgumentError,
+    OptisyncError,
+    StoreClosedError,
+    TransportError,
+)
 from optisync.store import Store
 from optisync.testing.server import Commit, SimulatedServer
+from optisync.transport import Ack, PushListener, SyncRequest
 
 __all__ = [
     "DeviceLink",
@@ -29,7 +39,10 @@ __all__ = [
     "SimulatedNetwork",
     "SimulatedRequestError",
     "TraceEvent",
+    "UnknownDeviceError",
 ]
+
+logger = logging.getLogger("optisync.testing")
 
 SendValue = Callable[[Any, int, int, Callable[[int], None]], Awaitable[Commit]]
 """The type of :meth:`DeviceLink.send_value`'s result: a ``send_value_to_server``.
@@ -52,26 +65,30 @@ def _is_number(value: object) -> bool:
 def _check_range(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     name = attribute.name
     if not isinstance(value, tuple):
-        raise TypeError(f"{name} must be a (low, high) tuple of seconds, got {value!r}")
+        raise ArgumentTypeError(f"{name} must be a (low, high) tuple of seconds, got {value!r}")
     if len(value) != 2:
-        raise ValueError(f"{name} must be a (low, high) pair, got {len(value)} item(s): {value!r}")
+        raise InvalidArgumentError(
+            f"{name} must be a (low, high) pair, got {len(value)} item(s): {value!r}"
+        )
     if not all(_is_number(bound) for bound in value):
-        raise TypeError(f"{name} must hold two numbers of seconds, got {value!r}")
+        raise ArgumentTypeError(f"{name} must hold two numbers of seconds, got {value!r}")
     low, high = value
     if not (math.isfinite(low) and math.isfinite(high) and 0 <= low <= high):
-        raise ValueError(f"{name} must be (low, high) with 0 <= low <= high < inf, got {value}")
+        raise InvalidArgumentError(
+            f"{name} must be (low, high) with 0 <= low <= high < inf, got {value}"
+        )
 
 
 def _check_probability(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not _is_number(value):
-        raise TypeError(f"{attribute.name} must be a number in [0, 1], got {value!r}")
+        raise ArgumentTypeError(f"{attribute.name} must be a number in [0, 1], got {value!r}")
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{attribute.name} must be a probability in [0, 1], got {value}")
+        raise InvalidArgumentError(f"{attribute.name} must be a probability in [0, 1], got {value}")
 
 
 def _check_device_id(device_id: object) -> None:
     if not isinstance(device_id, int) or isinstance(device_id, bool):
-        raise TypeError(f"a device id must be an int, got {device_id!r}")
+        raise ArgumentTypeError(f"a device id must be an int, got {device_id!r}")
 
 
 @attrs.frozen
@@ -80,7 +97,8 @@ class NetworkFaults:
 
     Latencies are ``(low, high)`` tuples of finite seconds, drawn uniformly;
     probabilities are numbers in ``[0, 1]``. Anything else raises a
-    ``TypeError`` or ``ValueError`` that names the field.
+    :class:`~optisync.ArgumentTypeError` (a ``TypeError``) or
+    :class:`~optisync.InvalidArgumentError` (a ``ValueError``) that names the field.
 
     Attributes:
         request_latency: each leg of a request: to the server, and back.
@@ -105,11 +123,11 @@ class NetworkFaults:
         >>> NetworkFaults(drop_push=2.0)
         Traceback (most recent call last):
         ...
-        ValueError: drop_push must be a probability in [0, 1], got 2.0
-        >>> NetworkFaults(request_latency=(0.5,))
+        optisync.errors.InvalidArgumentError: drop_push must be a probability in [0, 1], got 2.0
+        >>> NetworkFaults(request_latency=(0.5,))  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: request_latency must be a (low, high) pair, got 1 item(s): (0.5,)
+        optisync.errors.InvalidArgumentError: request_latency must be a (low, high) pair, ...(0.5,)
     """
 
     request_latency: tuple[float, float] = attrs.field(default=(0.0, 0.0), validator=_check_range)
@@ -121,8 +139,11 @@ class NetworkFaults:
     fail_after_commit: float = attrs.field(default=0.0, validator=_check_probability)
 
 
-class SimulatedRequestError(ConnectionError):
+class SimulatedRequestError(TransportError):
     """A simulated request failed: before the server committed it, or after.
+
+    A :class:`~optisync.TransportError` (so a ``ConnectionError``), as a real
+    transport raises when the connection is lost during a request.
 
     Attributes:
         commit: the commit when the server committed the write before the
@@ -150,8 +171,29 @@ class SimulatedRequestError(ConnectionError):
         return self.commit is not None
 
 
-class SettleTimeoutError(AssertionError):
+class UnknownDeviceError(OptisyncError, KeyError):
+    """No link on this network has that device id: make it with :meth:`SimulatedNetwork.device`.
+
+    A ``KeyError``, but printed as a sentence rather than a quoted key.
+
+    Example:
+        >>> from optisync import testing
+        >>> network = testing.SimulatedNetwork(testing.SimulatedServer())
+        >>> try:
+        ...     network.requests_sent(3, "k")
+        ... except KeyError as error:
+        ...     print(type(error).__name__, error)
+        UnknownDeviceError no device 3 on this network; its devices are []
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+class SettleTimeoutError(OptisyncError, AssertionError):
     """:meth:`SimulatedNetwork.settle` gave up: something is still running.
+
+    An ``AssertionError``, so a test that did not settle fails rather than errors.
 
     Example:
         >>> from optisync.testing import SettleTimeoutError
@@ -196,7 +238,8 @@ class SimulatedNetwork:
         server: the server every link talks to.
         faults: what goes wrong (default: nothing).
         seed: the seed of every random choice: an ``int`` (``None`` would seed
-            from the OS, and runs would no longer replay), else ``TypeError``.
+            from the OS, and runs would no longer replay), else
+            :class:`~optisync.ArgumentTypeError`.
 
     Example:
         >>> from optisync import testing
@@ -217,7 +260,7 @@ class SimulatedNetwork:
         self, server: SimulatedServer, *, faults: NetworkFaults | None = None, seed: int = 0
     ) -> None:
         if not isinstance(seed, int) or isinstance(seed, bool):
-            raise TypeError(f"seed must be an int, so that a run replays; got {seed!r}")
+            raise ArgumentTypeError(f"seed must be an int, so that a run replays; got {seed!r}")
         self.server = server
         self.faults = NetworkFaults() if faults is None else faults
         self._closed = False
@@ -245,7 +288,7 @@ class SimulatedNetwork:
         _check_device_id(device_id)
         self._check_open()
         if device_id in self._links:
-            raise ValueError(f"device {device_id} already has a link")
+            raise InvalidArgumentError(f"device {device_id} already has a link")
         low, high = self.faults.push_latency
         own = sorted((self._rng.uniform(low, high), self._rng.uniform(low, high)))
         link = DeviceLink(self, device_id, (own[0], own[1]))
@@ -269,7 +312,8 @@ class SimulatedNetwork:
     def requests_sent(self, device_id: int, key: Hashable) -> int:
         """How many writes ``device_id`` started for ``key``.
 
-        An id that has no link raises ``KeyError`` (a typo must not read as 0).
+        An id that has no link raises :class:`UnknownDeviceError` (a ``KeyError``:
+        a typo must not read as 0).
 
         Example:
             >>> from optisync import testing
@@ -278,10 +322,10 @@ class SimulatedNetwork:
             1
             >>> network.requests_sent(1, "k")
             0
-            >>> network.requests_sent(2, "k")
+            >>> network.requests_sent(2, "k")  # doctest: +ELLIPSIS
             Traceback (most recent call last):
             ...
-            KeyError: 'no device 2 on this network; its devices are [1]'
+            optisync.testing.network.UnknownDeviceError: no device 2 on this network; ... [1]
         """
         self._check_known(device_id)
         return self._requests.get((device_id, key), 0)
@@ -397,7 +441,7 @@ class SimulatedNetwork:
         """Close every link and cancel every pending push and reconnect, for good.
 
         A closed network refuses new devices, and its links refuse writes and
-        connects (``RuntimeError``).
+        connects (:class:`~optisync.ClosedError`, a ``RuntimeError``).
 
         Example:
             >>> from optisync import testing
@@ -409,7 +453,7 @@ class SimulatedNetwork:
             >>> link.connect(print)
             Traceback (most recent call last):
             ...
-            RuntimeError: the link of device 1 is closed
+            optisync.errors.ClosedError: the link of device 1 is closed
         """
         self._closed = True
         for link in self._links.values():
@@ -433,11 +477,11 @@ class SimulatedNetwork:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError("the network is closed")
+            raise ClosedError("the network is closed")
 
     def _check_known(self, device_id: int) -> None:
         if device_id not in self._links:
-            raise KeyError(
+            raise UnknownDeviceError(
                 f"no device {device_id!r} on this network; its devices are {list(self._links)}"
             )
 
@@ -527,9 +571,13 @@ class SimulatedNetwork:
 class DeviceLink:
     """One device's connection: its requests to the server, and the pushes it receives.
 
-    Made by :meth:`SimulatedNetwork.device`. Give your store :meth:`send_value`
-    as its ``send_value_to_server``, and :meth:`attach` it with its push handler
-    (or :meth:`connect` any push handler).
+    Made by :meth:`SimulatedNetwork.device`. It is an
+    ``optisync.transport.Transport`` (:meth:`send`, :meth:`get`,
+    :meth:`subscribe_pushes`, :attr:`online`, :meth:`subscribe_status`,
+    :meth:`caught_up`), so a store served by a transport runs on the
+    simulator unchanged. For a store wired by hand, give it :meth:`send_value`
+    as its ``send_value_to_server``, and :meth:`attach` it with its push
+    handler (or :meth:`connect` any push handler).
 
     Example:
         >>> from optisync import testing
@@ -548,7 +596,7 @@ class DeviceLink:
         self, network: SimulatedNetwork, device_id: int, push_latency: tuple[float, float]
     ) -> None:
         self.network = network
-        self.device_id = device_id
+        self._device_id = device_id
         #: This device's push latency range, drawn from ``NetworkFaults.push_latency``.
         self.push_latency = push_latency
         #: Errors raised by the push handler; each broke the connection.
@@ -562,6 +610,24 @@ class DeviceLink:
         self._generation = 0
         self._cursor = 0
         self._delivered: set[int] = set()
+        self._tokens = itertools.count()
+        self._push_listeners: dict[int, PushListener] = {}
+        self._status_listeners: dict[int, Callable[[bool], object]] = {}
+        # One future per write in flight, done when the write ends: what caught_up waits for.
+        self._writes: set[asyncio.Future[None]] = set()
+        # caught_up's waiters, woken whenever known_revision moves or the link closes.
+        self._progress: list[asyncio.Future[None]] = []
+
+    @property
+    def device_id(self) -> int:
+        """The device id the server knows this link by; the store using it must have the same.
+
+        Example:
+            >>> from optisync import testing
+            >>> testing.SimulatedNetwork(testing.SimulatedServer()).device(4).device_id
+            4
+        """
+        return self._device_id
 
     @property
     def is_connected(self) -> bool:
@@ -616,8 +682,10 @@ class DeviceLink:
         If ``on_push`` raises, the push counts as lost (see :attr:`push_errors`)
         and the connection breaks and comes back, replaying it; if it raises
         :class:`optisync.StoreClosedError`, the store is gone and the link
-        closes instead. Raises ``TypeError`` for a handler that is not
-        callable, and ``RuntimeError`` on a closed link.
+        closes instead. Raises :class:`~optisync.ArgumentTypeError` for a
+        handler that is not callable, :class:`~optisync.InvalidArgumentError`
+        for a ``since`` out of range, and :class:`~optisync.ClosedError` on a
+        closed link.
 
         Example:
             >>> from optisync import testing
@@ -632,32 +700,20 @@ class DeviceLink:
         """
         self._check_open()
         if not callable(on_push):
-            raise TypeError(f"on_push must be callable, got {on_push!r}")
-        revision = self.network.server.revision
-        if since is not None:
-            if not isinstance(since, int) or isinstance(since, bool):
-                raise TypeError(f"since must be an int revision, got {since!r}")
-            if not 0 <= since <= revision:
-                raise ValueError(
-                    f"since={since} is not a revision of the server: it must be in [0, {revision}]"
-                )
+            raise ArgumentTypeError(f"on_push must be callable, got {on_push!r}")
+        self._check_since(since)
         self._on_push = on_push
-        if since is not None or not self._ever_connected:
-            self._cursor = revision if since is None else since
-            self._delivered = {r for r in self._delivered if r > self._cursor}
-        self._ever_connected = True
-        # _open starts a new generation: pushes on their way to the old handler
-        # are dropped, and replayed from the cursor to the new one.
-        self._open("connect")
+        self._start(since)
 
     def attach(
         self, store: Store[Any], on_push: Callable[[Commit], object], *, since: int | None = None
     ) -> None:
         """Wire ``store`` as this device: connect ``on_push`` to pushes, for as long as it is open.
 
-        Checks that ``store.device_id`` is the link's (``ValueError`` otherwise:
-        the store would take its own writes' echoes for other devices'), then
-        connects ``on_push`` (see :meth:`connect`, ``since`` included). Once the store is closed,
+        Checks that ``store.device_id`` is the link's
+        (:class:`~optisync.InvalidArgumentError` otherwise: the store would take
+        its own writes' echoes for other devices'), then connects ``on_push``
+        (see :meth:`connect`, ``since`` included). Once the store is closed,
         the next push closes the link instead of failing on the closed store. Give
         the store :meth:`send_value` as its ``send_value_to_server``.
 
@@ -679,11 +735,11 @@ class DeviceLink:
             5 True
         """
         if store.device_id != self.device_id:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"the store's device id {store.device_id!r} is not its link's ({self.device_id})"
             )
         if not callable(on_push):
-            raise TypeError(f"on_push must be callable, got {on_push!r}")
+            raise ArgumentTypeError(f"on_push must be callable, got {on_push!r}")
 
         def deliver(commit: Commit) -> object:
             if store.is_closed:
@@ -704,12 +760,12 @@ class DeviceLink:
             >>> link.is_connected
             False
         """
-        self._connected = False
-        self._generation += 1
+        if self._cut():
+            self._notify_status()
 
     def close(self) -> None:
         """Disconnect for good, for a device that is shut down: later writes and
-        connects raise ``RuntimeError`` (reads still work).
+        connects raise :class:`~optisync.ClosedError` (reads still work).
 
         Example:
             >>> from optisync import testing
@@ -720,11 +776,12 @@ class DeviceLink:
             >>> link.connect(print)
             Traceback (most recent call last):
             ...
-            RuntimeError: the link of device 1 is closed
+            optisync.errors.ClosedError: the link of device 1 is closed
         """
         if not self._closed:
             self._closed = True
             self.network._trace("close", self.device_id)
+            self._wake_caught_up()  # they raise ClosedError
         self.disconnect()
 
     def drop(self) -> None:
@@ -749,16 +806,17 @@ class DeviceLink:
         if not self._connected:
             return
         self.network._trace("drop", self.device_id)
-        self.disconnect()
+        self._cut()
         generation = self._generation
         self.network._later(
             self.network._delay(self.network.faults.reconnect_delay), self._reconnect, generation
         )
+        self._notify_status()
 
     async def write(self, key: Hashable, value: object, *, local_revision: int) -> Commit:
         """Send a write; return its commit, or raise :class:`SimulatedRequestError`.
 
-        Raises ``RuntimeError`` on a closed link.
+        Raises :class:`~optisync.ClosedError` on a closed link.
 
         Example:
             >>> from optisync import testing
@@ -769,7 +827,13 @@ class DeviceLink:
             42
         """
         self._check_open()
-        return await self.network._write(self, key, value, local_revision)
+        finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._writes.add(finished)
+        try:
+            return await self.network._write(self, key, value, local_revision)
+        finally:
+            self._writes.discard(finished)
+            finished.set_result(None)
 
     async def read(self, key: Hashable) -> Commit | None:
         """Fetch the commit that holds ``key``'s value now (reads never fail).
@@ -808,7 +872,7 @@ class DeviceLink:
             inform_server_revision: Callable[[int], None],
         ) -> Commit:
             if device_id != self.device_id:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"the store's device id {device_id} is not its link's ({self.device_id})"
                 )
             commit = await self.write(key, value, local_revision=local_revision)
@@ -817,18 +881,267 @@ class DeviceLink:
 
         return send
 
+    # -- the Transport contract ----------------------------------------------------
+
+    async def send(self, key: str, value: Any, request: SyncRequest) -> Ack[Any]:
+        """Write ``value`` at wire ``key`` with ``request.local_revision``; return the server's Ack.
+
+        The ``Ack`` holds the commit's server revision
+        and the value the server stores. Raises :class:`SimulatedRequestError`
+        (a ``ConnectionError``) when the network loses the write, before or
+        after the commit, as :meth:`write` does;
+        :class:`~optisync.InvalidArgumentError` if ``request.device_id`` is
+        not the link's, :class:`~optisync.ArgumentTypeError` for a key that is
+        not a ``str``, and :class:`~optisync.ClosedError` on a closed link.
+
+        Example:
+            >>> from optisync import testing
+            >>> from optisync.transport import SyncRequest
+            >>> async def main() -> None:
+            ...     link = testing.SimulatedNetwork(testing.SimulatedServer()).device(1)
+            ...     request = SyncRequest("theme", local_revision=1, device_id=1)
+            ...     print(await link.send("theme", "dark", request))
+            >>> testing.run(main())
+            Ack(server_revision=1, value='dark')
+        """
+        if not isinstance(key, str):
+            raise ArgumentTypeError(f"a wire key must be a str, got {key!r}")
+        if not isinstance(request, SyncRequest):
+            raise ArgumentTypeError(f"request must be a SyncRequest, got {request!r}")
+        if request.device_id != self.device_id:
+            raise InvalidArgumentError(
+                f"the request's device id {request.device_id!r} is not its link's "
+                f"({self.device_id})"
+            )
+        commit = await self.write(key, value, local_revision=request.local_revision)
+        return Ack(commit.server_revision, commit.value)
+
+    async def get(self, key: str) -> tuple[Any, int]:
+        """The server's value of wire ``key`` and its revision; ``(None, -1)`` if never written.
+
+        Like :meth:`read`, it never fails and works on a closed link.
+
+        Example:
+            >>> from optisync import testing
+            >>> async def main() -> None:
+            ...     link = testing.SimulatedNetwork(testing.SimulatedServer()).device(1)
+            ...     print(await link.get("theme"), end=" ")
+            ...     _ = await link.write("theme", "dark", local_revision=1)
+            ...     print(await link.get("theme"))
+            >>> testing.run(main())
+            (None, -1) ('dark', 1)
+        """
+        commit = await self.read(key)
+        return (None, -1) if commit is None else (commit.value, commit.server_revision)
+
+    def subscribe_pushes(self, listener: PushListener) -> Callable[[], None]:
+        """Call ``listener(key, value, metadata)`` for every push the device receives.
+
+        Every push, replayed or live, goes to the :meth:`connect` handler (if
+        any) and then to each listener, in the order they subscribed;
+        ``metadata`` is the commit's :class:`~optisync.PushMetadata` and
+        ``key`` the key as written (a wire key, for writes made with
+        :meth:`send`). A listener that subscribes later gets the pushes
+        delivered from then on.
+
+        Subscribing is how a store served by this transport receives pushes:
+        on a link that was never connected, it connects it, as
+        ``connect(handler)`` would (from the server's revision now). A
+        listener that raises is a failed delivery, as a failing handler is:
+        the error goes to :attr:`push_errors`, the connection drops and the
+        reconnect replays the push to everyone; a
+        :class:`~optisync.StoreClosedError` closes the link instead.
+
+        Returns a function that unsubscribes the listener (calling it twice
+        is harmless). Raises :class:`~optisync.ArgumentTypeError` for a
+        listener that is not callable, :class:`~optisync.ClosedError` on a
+        closed link.
+
+        Example:
+            >>> from optisync import testing
+            >>> async def main() -> None:
+            ...     network = testing.SimulatedNetwork(testing.SimulatedServer())
+            ...     phone, laptop = network.device(1), network.device(2)
+            ...     stop = phone.subscribe_pushes(lambda key, value, meta: print(key, value, meta))
+            ...     _ = await laptop.write("theme", "dark", local_revision=7)
+            ...     await network.settle()
+            ...     stop()
+            >>> testing.run(main())
+            theme dark PushMetadata(server_revision=1, local_revision=7, device_id=2)
+        """
+        if not callable(listener):
+            raise ArgumentTypeError(f"listener must be callable, got {listener!r}")
+        self._check_open()
+        token = next(self._tokens)
+        self._push_listeners[token] = listener
+        if not self._ever_connected:
+            self._start(None)
+
+        def unsubscribe() -> None:
+            self._push_listeners.pop(token, None)
+
+        return unsubscribe
+
+    @property
+    def online(self) -> bool:
+        """Whether the link is connected now: pushes reach the device (as :attr:`is_connected`).
+
+        Example:
+            >>> from optisync import testing
+            >>> link = testing.SimulatedNetwork(testing.SimulatedServer()).device(1)
+            >>> link.online, link.subscribe_pushes(print) is not None, link.online
+            (False, True, True)
+        """
+        return self._connected
+
+    def subscribe_status(self, listener: Callable[[bool], object]) -> Callable[[], None]:
+        """Call ``listener(online)`` on every change of :attr:`online`; returns an unsubscribe.
+
+        Changes are a connect (the first one, or after :meth:`disconnect`), a
+        drop (:meth:`drop`, a lost push, a failed delivery), a reconnect and
+        :meth:`close`. Listeners are called in order, right after the link
+        changed; one that raises is reported to the running loop's exception
+        handler (logged, outside a loop) and does not stop the others.
+
+        Example:
+            >>> from optisync import testing
+            >>> async def main() -> None:
+            ...     network = testing.SimulatedNetwork(testing.SimulatedServer())
+            ...     link = network.device(1)
+            ...     seen: list[bool] = []
+            ...     _ = link.subscribe_status(seen.append)
+            ...     _ = link.subscribe_pushes(lambda *push: None)
+            ...     link.drop()
+            ...     await network.settle()
+            ...     link.close()
+            ...     print(seen)
+            >>> testing.run(main())
+            [True, False, True, False]
+        """
+        if not callable(listener):
+            raise ArgumentTypeError(f"listener must be callable, got {listener!r}")
+        token = next(self._tokens)
+        self._status_listeners[token] = listener
+
+        def unsubscribe() -> None:
+            self._status_listeners.pop(token, None)
+
+        return unsubscribe
+
+    async def caught_up(self) -> None:
+        """Wait until this link's writes so far have ended and the server's head has arrived.
+
+        Returns once every write the link started before the call has
+        finished (acknowledged or failed) and every commit up to the server's
+        revision at the call has reached the device (:attr:`known_revision`
+        is at least that revision). While the link is disconnected it waits
+        for the reconnect, whose replay brings the missing commits. Raises
+        :class:`~optisync.ClosedError` if the link is closed before then.
+        Cancelling it cancels nothing else.
+
+        Example:
+            >>> from optisync import testing
+            >>> async def main() -> None:
+            ...     faults = testing.NetworkFaults(push_latency=(1.0, 1.0))
+            ...     network = testing.SimulatedNetwork(testing.SimulatedServer(), faults=faults)
+            ...     phone, laptop = network.device(1), network.device(2)
+            ...     _ = phone.subscribe_pushes(lambda *push: None)
+            ...     _ = await laptop.write("k", 1, local_revision=1)
+            ...     print(phone.known_revision, end=" ")
+            ...     await phone.caught_up()
+            ...     print(phone.known_revision)
+            >>> testing.run(main())
+            0 1
+        """
+        target = self.network.server.revision
+        writes = tuple(self._writes)
+        if writes:
+            await asyncio.wait(writes)
+        while self._cursor < target:
+            if self._closed:
+                raise ClosedError(
+                    f"the link of device {self.device_id} was closed before it caught up "
+                    f"with revision {target} (it knows {self._cursor})"
+                )
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._progress.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._progress:
+                    self._progress.remove(waiter)
+
     # -- internals ---------------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._closed or self.network.is_closed:
-            raise RuntimeError(f"the link of device {self.device_id} is closed")
+            raise ClosedError(f"the link of device {self.device_id} is closed")
+
+    def _check_since(self, since: int | None) -> None:
+        if since is None:
+            return
+        if not isinstance(since, int) or isinstance(since, bool):
+            raise ArgumentTypeError(f"since must be an int revision, got {since!r}")
+        revision = self.network.server.revision
+        if not 0 <= since <= revision:
+            raise InvalidArgumentError(
+                f"since={since} is not a revision of the server: it must be in [0, {revision}]"
+            )
+
+    def _start(self, since: int | None) -> None:
+        """Connect as :meth:`connect` does, once the receivers are in place."""
+        if since is not None or not self._ever_connected:
+            self._cursor = self.network.server.revision if since is None else since
+            self._delivered = {r for r in self._delivered if r > self._cursor}
+            self._wake_caught_up()
+        self._ever_connected = True
+        # _open starts a new generation: pushes on their way to the old handler
+        # are dropped, and replayed from the cursor to the new one.
+        self._open("connect")
 
     def _open(self, kind: str) -> None:
+        was_online = self._connected
         self._connected = True
         self._generation += 1
         self.network._trace(kind, self.device_id, self._cursor)
         for commit in self.network.server.commits_after(self._cursor):
             self.network._send_push(self, commit, may_drop=False)
+        if not was_online:
+            self._notify_status()
+
+    def _cut(self) -> bool:
+        """Stop pushes on their way (a new generation); return whether the link was online."""
+        was_online = self._connected
+        self._connected = False
+        self._generation += 1
+        return was_online
+
+    def _notify_status(self) -> None:
+        # Called last by whatever changed the status, so that a listener sees
+        # the link in its new state and cannot leave it half changed.
+        online = self._connected
+        for listener in tuple(self._status_listeners.values()):
+            try:
+                listener(online)
+            except Exception as error:  # one listener's bug must not break the network
+                _report(f"a status listener of device {self.device_id} raised", error)
+
+    def _wake_caught_up(self) -> None:
+        waiters, self._progress = self._progress, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _hand_over(self, commit: Commit) -> None:
+        """Give ``commit`` to the handler, then to each push listener, in order."""
+        if self._on_push is not None:
+            self._on_push(commit)
+        # A listener's key is a wire key: a str for every write made with send().
+        key: Any = commit.key
+        for listener in tuple(self._push_listeners.values()):
+            if self._closed:
+                return  # the handler closed the link (attach's closed store)
+            listener(key, commit.value, commit.push_metadata)
 
     def _reconnect(self, generation: int) -> None:
         if self._closed or self._connected or generation != self._generation:
@@ -841,10 +1154,10 @@ class DeviceLink:
             self.drop()
 
     def _deliver(self, commit: Commit, generation: int) -> None:
-        if generation != self._generation or not self._connected or self._on_push is None:
+        if generation != self._generation or not self._connected:
             return
         try:
-            self._on_push(commit)
+            self._hand_over(commit)
         except Exception as error:  # the device failed to take it: as good as lost
             self.push_errors.append(error)
             # The error as text: traces of two runs of one seed compare equal.
@@ -865,3 +1178,14 @@ class DeviceLink:
             while self._cursor + 1 in self._delivered:
                 self._cursor += 1
                 self._delivered.discard(self._cursor)
+            self._wake_caught_up()
+
+
+def _report(message: str, error: Exception) -> None:
+    """Hand ``error`` to the running loop's exception handler (it logs), else log it."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        logger.error(message, exc_info=error)
+        return
+    loop.call_exception_handler({"message": message, "exception": error})

@@ -7,6 +7,7 @@ from typing import Any
 
 import attrs
 
+from optisync.errors import ArgumentTypeError
 from optisync.revisions import PushMetadata
 
 __all__ = ["Commit", "SimulatedServer"]
@@ -163,7 +164,7 @@ class SimulatedServer:
     def write(self, key: Hashable, value: object, *, local_revision: int, device_id: int) -> Commit:
         """Store ``value`` for ``key`` (last write wins), push it, and return the commit.
 
-        An unhashable ``key`` raises ``TypeError`` and changes nothing.
+        An unhashable ``key`` raises :class:`~optisync.ArgumentTypeError` and changes nothing.
 
         Example:
             >>> from optisync.testing import SimulatedServer
@@ -172,7 +173,12 @@ class SimulatedServer:
             >>> _ = server.write("k", "v", local_revision=1, device_id=1)
             push k v 1
         """
-        hash(key)  # an unhashable key fails here, before the log or any device sees it
+        try:
+            hash(key)  # an unhashable key fails here, before the log or any device sees it
+        except TypeError:
+            raise ArgumentTypeError(
+                f"a key must be hashable (a str, say), got {type(key).__name__}"
+            ) from None
         commit = Commit(key, value, len(self._log) + 1, local_revision, device_id)
         self._log.append(commit)
         self._latest[key] = commit
