@@ -168,6 +168,7 @@ _OTHER_MODULES = (
     "optisync.testing",
     "optisync.fields",
     "optisync.transport",
+    "optisync.device",
     "optisync.persistence",
     "optisync.outbox",
     "optisync.server",
