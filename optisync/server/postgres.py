@@ -41,6 +41,7 @@ import psycopg
 import psycopg.sql
 from psycopg_pool import AsyncConnectionPool
 
+from optisync.errors import AlreadyOpenError, NotOpenError
 from optisync.server.storage import Change, OpenedByAsyncWith, StorageUnavailableError
 
 __all__ = ["PostgresStorage"]
@@ -172,7 +173,7 @@ class PostgresStorage(OpenedByAsyncWith):
     ) -> AsyncIterator[psycopg.AsyncConnection[tuple[object, ...]]]:
         """A working connection of ``pool``; a lost one raises StorageUnavailableError."""
         if pool is None:
-            raise RuntimeError("the storage is not open: await open() first")
+            raise NotOpenError("the storage is not open: await open() first")
         try:
             async with pool.connection() as connection:
                 yield connection
@@ -195,7 +196,7 @@ class PostgresStorage(OpenedByAsyncWith):
             >>> storage = PostgresStorage("dbname=app")  # then: await storage.open()
         """
         if self._commits is not None:
-            raise RuntimeError("the storage is already open")
+            raise AlreadyOpenError("the storage is already open: open it once, close it once")
         try:
             self._commits = await self._open_pool(_COMMITS)
             self._reads = await self._open_pool(_READS)
