@@ -69,10 +69,13 @@ class Store(Generic[S]):
             same.
 
     Subclassing: the names a subclass may not redefine are the public API
-    below (``state``, ``emit``, ``close``, the sync methods, ...) and
-    dunders. Everything the store keeps is name-mangled (``_Store__...``),
-    so your own ``_send``, ``_finish`` or ``_tasks`` never collide with it.
-    Override ``on_change`` and ``on_error``; they are hooks.
+    below (``state``, ``emit``, the sync methods, ...) and dunders.
+    Everything the store keeps is name-mangled (``_Store__...``), so your own
+    ``_send``, ``_finish`` or ``_tasks`` never collide with it. Override
+    ``on_change`` and ``on_error``; they are hooks. ``close`` may be
+    extended to release what your store holds, as a Cubit's is: accept
+    ``timeout`` and end with ``await super().close(timeout=timeout)``
+    (``async with`` calls your ``close``).
 
     Examples:
         >>> import asyncio
@@ -332,7 +335,8 @@ class Store(Generic[S]):
 
         After ``close()`` no task of the store is left, :meth:`emit` raises,
         and the sync methods refuse new calls. ``on_finish`` is not called for
-        a cycle that close() cancels. Closing twice is harmless.
+        a cycle that close() cancels. Closing twice is harmless. A subclass
+        may extend it; it must then await ``super().close(timeout=timeout)``.
 
         Examples:
             >>> import asyncio
