@@ -12,7 +12,8 @@ Commits and reads take their connection from a pool of their own
 (``psycopg_pool``), which checks it before handing it out and replaces one
 that PostgreSQL closed (a restart, ``pg_terminate_backend``). A call whose
 connection is lost midway raises :class:`StorageUnavailableError` for that
-call alone; the next one runs on a new connection.
+call alone; the next one runs on a new connection. :meth:`PostgresStorage.open`
+raises it too when the database cannot be reached.
 
 Example:
     >>> import asyncio, os
@@ -162,8 +163,13 @@ class PostgresStorage(OpenedByAsyncWith):
         )
         try:
             await pool.open(wait=True, timeout=self._wait_timeout)
-        except BaseException:
+        except BaseException as error:
             await pool.close()
+            if isinstance(error, psycopg.OperationalError):  # PoolTimeout is one too
+                raise StorageUnavailableError(
+                    f"PostgreSQL could not be reached: {error} "
+                    "(check the DSN and that the server is up, then open again)"
+                ) from error
             raise
         return pool
 
