@@ -12,6 +12,7 @@ from optisync._types import OnFinish
 from optisync.command import roll_back_unless_moved_on
 from optisync.errors import (
     AlreadyAttachedError,
+    AlreadyOpenError,
     ArgumentTypeError,
     ClosedError,
     CommandInProgressError,
@@ -52,6 +53,7 @@ __all__ = [
     "default_device_id",
     "roll_back_unless_moved_on",
     "set_device_id_provider",
+    "AlreadyOpenError",
 ]
 
 __version__ = "0.1.0"

@@ -23,7 +23,7 @@ _OPTIONAL = frozenset(
 
 
 def check_key(key: Hashable) -> None:
-    """Raise TypeError for a key that is not hashable."""
+    """Raise ArgumentTypeError (a TypeError) for a key that is not hashable."""
     try:
         hash(key)
     except TypeError:
@@ -71,7 +71,7 @@ _SPECS: dict[type, _Spec] = {}
 
 
 def check_call(call: Call) -> None:
-    """Raise TypeError/ValueError for a bad limit or callback of one sync call.
+    """Raise ArgumentTypeError/InvalidArgumentError for a bad limit or callback of one sync call.
 
     Every field of ``call`` but ``key`` and ``max_follow_up_requests`` is a
     callback; those named in ``_OPTIONAL`` may be None. (The key was hashed

@@ -39,6 +39,7 @@ __all__ = [
     "StateError",
     "StoreClosedError",
     "WrongThreadError",
+    "AlreadyOpenError",
 ]
 
 
@@ -249,3 +250,13 @@ class CommandInProgressError(StateError):
             f"Key {key!r} is busy with an optimistic_command (or a sync) that has not finished."
         )
         self.key = key
+
+
+class AlreadyOpenError(StateError):
+    """The object (a server's storage, say) is already open; open it once.
+
+    Examples:
+        >>> import optisync
+        >>> issubclass(optisync.AlreadyOpenError, RuntimeError)
+        True
+    """

@@ -41,7 +41,8 @@ def _is_int(value: object) -> bool:
 def require_int(value: object, what: str, *, minimum: int | None = None) -> int:
     """Return ``value`` if it is an int (not a bool) of at least ``minimum``.
 
-    Raises TypeError for a wrong type and ValueError for a value out of range.
+    Raises ArgumentTypeError (a TypeError) for a wrong type and
+    InvalidArgumentError (a ValueError) for a value out of range.
     """
     if not _is_int(value):
         raise ArgumentTypeError(f"{what} must be an int, got {type(value).__name__}: {value!r}")

@@ -69,10 +69,13 @@ class Store(Generic[S]):
             same.
 
     Subclassing: the names a subclass may not redefine are the public API
-    below (``state``, ``emit``, ``close``, the sync methods, ...) and
-    dunders. Everything the store keeps is name-mangled (``_Store__...``),
-    so your own ``_send``, ``_finish`` or ``_tasks`` never collide with it.
-    Override ``on_change`` and ``on_error``; they are hooks.
+    below (``state``, ``emit``, the sync methods, ...) and dunders.
+    Everything the store keeps is name-mangled (``_Store__...``), so your own
+    ``_send``, ``_finish`` or ``_tasks`` never collide with it. Override
+    ``on_change`` and ``on_error``; they are hooks. ``close`` may be
+    extended to release what your store holds, as a Cubit's is: accept
+    ``timeout`` and end with ``await super().close(timeout=timeout)``
+    (``async with`` calls your ``close``).
 
     Examples:
         >>> import asyncio
@@ -332,7 +335,8 @@ class Store(Generic[S]):
 
         After ``close()`` no task of the store is left, :meth:`emit` raises,
         and the sync methods refuse new calls. ``on_finish`` is not called for
-        a cycle that close() cancels. Closing twice is harmless.
+        a cycle that close() cancels. Closing twice is harmless. A subclass
+        may extend it; it must then await ``super().close(timeout=timeout)``.
 
         Examples:
             >>> import asyncio
@@ -532,7 +536,10 @@ class Store(Generic[S]):
             that is already complete. Awaiting is optional.
 
         Raises:
-            TypeError: ``key`` is not hashable, or an argument has a wrong type.
+            ArgumentTypeError: ``key`` is not hashable, or an argument has a
+                wrong type (a ``TypeError``).
+            InvalidArgumentError: ``max_follow_up_requests`` is below -1 (a
+                ``ValueError``).
             StoreClosedError: the store is closed.
             StateError: no running event loop, where a request must start.
 
@@ -606,7 +613,7 @@ class Store(Generic[S]):
         Raises:
             WrongThreadError: called from another thread; nothing changed.
             StoreClosedError: the store is closed.
-            TypeError: bad ``push_metadata`` or unhashable ``key``.
+            ArgumentTypeError: bad ``push_metadata`` or unhashable ``key`` (a ``TypeError``).
 
         Examples:
             >>> from optisync import PushMetadata, Store
@@ -719,7 +726,10 @@ class Store(Generic[S]):
             An awaitable, as for :meth:`optimistic_sync_with_push`.
 
         Raises:
-            TypeError: ``key`` is not hashable, or an argument has a wrong type.
+            ArgumentTypeError: ``key`` is not hashable, or an argument has a
+                wrong type (a ``TypeError``).
+            InvalidArgumentError: ``max_follow_up_requests`` is below -1 (a
+                ``ValueError``).
             StoreClosedError: the store is closed.
             StateError: no running event loop, where a request must start.
 
@@ -817,7 +827,8 @@ class Store(Generic[S]):
 
         Raises:
             CommandInProgressError: a command for ``key`` is running.
-            TypeError: ``key`` is not hashable, or an argument has a wrong type.
+            ArgumentTypeError: ``key`` is not hashable, or an argument has a
+                wrong type (a ``TypeError``).
             StoreClosedError: the store is closed.
             StateError: no running event loop.
 
@@ -874,8 +885,8 @@ def _engine_of(store: Store[Any]) -> SyncEngine[Any]:
 def adopt_local_revision_base(store: Store[Any], base: int) -> None:
     """Start a store that has made no change yet at ``base`` (for ``Persistence.attach``).
 
-    Raises ``ValueError`` if the store was built with another non-zero base,
-    ``RuntimeError`` if it already changed a key.
+    Raises ``InvalidArgumentError`` if the store was built with another non-zero
+    base, ``StateError`` if it already changed a key.
     """
     engine = _engine_of(store)
     current = engine.local_revision_base

@@ -18,6 +18,7 @@ from optisync._tasks import CycleResult
 from optisync._types import OnFinish
 from optisync._validate import check_call, check_callback, check_key
 from optisync.errors import (
+    ArgumentTypeError,
     FollowUpLimitError,
     MissingServerRevisionError,
     StateError,
@@ -258,4 +259,6 @@ def _check_push_arguments(
     check_callback("apply_server_push_to_state", apply_server_push_to_state)
     check_callback("get_server_revision_from_state", get_server_revision_from_state)
     if not isinstance(push_metadata, PushMetadata):
-        raise TypeError(f"push_metadata must be a PushMetadata, got {type(push_metadata).__name__}")
+        raise ArgumentTypeError(
+            f"push_metadata must be a PushMetadata, got {type(push_metadata).__name__}"
+        )

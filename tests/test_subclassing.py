@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import attrs
 import pytest
 from fakes import KEY, Doc, DocStore, FakeServer, own_tasks
 
-from optisync import PushOutcome, Store
+from optisync import PushOutcome, Store, StoreClosedError
 
 # Every private name Store and its instances used before the engine split.
 # Each one, defined by a subclass, used to break the store.
@@ -147,3 +149,47 @@ def test_a_subclass_may_define_names_the_store_mangles() -> None:
     notes.emit(Note("hello"))
     assert notes.state == Note("hello")
     assert notes.app_state() == "the app's own"
+
+
+class StoreWithASubscription(DocStore):
+    """Extends close, as a Cubit does, to stop a listener task of its own."""
+
+    def __init__(self, server: FakeServer) -> None:
+        super().__init__(server)
+        self.pushes: asyncio.Queue[bool] = asyncio.Queue()
+        self.listening = asyncio.create_task(self._listen())
+        self.close_timeouts: list[float | None] = []
+
+    async def _listen(self) -> None:
+        while True:
+            self.emit(Doc(liked=await self.pushes.get()))
+
+    async def close(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        self.close_timeouts.append(timeout)
+        self.listening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.listening
+        await super().close(timeout=timeout)
+
+
+async def test_a_subclass_may_extend_close_and_async_with_runs_it(server: FakeServer) -> None:
+    async with StoreWithASubscription(server) as store:
+        states = store.stream()
+        in_flight = store.toggle()
+        await server.request(1)  # never answered: close cancels it
+    assert store.close_timeouts == [None]
+    assert store.listening.cancelled()
+    assert store.is_closed
+    assert not store.is_syncing(KEY)
+    assert [doc.liked async for doc in states] == [True]
+    with pytest.raises(StoreClosedError):
+        await in_flight
+    assert own_tasks() == set()
+
+
+async def test_an_extended_close_passes_the_timeout_on(server: FakeServer) -> None:
+    store = StoreWithASubscription(server)
+    await store.close(timeout=0.5)
+    assert store.close_timeouts == [0.5]
+    assert store.is_closed
+    assert own_tasks() == set()

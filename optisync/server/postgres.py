@@ -12,7 +12,8 @@ Commits and reads take their connection from a pool of their own
 (``psycopg_pool``), which checks it before handing it out and replaces one
 that PostgreSQL closed (a restart, ``pg_terminate_backend``). A call whose
 connection is lost midway raises :class:`StorageUnavailableError` for that
-call alone; the next one runs on a new connection.
+call alone; the next one runs on a new connection. :meth:`PostgresStorage.open`
+raises it too when the database cannot be reached.
 
 Example:
     >>> import asyncio, os
@@ -41,6 +42,7 @@ import psycopg
 import psycopg.sql
 from psycopg_pool import AsyncConnectionPool
 
+from optisync.errors import AlreadyOpenError, NotOpenError
 from optisync.server.storage import Change, OpenedByAsyncWith, StorageUnavailableError
 
 __all__ = ["PostgresStorage"]
@@ -161,8 +163,13 @@ class PostgresStorage(OpenedByAsyncWith):
         )
         try:
             await pool.open(wait=True, timeout=self._wait_timeout)
-        except BaseException:
+        except BaseException as error:
             await pool.close()
+            if isinstance(error, psycopg.OperationalError):  # PoolTimeout is one too
+                raise StorageUnavailableError(
+                    f"PostgreSQL could not be reached: {error} "
+                    "(check the DSN and that the server is up, then open again)"
+                ) from error
             raise
         return pool
 
@@ -172,7 +179,7 @@ class PostgresStorage(OpenedByAsyncWith):
     ) -> AsyncIterator[psycopg.AsyncConnection[tuple[object, ...]]]:
         """A working connection of ``pool``; a lost one raises StorageUnavailableError."""
         if pool is None:
-            raise RuntimeError("the storage is not open: await open() first")
+            raise NotOpenError("the storage is not open: await open() first")
         try:
             async with pool.connection() as connection:
                 yield connection
@@ -195,7 +202,7 @@ class PostgresStorage(OpenedByAsyncWith):
             >>> storage = PostgresStorage("dbname=app")  # then: await storage.open()
         """
         if self._commits is not None:
-            raise RuntimeError("the storage is already open")
+            raise AlreadyOpenError("the storage is already open: open it once, close it once")
         try:
             self._commits = await self._open_pool(_COMMITS)
             self._reads = await self._open_pool(_READS)

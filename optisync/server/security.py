@@ -23,6 +23,7 @@ from typing import TypeAlias
 
 import attrs
 
+from optisync.errors import InvalidArgumentError
 from optisync.server.protocol import Hello
 
 __all__ = ["Authenticator", "Grant", "allow_anyone", "require_token"]
@@ -85,13 +86,15 @@ def require_token(token: str) -> Authenticator:
 
     Example:
         >>> from optisync.server import require_token
-        >>> require_token("")
-        Traceback (most recent call last):
-        ...
-        ValueError: the token must not be empty
+        >>> authenticate = require_token("s3cret")
+        >>> try:
+        ...     require_token("")
+        ... except ValueError as error:  # an optisync.InvalidArgumentError
+        ...     print(type(error).__name__)
+        InvalidArgumentError
     """
     if not token:
-        raise ValueError("the token must not be empty")
+        raise InvalidArgumentError("the token must not be empty: pass the secret the devices send")
     expected = token.encode()
 
     async def authenticate(hello: Hello) -> Grant | None:

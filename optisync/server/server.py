@@ -30,6 +30,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Origin
 
+from optisync.errors import OptisyncError
 from optisync.server.protocol import (
     PROTOCOL_VERSION,
     Ack,
@@ -108,6 +109,15 @@ class _TokenBucket:
         return True
 
 
+class _SendQueueFullError(OptisyncError, OverflowError):
+    """A replay page did not fit in a connection's send queue; the server cuts it.
+
+    Internal: the replay catches it and closes the connection (code 1013), and
+    the device replays from its cursor on reconnect. Its own type, so that an
+    unrelated ``OverflowError`` is never taken for a full queue.
+    """
+
+
 class _Peer:
     """One device's connection: its grant, replay state and bounded send queue."""
 
@@ -140,7 +150,7 @@ class _Peer:
         """Queue a frame, waiting while the queue is half full (replay back-pressure)."""
         await self._space.wait()
         if not self.offer(frame):
-            raise OverflowError("send queue full")
+            raise _SendQueueFullError(_QUEUE_FULL)
 
     async def write_forever(self) -> None:
         while True:
@@ -302,7 +312,7 @@ class SyncServer:
         writer = asyncio.create_task(peer.write_forever())
         try:
             await self._serve_peer(peer, writer)
-        except (ConnectionClosed, OverflowError):
+        except (ConnectionClosed, _SendQueueFullError):
             pass
         finally:
             self._forget(peer)
@@ -470,7 +480,7 @@ class SyncServer:
                     self._push_to(peer, change)
                 peer.offer(encode(Ready(peer.cursor)))
                 return
-        except (OverflowError, ConnectionClosed):
+        except (_SendQueueFullError, ConnectionClosed):
             await self._cut(peer, _QUEUE_FULL)
         except Exception:
             # The device reconnects and replays from its cursor.

@@ -31,6 +31,8 @@ from typing import Protocol, Self, TypeVar
 
 import attrs
 
+from optisync.errors import AlreadyOpenError, NotOpenError, OptisyncError
+
 __all__ = ["Change", "SqliteStorage", "Storage", "StorageUnavailableError"]
 
 _T = TypeVar("_T")
@@ -53,7 +55,7 @@ class Change:
     device_id: int
 
 
-class StorageUnavailableError(ConnectionError):
+class StorageUnavailableError(OptisyncError, ConnectionError):
     """The database could not be reached, or the connection was lost during the call.
 
     A commit that raises it was not acknowledged: the server answers
@@ -62,7 +64,10 @@ class StorageUnavailableError(ConnectionError):
     writer included, as a push like any other change.)
 
     Example:
+        >>> import optisync
         >>> from optisync.server import StorageUnavailableError
+        >>> issubclass(StorageUnavailableError, optisync.OptisyncError)
+        True
         >>> issubclass(StorageUnavailableError, ConnectionError)
         True
     """
@@ -205,7 +210,7 @@ class SqliteStorage(OpenedByAsyncWith):
 
     async def _run(self, call: Callable[[sqlite3.Connection], _T]) -> _T:
         if self._executor is None or self._connection is None:
-            raise RuntimeError("the storage is not open: await open() first")
+            raise NotOpenError("the storage is not open: await open() first")
         connection = self._connection
         return await asyncio.get_running_loop().run_in_executor(self._executor, call, connection)
 
@@ -222,7 +227,7 @@ class SqliteStorage(OpenedByAsyncWith):
             >>> asyncio.run(main())
         """
         if self._executor is not None:
-            raise RuntimeError("the storage is already open")
+            raise AlreadyOpenError("the storage is already open: open it once, close it once")
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="optisync-sqlite")
         loop = asyncio.get_running_loop()
         self._connection = await loop.run_in_executor(self._executor, self._connect)

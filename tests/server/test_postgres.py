@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg import sql
 from websockets.exceptions import ConnectionClosed
 
+from optisync import AlreadyOpenError
 from optisync.server import Change, SyncServer
 from optisync.server.postgres import PostgresStorage
 from tests.server.conftest import RawDevice, open_raw_device, server_process
@@ -261,3 +263,11 @@ async def _admitted_or_close_code(url: str, device_id: int) -> RawDevice | int |
         return await open_raw_device(url, device_id)
     except ConnectionClosed as closed:
         return None if closed.rcvd is None else closed.rcvd.code
+
+
+async def test_opening_a_postgres_storage_twice_raises_already_open(postgres_dsn: str) -> None:
+    async with PostgresStorage(postgres_dsn) as storage:
+        with pytest.raises(RuntimeError, match="already open") as caught:
+            await storage.open()
+        assert isinstance(caught.value, AlreadyOpenError)
+        assert (await storage.commit("k", b"1", local_revision=1, device_id=1)).server_revision == 1

@@ -269,6 +269,25 @@ async def test_a_device_that_never_reads_its_replay_stalls_only_itself(
     await stalled.close()
 
 
+@pytest.mark.parametrize("limits", [Limits(send_buffer_bytes=4 * 1024)])
+async def test_a_replay_page_larger_than_the_send_buffer_cuts_only_that_device_1013(
+    server: tuple[SyncServer, str], connect_device: Connect
+) -> None:
+    sync_server, url = server
+    value = b'"%s"' % incompressible(8 * 1024).encode()
+    await sync_server.storage.commit("big", value, local_revision=1, device_id=9)
+    async with connect(url) as replaying:
+        await replaying.send(json.dumps({"type": "hello", "device_id": 3, "since": 0}))
+        assert json.loads(await replaying.recv())["type"] == "welcome"
+        with pytest.raises(ConnectionClosed) as closed:
+            await replaying.recv()
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1013, "send queue full")
+    # The server goes on: a device that replays from the head is served.
+    caught_up = await connect_device(4, since=1)
+    assert (await caught_up.set("after", 1))["server_revision"] == 2
+
+
 # -- the server's identity -------------------------------------------------------------
 
 
