@@ -93,7 +93,9 @@ class DeviceProcess:
     async def send(self, command: str) -> dict[str, dict[str, Any]]:
         """Send one command; return the state once the device has saved its effect."""
         process = self.process
-        assert process is not None and process.stdin is not None and process.stdout is not None
+        assert process is not None
+        assert process.stdin is not None
+        assert process.stdout is not None
         process.stdin.write(command.encode() + b"\n")
         await process.stdin.drain()
         line = await asyncio.wait_for(process.stdout.readline(), REPLY_TIMEOUT)
