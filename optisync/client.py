@@ -1,10 +1,13 @@
 """``optisync.client``: a WebSocket transport from a :class:`~optisync.Store` to a server.
 
 :class:`SyncClient` connects (and reconnects, with backoff), says hello with
-the newest server revision it has seen and the server's generation, feeds
-the replay and every later push to :meth:`Store.server_push
-<optisync.Store.server_push>`, and hands out a ``send_value_to_server`` for
-the sync methods. Install it with ``pip install "optisync[client]"``.
+the newest server revision it has seen and the server's generation, hands
+the replay and every later push to its listeners (and, given an
+``apply_value``, to :meth:`Store.server_push <optisync.Store.server_push>`),
+and sends writes: it is an :class:`optisync.transport.Transport`, and its
+:meth:`~SyncClient.sender` is a ``send_value_to_server`` for the sync
+methods. It imports the wire format (:mod:`optisync.wire`), never the
+server. Install it with ``pip install "optisync[client]"``.
 
 Example:
     >>> import asyncio
@@ -37,18 +40,29 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from types import TracebackType
 from typing import Any, Final, Generic, Literal, Self, TypeVar
+from urllib.parse import urlsplit
 
 import attrs
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import backoff, process_exception
 from websockets.exceptions import ConnectionClosed
 
 from optisync import PushMetadata, PushOutcome, Store
-from optisync.server.protocol import (
-    Ack,
+from optisync.errors import (
+    ArgumentTypeError,
+    ClosedError,
+    InvalidArgumentError,
+    OptisyncError,
+    StateError,
+    TransportError,
+)
+from optisync.transport import Ack, PushListener, SyncRequest
+from optisync.wire import (
     ClientMessage,
+    Committed,
     Error,
     Get,
     Hello,
@@ -65,6 +79,7 @@ from optisync.server.protocol import (
 
 __all__ = [
     "ClientConnectionError",
+    "ClientTimeoutError",
     "RequestRefusedError",
     "ServerRefusedError",
     "SyncClient",
@@ -77,22 +92,41 @@ S = TypeVar("S")
 
 #: Refusals at hello that another attempt cannot fix: the client stops.
 _FATAL: Final = frozenset({"unauthorized", "bad_version", "bad_field", "bad_message"})
+#: The key caught_up() reads: any key would do, its answer is what matters.
+_PROBE_KEY: Final = "optisync.caught_up"
+_MAX_FRAME: Final = 16 * 1024 * 1024
 
 
-class ClientConnectionError(ConnectionError):
+class ClientConnectionError(TransportError):
     """The client is offline, or its connection dropped while the request was in flight.
 
     The request may or may not have been committed; the replay on reconnect
-    tells the store either way. It subclasses the builtin ``ConnectionError``.
+    tells the store either way. It is a :class:`~optisync.TransportError`,
+    hence a builtin ``ConnectionError``: an outbox keeps the change and retries.
 
     Example:
+        >>> import optisync
         >>> from optisync.client import ClientConnectionError
-        >>> isinstance(ClientConnectionError("offline"), ConnectionError)
+        >>> error = ClientConnectionError("offline")
+        >>> isinstance(error, optisync.TransportError), isinstance(error, ConnectionError)
+        (True, True)
+    """
+
+
+class ClientTimeoutError(OptisyncError, TimeoutError):
+    """:meth:`SyncClient.wait_online` ran out of time; the message says the last failure.
+
+    The client keeps trying in the background: wait again, or check that the
+    server runs at that URL.
+
+    Example:
+        >>> from optisync.client import ClientTimeoutError
+        >>> issubclass(ClientTimeoutError, TimeoutError)
         True
     """
 
 
-class RequestRefusedError(RuntimeError):
+class RequestRefusedError(OptisyncError, RuntimeError):
     """The server answered a request with an error; nothing changed on the server.
 
     Attributes:
@@ -105,12 +139,15 @@ class RequestRefusedError(RuntimeError):
     """
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
+        super().__init__(f"the server refused the request: {code}: {message}")
         self.code = code
 
 
-class ServerRefusedError(RuntimeError):
-    """The server refused the connection for good (a bad token, another protocol).
+class ServerRefusedError(OptisyncError, RuntimeError):
+    """The server refused the connection for good (a bad token, another protocol, a bad URL).
+
+    The client stops; fix the cause and create a new client.
+    :meth:`SyncClient.close` and :meth:`SyncClient.wait_online` raise it.
 
     Example:
         >>> from optisync.client import ServerRefusedError
@@ -127,14 +164,15 @@ class Traced:
         direction: ``"sent"`` (after the message went out) or ``"received"``
             (after the client handled it: :attr:`SyncClient.cursor` and
             :attr:`SyncClient.online` already tell its effect).
-        message: the decoded message (:mod:`optisync.server.protocol`).
+        message: the decoded message (:mod:`optisync.wire`).
         outcome: for a received push, what :meth:`Store.server_push
-            <optisync.Store.server_push>` did with it; otherwise None.
+            <optisync.Store.server_push>` did with it (None when the client
+            has no ``apply_value``); otherwise None.
 
     Example:
         >>> from optisync import PushOutcome
         >>> from optisync.client import Traced
-        >>> from optisync.server.protocol import Push
+        >>> from optisync.wire import Push
         >>> push = Push(key="like", value=True, server_revision=3, local_revision=0, device_id=0)
         >>> Traced("received", push, PushOutcome.APPLIED).outcome.value
         'applied'
@@ -145,37 +183,72 @@ class Traced:
     outcome: PushOutcome | None = None
 
 
+def _check_url(url: object) -> str:
+    if not isinstance(url, str):
+        raise ArgumentTypeError(f"the server URL must be a str like 'ws://host:8765', got {url!r}")
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("ws", "wss") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        valid = False
+    if not valid:
+        raise InvalidArgumentError(
+            f"{url!r} is not a WebSocket URL: give the server's address as "
+            "ws://host:port or wss://host:port"
+        )
+    return url
+
+
+def _check_callable(listener: object, what: str) -> None:
+    if not callable(listener):
+        raise ArgumentTypeError(f"{what} must be callable, got {listener!r}")
+
+
 class SyncClient(Generic[S]):
     """Keeps one :class:`~optisync.Store` connected to an optisync server.
+
+    A :class:`~optisync.transport.Transport`: declared fields use its
+    :meth:`send`, :meth:`get`, :meth:`subscribe_pushes` and :meth:`caught_up`.
 
     Args:
         store: the store; its :attr:`~optisync.Store.device_id` is the
             connection's device id.
-        url: the server's ``ws://`` or ``wss://`` URL.
+        url: the server's ``ws://`` or ``wss://`` URL (checked here:
+            :class:`~optisync.InvalidArgumentError` otherwise).
         apply_value: ``(state, key, value, server_revision) -> state``: puts a
             pushed value into the state (store the revision there too if your
-            ``get_server_revision_from_state`` reads it).
+            ``get_server_revision_from_state`` reads it). Optional: without
+            it, pushes only go to :meth:`subscribe_pushes` listeners.
         get_server_revision_from_state: passed to ``server_push``; the default
             relies on the store's own record (:meth:`~optisync.Store.server_revision`).
         token: sent in the hello for the server's authenticator.
         cursor: the newest server revision already applied (persisted by the
-            app); the server replays what came after it.
+            app); the server replays what came after it. See :meth:`resume`.
         generation: the server generation that cursor belongs to.
         on_reset: called when the server says the cursor is from another
             database (new, or restored from a backup): reload your state.
+            The same as :meth:`subscribe_reset`.
         reconnect: reconnect after a drop (with websockets' backoff); False
-            stays offline after the first drop (tests).
+            stays offline after the first drop or failed attempt (tests).
         trace: called with a :class:`Traced` for every message sent and
             received (a timeline, a debug log); an exception it raises is
             logged and ignored.
 
+    Every listener (pushes, status, position, reset) is called on the event
+    loop; an exception it raises is logged and the client goes on.
+
     Example:
         >>> from optisync import Store
         >>> from optisync.client import SyncClient
-        >>> client = SyncClient(Store({}, device_id=3), "ws://127.0.0.1:8765",
-        ...                     apply_value=lambda state, key, value, rev: state, cursor=12)
-        >>> client.cursor, client.online
-        (12, False)
+        >>> from optisync.transport import Transport
+        >>> client = SyncClient(Store({}, device_id=3), "ws://127.0.0.1:8765", cursor=12)
+        >>> client.cursor, client.online, isinstance(client, Transport)
+        (12, False, True)
+        >>> SyncClient(Store({}, device_id=3), "http://127.0.0.1:8765")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        optisync.errors.InvalidArgumentError: 'http://127.0.0.1:8765' is not a WebSocket URL: ...
     """
 
     def __init__(
@@ -183,7 +256,7 @@ class SyncClient(Generic[S]):
         store: Store[S],
         url: str,
         *,
-        apply_value: Callable[[S, str, Any, int], S],
+        apply_value: Callable[[S, str, Any, int], S] | None = None,
         get_server_revision_from_state: Callable[[str], int] | None = None,
         token: str | None = None,
         cursor: int = 0,
@@ -193,61 +266,187 @@ class SyncClient(Generic[S]):
         trace: Callable[[Traced], object] | None = None,
     ) -> None:
         self._store = store
-        self._url = url
+        self._url = _check_url(url)
         self._apply_value = apply_value
         self._get_revision = get_server_revision_from_state or (lambda key: -1)
         self._token = token
         self._cursor = cursor
         self._generation = generation
-        self._on_reset = on_reset
         self._reconnect = reconnect
         self._trace = trace
         self._connection: ClientConnection | None = None
         self._online = False
+        # Set while online, and for good once the client has stopped.
         self._ready = asyncio.Event()
-        self._listeners: list[Callable[[bool], object]] = []
-        self._pending: dict[int, asyncio.Future[Ack | Value]] = {}
+        self._stopped = False
+        self._closed = False
+        self._last_error: Exception | None = None
+        self._warned = False  # this outage's first failure was logged
+        self._status_listeners: list[Callable[[bool], object]] = []
+        self._push_listeners: list[PushListener] = []
+        self._position_listeners: list[Callable[[int, str], object]] = []
+        self._reset_listeners: list[Callable[[], object]] = []
+        if on_reset is not None:
+            self.subscribe_reset(on_reset)
+        self._pending: dict[int, asyncio.Future[Committed | Value]] = {}
         self._request_ids = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
 
     # -- what an app persists and watches ------------------------------------------
 
     @property
-    def cursor(self) -> int:
-        """The newest server revision received (replayed or pushed); persist it.
+    def device_id(self) -> int:
+        """The device id the server knows this connection by: the store's.
 
         Example:
             >>> from optisync import Store
             >>> from optisync.client import SyncClient
-            >>> SyncClient(Store(0, device_id=1), "ws://h", apply_value=lambda *a: 0).cursor
-            0
+            >>> SyncClient(Store(0, device_id=7), "ws://h").device_id
+            7
+        """
+        return self._store.device_id
+
+    @property
+    def url(self) -> str:
+        """The server's URL, as given.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.client import SyncClient
+            >>> SyncClient(Store(0, device_id=1), "wss://example.com/sync").url
+            'wss://example.com/sync'
+        """
+        return self._url
+
+    @property
+    def cursor(self) -> int:
+        """The newest server revision received (replayed or pushed); persist it.
+
+        Settable before :meth:`start` only (see :meth:`resume`).
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.client import SyncClient
+            >>> client = SyncClient(Store(0, device_id=1), "ws://h")
+            >>> client.cursor = 5
+            >>> client.cursor
+            5
         """
         return self._cursor
 
     @cursor.setter
     def cursor(self, revision: int) -> None:
-        if self._task is not None:
-            raise RuntimeError("set the cursor before start(): the server replays from it")
-        self._cursor = revision
+        self.resume(revision, self._generation)
 
     @property
     def generation(self) -> str:
         """The server generation the cursor belongs to (``""``: none yet); persist it.
 
+        Settable before :meth:`start` only (see :meth:`resume`).
+
         Example:
             >>> from optisync import Store
             >>> from optisync.client import SyncClient
-            >>> SyncClient(Store(0, device_id=1), "ws://h", apply_value=lambda *a: 0,
-            ...            generation="abc").generation
+            >>> SyncClient(Store(0, device_id=1), "ws://h", generation="abc").generation
             'abc'
         """
         return self._generation
 
     @generation.setter
     def generation(self, generation: str) -> None:
+        self.resume(self._cursor, generation)
+
+    def resume(self, cursor: int, generation: str) -> None:
+        """Start from a persisted position: the server replays what came after ``cursor``.
+
+        Call it before :meth:`start` (``async with``); the position listeners
+        hear of the change.
+
+        Raises:
+            StateError: the client has started; its position is the server's now.
+            InvalidArgumentError: a negative cursor.
+            ArgumentTypeError: a cursor that is not an ``int`` or a generation
+                that is not a ``str``.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.client import SyncClient
+            >>> client = SyncClient(Store(0, device_id=1), "ws://h")
+            >>> unsubscribe = client.subscribe_position(lambda c, g: print("at", c, g))
+            >>> client.resume(12, "g1")
+            at 12 g1
+        """
         if self._task is not None:
-            raise RuntimeError("set the generation before start()")
-        self._generation = generation
+            raise StateError(
+                "the client has started: call resume() (or set cursor/generation) "
+                "before start() or `async with`, the server replays from that position"
+            )
+        if not isinstance(cursor, int) or isinstance(cursor, bool):
+            raise ArgumentTypeError(f"the cursor must be an int, got {cursor!r}")
+        if cursor < 0:
+            raise InvalidArgumentError(f"the cursor must be 0 or more, got {cursor}")
+        if not isinstance(generation, str):
+            raise ArgumentTypeError(f"the generation must be a str, got {generation!r}")
+        self._set_position(cursor, generation)
+
+    def subscribe_position(self, listener: Callable[[int, str], object]) -> Callable[[], None]:
+        """Call ``listener(cursor, generation)`` whenever either changes; returns an unsubscribe.
+
+        The cursor moves after a push was handled (applied, listeners told),
+        so a position persisted from here never runs ahead of the state.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.client import SyncClient
+            >>> client = SyncClient(Store(0, device_id=1), "ws://h")
+            >>> unsubscribe = client.subscribe_position(lambda c, g: print(c, repr(g)))
+            >>> client.cursor = 3
+            3 ''
+            >>> unsubscribe()
+            >>> client.cursor = 4
+        """
+        return self._subscribe(self._position_listeners, listener, "a position listener")
+
+    def subscribe_reset(self, listener: Callable[[], object]) -> Callable[[], None]:
+        """Call ``listener()`` when the server says the cursor is from another database.
+
+        The database is new, or restored from a backup: reload your state. By
+        then :attr:`cursor` is 0 and :attr:`generation` the server's; the
+        replay of everything follows. Returns an unsubscribe.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.client import SyncClient
+            >>> client = SyncClient(Store(0, device_id=1), "ws://h")
+            >>> unsubscribe = client.subscribe_reset(lambda: print("reload"))
+            >>> unsubscribe()
+        """
+        return self._subscribe(self._reset_listeners, listener, "a reset listener")
+
+    def subscribe_pushes(self, listener: PushListener) -> Callable[[], None]:
+        """Call ``listener(key, value, PushMetadata)`` for every push, replayed or live.
+
+        Listeners run after ``apply_value`` (when given) and before the
+        cursor moves past the push. Returns an unsubscribe.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync import Store
+            >>> from optisync.client import SyncClient
+            >>> from optisync.server import SqliteStorage, SyncServer
+            >>> from optisync.transport import SyncRequest
+            >>> async def main() -> None:
+            ...     async with SyncServer(SqliteStorage(":memory:")).run(port=0) as url:
+            ...         async with SyncClient(Store({}, device_id=1), url) as client:
+            ...             await client.wait_online()
+            ...             client.subscribe_pushes(lambda key, value, meta: print(
+            ...                 key, value, meta.server_revision, meta.device_id))
+            ...             await client.send("theme", "dark", SyncRequest("theme", 1, 1))
+            ...             await client.caught_up()
+            >>> asyncio.run(main())
+            theme dark 1 1
+        """
+        return self._subscribe(self._push_listeners, listener, "a push listener")
 
     @property
     def online(self) -> bool:
@@ -256,60 +455,204 @@ class SyncClient(Generic[S]):
         Example:
             >>> from optisync import Store
             >>> from optisync.client import SyncClient
-            >>> SyncClient(Store(0, device_id=1), "ws://h", apply_value=lambda *a: 0).online
+            >>> SyncClient(Store(0, device_id=1), "ws://h").online
             False
         """
         return self._online
+
+    @property
+    def last_error(self) -> Exception | None:
+        """Why the client is not online: the last failed attempt or drop (None while online).
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.client import SyncClient
+            >>> SyncClient(Store(0, device_id=1), "ws://h").last_error is None
+            True
+        """
+        return self._last_error
 
     def subscribe_status(self, listener: Callable[[bool], object]) -> Callable[[], None]:
         """Call ``listener(online)`` on every change of :attr:`online`; returns an unsubscribe.
 
         Example:
+            >>> import asyncio
             >>> from optisync import Store
             >>> from optisync.client import SyncClient
-            >>> client = SyncClient(Store(0, device_id=1), "ws://h", apply_value=lambda *a: 0)
-            >>> unsubscribe = client.subscribe_status(print)
-            >>> unsubscribe()
+            >>> from optisync.server import SqliteStorage, SyncServer
+            >>> async def main() -> None:
+            ...     async with SyncServer(SqliteStorage(":memory:")).run(port=0) as url:
+            ...         client = SyncClient(Store({}, device_id=1), url)
+            ...         client.subscribe_status(lambda online: print("online:", online))
+            ...         async with client:
+            ...             await client.wait_online()
+            >>> asyncio.run(main())
+            online: True
+            online: False
         """
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener)
+        return self._subscribe(self._status_listeners, listener, "a status listener")
 
-    async def wait_online(self) -> None:
-        """Wait until the client is connected and caught up.
+    # A timeout argument (not only asyncio.timeout around the call): its error can
+    # then say which server was not reached, and why.
+    async def wait_online(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Wait until the client is connected and caught up (its replay done).
+
+        Raises:
+            ClientTimeoutError: not online within ``timeout`` seconds; the
+                client keeps trying.
+            ServerRefusedError: the server refused this client for good.
+            ClientConnectionError: the client stopped (``reconnect=False``
+                and the connection failed or dropped).
+            ClosedError: the client was closed.
 
         Example:
-            >>> from optisync.client import SyncClient
-            >>> SyncClient.wait_online  # doctest: +ELLIPSIS
-            <function SyncClient.wait_online at ...>
+            >>> import asyncio
+            >>> from optisync import Store
+            >>> from optisync.client import ClientTimeoutError, SyncClient
+            >>> async def main() -> None:
+            ...     async with SyncClient(Store({}, device_id=1), "ws://127.0.0.1:9") as client:
+            ...         try:
+            ...             await client.wait_online(timeout=0.2)
+            ...         except ClientTimeoutError as error:
+            ...             print(error)
+            >>> asyncio.run(main())  # doctest: +ELLIPSIS
+            the server at ws://127.0.0.1:9 was not reached in 0.2 s (last error: ...
         """
-        await self._ready.wait()
+        if self._online:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await self._until_online()
+        except TimeoutError:
+            if self._online or self._stopped:  # our timeout lost a race: answer the outcome
+                await self._until_online()
+                return
+            raise ClientTimeoutError(
+                f"the server at {self._url} was not reached in {timeout} s "
+                f"(last error: {self._last_error!r}); the client keeps trying: check that "
+                "the server runs at that URL, or wait longer"
+            ) from self._last_error
+
+    async def caught_up(self) -> None:
+        """Wait until this device has everything the server had when it was called.
+
+        Returns once every write sent before the call is acknowledged (or
+        failed) and every change the server had committed by then has been
+        received and handed to the listeners. Waits until online first.
+
+        How: a ``get`` round trip. The server answers a connection's messages
+        in order, on one queue that also carries its pushes, so once the
+        answer arrives everything queued before it has arrived too. Across a
+        drop, the replay after reconnecting does the same.
+
+        Raises:
+            the errors of :meth:`wait_online` (without a timeout).
+
+        Example:
+            >>> import asyncio
+            >>> from optisync import Store
+            >>> from optisync.client import SyncClient
+            >>> from optisync.server import SqliteStorage, SyncServer
+            >>> from optisync.transport import SyncRequest
+            >>> async def main() -> None:
+            ...     async with SyncServer(SqliteStorage(":memory:")).run(port=0) as url:
+            ...         async with (SyncClient(Store({}, device_id=1), url) as writer,
+            ...                     SyncClient(Store({}, device_id=2), url) as reader):
+            ...             await reader.wait_online()
+            ...             await writer.send("n", 5, SyncRequest("n", 1, 1))
+            ...             await reader.caught_up()
+            ...             print(reader.cursor)
+            >>> asyncio.run(main())
+            1
+        """
+        while True:
+            await self._until_online()
+            try:
+                await self.get(_PROBE_KEY)
+            except RequestRefusedError:
+                return  # an answer all the same: what came before it has arrived
+            except ClientConnectionError:
+                continue  # dropped: the replay after reconnecting catches up
+            return
+
+    async def _until_online(self) -> None:
+        while not self._online:
+            if self._stopped:
+                raise self._why_stopped()
+            await self._ready.wait()
+
+    def _why_stopped(self) -> Exception:
+        task = self._task
+        if self._closed:
+            return ClosedError("the client is closed: create a new SyncClient to connect again")
+        if task is not None and task.done() and not task.cancelled() and task.exception():
+            error = task.exception()
+            assert isinstance(error, Exception)
+            return error
+        return ClientConnectionError(
+            f"the client stopped (reconnect=False) after the connection to {self._url} "
+            f"ended (last error: {self._last_error!r}): create a new SyncClient to connect again"
+        )
 
     # -- life cycle ----------------------------------------------------------------
 
     def start(self) -> None:
-        """Start connecting in the background (``async with`` does it).
+        """Start connecting in the background (``async with`` does it); again: no effect.
+
+        Raises:
+            ClosedError: the client was closed.
 
         Example:
+            >>> import asyncio
+            >>> from optisync import Store
             >>> from optisync.client import SyncClient
-            >>> SyncClient.start  # doctest: +ELLIPSIS
-            <function SyncClient.start at ...>
+            >>> from optisync.server import SqliteStorage, SyncServer
+            >>> async def main() -> None:
+            ...     async with SyncServer(SqliteStorage(":memory:")).run(port=0) as url:
+            ...         client = SyncClient(Store({}, device_id=1), url)
+            ...         client.start()
+            ...         await client.wait_online()
+            ...         print(client.online)
+            ...         await client.close()
+            >>> asyncio.run(main())
+            True
         """
+        if self._closed:
+            raise ClosedError("the client is closed: create a new SyncClient to connect again")
         if self._task is None:
             self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
-        """Disconnect for good; requests in flight fail with :class:`ClientConnectionError`.
+        """Disconnect for good, closing the socket; requests in flight fail with
+        :class:`ClientConnectionError`.
 
         Raises:
             ServerRefusedError: the server had refused the connection for good.
 
         Example:
+            >>> import asyncio
+            >>> from optisync import Store
             >>> from optisync.client import SyncClient
-            >>> SyncClient.close  # doctest: +ELLIPSIS
-            <function SyncClient.close at ...>
+            >>> from optisync.server import SqliteStorage, SyncServer
+            >>> async def main() -> None:
+            ...     async with SyncServer(SqliteStorage(":memory:")).run(port=0) as url:
+            ...         client = SyncClient(Store({}, device_id=1), url)
+            ...         async with client:
+            ...             await client.wait_online()
+            ...         print(client.online)
+            ...         try:
+            ...             await client.wait_online()
+            ...         except Exception as error:
+            ...             print(type(error).__name__)
+            >>> asyncio.run(main())
+            False
+            ClosedError
         """
+        self._closed = True
         task = self._task
         if task is None:
+            self._stopped = True
+            self._ready.set()
             return
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -334,14 +677,25 @@ class SyncClient(Generic[S]):
 
         It sends a ``set``, calls ``inform_server_revision`` with the ack's
         revision and returns the value the server holds. It raises
-        :class:`ClientConnectionError` when offline or on a drop, and
-        :class:`RequestRefusedError` when the server refuses the write.
+        :class:`ClientConnectionError` when offline or on a drop,
+        :class:`RequestRefusedError` when the server refuses the write, and
+        :class:`~optisync.InvalidArgumentError` for a device id that is not
+        the store's.
 
         Example:
+            >>> import asyncio
             >>> from optisync import Store
             >>> from optisync.client import SyncClient
-            >>> client = SyncClient(Store(0, device_id=1), "ws://h", apply_value=lambda *a: 0)
-            >>> send = client.sender("like")
+            >>> from optisync.server import SqliteStorage, SyncServer
+            >>> async def main() -> None:
+            ...     async with SyncServer(SqliteStorage(":memory:")).run(port=0) as url:
+            ...         async with SyncClient(Store({}, device_id=1), url) as client:
+            ...             await client.wait_online()
+            ...             send = client.sender("like")
+            ...             print(await send(True, 1, 1, lambda revision: print("rev", revision)))
+            >>> asyncio.run(main())
+            rev 1
+            True
         """
 
         async def send_value_to_server(
@@ -350,72 +704,160 @@ class SyncClient(Generic[S]):
             device_id: int,
             inform_server_revision: Callable[[int], None],
         ) -> Any:
-            if device_id != self._store.device_id:
-                raise ValueError(
-                    f"device_id {device_id} is not the store's {self._store.device_id}"
-                )
-            request_id = next(self._request_ids)
-            answer = await self._request(
-                request_id, Set(request_id, key, value, local_revision, device_id)
-            )
-            assert isinstance(answer, Ack)
-            inform_server_revision(answer.server_revision)
-            return answer.value
+            committed = await self._write(key, value, local_revision, device_id)
+            inform_server_revision(committed.server_revision)
+            return committed.value
 
         return send_value_to_server
+
+    async def send(self, key: str, value: Any, request: SyncRequest) -> Ack[Any]:
+        """Write ``value`` at wire ``key``; return the revision and value the server committed.
+
+        Raises:
+            ClientConnectionError: offline, or the connection dropped meanwhile.
+            RequestRefusedError: the server refused the write.
+            InvalidArgumentError: ``request.device_id`` is not the store's.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync import Store
+            >>> from optisync.client import SyncClient
+            >>> from optisync.server import SqliteStorage, SyncServer
+            >>> from optisync.transport import SyncRequest
+            >>> async def main() -> None:
+            ...     async with SyncServer(SqliteStorage(":memory:")).run(port=0) as url:
+            ...         async with SyncClient(Store({}, device_id=1), url) as client:
+            ...             await client.wait_online()
+            ...             print(await client.send("n", 5, SyncRequest("n", 1, 1)))
+            >>> asyncio.run(main())
+            Ack(server_revision=1, value=5)
+        """
+        committed = await self._write(key, value, request.local_revision, request.device_id)
+        return Ack(committed.server_revision, committed.value)
 
     async def get(self, key: str) -> tuple[Any, int]:
         """Read ``key`` from the server: its value and revision (``(None, -1)``: never written).
 
+        Raises:
+            ClientConnectionError: offline, or the connection dropped meanwhile.
+            RequestRefusedError: the server refused the read.
+
         Example:
+            >>> import asyncio
+            >>> from optisync import Store
             >>> from optisync.client import SyncClient
-            >>> SyncClient.get  # doctest: +ELLIPSIS
-            <function SyncClient.get at ...>
+            >>> from optisync.server import SqliteStorage, SyncServer
+            >>> async def main() -> None:
+            ...     async with SyncServer(SqliteStorage(":memory:")).run(port=0) as url:
+            ...         async with SyncClient(Store({}, device_id=1), url) as client:
+            ...             await client.wait_online()
+            ...             print(await client.get("never-written"))
+            >>> asyncio.run(main())
+            (None, -1)
         """
         request_id = next(self._request_ids)
         answer = await self._request(request_id, Get(request_id, key))
         assert isinstance(answer, Value)
         return answer.value, answer.server_revision
 
-    async def _request(self, request_id: int, message: Set | Get) -> Ack | Value:
+    async def _write(self, key: str, value: Any, local_revision: int, device_id: int) -> Committed:
+        if device_id != self._store.device_id:
+            raise InvalidArgumentError(
+                f"device_id {device_id} is not the store's ({self._store.device_id}): "
+                "send the device id the store passed to send_value_to_server"
+            )
+        request_id = next(self._request_ids)
+        answer = await self._request(
+            request_id, Set(request_id, key, value, local_revision, device_id)
+        )
+        assert isinstance(answer, Committed)
+        return answer
+
+    async def _request(self, request_id: int, message: Set | Get) -> Committed | Value:
         connection = self._connection
         if connection is None or not self._online:
-            raise ClientConnectionError("offline: the client is not connected")
-        future: asyncio.Future[Ack | Value] = asyncio.get_running_loop().create_future()
+            raise ClientConnectionError(
+                f"offline: the client is not connected to {self._url}; "
+                "retry once online (see wait_online())"
+            )
+        future: asyncio.Future[Committed | Value] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
             await connection.send(encode(message), text=True)
             self._traced("sent", message)
             return await future
         except ConnectionClosed as error:
-            raise ClientConnectionError("the connection dropped") from error
+            raise _dropped() from error
         finally:
             self._pending.pop(request_id, None)
 
     # -- the connection ----------------------------------------------------------------
 
     async def _run(self) -> None:
-        refusals = 0
         try:
-            # websockets' connect() iterator reconnects, with backoff when connecting fails.
-            async for connection in connect(self._url, max_size=16 * 1024 * 1024):
-                self._connection = connection
-                try:
-                    await self._session(connection)
-                except ConnectionClosed:
-                    pass
-                finally:
-                    reached = self._online
-                    self._drop()
-                if not self._reconnect:
-                    return
-                # Closed before its replay (the device id still held by a dead
-                # connection, say): the iterator would retry at once, so back off.
-                refusals = 0 if reached else refusals + 1
-                if refusals:
-                    await asyncio.sleep(min(0.05 * 2**refusals, 5.0))
+            await self._connect_and_serve()
         finally:
             self._drop()
+            self._stopped = True
+            self._ready.set()  # wakes wait_online(), which says why
+
+    async def _connect_and_serve(self) -> None:
+        delays: Iterator[float] | None = None
+        refusals = 0
+        while True:
+            try:
+                # A cancellation mid-handshake aborts the socket (websockets does).
+                connection = await connect(self._url, max_size=_MAX_FRAME)
+            except Exception as error:
+                self._connection_failed(error)
+                if not self._reconnect:
+                    return
+                delays = delays or backoff()
+                await asyncio.sleep(next(delays))
+                continue
+            delays = None
+            reached = await self._serve(connection)
+            if not self._reconnect:
+                return
+            # Closed before its replay (the device id still held by a dead
+            # connection, say): reconnecting at once would be refused again.
+            refusals = 0 if reached else refusals + 1
+            if refusals:
+                await asyncio.sleep(min(0.05 * 2**refusals, 5.0))
+
+    def _connection_failed(self, error: Exception) -> None:
+        self._last_error = error
+        if process_exception(error) is not None:  # websockets' judgement: retrying won't help
+            raise ServerRefusedError(
+                f"the server at {self._url} refused the connection: {error}; "
+                "check the URL (its path, ws:// or wss://) and create a new client"
+            ) from error
+        if self._warned:
+            logger.debug("still cannot reach %s: %s", self._url, error)
+            return
+        self._warned = True
+        logger.warning(
+            "cannot reach the server at %s: %s; retrying in the background "
+            "(client.last_error holds the latest failure)",
+            self._url,
+            error,
+        )
+
+    async def _serve(self, connection: ClientConnection) -> bool:
+        """Run one connection's session; whether it got online. The socket is closed on
+        every way out, cancellation included: a task cancelled at ``close()`` must not
+        leave the server waiting for a close frame that never comes."""
+        self._connection = connection
+        reached = False
+        try:
+            async with connection:
+                await self._session(connection)
+        except ConnectionClosed as error:
+            self._last_error = error
+        finally:
+            reached = self._online
+            self._drop()
+        return reached
 
     async def _session(self, connection: ClientConnection) -> None:
         hello = Hello(
@@ -429,8 +871,8 @@ class SyncClient(Generic[S]):
         async for frame in connection:
             try:
                 message = decode_server(frame)
-            except ProtocolError:
-                logger.warning("ignored a malformed message from the server")
+            except ProtocolError as error:
+                logger.warning("ignored a malformed message from the server: %s", error)
                 continue
             outcome = None
             try:
@@ -457,6 +899,8 @@ class SyncClient(Generic[S]):
         if isinstance(message, Welcome):
             self._welcome(message)
         elif isinstance(message, Ready):
+            self._last_error = None
+            self._warned = False
             self._set_online(True)
         elif isinstance(message, Error) and message.request_id is None:
             self._unnumbered_error(message)
@@ -477,40 +921,65 @@ class SyncClient(Generic[S]):
         if self._online and waiting:
             waiting[0].set_exception(RequestRefusedError(error.code, error.message))
         elif error.code in _FATAL:
-            raise ServerRefusedError(f"{error.code}: {error.message}")
+            raise ServerRefusedError(
+                f"the server at {self._url} refused this client for good: "
+                f"{error.code}: {error.message}; fix the token (or the client's "
+                "version) and create a new client"
+            )
         else:
+            self._last_error = ClientConnectionError(
+                f"the server refused the connection: {error.code}: {error.message}"
+            )
             logger.warning("server error: %s %s", error.code, error.message)
 
     def _welcome(self, welcome: Welcome) -> None:
         if welcome.reset:
-            self._cursor = 0
-            if self._on_reset is not None:
-                self._on_reset()
-        self._generation = welcome.generation
+            self._set_position(0, welcome.generation)
+            for listener in list(self._reset_listeners):
+                self._call(listener, "a reset listener")
+        else:
+            self._set_position(self._cursor, welcome.generation)
 
-    def _push(self, push: Push) -> PushOutcome:
+    def _push(self, push: Push) -> PushOutcome | None:
+        metadata = PushMetadata(
+            server_revision=push.server_revision,
+            local_revision=push.local_revision,
+            device_id=push.device_id,
+        )
+        outcome = None
+        if self._apply_value is not None:
+            outcome = self._apply_to_store(push, metadata, self._apply_value)
+        for listener in list(self._push_listeners):
+            self._call(listener, "a push listener", push.key, push.value, metadata)
+        self._set_position(max(self._cursor, push.server_revision), self._generation)
+        return outcome
+
+    def _apply_to_store(
+        self, push: Push, metadata: PushMetadata, apply_value: Callable[[S, str, Any, int], S]
+    ) -> PushOutcome:
         key: Hashable = push.key
-        outcome = self._store.server_push(
+        return self._store.server_push(
             key=key,
-            push_metadata=PushMetadata(
-                server_revision=push.server_revision,
-                local_revision=push.local_revision,
-                device_id=push.device_id,
-            ),
-            apply_server_push_to_state=lambda state, key, revision: self._apply_value(
+            push_metadata=metadata,
+            apply_server_push_to_state=lambda state, key, revision: apply_value(
                 state, push.key, push.value, revision
             ),
             get_server_revision_from_state=lambda key: self._get_revision(push.key),
         )
-        self._cursor = max(self._cursor, push.server_revision)
-        return outcome
+
+    def _set_position(self, cursor: int, generation: str) -> None:
+        if (cursor, generation) == (self._cursor, self._generation):
+            return
+        self._cursor, self._generation = cursor, generation
+        for listener in list(self._position_listeners):
+            self._call(listener, "a position listener", cursor, generation)
 
     def _drop(self) -> None:
         self._connection = None
         self._set_online(False)
         for future in self._pending.values():
             if not future.done():
-                future.set_exception(ClientConnectionError("the connection dropped"))
+                future.set_exception(_dropped())
 
     def _set_online(self, online: bool) -> None:
         if online == self._online:
@@ -518,7 +987,34 @@ class SyncClient(Generic[S]):
         self._online = online
         if online:
             self._ready.set()
-        else:
+        elif not self._stopped:
             self._ready.clear()
-        for listener in list(self._listeners):
-            listener(online)
+        for listener in list(self._status_listeners):
+            self._call(listener, "a status listener", online)
+
+    # -- listeners ---------------------------------------------------------------------
+
+    @staticmethod
+    def _subscribe(listeners: list[Any], listener: Any, what: str) -> Callable[[], None]:
+        _check_callable(listener, what)
+        listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):  # a second call does nothing
+                listeners.remove(listener)
+
+        return unsubscribe
+
+    @staticmethod
+    def _call(listener: Callable[..., object], what: str, *arguments: Any) -> None:
+        try:
+            listener(*arguments)
+        except Exception:
+            logger.exception("%s failed; the client goes on", what)
+
+
+def _dropped() -> ClientConnectionError:
+    return ClientConnectionError(
+        "the connection dropped while the request was in flight: it may or may not "
+        "have been committed; the replay after reconnecting tells"
+    )

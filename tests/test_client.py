@@ -16,7 +16,7 @@ from examples.live.network import Link
 from optisync import PushOutcome, Store
 from optisync.client import ClientConnectionError, RequestRefusedError, SyncClient, Traced
 from optisync.server import Change, Grant, SqliteStorage, SyncServer
-from optisync.server.protocol import Ack, Get, Hello, Push, Ready, Set, Value, Welcome
+from optisync.wire import Committed, Get, Hello, Push, Ready, Set, Value, Welcome
 
 State = dict[str, Any]
 
@@ -263,7 +263,7 @@ async def test_the_trace_sees_each_message_sent_and_received_in_order(
         ("received", Ready),
         ("sent", Set),
         ("received", Push),
-        ("received", Ack),
+        ("received", Committed),
         ("sent", Get),
         ("received", Value),
     ]

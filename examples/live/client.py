@@ -44,7 +44,7 @@ import attrs
 from optisync import Store, StoreClosedError
 from optisync.client import ClientConnectionError, RequestRefusedError, SyncClient, Traced
 from optisync.persistence import AttrsCodec, Persistence, open_sqlite
-from optisync.server.protocol import Push
+from optisync.wire import Push
 
 __all__ = ["LiveDevice", "LiveState", "StorageInUseError"]
 

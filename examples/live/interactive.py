@@ -22,7 +22,7 @@ from pathlib import Path
 from examples.live.client import LiveDevice
 from examples.live.timeline import describe, show
 from optisync.client import Traced
-from optisync.server.protocol import Hello
+from optisync.wire import Hello
 
 __all__ = ["run_client"]
 

@@ -19,7 +19,17 @@ from typing import Any, TextIO
 from examples.live.client import LiveDevice
 from optisync.client import Traced
 from optisync.server import Change
-from optisync.server.protocol import Ack, Error, Get, Hello, Push, Ready, Set, Value, canonical_json
+from optisync.server.protocol import (
+    Committed,
+    Error,
+    Get,
+    Hello,
+    Push,
+    Ready,
+    Set,
+    Value,
+    canonical_json,
+)
 
 __all__ = ["Narrator", "Timeline", "describe", "matches", "print_table", "show", "tap"]
 
@@ -42,7 +52,7 @@ def describe(event: Traced) -> str:
 
     Example:
         >>> from optisync.client import Traced
-        >>> from optisync.server.protocol import Set
+        >>> from optisync.wire import Set
         >>> from examples.live.timeline import describe
         >>> describe(Traced("sent", Set(request_id=1, key="like", value=True, local_revision=2)))
         '-> set like=true lr 2'
@@ -62,7 +72,7 @@ _LINES: dict[type, Callable[[Any], str]] = {
     Hello: lambda m: f"-> hello since {m.since}",
     Set: lambda m: f"-> set {m.key}={show(m.value)} lr {m.local_revision}",
     Get: lambda m: f"-> get {m.key} (reload)",
-    Ack: lambda m: f"<- ack {m.key} rev {m.server_revision}",
+    Committed: lambda m: f"<- ack {m.key} rev {m.server_revision}",
     Ready: lambda m: f"connected, rev {m.server_revision}",
     Value: lambda m: f"<- value {m.key}={show(m.value)} r{m.server_revision}",
     Error: lambda m: f"<- error {m.code}: {m.message}",
@@ -110,9 +120,9 @@ class Narrator:
         >>> import io
         >>> from examples.live.timeline import Narrator, Timeline
         >>> from optisync.client import Traced
-        >>> from optisync.server.protocol import Ack
+        >>> from optisync.wire import Committed
         >>> out = io.StringIO()
-        >>> ack = Ack(request_id=1, key="like", value=True, server_revision=4)
+        >>> ack = Committed(request_id=1, key="like", value=True, server_revision=4)
         >>> Narrator(Timeline(out, clock=lambda: 0.0), 2).trace(Traced("received", ack))
         >>> out.getvalue().split("|")[-1].strip()
         '<- ack like rev 4'

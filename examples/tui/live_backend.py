@@ -35,7 +35,7 @@ from optisync import Store
 from optisync.client import ClientConnectionError, RequestRefusedError, SyncClient, Traced
 from optisync.revisions import random_device_id
 from optisync.server import SqliteStorage, SyncServer
-from optisync.server.protocol import Push
+from optisync.wire import Push
 
 __all__ = ["LiveBackend"]
 

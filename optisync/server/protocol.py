@@ -1,11 +1,8 @@
-"""The wire protocol between an optisync server and its devices, version 1.
+"""The wire protocol, as the server uses it: :mod:`optisync.wire` plus what only a server needs.
 
-Every message is one WebSocket text frame holding one JSON object whose
-``"type"`` names it. Decoding is done by `msgspec`_ against the structs below
-(strict types, no unknown fields, bounds checked), so a malformed message
-raises :class:`ProtocolError` whose ``code`` the server sends back.
-
-.. _msgspec: https://jcristharif.com/msgspec/
+The messages, their codec and limits live in :mod:`optisync.wire` (below
+both the client and the server); this module re-exports them and adds
+:func:`canonical_json`, the one spelling the server stores values in.
 
 Example:
     >>> from optisync.server.protocol import Set, decode_client, encode
@@ -16,23 +13,44 @@ Example:
     >>> decode_client(b'{"type":"gte"}')
     Traceback (most recent call last):
     ...
-    optisync.server.protocol.ProtocolError: unknown_type: Invalid value 'gte' - at `$.type`
+    optisync.wire.ProtocolError: unknown_type: Invalid value 'gte' - at `$.type`
 """
 
 from __future__ import annotations
 
-import re
-from typing import Annotated, Any, Final, TypeAlias
+from typing import Any
 
 import msgspec
+
+from optisync.wire import (
+    MAX_KEY_CHARS,
+    MAX_NESTING,
+    MAX_SAFE_INT,
+    PROTOCOL_VERSION,
+    ClientMessage,
+    Committed,
+    Error,
+    Get,
+    Hello,
+    ProtocolError,
+    Push,
+    Ready,
+    ServerMessage,
+    Set,
+    Value,
+    Welcome,
+    decode_client,
+    decode_server,
+    encode,
+)
 
 __all__ = [
     "MAX_KEY_CHARS",
     "MAX_NESTING",
     "MAX_SAFE_INT",
     "PROTOCOL_VERSION",
-    "Ack",
     "ClientMessage",
+    "Committed",
     "Error",
     "Get",
     "Hello",
@@ -49,272 +67,6 @@ __all__ = [
     "encode",
 ]
 
-PROTOCOL_VERSION: Final = 1
-"""The protocol version a hello must name; a server refuses any other with ``bad_version``.
-
-Example:
-    >>> from optisync.server.protocol import PROTOCOL_VERSION
-    >>> PROTOCOL_VERSION
-    1
-"""
-MAX_SAFE_INT: Final = 2**53 - 1
-"""Ids and revisions stay below 2**53 so that JavaScript clients read them exactly.
-
-Example:
-    >>> from optisync.server.protocol import MAX_SAFE_INT
-    >>> MAX_SAFE_INT == 2**53 - 1
-    True
-"""
-MAX_NESTING: Final = 32
-"""The deepest a message may nest arrays and objects, its own object included.
-
-Explicit, so that every Python refuses the same messages: the decoder's own
-limit is the interpreter's (3.11 stops near 1,000 levels, 3.13 goes past 5,000).
-
-Example:
-    >>> from optisync.server.protocol import MAX_NESTING
-    >>> MAX_NESTING
-    32
-"""
-
-MAX_KEY_CHARS: Final = 200
-"""Longest key, in characters.
-
-Example:
-    >>> from optisync.server.protocol import MAX_KEY_CHARS
-    >>> MAX_KEY_CHARS
-    200
-"""
-
-_Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_SAFE_INT)]
-_Revision = Annotated[int, msgspec.Meta(ge=-1, le=MAX_SAFE_INT)]
-_DeviceId = Annotated[int, msgspec.Meta(ge=1, le=MAX_SAFE_INT)]
-# Printable, no outer spaces: the key shows up in logs and in authorization rules.
-_Key = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=MAX_KEY_CHARS, pattern=r"^[^\s\x00-\x1f](.*[^\s])?$")
-]
-_Text = Annotated[str, msgspec.Meta(max_length=4096)]
-
-
-class _Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="type"):
-    pass
-
-
-class Hello(_Message, tag="hello", frozen=True):
-    """Client to server, first on every connection.
-
-    ``since`` is the newest server revision the device has seen (0: none);
-    ``generation`` the server generation it saw it from (``""``: none). The
-    server answers with a :class:`Welcome`, replays every change after
-    ``since`` as :class:`Push` messages and then sends :class:`Ready`.
-
-    Example:
-        >>> from optisync.server.protocol import Hello, encode
-        >>> encode(Hello(device_id=7, since=0))
-        b'{"type":"hello","device_id":7,"since":0,"protocol":1,"token":null,"generation":""}'
-    """
-
-    device_id: _DeviceId
-    since: _Count
-    protocol: int = PROTOCOL_VERSION
-    token: _Text | None = None
-    generation: _Text = ""
-
-
-class Set(_Message, tag="set", frozen=True):
-    """Client to server: write ``value`` to ``key``; answered by :class:`Ack` or :class:`Error`.
-
-    ``device_id`` may be left out: the connection's device id (from the hello)
-    is used. A different one is refused with ``forbidden``.
-
-    Example:
-        >>> from optisync.server.protocol import Set
-        >>> Set(request_id=1, key="like", value=True, local_revision=1).key
-        'like'
-    """
-
-    request_id: _Count
-    key: _Key
-    value: Any
-    local_revision: _Count
-    device_id: int | None = None
-
-
-class Get(_Message, tag="get", frozen=True):
-    """Client to server: read one key; answered by :class:`Value`.
-
-    Example:
-        >>> from optisync.server.protocol import Get, encode
-        >>> encode(Get(request_id=3, key="like"))
-        b'{"type":"get","request_id":3,"key":"like"}'
-    """
-
-    request_id: _Count
-    key: _Key
-
-
-class Welcome(_Message, tag="welcome", frozen=True):
-    """Server to client, answering :class:`Hello`: who the server is and where it stands.
-
-    ``reset`` is true when the device's ``generation`` or ``since`` cannot come
-    from this database (a new database, or one restored from a backup): the
-    replay then starts at 0 and the device should reload its state.
-
-    Example:
-        >>> from optisync.server.protocol import Welcome
-        >>> Welcome(generation="g1", server_revision=4, reset=False).server_revision
-        4
-    """
-
-    generation: str
-    server_revision: int
-    reset: bool
-    protocol: int = PROTOCOL_VERSION
-
-
-class Ack(_Message, tag="ack", frozen=True):
-    """Server to writer: the :class:`Set` with ``request_id`` is committed at ``server_revision``.
-
-    Example:
-        >>> from optisync.server.protocol import Ack
-        >>> Ack(request_id=1, key="like", value=True, server_revision=4).server_revision
-        4
-    """
-
-    request_id: int
-    key: str
-    value: Any
-    server_revision: int
-
-
-class Push(_Message, tag="push", frozen=True):
-    """Server to every device allowed to read ``key`` (the writer too): a committed change.
-
-    Devices other than the writer receive ``device_id=0`` and
-    ``local_revision=0``: they only need to know the change is not theirs.
-
-    Example:
-        >>> from optisync.server.protocol import Push
-        >>> push = Push(key="a", value=1, server_revision=5, local_revision=2, device_id=9)
-        >>> push.device_id
-        9
-    """
-
-    key: str
-    value: Any
-    server_revision: int
-    local_revision: int
-    device_id: int
-
-
-class Ready(_Message, tag="ready", frozen=True):
-    """Server to client after the replay: everything up to ``server_revision`` was sent.
-
-    Example:
-        >>> from optisync.server.protocol import Ready, encode
-        >>> encode(Ready(server_revision=12))
-        b'{"type":"ready","server_revision":12}'
-    """
-
-    server_revision: int
-
-
-class Value(_Message, tag="value", frozen=True):
-    """Server to client, answering :class:`Get`: the value and revision (-1: never written).
-
-    Example:
-        >>> from optisync.server.protocol import Value
-        >>> Value(request_id=3, key="new", value=None, server_revision=-1).value is None
-        True
-    """
-
-    request_id: int
-    key: str
-    value: Any
-    server_revision: _Revision
-
-
-class Error(_Message, tag="error", frozen=True):
-    """Server to client: a message was refused and changed nothing.
-
-    Example:
-        >>> from optisync.server.protocol import Error, encode
-        >>> encode(Error(request_id=None, code="bad_json", message="not JSON"))
-        b'{"type":"error","request_id":null,"code":"bad_json","message":"not JSON"}'
-    """
-
-    request_id: int | None
-    code: str
-    message: str
-
-
-ClientMessage: TypeAlias = Hello | Set | Get
-"""A message a device sends: a hello, a write or a read.
-
-Example:
-    >>> from optisync.server.protocol import ClientMessage, Get
-    >>> Get in ClientMessage.__args__
-    True
-"""
-ServerMessage: TypeAlias = Welcome | Ack | Push | Ready | Value | Error
-"""A message the server sends: a welcome, an ack, a push, ready, a value or an error.
-
-Example:
-    >>> from optisync.server.protocol import Push, ServerMessage
-    >>> Push in ServerMessage.__args__
-    True
-"""
-
-
-class ProtocolError(ValueError):
-    """A message that breaks the protocol.
-
-    Attributes:
-        code: ``bad_json``, ``bad_message``, ``unknown_type``, ``missing_field``,
-            ``unknown_field``, ``bad_field`` or ``too_large``.
-        request_id: the message's ``request_id`` when it had a valid one.
-
-    Example:
-        >>> from optisync.server.protocol import ProtocolError, decode_client
-        >>> try:
-        ...     decode_client(b"{not json")
-        ... except ProtocolError as error:
-        ...     print(error.code)
-        bad_json
-    """
-
-    def __init__(self, code: str, detail: str, request_id: int | None = None) -> None:
-        super().__init__(f"{code}: {detail}")
-        self.code = code
-        self.detail = detail
-        self.request_id = request_id
-
-
-class _RequestId(msgspec.Struct):
-    request_id: _Count | None = None
-
-
-_client_decoder: Final = msgspec.json.Decoder(ClientMessage)
-_server_decoder: Final = msgspec.json.Decoder(ServerMessage)
-_id_decoder: Final = msgspec.json.Decoder(_RequestId)
-# Checks the syntax only: the text is skipped over, no value is built.
-_syntax_decoder: Final = msgspec.json.Decoder(msgspec.Raw)
-_encoder: Final = msgspec.json.Encoder()
-_LONE_SURROGATE: Final = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
-_STRING: Final = re.compile(rb'"(?:[^"\\]|\\.)*"')
-_BRACKET: Final = re.compile(rb"[\[\]{}]")
-
-
-def encode(message: ClientMessage | ServerMessage) -> bytes:
-    """The JSON of ``message`` (compact, ``"type"`` first), as UTF-8 bytes.
-
-    Example:
-        >>> from optisync.server.protocol import Ready, encode
-        >>> encode(Ready(server_revision=3))
-        b'{"type":"ready","server_revision":3}'
-    """
-    return _encoder.encode(message)
-
 
 def canonical_json(value: Any) -> bytes:
     """One spelling per JSON value (sorted keys, no spaces): how values are stored.
@@ -325,103 +77,3 @@ def canonical_json(value: Any) -> bytes:
         b'{"a":[true,null],"b":1}'
     """
     return msgspec.json.encode(value, order="sorted")
-
-
-def decode_client(data: bytes | str, *, max_bytes: int = 64 * 1024) -> ClientMessage:
-    """Decode and check one message a device sent.
-
-    Raises:
-        ProtocolError: the message breaks the protocol (or has more than ``max_bytes``).
-
-    Example:
-        >>> from optisync.server.protocol import decode_client
-        >>> decode_client('{"type":"hello","device_id":4,"since":0}').since
-        0
-    """
-    message: ClientMessage = _decode(_client_decoder, data, max_bytes)
-    return message
-
-
-def decode_server(data: bytes | str, *, max_bytes: int = 16 * 1024 * 1024) -> ServerMessage:
-    """Decode and check one message the server sent.
-
-    Example:
-        >>> from optisync.server.protocol import decode_server
-        >>> decode_server(b'{"type":"ready","server_revision":9}')
-        Ready(server_revision=9)
-    """
-    message: ServerMessage = _decode(_server_decoder, data, max_bytes)
-    return message
-
-
-def _decode(decoder: msgspec.json.Decoder[Any], data: bytes | str, max_bytes: int) -> Any:
-    # surrogatepass: a str holding a lone surrogate becomes bytes msgspec refuses.
-    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
-    if len(raw) > max_bytes:
-        raise ProtocolError(
-            "too_large", f"a message may hold at most {max_bytes} bytes", _request_id(raw)
-        )
-    if _too_deep(raw):
-        # No request id: reading it would parse the whole depth.
-        code = "bad_field" if raw.lstrip()[:1] == b"{" else "bad_message"
-        raise ProtocolError(code, f"arrays and objects may nest at most {MAX_NESTING} deep")
-    try:
-        return decoder.decode(raw)
-    except msgspec.ValidationError as error:
-        code, detail = _validation_code(str(error)), str(error)
-    except msgspec.DecodeError as error:
-        code, detail = "bad_json", str(error)
-        if _LONE_SURROGATE.search(raw):
-            # JSON allows "\ud800" but no UTF-8 text holds it. Read the message
-            # with each surrogate escape replaced: if that is JSON, the field is
-            # bad, not the JSON, and its request_id is readable.
-            readable = _LONE_SURROGATE.sub(rb"\\ufffd", raw)
-            if _is_json(readable):
-                code, detail = "bad_field", "strings may not hold a lone surrogate"
-                raw = readable
-    raise ProtocolError(code, detail, _request_id(raw)) from None
-
-
-def _too_deep(raw: bytes) -> bool:
-    """Whether the frame nests arrays and objects past MAX_NESTING (strings skipped)."""
-    if raw.count(b"[") + raw.count(b"{") <= MAX_NESTING:
-        return False  # most messages: too few brackets to be too deep
-    depth = 0
-    for bracket in _BRACKET.findall(_STRING.sub(b'""', raw)):
-        if bracket in (b"[", b"{"):
-            depth += 1
-            if depth > MAX_NESTING:
-                return True
-        else:
-            depth -= 1
-    return False
-
-
-def _validation_code(text: str) -> str:
-    if text.startswith("Object missing required field `type`"):
-        return "bad_message"
-    if "missing required field" in text:
-        return "missing_field"
-    if "unknown field" in text:
-        return "unknown_field"
-    if text.endswith("at `$.type`"):
-        return "unknown_type"
-    if text.startswith("Expected `object`"):
-        return "bad_message"
-    return "bad_field"
-
-
-def _request_id(raw: bytes) -> int | None:
-    """The message's top-level ``request_id`` if the JSON holds a valid one, else None."""
-    try:
-        return _id_decoder.decode(raw).request_id
-    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
-        return None
-
-
-def _is_json(raw: bytes) -> bool:
-    try:
-        _syntax_decoder.decode(raw)
-    except msgspec.DecodeError:
-        return False
-    return True

@@ -33,8 +33,8 @@ from websockets.typing import Origin
 from optisync.errors import OptisyncError
 from optisync.server.protocol import (
     PROTOCOL_VERSION,
-    Ack,
     ClientMessage,
+    Committed,
     Error,
     Get,
     Hello,
@@ -435,7 +435,7 @@ class SyncServer:
         value = msgspec.Raw(change.value)
         return Value(message.request_id, message.key, value, change.server_revision)
 
-    async def _set(self, peer: _Peer, message: Set) -> Ack | Error:
+    async def _set(self, peer: _Peer, message: Set) -> Committed | Error:
         request_id = message.request_id
         if message.device_id not in (None, peer.device_id):
             return Error(request_id, "forbidden", "device_id is not this connection's device")
@@ -456,7 +456,7 @@ class SyncServer:
             logger.exception("commit of %r failed", message.key)
             return Error(request_id, "unavailable", "the server could not commit; retry")
         logger.debug("%s set %r at %d", peer.grant.name, message.key, change.server_revision)
-        return Ack(request_id, message.key, msgspec.Raw(value), change.server_revision)
+        return Committed(request_id, message.key, msgspec.Raw(value), change.server_revision)
 
     # -- replay and pushes ---------------------------------------------------------
 

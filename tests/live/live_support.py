@@ -10,7 +10,7 @@ from examples.live.network import Link
 from optisync import PushOutcome
 from optisync.client import Traced
 from optisync.server import Change, SqliteStorage
-from optisync.server.protocol import Ack, Hello, Push, Ready, Value
+from optisync.wire import Committed, Hello, Push, Ready, Value
 
 
 class Recorder:
@@ -25,8 +25,8 @@ class Recorder:
         return [(e.message, e.outcome) for e in self.events if isinstance(e.message, Push)]
 
     @property
-    def acks(self) -> list[Ack]:
-        return [event.message for event in self.events if isinstance(event.message, Ack)]
+    def acks(self) -> list[Committed]:
+        return [event.message for event in self.events if isinstance(event.message, Committed)]
 
     @property
     def reloads(self) -> list[Value]:
