@@ -59,6 +59,7 @@ from optisync.errors import (
     StateError,
     TransportError,
 )
+from optisync.fields import serve
 from optisync.transport import Ack, PushListener, SyncRequest
 from optisync.wire import (
     ClientMessage,
@@ -291,6 +292,9 @@ class SyncClient(Generic[S]):
         self._pending: dict[int, asyncio.Future[Committed | Value]] = {}
         self._request_ids = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
+        if apply_value is None:
+            # The store's declared fields are sent by this client, and its pushes reach them.
+            serve(store, self)
 
     # -- what an app persists and watches ------------------------------------------
 

@@ -53,7 +53,7 @@ async def _run(url: str, storage: str, *, as_json: bool) -> None:
             if not line or line.strip() == "quit":
                 return
             try:
-                reply = await _command(store, device.caught_up, line.split(maxsplit=2))
+                reply = await _command(store, device.caught_up, line.strip().split(maxsplit=2))
             except (OptisyncError, ValueError) as error:
                 reply = f"error: {error}"
             await device.persistence.flush()  # the answer comes once the change is saved
