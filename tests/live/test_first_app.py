@@ -232,6 +232,10 @@ async def play(seed: int, tmp_path: Path) -> None:
                 await asyncio.sleep(2.0)  # the outage itself, not a synchronisation
                 await server.start()
             await tap(rng, devices, taps)
+        # A device's sync waits for its own writes and the server's head at that moment:
+        # once each has synced, the first one's second sync sees every write.
+        for device in devices:
+            await device.send("sync")
         states = [flatten(await device.send("sync")) for device in devices]
         for device in devices:
             await device.quit()
