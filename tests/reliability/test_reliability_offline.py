@@ -172,7 +172,7 @@ class ServedDevice(Device):
         self.unserve: Callable[[], None] | None = None
 
     def server_key(self, item: str) -> Hashable:
-        return wire_key(("liked", item))
+        return wire_key(ServedPhone.liked.key(item))
 
     def item(self, server_key: Hashable) -> str:
         name_and_item = store_key(str(server_key))
