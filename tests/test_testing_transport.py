@@ -116,6 +116,48 @@ def test_a_write_whose_response_is_lost_raises_but_is_committed_and_pushed() -> 
     testing.run(main())
 
 
+def test_send_on_a_disconnected_link_raises_a_transport_error_before_reaching_the_server() -> None:
+    async def main() -> None:
+        network = world()
+        link = network.device(1)
+        listening(link)
+        link.disconnect()
+        with pytest.raises(SimulatedRequestError, match="device 1 is offline") as raised:
+            await link.send("k", "v", request(1))
+        assert isinstance(raised.value, ConnectionError)
+        assert not raised.value.committed
+        assert network.server.revision == 0
+        assert network.requests_sent(1, "k") == 0
+        link.connect(lambda commit: None)
+        assert await link.send("k", "v", request(2)) == Ack(1, "v")
+
+    testing.run(main())
+
+
+def test_send_while_a_dropped_link_is_down_raises_and_works_again_after_the_reconnect() -> None:
+    async def main() -> None:
+        network = world(NetworkFaults(reconnect_delay=(1.0, 1.0)))
+        link = network.device(1)
+        listening(link)
+        link.drop()
+        with pytest.raises(SimulatedRequestError, match="offline"):
+            await link.send("k", "v", request(1))
+        await network.settle()
+        assert link.online
+        assert await link.send("k", "v", request(2)) == Ack(1, "v")
+
+    testing.run(main())
+
+
+def test_a_link_never_connected_sends_as_write_does() -> None:
+    async def main() -> None:
+        link = world().device(1)
+        assert not link.online
+        assert await link.send("k", "v", request(1)) == Ack(1, "v")
+
+    testing.run(main())
+
+
 # -- get ----------------------------------------------------------------------
 
 

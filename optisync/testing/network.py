@@ -889,10 +889,15 @@ class DeviceLink:
         The ``Ack`` holds the commit's server revision
         and the value the server stores. Raises :class:`SimulatedRequestError`
         (a ``ConnectionError``) when the network loses the write, before or
-        after the commit, as :meth:`write` does;
-        :class:`~optisync.InvalidArgumentError` if ``request.device_id`` is
-        not the link's, :class:`~optisync.ArgumentTypeError` for a key that is
-        not a ``str``, and :class:`~optisync.ClosedError` on a closed link.
+        after the commit, as :meth:`write` does, and when the link is
+        offline: connected once, and not :attr:`online` now (after
+        :meth:`disconnect`, or a drop until the reconnect). Such a write never
+        reaches the server, as with a real transport that cannot reach it. A
+        link never connected sends as :meth:`write` does (a device that only
+        makes requests). It raises :class:`~optisync.InvalidArgumentError` if
+        ``request.device_id`` is not the link's,
+        :class:`~optisync.ArgumentTypeError` for a key that is not a ``str``,
+        and :class:`~optisync.ClosedError` on a closed link.
 
         Example:
             >>> from optisync import testing
@@ -912,6 +917,11 @@ class DeviceLink:
             raise InvalidArgumentError(
                 f"the request's device id {request.device_id!r} is not its link's "
                 f"({self.device_id})"
+            )
+        self._check_open()
+        if self._ever_connected and not self._connected:
+            raise SimulatedRequestError(
+                f"device {self.device_id} is offline: the write of {key!r} was not sent"
             )
         commit = await self.write(key, value, local_revision=request.local_revision)
         return Ack(commit.server_revision, commit.value)

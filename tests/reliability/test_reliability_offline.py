@@ -2,29 +2,37 @@
 persistence: every device converges to the server, and no tap that last write wins says
 must win is lost.
 
+Two wirings of the same declared field run the same scenarios: ``sender``, a ``@liked.sender``
+that writes through ``DeviceLink.write`` and pushes fed by ``link.connect``; and ``served``, a
+field with no sender and no push handler, served by the device's link with
+``optisync.fields.serve`` (the transport contract), whose outbox follows ``link.online``.
+
 A device's last tap on a key must win unless a push from another device was applied on
 that device after it (the seed's rule: the push is the newer word). So, for each device
 and key, either the server committed that device's last value after the tap, or the
 device applied a push for the key after the tap.
 
-The count is OPTISYNC_SCENARIOS / 5 (default 100).
+The count is OPTISYNC_SCENARIOS / 5 (default 100) for each wiring.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Hashable
+from typing import Any
 
 import attrs
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sim_harness import scenario_count
 
-from optisync import PushOutcome, Store, testing
-from optisync.fields import SyncedMapWithPush, SyncRequest
+from optisync import PushMetadata, PushOutcome, Store, testing
+from optisync.fields import SyncedMapWithPush, SyncRequest, serve
 from optisync.outbox import Backoff, Outbox
 from optisync.persistence import JsonCodec, Persistence, Snapshot
 from optisync.testing import Commit, DeviceLink, NetworkFaults, SimulatedNetwork, SimulatedServer
+from optisync.transport import store_key, wire_key
 
 KEYS = ("post", "photo")
 BACKOFF = Backoff(initial=0.05, maximum=1.0, jitter=0.0)
@@ -53,11 +61,16 @@ class LastTap:
     overridden_by_push: bool = False
 
 
+def liked_of(state: dict[str, bool], item: str) -> bool:
+    return state.get(item, False)
+
+
+def with_liked(state: dict[str, bool], item: str, liked: bool) -> dict[str, bool]:
+    return {**state, item: liked}
+
+
 class Phone(Store[dict[str, bool]]):
-    liked = SyncedMapWithPush[dict[str, bool], str, bool](
-        lambda state, item: state.get(item, False),
-        lambda state, item, liked: {**state, item: liked},
-    )
+    liked = SyncedMapWithPush[dict[str, bool], str, bool](liked_of, with_liked)
 
     def __init__(self, device: Device, state: dict[str, bool], device_id: int) -> None:
         super().__init__(state, device_id=device_id)
@@ -76,30 +89,50 @@ class Phone(Store[dict[str, bool]]):
         if self.liked.push(str(commit.key), bool(commit.value), commit.push_metadata) is (
             PushOutcome.APPLIED
         ):
-            tap = self.device.last_taps.get(str(commit.key))
-            if tap is not None and commit.device_id != self.device_id:
-                tap.overridden_by_push = True
+            self.device.pushed_by_another(str(commit.key), commit.device_id)
+
+
+class ServedPhone(Store[dict[str, bool]]):
+    """The same field with no sender and no push handler: ``serve`` gives it the link."""
+
+    liked = SyncedMapWithPush[dict[str, bool], str, bool](liked_of, with_liked)
 
 
 class Device:
+    """A device with a ``@liked.sender`` and ``link.connect``: the store key is the server's."""
+
     def __init__(self, link: DeviceLink) -> None:
         self.link = link
         self.online = True
         self.storage = MemoryStorage()
         self.last_taps: dict[str, LastTap] = {}
         self.saved: Persistence[dict[str, bool]] | None = None
-        self.store: Phone | None = None
+        self.store: Phone | ServedPhone | None = None
         self.outbox: Outbox | None = None
+
+    def server_key(self, item: str) -> Hashable:
+        """The key the server holds ``item`` at."""
+        return item
+
+    def item(self, server_key: Hashable) -> str:
+        """The item of a key the server holds: the inverse of :meth:`server_key`."""
+        return str(server_key)
+
+    def pushed_by_another(self, item: str, device_id: int) -> None:
+        """A push was applied to ``item``: it overrides the last tap if another device made it."""
+        tap = self.last_taps.get(item)
+        if tap is not None and device_id != self.link.device_id:
+            tap.overridden_by_push = True
 
     async def start(self) -> None:
         self.saved = saved = await Persistence.open(
             self.storage, JsonCodec(), initial={}, new_device_id=lambda: self.link.device_id
         )
-        self.store = Phone(self, saved.state, saved.device_id)
-        self.outbox = Outbox(self.store, backoff=BACKOFF)
-        saved.attach(self.store)
+        self.store = store = Phone(self, saved.state, saved.device_id)
+        self.outbox = Outbox(store, backoff=BACKOFF)
+        saved.attach(store)
         if self.online:
-            self.link.connect(self.store.on_push, since=0)
+            self.link.connect(store.on_push, since=0)
 
     async def stop(self) -> None:
         assert self.store is not None
@@ -120,10 +153,77 @@ class Device:
             return
         self.online = online
         if online:
+            assert isinstance(self.store, Phone)
             self.link.connect(self.store.on_push, since=0)
         else:
             self.link.disconnect()
         self.outbox.set_reachable(online)
+
+
+def _ignore(commit: Commit) -> None:
+    """The link's own handler: a served store gets its pushes through subscribe_pushes."""
+
+
+class ServedDevice(Device):
+    """A device whose store is served by its link: wire keys, and the outbox follows the link."""
+
+    def __init__(self, link: DeviceLink) -> None:
+        super().__init__(link)
+        self.unserve: Callable[[], None] | None = None
+
+    def server_key(self, item: str) -> Hashable:
+        return wire_key(ServedPhone.liked.key(item))
+
+    def item(self, server_key: Hashable) -> str:
+        name_and_item = store_key(str(server_key))
+        assert isinstance(name_and_item, tuple)
+        return str(name_and_item[1])
+
+    async def start(self) -> None:
+        self.saved = saved = await Persistence.open(
+            self.storage, JsonCodec(), initial={}, new_device_id=lambda: self.link.device_id
+        )
+        self.store = store = ServedPhone(saved.state, device_id=saved.device_id)
+        self.outbox = Outbox(store, backoff=BACKOFF)
+        # The listeners around serve's see each push before and after the field took it:
+        # its revision moved iff the push was applied (another device's is never an echo).
+        seen_before: dict[str, int] = {}
+
+        def before(wire: str, value: Any, metadata: PushMetadata) -> None:
+            seen_before[wire] = store.liked.server_revision(self.item(wire))
+
+        def after(wire: str, value: Any, metadata: PushMetadata) -> None:
+            item = self.item(wire)
+            if store.liked.server_revision(item) > seen_before.pop(wire):
+                self.pushed_by_another(item, metadata.device_id)
+
+        stops = [self.link.subscribe_pushes(before), serve(store, self.link)]
+        stops.append(self.link.subscribe_pushes(after))
+
+        def unserve() -> None:
+            for stop in stops:
+                stop()
+
+        self.unserve = unserve
+        saved.attach(store)  # served first: the restored outbox is resent through the link
+        if self.online:
+            # Pushes the link took while no store listened (the restart) replay from 0;
+            # those the restored state has seen are stale.
+            self.link.connect(_ignore, since=0)
+
+    async def stop(self) -> None:
+        assert self.unserve is not None
+        self.unserve()  # first: a push for the closed store would close the link
+        await super().stop()
+
+    def set_online(self, online: bool) -> None:
+        if online == self.online:
+            return
+        self.online = online
+        if online:
+            self.link.connect(_ignore, since=0)
+        else:
+            self.link.disconnect()  # the outbox follows link.online
 
 
 @attrs.frozen
@@ -156,6 +256,7 @@ class Scenario:
     devices: int
     faults: NetworkFaults
     script: tuple[Action, ...]
+    served: bool = False  # the stores are served by their links (ServedDevice)
 
 
 async def play(
@@ -164,7 +265,8 @@ async def play(
     server = SimulatedServer()
     on_server(server)
     network = SimulatedNetwork(server, faults=scenario.faults, seed=scenario.seed)
-    devices = [Device(network.device(n)) for n in range(1, scenario.devices + 1)]
+    wiring = ServedDevice if scenario.served else Device
+    devices = [wiring(network.device(n)) for n in range(1, scenario.devices + 1)]
     for device in devices:
         await device.start()
     for action in scenario.script:
@@ -194,14 +296,14 @@ async def play(
 
 def check(server: SimulatedServer, devices: list[Device]) -> list[str]:
     problems = []
-    expected: dict[Hashable, object] = {key: server.value(key) for key in server.keys()}  # noqa: SIM118
     for device in devices:
         assert device.store is not None
+        expected = {device.item(key): server.value(key) for key in server.keys()}  # noqa: SIM118
         if device.store.state != expected:
             problems.append(f"device {device.link.device_id}: {device.store.state} != {expected}")
         for key, tap in device.last_taps.items():
             delivered = any(
-                commit.key == key
+                commit.key == device.server_key(key)
                 and commit.device_id == device.link.device_id
                 and commit.value == tap.value
                 and commit.server_revision > tap.server_revision_then
@@ -228,7 +330,7 @@ faults = st.builds(
 
 
 @st.composite
-def scenarios(draw: st.DrawFn) -> Scenario:
+def scenarios(draw: st.DrawFn, *, served: bool) -> Scenario:
     devices = draw(st.integers(2, 4))
     device = st.integers(1, devices)
     action: st.SearchStrategy[Action] = st.one_of(
@@ -244,6 +346,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         devices=devices,
         faults=draw(faults),
         script=tuple(draw(st.lists(action, min_size=length, max_size=length))),
+        served=served,
     )
 
 
@@ -253,10 +356,12 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-@given(scenario=scenarios())
+@given(data=st.data())
+@pytest.mark.parametrize("served", [False, True], ids=["sender", "served"])
 def test_offline_devices_converge_and_keep_every_last_tap_that_must_win(
-    scenario: Scenario,
+    served: bool, data: st.DataObject
 ) -> None:
+    scenario = data.draw(scenarios(served=served), label="scenario")
     problems = testing.run(play(scenario))
     assert not problems, "\n".join(problems)
 
