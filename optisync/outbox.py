@@ -188,7 +188,15 @@ class Outbox:
         # A served store's outbox knows what its transport knows: no attempt
         # while offline, every waiting key at once when it is back.
         self.set_reachable(transport.online)
-        transport.subscribe_status(self.set_reachable)
+        stop: Callable[[], None] | None = None
+
+        def follow(online: bool) -> None:
+            if self.store.is_closed and stop is not None:
+                stop()  # a transport that outlives the store (a simulator's link) forgets us
+                return
+            self.set_reachable(online)
+
+        stop = transport.subscribe_status(follow)
 
     # -- what the fields call ----------------------------------------------------
 

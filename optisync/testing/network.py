@@ -267,6 +267,8 @@ class SimulatedNetwork:
         self.seed = seed
         self._rng = random.Random(seed)
         self._links: dict[int, DeviceLink] = {}
+        # What each link lets the network do to it (pushes, losses): its half of the wire.
+        self._ends: dict[int, _LinkSide] = {}
         self._pending: dict[asyncio.TimerHandle, None] = {}
         self._requests: dict[tuple[int, Hashable], int] = {}
         self._in_flight: dict[tuple[int, Hashable], int] = {}
@@ -291,7 +293,16 @@ class SimulatedNetwork:
             raise InvalidArgumentError(f"device {device_id} already has a link")
         low, high = self.faults.push_latency
         own = sorted((self._rng.uniform(low, high), self._rng.uniform(low, high)))
-        link = DeviceLink(self, device_id, (own[0], own[1]))
+        wire = _NetworkSide(
+            trace=self._trace,
+            later=self._later,
+            delay=self._delay,
+            write=self._write,
+            read=self._read,
+            send_push=self._send_push,
+            register=self._ends.__setitem__,
+        )
+        link = DeviceLink(self, device_id, (own[0], own[1]), wire)
         self._links[device_id] = link
         return link
 
@@ -423,16 +434,13 @@ class SimulatedNetwork:
             f"not settled after {max_time}s: {len(running)} task(s) running, "
             f"{len(self._pending)} delivery(ies) pending"
         )
-        failing = [
-            link
-            for link in self._links.values()
-            if link._failing is not None and not link.is_closed
-        ]
-        for link in failing:
-            message += (
-                f"; device {link.device_id}'s push handler keeps failing "
-                f"({len(link.push_errors)} error(s), last: {link._failing})"
-            )
+        for link in self._links.values():
+            failing = self._ends[link.device_id].failing()
+            if failing is not None and not link.is_closed:
+                message += (
+                    f"; device {link.device_id}'s push handler keeps failing "
+                    f"({len(link.push_errors)} error(s), last: {failing})"
+                )
         if running:
             message += f"; tasks: {running!r}"
         return message
@@ -519,13 +527,14 @@ class SimulatedNetwork:
                 self._send_push(link, commit, may_drop=True)
 
     def _send_push(self, link: DeviceLink, commit: Commit, *, may_drop: bool) -> None:
-        generation = link._generation
+        end = self._ends[link.device_id]
+        generation = end.generation()
         if may_drop and self._chance(self.faults.drop_push):
-            self._later(self._delay(link.push_latency), link._lose, commit, generation)
+            self._later(self._delay(link.push_latency), end.lose, commit, generation)
             return
-        self._later(self._delay(link.push_latency), link._deliver, commit, generation)
+        self._later(self._delay(link.push_latency), end.deliver, commit, generation)
         if self._chance(self.faults.duplicate_push):
-            self._later(self._delay(link.push_latency), link._deliver, commit, generation)
+            self._later(self._delay(link.push_latency), end.deliver, commit, generation)
 
     async def _write(
         self, link: DeviceLink, key: Hashable, value: object, local_revision: int
@@ -593,9 +602,14 @@ class DeviceLink:
     """
 
     def __init__(
-        self, network: SimulatedNetwork, device_id: int, push_latency: tuple[float, float]
+        self,
+        network: SimulatedNetwork,
+        device_id: int,
+        push_latency: tuple[float, float],
+        wire: _NetworkSide,
     ) -> None:
         self.network = network
+        self._wire = wire
         self._device_id = device_id
         #: This device's push latency range, drawn from ``NetworkFaults.push_latency``.
         self.push_latency = push_latency
@@ -617,6 +631,15 @@ class DeviceLink:
         self._writes: set[asyncio.Future[None]] = set()
         # caught_up's waiters, woken whenever known_revision moves or the link closes.
         self._progress: list[asyncio.Future[None]] = []
+        wire.connect_link(
+            _LinkSide(
+                generation=lambda: self._generation,
+                failing=lambda: self._failing,
+                lose=self._lose,
+                deliver=self._deliver,
+            ),
+            device_id,
+        )
 
     @property
     def device_id(self) -> int:
@@ -780,7 +803,7 @@ class DeviceLink:
         """
         if not self._closed:
             self._closed = True
-            self.network._trace("close", self.device_id)
+            self._wire.trace("close", self.device_id)
             self._wake_caught_up()  # they raise ClosedError
         self.disconnect()
 
@@ -805,11 +828,11 @@ class DeviceLink:
         """
         if not self._connected:
             return
-        self.network._trace("drop", self.device_id)
+        self._wire.trace("drop", self.device_id)
         self._cut()
         generation = self._generation
-        self.network._later(
-            self.network._delay(self.network.faults.reconnect_delay), self._reconnect, generation
+        self._wire.later(
+            self._wire.delay(self.network.faults.reconnect_delay), self._reconnect, generation
         )
         self._notify_status()
 
@@ -830,7 +853,7 @@ class DeviceLink:
         finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._writes.add(finished)
         try:
-            return await self.network._write(self, key, value, local_revision)
+            return await self._wire.write(self, key, value, local_revision)
         finally:
             self._writes.discard(finished)
             finished.set_result(None)
@@ -849,7 +872,7 @@ class DeviceLink:
             >>> testing.run(main())
             None
         """
-        return await self.network._read(self, key)
+        return await self._wire.read(self, key)
 
     def send_value(self, key: Hashable) -> SendValue:
         """A ``send_value_to_server`` for ``key``: writes, informs the revision, returns the commit.
@@ -1113,9 +1136,9 @@ class DeviceLink:
         was_online = self._connected
         self._connected = True
         self._generation += 1
-        self.network._trace(kind, self.device_id, self._cursor)
+        self._wire.trace(kind, self.device_id, self._cursor)
         for commit in self.network.server.commits_after(self._cursor):
-            self.network._send_push(self, commit, may_drop=False)
+            self._wire.send_push(self, commit, may_drop=False)
         if not was_online:
             self._notify_status()
 
@@ -1160,7 +1183,7 @@ class DeviceLink:
 
     def _lose(self, commit: Commit, generation: int) -> None:
         if generation == self._generation and self._connected:
-            self.network._trace("push_lost", self.device_id, commit.server_revision)
+            self._wire.trace("push_lost", self.device_id, commit.server_revision)
             self.drop()
 
     def _deliver(self, commit: Commit, generation: int) -> None:
@@ -1173,7 +1196,7 @@ class DeviceLink:
             # The error as text: traces of two runs of one seed compare equal.
             failure = f"{type(error).__name__}: {error}"
             self._failing = failure
-            self.network._trace("push_error", self.device_id, (commit.server_revision, failure))
+            self._wire.trace("push_error", self.device_id, (commit.server_revision, failure))
             if isinstance(error, StoreClosedError):
                 self.close()  # the store is gone: replaying would fail forever
             else:
@@ -1182,7 +1205,7 @@ class DeviceLink:
         self._failing = None
         if self._closed:
             return  # the handler closed the link (attach's closed store): not received
-        self.network._trace("push", self.device_id, (commit.key, commit.server_revision))
+        self._wire.trace("push", self.device_id, (commit.key, commit.server_revision))
         if commit.server_revision > self._cursor:
             self._delivered.add(commit.server_revision)
             while self._cursor + 1 in self._delivered:
@@ -1199,3 +1222,34 @@ def _report(message: str, error: Exception) -> None:
         logger.error(message, exc_info=error)
         return
     loop.call_exception_handler({"message": message, "exception": error})
+
+
+# -- the two halves of the wire between a network and its links ---------------------
+# Each side hands the other the few operations it needs, so neither reaches into
+# the other's private members.
+
+
+@attrs.frozen
+class _LinkSide:
+    """What the network does to one link: deliver or lose a push, read its state."""
+
+    generation: Callable[[], int]
+    failing: Callable[[], str | None]
+    lose: Callable[[Commit, int], None]
+    deliver: Callable[[Commit, int], None]
+
+
+@attrs.frozen
+class _NetworkSide:
+    """What a link asks of its network: timers, traces, requests and replays."""
+
+    trace: Callable[..., None]
+    later: Callable[..., None]
+    delay: Callable[[tuple[float, float]], float]
+    write: Callable[[DeviceLink, Hashable, object, int], Awaitable[Commit]]
+    read: Callable[[DeviceLink, Hashable], Awaitable[Commit | None]]
+    send_push: Callable[..., None]
+    register: Callable[[int, _LinkSide], None]
+
+    def connect_link(self, end: _LinkSide, device_id: int) -> None:
+        self.register(device_id, end)
