@@ -178,7 +178,6 @@ class LiveDevice:
         self.store.subscribe(lambda state: self.wake())
         self.store.subscribe_sync_status(lambda key: self.wake())
         self.client.subscribe_status(lambda online: self.wake())
-        self.client.subscribe_position(lambda cursor, generation: self.wake())
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -196,14 +195,22 @@ class LiveDevice:
             optisync.device.StorageInUseError: another device has ``storage`` open.
         """
         store_class = functools.partial(LiveStore, on_error=on_error)
-        codec = AttrsCodec(LiveState)
+        opened: list[LiveDevice] = []
+
+        def traced(event: Traced) -> None:
+            if trace is not None:
+                trace(event)
+            for device in opened:
+                device.wake()  # a condition may read what the message told
+
         initial = LiveState()
-        async with open_device(store_class, url, storage, codec, initial, trace=trace) as opened:
-            device = cls(opened)
+        codec = AttrsCodec(LiveState)
+        async with open_device(store_class, url, storage, codec, initial, trace=traced) as parts:
+            opened.append(cls(parts))
             try:
-                yield device
+                yield opened[0]
             finally:
-                device.wake()
+                opened[0].wake()
 
     # -- what the app reads ---------------------------------------------------------
 
@@ -242,7 +249,7 @@ class LiveDevice:
         return frozenset(item for key, item in field.items() if key in self.outbox.pending_keys())
 
     async def wait_until(self, condition: Callable[[], bool]) -> None:
-        """Wait until ``condition()`` holds; checked after every change, push and drop."""
+        """Wait until ``condition()`` holds; checked after every change, message and drop."""
         while not condition():
             if self.store.is_closed:
                 raise StoreClosedError("the device closed while waiting")
