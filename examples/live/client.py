@@ -153,8 +153,8 @@ class NotABooleanError(TypeError):
 
     Example:
         >>> from examples.live.client import NotABooleanError
-        >>> str(NotABooleanError("color holds \\"red\\", not a boolean: set it instead"))
-        'color holds "red", not a boolean: set it instead'
+        >>> str(NotABooleanError("color is not a boolean: set it instead"))
+        'color is not a boolean: set it instead'
     """
 
 
@@ -245,8 +245,8 @@ class LiveDevice:
     @property
     def unconfirmed_items(self) -> frozenset[str]:
         """Items whose latest change the server has not acknowledged yet (in the outbox)."""
-        field = self.store.values
-        return frozenset(item for key, item in field.items() if key in self.outbox.pending_keys())
+        pending = self.outbox.pending_keys()
+        return frozenset(item for key, item in self.store.values.items() if key in pending)
 
     async def wait_until(self, condition: Callable[[], bool]) -> None:
         """Wait until ``condition()`` holds; checked after every change, message and drop."""
