@@ -48,7 +48,7 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
-from optisync.client import SyncClient
+from optisync.client import SyncClient, Traced
 from optisync.errors import StateError
 from optisync.outbox import Backoff, Outbox
 from optisync.persistence import Codec, Persistence, open_sqlite
@@ -122,6 +122,7 @@ async def open_device(
     *,
     token: str | None = None,
     backoff: Backoff | None = None,
+    trace: Callable[[Traced], object] | None = None,
 ) -> AsyncIterator[Device[StoreT]]:
     """Open the device saved at ``path`` (or a new one), connected to the server at ``url``.
 
@@ -141,6 +142,8 @@ async def open_device(
         initial: the state of a new device.
         token: the server's token, if it needs one.
         backoff: the outbox's waits between attempts while the server is unreachable.
+        trace: the client's ``trace``: every protocol message sent and received
+            (a timeline, a debug log; see :class:`~optisync.client.Traced`).
 
     Raises:
         StorageInUseError: another open device holds ``path``.
@@ -157,7 +160,7 @@ async def open_device(
             store = store_class(saved.state, device_id=saved.device_id)
             async with store:
                 outbox = Outbox(store, backoff=backoff)
-                client: SyncClient[Any] = SyncClient(store, url, token=token)
+                client: SyncClient[Any] = SyncClient(store, url, token=token, trace=trace)
                 saved.attach(store)  # restores the client's position before it starts
                 async with client:
                     yield Device(store, client, outbox, saved)

@@ -4,8 +4,9 @@ Run the demo with ``python -m examples.live``; see ``docs/live.md``.
 
 Modules:
 
-* :mod:`examples.live.client`: :class:`~examples.live.client.LiveDevice`, a
-  device on :mod:`optisync.client` and :mod:`optisync.persistence`;
+* :mod:`examples.live.client`: :class:`~examples.live.client.LiveStore` (one
+  declared field) and :class:`~examples.live.client.LiveDevice`, a thin
+  wrapper over :func:`optisync.device.open_device`;
 * :mod:`examples.live.network`: a link the demo can cut;
 * :mod:`examples.live.timeline`: the demo's columns and final table;
 * :mod:`examples.live.demo`: the five scenes on :mod:`optisync.server`;

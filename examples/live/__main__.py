@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from examples.live import demo, interactive
-from examples.live.client import StorageInUseError
 from examples.live.two_servers import DSN_VARIABLE
+from optisync.device import StorageInUseError
 
 
 def main(argv: list[str] | None = None) -> int:

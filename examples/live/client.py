@@ -1,280 +1,216 @@
-"""A device of the live demo: a :class:`~optisync.Store` on the library's client and persistence.
+"""A device of the live demo: one declared field, opened with :func:`optisync.device.open_device`.
 
-:class:`LiveDevice` is three library parts and a little glue:
+The library does the work: the field ``values`` of :class:`LiveStore` is sent
+and fed with pushes by :class:`optisync.client.SyncClient`, and a refused
+write reloads its item (the field's ``on_refused="reload"``); the
+:class:`~optisync.outbox.Outbox` keeps a change made offline and sends it
+once the server is back; :mod:`optisync.persistence` saves the state, the
+revisions, the unsent changes and the replay position, and the storage file
+is locked while it is open.
 
-* a ``Store[LiveState]``: each item's value and the server revision it came with;
-* :class:`optisync.client.SyncClient`: connects, reconnects, says hello with the
-  cursor, feeds the replay and every push to ``server_push``, sends each change;
-* :mod:`optisync.persistence`: the state (cursor included) and the device id in
-  an SQLite file, saved in one transaction per change.
-
-The glue: a failed request reloads its item from the server (at once, or as
-soon as the device is online again) unless the user changed it since; and a
-storage file is locked while a device has it open.
+:class:`LiveDevice` adds what the demo and its tests read: item-level
+helpers, a way to wait for a condition, and the outcome of each push for the
+timeline.
 
 Example:
-    >>> import asyncio
+    >>> import asyncio, tempfile
+    >>> from pathlib import Path
     >>> from examples.live.client import LiveDevice
     >>> from optisync.server import SqliteStorage, SyncServer
+    >>> folder = Path(tempfile.mkdtemp())
     >>> async def main() -> None:
     ...     async with SyncServer(SqliteStorage(":memory:")).run(port=0) as url:
-    ...         phone, laptop = await LiveDevice.open(url), await LiveDevice.open(url)
-    ...         async with phone, laptop:
-    ...             await phone.wait_online()
-    ...             await laptop.wait_online()
+    ...         async with (
+    ...             LiveDevice.open(url, folder / "phone.sqlite3") as phone,
+    ...             LiveDevice.open(url, folder / "laptop.sqlite3") as laptop,
+    ...         ):
     ...             await phone.toggle("like")
-    ...             await laptop.wait_until(lambda: laptop.state.value("like") is True)
-    ...             print(phone.state.values, laptop.state.revisions)
+    ...             await laptop.wait_until(lambda: laptop.value("like") is True)
+    ...             print(phone.values, laptop.revision("like"))
     >>> asyncio.run(main())
-    {'like': True} {'like': 1}
+    {'like': True} 1
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
-from collections.abc import Awaitable, Callable, Mapping
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any, TypeVar
 
 import attrs
 
-from optisync import Store, StoreClosedError
-from optisync.client import ClientConnectionError, RequestRefusedError, SyncClient, Traced
-from optisync.persistence import AttrsCodec, Persistence, open_sqlite
-from optisync.wire import Push
+from optisync import PushMetadata, PushOutcome, Store, StoreClosedError
+from optisync.client import Traced
+from optisync.device import Device, open_device
+from optisync.fields import SyncedMapWithPush
+from optisync.persistence import AttrsCodec
+from optisync.transport import store_key, wire_key
 
-__all__ = ["LiveDevice", "LiveState", "StorageInUseError"]
+__all__ = ["LiveDevice", "LiveState", "LiveStore", "NotABooleanError", "item_of", "wire_of"]
+
+K = TypeVar("K")
 
 
 @attrs.frozen
 class LiveState:
-    """A device's state: item values, their server revisions, and the replay cursor.
-
-    ``reload`` lists the items whose value the server may not have when the
-    device closed; they are reloaded after a restart.
+    """A device's state: each item's value (a JSON value).
 
     Example:
         >>> from examples.live.client import LiveState
-        >>> state = LiveState().with_value("like", True)
-        >>> state.value("like"), state.revisions
-        (True, {})
-        >>> state.with_server_value("like", False, 3).revisions
-        {'like': 3}
+        >>> LiveState({"like": True}).values["like"]
+        True
     """
 
     values: Mapping[str, Any] = attrs.field(factory=dict)
-    revisions: Mapping[str, int] = attrs.field(factory=dict)
-    cursor: int = 0
-    generation: str = ""
-    reload: tuple[str, ...] = ()
-
-    def value(self, item: str, default: Any = None) -> Any:
-        """The value of ``item`` (``default`` if it has none).
-
-        Example:
-            >>> from examples.live.client import LiveState
-            >>> LiveState({"like": True}).value("like"), LiveState().value("like", False)
-            (True, False)
-        """
-        return self.values.get(item, default)
-
-    def with_value(self, item: str, value: Any) -> LiveState:
-        """This state with ``item`` set to ``value`` (an optimistic change).
-
-        Example:
-            >>> from examples.live.client import LiveState
-            >>> LiveState().with_value("color", "red").values
-            {'color': 'red'}
-        """
-        return attrs.evolve(self, values={**self.values, item: value})
-
-    def with_server_value(self, item: str, value: Any, revision: int) -> LiveState:
-        """This state with the server's ``value`` of ``item`` at ``revision`` (-1: no value).
-
-        Example:
-            >>> from examples.live.client import LiveState
-            >>> LiveState().with_server_value("color", "red", 4).values
-            {'color': 'red'}
-            >>> LiveState({"color": "red"}).with_server_value("color", None, -1).values
-            {}
-        """
-        values = {**self.values, item: value}
-        if revision == -1:
-            del values[item]
-        return attrs.evolve(self, values=values, revisions={**self.revisions, item: revision})
 
 
-class StorageInUseError(RuntimeError):
-    """Another device (in this process or another) has the storage file open.
+class LiveStore(Store[LiveState]):
+    """The store of a device: one field, ``values``, synced with the server that pushes.
+
+    Args:
+        state: the restored state.
+        device_id: the restored device id.
+        on_error: gets the errors of syncs nobody awaits, and failed reloads.
 
     Example:
-        >>> from examples.live.client import StorageInUseError
-        >>> str(StorageInUseError("phone.sqlite3 is in use"))
-        'phone.sqlite3 is in use'
+        >>> from examples.live.client import LiveState, LiveStore
+        >>> LiveStore(LiveState({"color": "red"}), device_id=1).values["color"]
+        'red'
     """
 
+    values = SyncedMapWithPush[LiveState, str, Any](
+        lambda state, item: state.values.get(item),
+        lambda state, item, value: LiveState({**state.values, item: value}),
+    )
 
-def _lock(path: Path) -> int:
-    """Lock ``PATH.lock`` without waiting; the lock lasts until the descriptor closes.
-
-    Two devices on one file would share a device id: each would take the
-    other's changes for echoes of its own, and the server refuses the second
-    connection anyway. The lock says so before anything starts.
-    """
-    descriptor = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    if sys.platform == "win32":  # no flock(); the server's device-id check remains
-        return descriptor
-    import fcntl
-
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(descriptor)
-        raise StorageInUseError(
-            f"{path} is in use by another device: give each one its own file"
-        ) from None
-    return descriptor
-
-
-class _LiveStore(Store[LiveState]):
     def __init__(
-        self, state: LiveState, device_id: int, on_error: Callable[[BaseException], object]
-    ):
+        self,
+        state: LiveState,
+        *,
+        device_id: int,
+        on_error: Callable[[BaseException], object] | None = None,
+    ) -> None:
         super().__init__(state, device_id=device_id)
-        self._report = on_error
+        self.report_error = on_error
+        #: What the newest push of each key did; the client's trace does not tell
+        #: it when the client serves declared fields (read by the timeline).
+        self.push_outcomes: dict[Hashable, PushOutcome] = {}
 
     def on_error(self, error: BaseException) -> None:
-        self._report(error)
+        """Hand ``error`` to ``on_error`` (the store logs it without one)."""
+        if self.report_error is None:
+            super().on_error(error)
+        else:
+            self.report_error(error)
+
+    def server_push(
+        self,
+        *,
+        key: K,
+        push_metadata: PushMetadata,
+        apply_server_push_to_state: Callable[[LiveState, K, int], LiveState | None],
+        get_server_revision_from_state: Callable[[K], int],
+    ) -> PushOutcome:
+        """Apply a push as :class:`~optisync.Store` does, and remember its outcome."""
+        outcome = super().server_push(
+            key=key,
+            push_metadata=push_metadata,
+            apply_server_push_to_state=apply_server_push_to_state,
+            get_server_revision_from_state=get_server_revision_from_state,
+        )
+        self.push_outcomes[key] = outcome
+        return outcome
 
 
-def _apply_value(state: LiveState, item: str, value: Any, revision: int) -> LiveState:
-    return state.with_server_value(item, value, revision)
+def wire_of(item: str) -> str:
+    """The key the server keeps ``item`` under (what the database shows).
+
+    Example:
+        >>> from examples.live.client import wire_of
+        >>> wire_of("like"), wire_of("a b")
+        ('values/like', 'values/a%20b')
+    """
+    return wire_key(LiveStore.values.key(item))
+
+
+def item_of(wire: str) -> str | None:
+    """The item a server key holds (None: a key of no item of ``values``).
+
+    Example:
+        >>> from examples.live.client import item_of
+        >>> item_of("values/a%20b"), item_of("theme")
+        ('a b', None)
+    """
+    found, item = LiveStore.values.item_of(store_key(wire))
+    return item if found and isinstance(item, str) else None
+
+
+class NotABooleanError(TypeError):
+    """:meth:`LiveDevice.toggle` of an item that holds something other than a boolean.
+
+    Example:
+        >>> from examples.live.client import NotABooleanError
+        >>> str(NotABooleanError("color is not a boolean: set it instead"))
+        'color is not a boolean: set it instead'
+    """
 
 
 class LiveDevice:
-    """One device: its store, its :class:`~optisync.client.SyncClient`, its saved file.
+    """One device: its :class:`LiveStore` and the parts :func:`~optisync.device.open_device` made.
 
-    Make one with :meth:`open`; ``async with`` starts it and closes it.
+    Open one with :meth:`open` (``async with``).
 
-    Args:
-        url: the server (``ws://host:port``).
-        saved: what :mod:`optisync.persistence` restored.
-        lock: the descriptor of the storage file's lock, released at close.
-        trace: gets every protocol message sent and received (a timeline).
-        on_error: gets the errors of taps nobody awaits, and failed reloads.
+    Attributes:
+        store: the store.
+        client: its :class:`~optisync.client.SyncClient`.
+        outbox: its :class:`~optisync.outbox.Outbox`.
     """
 
-    def __init__(
-        self,
-        url: str,
-        saved: Persistence[LiveState],
-        *,
-        lock: int | None = None,
-        trace: Callable[[Traced], object] | None = None,
-        on_error: Callable[[BaseException], object] = lambda error: None,
-    ) -> None:
-        self.url = url
-        self._saved = saved
-        self._lock = lock
-        self._trace = trace
-        self._on_error = on_error
-        self.store = _LiveStore(saved.state, saved.device_id, on_error)
-        saved.attach(self.store)
-        self.client = SyncClient(
-            self.store,
-            url,
-            apply_value=_apply_value,
-            get_server_revision_from_state=self._revision,
-            cursor=saved.state.cursor,
-            generation=saved.state.generation,
-            trace=self._traced,
-        )
-        # Items to reload, with the local revision they had when their sync failed.
-        # (A restored item was not tapped in this run: its mark is the store's base.)
-        self._reload: dict[str, int] = {
-            item: self.store.local_revision(item) for item in saved.state.reload
-        }
-        self._tasks: set[asyncio.Task[None]] = set()
+    def __init__(self, device: Device[LiveStore]) -> None:
+        self.device = device
+        self.store = device.store
+        self.client = device.client
+        self.outbox = device.outbox
         self._waiters: set[asyncio.Future[None]] = set()
-        self.store.subscribe(lambda state: self._pulse())
-        self.store.subscribe_sync_status(lambda key: self._pulse())
-        self.client.subscribe_status(self._status_changed)
+        self.store.subscribe(lambda state: self.wake())
+        self.store.subscribe_sync_status(lambda key: self.wake())
+        self.client.subscribe_status(lambda online: self.wake())
 
     @classmethod
+    @contextlib.asynccontextmanager
     async def open(
         cls,
         url: str,
-        storage: Path | None = None,
+        storage: Path,
         *,
-        initial: LiveState | None = None,
         trace: Callable[[Traced], object] | None = None,
-        on_error: Callable[[BaseException], object] = lambda error: None,
-    ) -> Self:
-        """Restore a device from ``storage`` (None: kept in memory only) and build it.
-
-        ``initial`` is the state of a new storage file.
+        on_error: Callable[[BaseException], object] | None = None,
+    ) -> AsyncIterator[LiveDevice]:
+        """Open the device saved in ``storage`` (made if missing), connected to ``url``.
 
         Raises:
-            StorageInUseError: another device has ``storage`` open.
-
-        Example:
-            >>> import asyncio
-            >>> from examples.live.client import LiveDevice
-            >>> async def main() -> None:
-            ...     device = await LiveDevice.open("ws://127.0.0.1:9")
-            ...     print(device.online, device.state.values)
-            ...     await device.close()
-            >>> asyncio.run(main())
-            False {}
+            optisync.device.StorageInUseError: another device has ``storage`` open.
         """
-        lock = None if storage is None else _lock(storage)
-        try:
-            saved = await open_sqlite(
-                ":memory:" if storage is None else storage,
-                AttrsCodec(LiveState),
-                initial=initial or LiveState(),
-            )
-        except BaseException:
-            if lock is not None:
-                os.close(lock)
-            raise
-        return cls(url, saved, lock=lock, trace=trace, on_error=on_error)
+        store_class = functools.partial(LiveStore, on_error=on_error)
+        opened: list[LiveDevice] = []
 
-    # -- life cycle ---------------------------------------------------------------
+        def traced(event: Traced) -> None:
+            if trace is not None:
+                trace(event)
+            for device in opened:
+                device.wake()  # a condition may read what the message told
 
-    def start(self) -> None:
-        """Start connecting (``async with`` does it)."""
-        self.client.start()
-
-    async def close(self) -> None:
-        """Disconnect, save (with the items to reload after a restart), release the file."""
-        await self.client.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if not self.store.is_closed:
-            self.store.emit(attrs.evolve(self.state, reload=tuple(sorted(self._reload))))
-            await self.store.close()
-        await self._saved.close()
-        self._pulse()
-        lock, self._lock = self._lock, None
-        if lock is not None:
-            os.close(lock)  # releases the flock
-
-    async def __aenter__(self) -> Self:
-        self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+        initial = LiveState()
+        codec = AttrsCodec(LiveState)
+        async with open_device(store_class, url, storage, codec, initial, trace=traced) as parts:
+            opened.append(cls(parts))
+            try:
+                yield opened[0]
+            finally:
+                opened[0].wake()
 
     # -- what the app reads ---------------------------------------------------------
 
@@ -282,6 +218,19 @@ class LiveDevice:
     def state(self) -> LiveState:
         """The store's state."""
         return self.store.state
+
+    @property
+    def values(self) -> Mapping[str, Any]:
+        """Every item's value, as the device shows it."""
+        return self.store.state.values
+
+    def value(self, item: str) -> Any:
+        """The value shown for ``item`` (None: it has none)."""
+        return self.values.get(item)
+
+    def revision(self, item: str) -> int:
+        """The newest server revision the device knows for ``item`` (-1: none)."""
+        return self.store.values.server_revision(item)
 
     @property
     def device_id(self) -> int:
@@ -295,13 +244,9 @@ class LiveDevice:
 
     @property
     def unconfirmed_items(self) -> frozenset[str]:
-        """Items showing a value the server may not have: syncing, or due for a reload."""
-        syncing = {item for item in self.state.values if self.store.is_syncing(item)}
-        return frozenset(syncing | self._reload.keys())
-
-    async def wait_online(self) -> None:
-        """Wait until the device is connected and caught up."""
-        await self.client.wait_online()
+        """Items whose latest change the server has not acknowledged yet (in the outbox)."""
+        pending = self.outbox.pending_keys()
+        return frozenset(item for key, item in self.store.values.items() if key in pending)
 
     async def wait_until(self, condition: Callable[[], bool]) -> None:
         """Wait until ``condition()`` holds; checked after every change, message and drop."""
@@ -318,111 +263,23 @@ class LiveDevice:
     # -- what the app does -----------------------------------------------------------
 
     def set_value(self, item: str, value: Any) -> Awaitable[None]:
-        """Show ``value`` for ``item`` at once and sync it (``optimistic_sync_with_push``).
-
-        The call that starts a request returns an awaitable that raises its
-        error; a call made while a request is in flight is coalesced.
-        """
-        send = self.client.sender(item)
-
-        async def send_value(
-            value: Any, local_revision: int, device_id: int, inform: Callable[[int], None]
-        ) -> tuple[Any, int]:
-            learnt = -1
-
-            def learn(revision: int) -> None:
-                nonlocal learnt
-                learnt = revision
-                inform(revision)
-
-            stored = await send(value, local_revision, device_id, learn)
-            return stored, learnt
-
-        async def on_finish(error: BaseException | None) -> None:
-            if error is not None:
-                self._schedule_reload(item)
-
-        return self.store.optimistic_sync_with_push(
-            key=item,
-            value_to_apply=lambda: value,
-            apply_optimistic_value_to_state=lambda state, value: state.with_value(item, value),
-            get_value_from_state=lambda state: state.value(item),
-            send_value_to_server=send_value,
-            get_server_revision_from_state=self._revision,
-            apply_server_response_to_state=lambda state, ack: state.with_server_value(item, *ack),
-            on_finish=on_finish,
-        )
+        """Show ``value`` for ``item`` at once and sync it (a tap while one is in flight
+        is coalesced; offline, the outbox keeps it)."""
+        return self.store.values.set(item, value)
 
     def toggle(self, item: str) -> Awaitable[None]:
-        """Flip a boolean item (absent counts as False): the like button."""
-        return self.set_value(item, not self.state.value(item))
+        """Flip a boolean item (absent counts as False): the like button.
 
-    # -- the glue ----------------------------------------------------------------------
+        Raises:
+            NotABooleanError: the item holds something else.
+        """
+        value = self.value(item)
+        if value is not None and not isinstance(value, bool):
+            raise NotABooleanError(f"{item} is not a boolean: set it instead")
+        return self.set_value(item, not value)
 
-    def _revision(self, item: Any) -> int:
-        revision: int = self.state.revisions.get(item, -1)
-        return revision
-
-    def _traced(self, event: Traced) -> None:
-        message = event.message
-        if event.direction == "received" and isinstance(message, Push):
-            self._remember(message)
-        if self._trace is not None:
-            self._trace(event)
-        self._pulse()
-
-    def _remember(self, push: Push) -> None:
-        # The cursor goes into the state, so it is saved with the values it covers;
-        # so does a revision learnt from a self-echo, which no value carries.
-        # A replay from an older cursor (a rewound one) never moves the saved one back.
-        state, key = self.state, push.key
-        revision = max(self._revision(key), self.store.server_revision(key))
-        cursor, generation = max(state.cursor, self.client.cursor), self.client.generation
-        if (state.cursor, state.generation, self._revision(key)) != (cursor, generation, revision):
-            revisions = {**state.revisions, key: revision}
-            self.store.emit(
-                attrs.evolve(state, cursor=cursor, generation=generation, revisions=revisions)
-            )
-
-    def _status_changed(self, online: bool) -> None:
-        if online:
-            for item in self._reload:
-                self._start_reload(item)
-        self._pulse()
-
-    def _schedule_reload(self, item: str) -> None:
-        self._reload[item] = self.store.local_revision(item)
-        if self.client.online:
-            self._start_reload(item)
-        self._pulse()
-
-    def _start_reload(self, item: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._reload_item(item))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _reload_item(self, item: str) -> None:
-        marked = self._reload.get(item)
-        if marked is None:
-            return  # reloaded already
-        try:
-            value, revision = await self.client.get(item)
-        except ClientConnectionError:
-            return  # asked again once online
-        except RequestRefusedError as error:
-            self._reload.pop(item, None)
-            self._on_error(error)
-            return
-        if self._reload.get(item) != marked:
-            return  # another failure since: its own reload applies
-        del self._reload[item]
-        tapped_since = self.store.is_syncing(item) or self.store.local_revision(item) != marked
-        known = max(self._revision(item), self.store.server_revision(item))
-        if not tapped_since and revision >= known and not self.store.is_closed:
-            self.store.emit(self.state.with_server_value(item, value, revision))
-        self._pulse()
-
-    def _pulse(self) -> None:
+    def wake(self) -> None:
+        """Make every :meth:`wait_until` check its condition again (done on every change)."""
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)

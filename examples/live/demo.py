@@ -3,7 +3,7 @@
 ``python -m examples.live`` runs :func:`run_demo`. Everything is real: an
 :class:`optisync.server.SyncServer` on :class:`~optisync.server.SqliteStorage`
 (127.0.0.1, a port the OS picks), two :class:`~examples.live.client.LiveDevice`
-on :class:`optisync.client.SyncClient`, SQLite files in a temporary folder.
+opened with :func:`optisync.device.open_device`, SQLite files in a temporary folder.
 Only two things are staged: a :class:`Valve` in the server's storage holds
 commits so that the timeline reads the same on every run, and each device
 reaches the server through a :class:`~examples.live.network.Link` the script
@@ -33,7 +33,7 @@ from typing import TextIO
 from websockets.asyncio.server import ServerConnection
 
 from examples.live import two_servers
-from examples.live.client import LiveDevice
+from examples.live.client import LiveDevice, item_of, wire_of
 from examples.live.network import Link
 from examples.live.timeline import Narrator, Timeline, matches, print_table, show, tap
 from optisync.server import Change, SqliteStorage, SyncServer
@@ -233,7 +233,8 @@ def converged(device: LiveDevice, database: Mapping[str, Change]) -> bool:
         >>> callable(converged)
         True
     """
-    items = set(database).union(device.state.values)
+    items = {item for key in database if (item := item_of(key)) is not None}
+    items.update(device.values)
     return (
         device.online
         and not device.unconfirmed_items
@@ -266,48 +267,56 @@ class _Script:
         self.folder = folder
         self.timeline = Timeline(out)
         self.stage = Stage(folder / "server.sqlite3", say=self.server_says)
+        self.open_devices: dict[str, contextlib.AsyncExitStack] = {}
 
     def server_says(self, text: str) -> None:
         self.timeline.add(0, text)
 
-    async def device(self, column: int, name: str, link: Link) -> tuple[LiveDevice, Narrator]:
-        narrator = Narrator(self.timeline, column)
-        device = await LiveDevice.open(
-            link.url,
-            self.folder / f"device-{name}.sqlite3",
-            trace=narrator.trace,
-            on_error=narrator.error,
+    async def device(self, name: str, narrator: Narrator, link: Link) -> LiveDevice:
+        """Open device ``name`` from its file; it starts connecting at once."""
+        running = self.open_devices[name] = contextlib.AsyncExitStack()
+        device = await running.enter_async_context(
+            LiveDevice.open(
+                link.url,
+                self.folder / f"device-{name}.sqlite3",
+                trace=narrator.trace,
+                on_error=narrator.error,
+            )
         )
         narrator.watch(device)
-        return device, narrator
+        return device
+
+    async def close(self, name: str) -> None:
+        await self.open_devices.pop(name).aclose()
 
     async def play(self) -> bool:
         server = await self.stage.start()
-        self.out.write(f"Server on 127.0.0.1:{self.stage.port}; SQLite files in {self.folder}\n\n")
+        self.out.write(f"Server on 127.0.0.1:{self.stage.port}; SQLite files in {self.folder}\n")
+        self.out.write("Devices name items (like); the server keeps item X as values/X.\n\n")
         self.timeline.header(["server", "device A", "device B"])
+        say_a, say_b = Narrator(self.timeline, 1), Narrator(self.timeline, 2)
         async with self.stage.link() as link_a, self.stage.link() as link_b:
-            a, say_a = await self.device(1, "A", link_a)
-            b, say_b = await self.device(2, "B", link_b)
-            devices = [a, b]
+            devices: list[LiveDevice] = []
             finished = False
             try:
                 self.timeline.step("Both devices connect")
-                a.start()
-                b.start()
-                await a.wait_online()
-                await b.wait_online()
+                devices += [await self.device("A", say_a, link_a)]
+                devices += [await self.device("B", say_b, link_b)]
+                a, b = devices
+                await a.client.wait_online()
+                await b.client.wait_online()
                 await self.coalesced_taps(a, say_a, b)
                 await self.conflicting_writes(a, say_a, b, say_b)
                 await self.dropped_connection(server, a, say_a, b, say_b, link_a)
                 await self.server_restart(a, b, say_b, link_a, link_b)
-                devices[1] = await self.device_restart(a, say_a, b, say_b)
+                devices[1] = await self.device_restart(a, say_a, b, say_b, link_b)
                 finished = True
             except TimeoutError:
                 self.out.write(f"\nA step did not converge within {STEP_TIMEOUT:g} s.\n")
             finally:
                 self.timeline.step("Both devices close")
-                for device in devices:
-                    await device.close()
+                for name in list(self.open_devices):
+                    await self.close(name)
                 await self.stage.stop()
         database = await read_database(self.stage.path)
         return print_table(self.out, ["device A", "device B"], devices, database) and finished
@@ -352,14 +361,15 @@ class _Script:
         lost = tap(a, say_a, "like")
         await self.stage.before.wait_held(1)
         link_a.down()
-        with contextlib.suppress(ConnectionError):
-            await lost
-        say_a.say("request failed: connection lost")
+        await a.wait_until(lambda: not a.online)
+        say_a.say("request lost: like stays in the outbox")
         self.server_says("(A's set commits after A left)")
         self.stage.before.open()
         await tap(b, say_b, "like")
         await server.wait_connections(1)  # the server has let A's old connection go
         link_a.up()
+        await lost  # the replay told A its write was committed: nothing to resend
+        say_a.say("replay has it: like not resent")
         await wait_converged([a, b], self.stage.database)
 
     async def server_restart(
@@ -369,40 +379,38 @@ class _Script:
         self.stage.after.close()
         green = tap(b, say_b, "color", "green")
         await self.stage.after.wait_held(1)
-        revision = self.stage.database["color"].server_revision
+        revision = self.stage.database[wire_of("color")].server_revision
         # Both devices have the push; only B's ack is held.
         await a.wait_until(lambda: a.client.cursor >= revision)
         await b.wait_until(lambda: b.client.cursor >= revision)
         self.server_says("stops before the ack")
         link_a.down()
         link_b.down()
-        with contextlib.suppress(ConnectionError):
-            await green
-        say_b.say("request failed: connection lost")
+        await b.wait_until(lambda: not b.online)
+        say_b.say("request lost: color stays in the outbox")
         self.stage.after.open()
         await self.stage.stop()
         await self.stage.start()
         self.server_says(f"restarted on port {self.stage.port}")
         link_a.up()
         link_b.up()
+        await green  # B's own push had told it the write was committed
+        say_b.say("color already pushed: not resent")
         await wait_converged([a, b], self.stage.database)
 
     async def device_restart(
-        self, a: LiveDevice, say_a: Narrator, b: LiveDevice, say_b: Narrator
+        self, a: LiveDevice, say_a: Narrator, b: LiveDevice, say_b: Narrator, link_b: Link
     ) -> LiveDevice:
         self.timeline.step("5. B restarts from its file while A sets color")
-        url = b.url
-        await b.close()
-        say_b.say(f"closed (saved cursor {b.state.cursor})")
+        cursor = b.client.cursor
+        await self.close("B")
+        say_b.say(f"closed (saved cursor {cursor})")
         await tap(a, say_a, "color", "yellow")
-        restarted = await LiveDevice.open(
-            url, self.folder / "device-B.sqlite3", trace=say_b.trace, on_error=say_b.error
-        )
-        say_b.watch(restarted)
-        state = restarted.state
-        say_b.say(f"restored color={show(state.value('color'))} cursor {state.cursor}")
         await self.stage.server.wait_connections(1)  # B's old connection is gone: its id is free
-        restarted.start()
+        restarted = await self.device("B", say_b, link_b)
+        say_b.say(
+            f"restored color={show(restarted.value('color'))} cursor {restarted.client.cursor}"
+        )
         await wait_converged([a, restarted], self.stage.database)
         return restarted
 

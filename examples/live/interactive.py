@@ -7,7 +7,8 @@ Run a server in one terminal and a device in each of two others::
     python -m examples.live --client ws://127.0.0.1:8765 --storage laptop.sqlite3
 
 A device reads commands on its standard input: ``toggle ITEM``, ``set ITEM
-JSON``, ``show``, ``quit``. End of input quits.
+VALUE`` (the rest of the line, no quotes: ``42``, ``true`` and other JSON
+are read as such, anything else as text), ``show``, ``quit``. End of input quits.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import json
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
-from examples.live.client import LiveDevice
+from examples.live.client import LiveDevice, NotABooleanError
 from examples.live.timeline import describe, show
 from optisync.client import Traced
 from optisync.wire import Hello
@@ -27,7 +29,7 @@ from optisync.wire import Hello
 __all__ = ["run_client"]
 
 _PATIENCE = 3.0  # seconds to wait for the first connection, and for syncs at the end
-_HELP = "commands: toggle ITEM | set ITEM JSON | show | quit"
+_HELP = "commands: toggle ITEM | set ITEM VALUE (e.g. set color dark red) | show | quit"
 
 
 def _print_traffic(event: Traced) -> None:
@@ -46,53 +48,59 @@ async def run_client(url: str, storage: Path) -> None:
     """Run one device against ``url``, driven by commands on standard input.
 
     Raises:
-        StorageInUseError: another device has ``storage`` open.
+        optisync.device.StorageInUseError: another device has ``storage`` open.
     """
     lines: asyncio.Queue[str | None] = asyncio.Queue()
     loop = asyncio.get_running_loop()
-    device = await LiveDevice.open(
-        url,
-        storage,
-        trace=_print_traffic,
-        on_error=lambda error: print(f"failed: {type(error).__name__}: {error}"),
-    )
     quitting = False
-    device.client.subscribe_status(
-        lambda online: online or quitting or print("disconnected; retrying")
-    )
-    async with device:
+
+    def on_status(online: bool) -> None:
+        if not (online or quitting):
+            print("disconnected; retrying")
+
+    def on_error(error: BaseException) -> None:
+        print(f"failed: {type(error).__name__}: {error}")
+
+    async with LiveDevice.open(url, storage, trace=_print_traffic, on_error=on_error) as device:
+        device.client.subscribe_status(on_status)
         # Only once the storage file is ours (it may be refused as in use).
         threading.Thread(target=_read_lines, args=(loop, lines), daemon=True).start()
         print(f"device {device.device_id} ({storage}) -> {url}; {_HELP}")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_PATIENCE):
-                await device.wait_online()
+                await device.client.wait_online()
         while (line := await lines.get()) is not None:
             words = line.split(maxsplit=2)
             if words and words[0] == "quit":
                 break
             if words:
                 _run_command(device, words[0], words[1:])
-        # Give the syncs in flight a moment to land before closing cancels them.
+        # Give the syncs in flight a moment to land; what is left stays in the outbox,
+        # saved, and is sent on the next start.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_PATIENCE):
                 await device.wait_until(lambda: not device.unconfirmed_items)
         quitting = True  # the disconnect that closing makes is not news
 
 
+def _value(text: str) -> Any:
+    """``42``, ``true``, ``"quoted"`` and other JSON as such; any other text as a string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def _run_command(device: LiveDevice, command: str, arguments: list[str]) -> None:
     if command == "toggle" and len(arguments) == 1:
-        device.toggle(arguments[0])
-    elif command == "set" and len(arguments) == 2:
         try:
-            value = json.loads(arguments[1])
-        except ValueError:
-            print("the value must be JSON, e.g. 42, true or '\"red\"'")
-            return
-        device.set_value(arguments[0], value)
+            device.toggle(arguments[0])
+        except NotABooleanError as error:
+            print(error)
+    elif command == "set" and len(arguments) == 2:
+        device.set_value(arguments[0], _value(arguments[1].strip()))
     elif command == "show":
-        for item, value in sorted(device.state.values.items()):
-            revision = device.state.revisions.get(item, -1)
-            print(f"  {item} = {show(value)} (revision {revision})")
+        for item, value in sorted(device.values.items()):
+            print(f"  {item} = {show(value)} (revision {device.revision(item)})")
     else:
         print(_HELP)

@@ -16,7 +16,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TextIO
 
-from examples.live.client import LiveDevice
+from examples.live.client import LiveDevice, item_of, wire_of
+from optisync import PushOutcome
 from optisync.client import Traced
 from optisync.server import Change
 from optisync.server.protocol import (
@@ -30,6 +31,7 @@ from optisync.server.protocol import (
     Value,
     canonical_json,
 )
+from optisync.transport import store_key
 
 __all__ = ["Narrator", "Timeline", "describe", "matches", "print_table", "show", "tap"]
 
@@ -47,34 +49,42 @@ def show(value: Any) -> str:
     return "-" if value is None else canonical_json(value).decode()
 
 
-def describe(event: Traced) -> str:
+def describe(event: Traced, outcome: PushOutcome | None = None) -> str:
     """One protocol message as a line (``""`` for the welcome: the ready line says the rest).
+
+    A device's messages are about items: the line names the item
+    (``like``), not the key the server keeps it under (``values/like``).
 
     Example:
         >>> from optisync.client import Traced
         >>> from optisync.wire import Set
         >>> from examples.live.timeline import describe
-        >>> describe(Traced("sent", Set(request_id=1, key="like", value=True, local_revision=2)))
+        >>> sent = Set(request_id=1, key="values/like", value=True, local_revision=2)
+        >>> describe(Traced("sent", sent))
         '-> set like=true lr 2'
     """
     message = event.message
     if isinstance(message, Push):
         whose = " mine" if message.device_id else ""
-        verdict = event.outcome.value if event.outcome else "?"
+        verdict = f": {outcome.value}" if outcome else ""
         revision = message.server_revision
-        return f"<- push {message.key}={show(message.value)} r{revision}{whose}: {verdict}"
+        return f"<- push {_item(message.key)}={show(message.value)} r{revision}{whose}{verdict}"
     line = _LINES.get(type(message))
     return "" if line is None else line(message)
+
+
+def _item(key: str) -> str:
+    return item_of(key) or key
 
 
 # Each message but the push (which has an outcome too) and the welcome, as a line.
 _LINES: dict[type, Callable[[Any], str]] = {
     Hello: lambda m: f"-> hello since {m.since}",
-    Set: lambda m: f"-> set {m.key}={show(m.value)} lr {m.local_revision}",
-    Get: lambda m: f"-> get {m.key} (reload)",
-    Committed: lambda m: f"<- ack {m.key} rev {m.server_revision}",
+    Set: lambda m: f"-> set {_item(m.key)}={show(m.value)} lr {m.local_revision}",
+    Get: lambda m: f"-> get {_item(m.key)} (reload)",
+    Committed: lambda m: f"<- ack {_item(m.key)} rev {m.server_revision}",
     Ready: lambda m: f"connected, rev {m.server_revision}",
-    Value: lambda m: f"<- value {m.key}={show(m.value)} r{m.server_revision}",
+    Value: lambda m: f"<- value {_item(m.key)}={show(m.value)} r{m.server_revision}",
     Error: lambda m: f"<- error {m.code}: {m.message}",
 }
 
@@ -122,7 +132,7 @@ class Narrator:
         >>> from optisync.client import Traced
         >>> from optisync.wire import Committed
         >>> out = io.StringIO()
-        >>> ack = Committed(request_id=1, key="like", value=True, server_revision=4)
+        >>> ack = Committed(request_id=1, key="values/like", value=True, server_revision=4)
         >>> Narrator(Timeline(out, clock=lambda: 0.0), 2).trace(Traced("received", ack))
         >>> out.getvalue().split("|")[-1].strip()
         '<- ack like rev 4'
@@ -133,13 +143,15 @@ class Narrator:
         self._column = column
         self._replayed = 0
         self._was_online = False
+        self._device: LiveDevice | None = None
 
     def say(self, text: str) -> None:
         """Print ``text`` in this device's column."""
         self._timeline.add(self._column, text)
 
     def watch(self, device: LiveDevice) -> None:
-        """Say when ``device`` goes offline."""
+        """Say when ``device`` goes offline, and what each of its pushes did."""
+        self._device = device
         device.client.subscribe_status(self._status)
 
     def error(self, error: BaseException) -> None:
@@ -156,7 +168,10 @@ class Narrator:
         elif isinstance(message, Ready):
             self.say(f"connected, {self._replayed} replayed, rev {message.server_revision}")
             return
-        text = describe(event)
+        outcome = None
+        if isinstance(message, Push) and self._device is not None:
+            outcome = self._device.store.push_outcomes.get(store_key(message.key))
+        text = describe(event, outcome)
         if text:
             self.say(text)
 
@@ -176,11 +191,11 @@ def matches(device: LiveDevice, database: Mapping[str, Change], item: str) -> bo
         >>> callable(matches)
         True
     """
-    change = database.get(item)
+    change = database.get(wire_of(item))
     if change is None:
-        return item not in device.state.values
-    value = canonical_json(device.state.value(item))
-    return value == change.value and device.state.revisions.get(item) == change.server_revision
+        return item not in device.values
+    value = canonical_json(device.value(item))
+    return value == change.value and device.revision(item) == change.server_revision
 
 
 def print_table(
@@ -192,26 +207,24 @@ def print_table(
 ) -> bool:
     """Print each item in the database and on each device; return whether all are equal.
 
+    ``database`` holds the server's keys (``values/like``); the table shows items.
+
     Example:
         >>> import io
         >>> from examples.live.timeline import print_table
         >>> print_table(io.StringIO(), [], [], {})
         True
     """
-    shown = (
-        sorted(set(database).union(*(d.state.values for d in devices))) if items is None else items
-    )
-    out.write("\nFinal state (value @ server revision)\n")
+    in_database = {item for key in database if (item := item_of(key)) is not None}
+    shown = sorted(in_database.union(*(d.values for d in devices))) if items is None else items
+    out.write("\nFinal state (value @ server revision; the database keeps item X as values/X)\n")
     titles = "".join(f"| {title:<18}" for title in ["database", *names])
     out.write(f"{'item':<8}{titles}| check\n")
     all_equal = True
     for item in shown:
-        change = database.get(item)
+        change = database.get(wire_of(item))
         cells = ["-" if change is None else f"{change.value.decode()} @ {change.server_revision}"]
-        for device in devices:
-            cells.append(
-                f"{show(device.state.value(item))} @ {device.state.revisions.get(item, -1)}"
-            )
+        cells += [f"{show(device.value(item))} @ {device.revision(item)}" for device in devices]
         equal = all(matches(device, database, item) for device in devices)
         all_equal = all_equal and equal
         row = "".join(f"| {cell:<18}" for cell in cells)
@@ -231,7 +244,7 @@ def tap(device: LiveDevice, narrator: Narrator, item: str, value: Any = None) ->
         >>> callable(tap)
         True
     """
+    busy = "coalesced" if item in device.unconfirmed_items else "request"
     result = device.toggle(item) if value is None else device.set_value(item, value)
-    busy = "coalesced" if getattr(result, "done", lambda: True)() else "request"
-    narrator.say(f"tap {item}={show(device.state.value(item))} ({busy})")
+    narrator.say(f"tap {item}={show(device.value(item))} ({busy})")
     return result

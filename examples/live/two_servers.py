@@ -4,9 +4,9 @@ Each server is ``python -m optisync.server --postgres DSN --port 0`` in a
 process of its own. A write through one is committed with a ``pg_notify`` in
 the same transaction; the other process LISTENs and pushes it to its device.
 
-The database may hold changes from earlier runs: the devices start at its
-head (their cursor), so the replay is empty and the table shows the items
-this scene writes.
+The database may hold changes from earlier runs: each device's file is
+made with the database's head as its replay position, so the replay is
+empty and the table shows the items this scene writes.
 
 Example:
     >>> import asyncio, io
@@ -24,12 +24,15 @@ import asyncio
 import contextlib
 import os
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TextIO
 
-from examples.live.client import LiveDevice, LiveState
+from examples.live.client import LiveDevice, LiveState, wire_of
 from examples.live.timeline import Narrator, Timeline, print_table, tap
+from optisync.persistence import AttrsCodec, Snapshot, SqliteSnapshotStorage
+from optisync.revisions import random_device_id
 from optisync.server import Change
 
 __all__ = ["DSN_VARIABLE", "play", "skip_reason"]
@@ -82,7 +85,7 @@ async def _server_process(dsn: str) -> AsyncIterator[str]:
 async def play(out: TextIO, dsn: str | None, folder: Path | None) -> bool:
     """Play the scene (or print why it is skipped); return whether it converged.
 
-    ``folder`` holds the devices' files (None: in memory).
+    ``folder`` holds the devices' files (None: a temporary folder).
     """
     reason = skip_reason(dsn)
     if reason is not None:
@@ -95,28 +98,35 @@ async def play(out: TextIO, dsn: str | None, folder: Path | None) -> bool:
     async with PostgresStorage(dsn) as database:
         head = await database.head()
         try:
-            async with asyncio.timeout(_TIMEOUT):
-                devices = await _scene(out, dsn, folder, head)
+            with tempfile.TemporaryDirectory(prefix="optisync-scene6-") as temporary:
+                async with asyncio.timeout(_TIMEOUT):
+                    devices = await _scene(out, dsn, folder or Path(temporary), head)
         except TimeoutError:
             out.write(f"\nThe scene did not converge within {_TIMEOUT:g} s.\n")
             return False
-        newest = {item: await database.read(item) for item in ITEMS}
-    found = {item: change for item, change in newest.items() if isinstance(change, Change)}
+        newest = {wire_of(item): await database.read(wire_of(item)) for item in ITEMS}
+    found = {key: change for key, change in newest.items() if isinstance(change, Change)}
     return print_table(out, ["device C", "device D"], devices, found, ITEMS)
 
 
-async def _scene(out: TextIO, dsn: str, folder: Path | None, head: int) -> list[LiveDevice]:
+async def _scene(out: TextIO, dsn: str, folder: Path, head: int) -> list[LiveDevice]:
     timeline = Timeline(out)
     timeline.header(["servers", "device C, on server 1", "device D, on server 2"])
     async with _server_process(dsn) as one, _server_process(dsn) as two:
         timeline.add(0, f"1: {one}")
         timeline.add(0, f"2: {two}")
         say_c, say_d = Narrator(timeline, 1), Narrator(timeline, 2)
-        c = await _device(one, folder, "C", say_c, head)
-        d = await _device(two, folder, "D", say_d, head)
-        async with c, d:
-            await c.wait_online()
-            await d.wait_online()
+        c_file, d_file = folder / "device-C.sqlite3", folder / "device-D.sqlite3"
+        await _start_at(c_file, head)
+        await _start_at(d_file, head)
+        async with (
+            LiveDevice.open(one, c_file, trace=say_c.trace, on_error=say_c.error) as c,
+            LiveDevice.open(two, d_file, trace=say_d.trace, on_error=say_d.error) as d,
+        ):
+            say_c.watch(c)
+            say_d.watch(d)
+            await c.client.wait_online()
+            await d.client.wait_online()
             await tap(c, say_c, "color", "purple")
             await _caught_up(d, c, "color")
             await tap(d, say_d, "like", True)
@@ -124,16 +134,18 @@ async def _scene(out: TextIO, dsn: str, folder: Path | None, head: int) -> list[
         return [c, d]
 
 
-async def _device(url: str, folder: Path | None, name: str, say: Narrator, head: int) -> LiveDevice:
-    storage = None if folder is None else folder / f"device-{name}.sqlite3"
-    device = await LiveDevice.open(
-        url, storage, initial=LiveState(cursor=head), trace=say.trace, on_error=say.error
-    )
-    say.watch(device)
-    return device
+async def _start_at(path: Path, head: int) -> None:
+    """Make a new device file whose replay position is ``head``: no replay of older runs."""
+    storage = SqliteSnapshotStorage(path)
+    try:
+        if await storage.load() is None:
+            state = AttrsCodec(LiveState).encode(LiveState())
+            await storage.save(Snapshot(random_device_id(), state, {}, frozenset(), cursor=head))
+    finally:
+        await storage.close()
 
 
 async def _caught_up(reader: LiveDevice, writer: LiveDevice, item: str) -> None:
     """Wait until ``reader`` shows ``item`` at the revision ``writer`` got in its ack."""
-    revision = writer.state.revisions[item]
-    await reader.wait_until(lambda: reader.state.revisions.get(item) == revision)
+    revision = writer.revision(item)
+    await reader.wait_until(lambda: reader.revision(item) == revision)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -49,17 +51,18 @@ async def link(stage: Stage) -> AsyncIterator[Link]:
 @pytest.fixture
 async def make_device(tmp_path: Path) -> AsyncIterator[DeviceFactory]:
     made: list[Device] = []
+    unnamed = itertools.count(1)
 
-    async def make(url: str, name: str | None = None, *, start: bool = True) -> Device:
+    async def make(url: str, name: str | None = None) -> Device:
         record = Recorder()
-        storage = None if name is None else tmp_path / f"{name}.sqlite3"
-        device = await Device.open(
-            url, storage, trace=record.events.append, on_error=record.errors.append
-        )
-        device.record = record
+        storage = tmp_path / f"{name or f'device-{next(unnamed)}'}.sqlite3"
+        closer = contextlib.AsyncExitStack()
+        opened = Device.open(url, storage, trace=record.trace, on_error=record.errors.append)
+        device = await closer.enter_async_context(opened)
+        assert isinstance(device, Device)
+        device.record, device.closer = record, closer
+        record.store = device.store
         made.append(device)
-        if start:
-            device.start()
         return device
 
     yield make

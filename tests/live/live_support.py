@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from examples.live.client import LiveDevice
+import attrs
+
+from examples.live.client import LiveDevice, LiveStore
 from examples.live.network import Link
 from optisync import PushOutcome
 from optisync.client import Traced
 from optisync.server import Change, SqliteStorage
+from optisync.transport import store_key
 from optisync.wire import Committed, Hello, Push, Ready, Value
 
 
@@ -19,6 +23,14 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[Traced] = []
         self.errors: list[BaseException] = []
+        self.store: LiveStore | None = None  # set once the device is open
+
+    def trace(self, event: Traced) -> None:
+        """Record ``event``; a push with what it did (the store tells, the client does not)."""
+        if isinstance(event.message, Push) and self.store is not None:
+            outcome = self.store.push_outcomes.get(store_key(event.message.key))
+            event = attrs.evolve(event, outcome=outcome)
+        self.events.append(event)
 
     @property
     def pushes(self) -> list[tuple[Push, PushOutcome | None]]:
@@ -49,13 +61,18 @@ class Recorder:
 
 
 class Device(LiveDevice):
-    """A LiveDevice that records its traffic for the assertions."""
+    """A LiveDevice that records its traffic for the assertions, and can be closed."""
 
     record: Recorder
+    closer: contextlib.AsyncExitStack
+
+    async def close(self) -> None:
+        """Close the device (what leaving its ``async with`` does)."""
+        await self.closer.aclose()
 
 
-#: ``await make_device(url, name=None, start=True)``: a Device (with a storage
-#: file ``name.sqlite3`` when named), closed at teardown.
+#: ``await make_device(url, name=None)``: an open Device on the storage file
+#: ``name.sqlite3`` (a new file when unnamed), closed at teardown.
 DeviceFactory = Callable[..., Awaitable[Device]]
 
 

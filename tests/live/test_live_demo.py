@@ -82,7 +82,7 @@ def test_the_server_mode_and_two_interactive_devices_sync(tmp_path: Path) -> Non
                 url,
                 "--storage",
                 str(tmp_path / "phone.sqlite3"),
-                stdin='set color "red"\nquit\n',
+                stdin="set color dark red\nset size 42\ntoggle color\nquit\n",
             )
             laptop = run(
                 "--client", url, "--storage", str(tmp_path / "laptop.sqlite3"), stdin="show\n"
@@ -91,7 +91,13 @@ def test_the_server_mode_and_two_interactive_devices_sync(tmp_path: Path) -> Non
             server.terminate()
     assert phone.returncode == laptop.returncode == 0, phone.stderr + laptop.stderr
     assert "<- ack color rev 1" in phone.stdout
-    assert '  color = "red" (revision 1)' in laptop.stdout.splitlines()
+    assert "color is not a boolean: set it instead" in phone.stdout.splitlines()
+    shown = laptop.stdout.splitlines()
+    assert '  color = "dark red" (revision 1)' in shown
+    assert "  size = 42 (revision 2)" in shown
+    # A clean quit leaves only the storage file: no lock file, no SQLite journal.
+    devices_files = sorted(path.name for path in tmp_path.iterdir() if "live" not in path.name)
+    assert devices_files == ["laptop.sqlite3", "phone.sqlite3"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -48,7 +48,7 @@ async def test_a_thousand_random_taps_from_three_devices_converge(
     rng = random.Random(20261126)
     devices = [await make_device(stage.url) for _ in range(3)]
     for device in devices:
-        await device.wait_online()
+        await device.client.wait_online()
     started = time.perf_counter()
 
     cycles = []
@@ -64,7 +64,9 @@ async def test_a_thousand_random_taps_from_three_devices_converge(
     outcomes = Counter(str(outcome) for d in devices for _, outcome in d.record.pushes)
     print(f"1000 taps, 3 devices: pushes {dict(outcomes)}, {elapsed:.2f} s")
     assert all(device.record.errors == [] for device in devices)
-    shown = {canonical_json([dict(d.state.values), dict(d.state.revisions)]) for d in devices}
+    shown = {
+        canonical_json([{i: (v, d.revision(i)) for i, v in d.values.items()}]) for d in devices
+    }
     assert len(shown) == 1
     assert await assert_every_ack_is_in_the_log(devices, stage) > 0
 
@@ -77,7 +79,7 @@ async def test_no_acknowledged_write_is_lost_across_drops_and_server_restarts(
         links = [one, two, three]
         devices = [await make_device(link.url) for link in links]
         for device in devices:
-            await device.wait_online()
+            await device.client.wait_online()
         cycles = []
         restarts = drops = 0
         for _ in range(400):
@@ -88,7 +90,7 @@ async def test_no_acknowledged_write_is_lost_across_drops_and_server_restarts(
                 # Cut only between handshakes: a handshake cut halfway makes the
                 # client back off for up to 5 s (websockets' random delay).
                 for device in devices:
-                    await device.wait_online()
+                    await device.client.wait_online()
             if luck < 0.03:
                 dropped = rng.randrange(3)
                 links[dropped].down()
@@ -106,12 +108,13 @@ async def test_no_acknowledged_write_is_lost_across_drops_and_server_restarts(
         results = await asyncio.gather(*cycles, return_exceptions=True)
         await wait_converged(devices, stage.database)
 
+    # A cycle cut by a drop or a restart is not a failure: the outbox sends it again.
     failures = [result for result in results if isinstance(result, BaseException)]
-    assert all(isinstance(failure, ConnectionError) for failure in failures), failures
+    assert failures == []
+    assert all(device.record.errors == [] for device in devices)
     acknowledged = await assert_every_ack_is_in_the_log(devices, stage)
     print(
-        f"{restarts} restarts, {drops} drops, {len(failures)} failed cycles,"
-        f" {acknowledged} acks all in the log"
+        f"{restarts} restarts, {drops} drops, no failed cycle, {acknowledged} acks all in the log"
     )
     assert restarts > 0
     assert drops > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from live_support import DeviceFactory
 
+from examples.live.client import wire_of
 from examples.live.demo import Stage, wait_converged
 from optisync import PushOutcome
 
@@ -13,8 +14,8 @@ async def test_two_devices_converge_on_the_later_of_two_concurrent_writes(
 ) -> None:
     url = stage.url
     phone, laptop = await make_device(url), await make_device(url)
-    await phone.wait_online()
-    await laptop.wait_online()
+    await phone.client.wait_online()
+    await laptop.client.wait_online()
     stage.before.close()
     red = phone.set_value("color", "red")
     blue = laptop.set_value("color", "blue")
@@ -25,8 +26,8 @@ async def test_two_devices_converge_on_the_later_of_two_concurrent_writes(
     await blue
 
     await wait_converged([phone, laptop], stage.database)
-    assert phone.state.value("color") == laptop.state.value("color") == "blue"
-    assert phone.state.revisions["color"] == laptop.state.revisions["color"] == 2
+    assert phone.value("color") == laptop.value("color") == "blue"
+    assert phone.revision("color") == laptop.revision("color") == 2
 
 
 async def test_taps_during_a_request_are_sent_as_one_follow_up(
@@ -34,8 +35,8 @@ async def test_taps_during_a_request_are_sent_as_one_follow_up(
 ) -> None:
     url = stage.url
     phone, laptop = await make_device(url), await make_device(url)
-    await phone.wait_online()
-    await laptop.wait_online()
+    await phone.client.wait_online()
+    await laptop.client.wait_online()
     stage.before.close()
     first = phone.toggle("like")
     await stage.before.wait_held(1)
@@ -46,8 +47,8 @@ async def test_taps_during_a_request_are_sent_as_one_follow_up(
 
     await wait_converged([phone, laptop], stage.database)
     assert [ack.server_revision for ack in phone.record.acks] == [1, 2]
-    assert stage.database["like"].server_revision == 2
-    assert laptop.state.value("like") is True
+    assert stage.database[wire_of("like")].server_revision == 2
+    assert laptop.value("like") is True
 
 
 async def test_the_writer_gets_its_own_push_and_the_others_apply_it(
@@ -55,8 +56,8 @@ async def test_the_writer_gets_its_own_push_and_the_others_apply_it(
 ) -> None:
     url = stage.url
     phone, laptop = await make_device(url), await make_device(url)
-    await phone.wait_online()
-    await laptop.wait_online()
+    await phone.client.wait_online()
+    await laptop.client.wait_online()
 
     await phone.set_value("title", "hello")
     await wait_converged([phone, laptop], stage.database)
@@ -65,7 +66,7 @@ async def test_the_writer_gets_its_own_push_and_the_others_apply_it(
     assert pushes == [(phone.device_id, 1)]
     [(push, outcome)] = laptop.record.pushes
     assert (push.device_id, outcome) == (0, PushOutcome.APPLIED)  # the writer stays anonymous
-    assert laptop.state.value("title") == "hello"
+    assert laptop.value("title") == "hello"
 
 
 async def test_a_device_that_joins_later_receives_the_whole_history_as_a_replay(
@@ -73,7 +74,7 @@ async def test_a_device_that_joins_later_receives_the_whole_history_as_a_replay(
 ) -> None:
     url = stage.url
     phone = await make_device(url)
-    await phone.wait_online()
+    await phone.client.wait_online()
     await phone.set_value("a", 1)
     await phone.set_value("b", [1, 2])
     await phone.set_value("a", {"x": None})
@@ -82,5 +83,5 @@ async def test_a_device_that_joins_later_receives_the_whole_history_as_a_replay(
     await wait_converged([phone, laptop], stage.database)
 
     assert laptop.record.replays == [3]
-    assert laptop.state.values == {"a": {"x": None}, "b": [1, 2]}
-    assert laptop.state.cursor == laptop.client.cursor == 3
+    assert laptop.values == {"a": {"x": None}, "b": [1, 2]}
+    assert laptop.client.cursor == 3
