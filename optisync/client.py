@@ -194,8 +194,8 @@ def _check_url(url: object) -> str:
         valid = False
     if not valid:
         raise InvalidArgumentError(
-            f"{url!r} is not a WebSocket URL: give the server's address as "
-            "ws://host:port or wss://host:port"
+            f"{url!r} is not a WebSocket URL: it needs ws:// or wss:// and a host, "
+            "e.g. 'ws://127.0.0.1:8765'"
         )
     return url
 
@@ -848,15 +848,16 @@ class SyncClient(Generic[S]):
         every way out, cancellation included: a task cancelled at ``close()`` must not
         leave the server waiting for a close frame that never comes."""
         self._connection = connection
-        reached = False
         try:
-            async with connection:
-                await self._session(connection)
+            await self._session(connection)
         except ConnectionClosed as error:
             self._last_error = error
         finally:
             reached = self._online
             self._drop()
+            # A normal closure (1000) whatever the reason: ``async with connection``
+            # would say 1011, "internal error", for a cancellation at close().
+            await connection.close()
         return reached
 
     async def _session(self, connection: ClientConnection) -> None:
