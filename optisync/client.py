@@ -4,9 +4,9 @@
 the newest server revision it has seen and the server's generation, hands
 the replay and every later push to its listeners (and, given an
 ``apply_value``, to :meth:`Store.server_push <optisync.Store.server_push>`),
-and sends writes: it is an :class:`optisync.transport.Transport`, and its
+and sends writes: it is an ``optisync.transport.Transport``, and its
 :meth:`~SyncClient.sender` is a ``send_value_to_server`` for the sync
-methods. It imports the wire format (:mod:`optisync.wire`), never the
+methods. It imports the wire format (``optisync.wire``), never the
 server. Install it with ``pip install "optisync[client]"``.
 
 Example:
@@ -164,7 +164,7 @@ class Traced:
         direction: ``"sent"`` (after the message went out) or ``"received"``
             (after the client handled it: :attr:`SyncClient.cursor` and
             :attr:`SyncClient.online` already tell its effect).
-        message: the decoded message (:mod:`optisync.wire`).
+        message: the decoded message (a struct of ``optisync.wire``).
         outcome: for a received push, what :meth:`Store.server_push
             <optisync.Store.server_push>` did with it (None when the client
             has no ``apply_value``); otherwise None.
@@ -208,7 +208,7 @@ def _check_callable(listener: object, what: str) -> None:
 class SyncClient(Generic[S]):
     """Keeps one :class:`~optisync.Store` connected to an optisync server.
 
-    A :class:`~optisync.transport.Transport`: declared fields use its
+    An ``optisync.transport.Transport``: declared fields use its
     :meth:`send`, :meth:`get`, :meth:`subscribe_pushes` and :meth:`caught_up`.
 
     Args:
@@ -546,7 +546,9 @@ class SyncClient(Generic[S]):
         drop, the replay after reconnecting does the same.
 
         Raises:
-            the errors of :meth:`wait_online` (without a timeout).
+            ServerRefusedError: the server refused this client for good.
+            ClientConnectionError: the client stopped (``reconnect=False``).
+            ClosedError: the client was closed.
 
         Example:
             >>> import asyncio
