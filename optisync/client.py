@@ -828,12 +828,17 @@ class SyncClient(Generic[S]):
                 await asyncio.sleep(min(0.05 * 2**refusals, 5.0))
 
     def _connection_failed(self, error: Exception) -> None:
-        self._last_error = error
         if process_exception(error) is not None:  # websockets' judgement: retrying won't help
+            self._last_error = error
             raise ServerRefusedError(
                 f"the server at {self._url} refused the connection: {error}; "
                 "check the URL (its path, ws:// or wss://) and create a new client"
             ) from error
+        self._failed(error)
+
+    def _failed(self, error: Exception) -> None:
+        """An attempt failed: keep the error, and log the first of an outage as a warning."""
+        self._last_error = error
         if self._warned:
             logger.debug("still cannot reach %s: %s", self._url, error)
             return
@@ -929,10 +934,13 @@ class SyncClient(Generic[S]):
                 f"{error.code}: {error.message}; fix the token (or the client's "
                 "version) and create a new client"
             )
-        else:
-            self._last_error = ClientConnectionError(
-                f"the server refused the connection: {error.code}: {error.message}"
+        elif not self._online:  # refused at hello (device_in_use): the client retries
+            self._failed(
+                ClientConnectionError(
+                    f"the server refused the connection: {error.code}: {error.message}"
+                )
             )
+        else:
             logger.warning("server error: %s %s", error.code, error.message)
 
     def _welcome(self, welcome: Welcome) -> None:

@@ -360,3 +360,24 @@ def test_the_client_errors_join_the_optisync_tree() -> None:
         assert issubclass(error, RuntimeError)
     assert issubclass(ClientTimeoutError, optisync.OptisyncError)
     assert issubclass(ClientTimeoutError, TimeoutError)
+
+
+async def test_a_device_id_in_use_is_retried_with_one_warning(url: str) -> None:
+    logger = logging.getLogger("optisync.client")
+    records = CountRecords(3)
+    logger.addHandler(records)
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        async with SyncClient(Store[State]({}, device_id=1), url) as first:
+            await first.wait_online()
+            async with SyncClient(Store[State]({}, device_id=1), url) as second:
+                await records.reached.wait()
+                assert isinstance(second.last_error, ClientConnectionError)
+                assert "device_in_use" in str(second.last_error)
+                assert not second.online
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
+    levels = [record.levelno for record in records.records[:3]]
+    assert levels == [logging.WARNING, logging.DEBUG, logging.DEBUG]
