@@ -527,18 +527,21 @@ class SyncClient(Generic[S]):
             if self._online or self._stopped:  # our timeout lost a race: answer the outcome
                 await self._until_online()
                 return
+            error = self._last_error
+            last = "no attempt has failed yet" if error is None else f"last error: {error!r}"
             raise ClientTimeoutError(
-                f"the server at {self._url} was not reached in {timeout} s "
-                f"(last error: {self._last_error!r}); the client keeps trying: check that "
-                "the server runs at that URL, or wait longer"
-            ) from self._last_error
+                f"the server at {self._url} was not reached in {timeout} s ({last}); "
+                "the client keeps trying: check that the server runs at that URL, or wait longer"
+            ) from error
 
     async def caught_up(self) -> None:
         """Wait until this device has everything the server had when it was called.
 
         Returns once every write sent before the call is acknowledged (or
         failed) and every change the server had committed by then has been
-        received and handed to the listeners. Waits until online first.
+        received and handed to the listeners. Waits until online first. A
+        write counts once its :meth:`send` has started (a sync whose task
+        has not run yet has sent nothing).
 
         How: a ``get`` round trip. The server answers a connection's messages
         in order, on one queue that also carries its pushes, so once the
