@@ -4,9 +4,9 @@
 the newest server revision it has seen and the server's generation, hands
 the replay and every later push to its listeners (and, given an
 ``apply_value``, to :meth:`Store.server_push <optisync.Store.server_push>`),
-and sends writes: it is an :class:`optisync.transport.Transport`, and its
+and sends writes: it is an ``optisync.transport.Transport``, and its
 :meth:`~SyncClient.sender` is a ``send_value_to_server`` for the sync
-methods. It imports the wire format (:mod:`optisync.wire`), never the
+methods. It imports the wire format (``optisync.wire``), never the
 server. Install it with ``pip install "optisync[client]"``.
 
 Example:
@@ -165,7 +165,7 @@ class Traced:
         direction: ``"sent"`` (after the message went out) or ``"received"``
             (after the client handled it: :attr:`SyncClient.cursor` and
             :attr:`SyncClient.online` already tell its effect).
-        message: the decoded message (:mod:`optisync.wire`).
+        message: the decoded message (a struct of ``optisync.wire``).
         outcome: for a received push, what :meth:`Store.server_push
             <optisync.Store.server_push>` did with it (None when the client
             has no ``apply_value``); otherwise None.
@@ -195,8 +195,8 @@ def _check_url(url: object) -> str:
         valid = False
     if not valid:
         raise InvalidArgumentError(
-            f"{url!r} is not a WebSocket URL: give the server's address as "
-            "ws://host:port or wss://host:port"
+            f"{url!r} is not a WebSocket URL: it needs ws:// or wss:// and a host, "
+            "e.g. 'ws://127.0.0.1:8765'"
         )
     return url
 
@@ -209,7 +209,7 @@ def _check_callable(listener: object, what: str) -> None:
 class SyncClient(Generic[S]):
     """Keeps one :class:`~optisync.Store` connected to an optisync server.
 
-    A :class:`~optisync.transport.Transport`: declared fields use its
+    An ``optisync.transport.Transport``: declared fields use its
     :meth:`send`, :meth:`get`, :meth:`subscribe_pushes` and :meth:`caught_up`.
 
     Args:
@@ -531,18 +531,21 @@ class SyncClient(Generic[S]):
             if self._online or self._stopped:  # our timeout lost a race: answer the outcome
                 await self._until_online()
                 return
+            error = self._last_error
+            last = "no attempt has failed yet" if error is None else f"last error: {error!r}"
             raise ClientTimeoutError(
-                f"the server at {self._url} was not reached in {timeout} s "
-                f"(last error: {self._last_error!r}); the client keeps trying: check that "
-                "the server runs at that URL, or wait longer"
-            ) from self._last_error
+                f"the server at {self._url} was not reached in {timeout} s ({last}); "
+                "the client keeps trying: check that the server runs at that URL, or wait longer"
+            ) from error
 
     async def caught_up(self) -> None:
         """Wait until this device has everything the server had when it was called.
 
         Returns once every write sent before the call is acknowledged (or
         failed) and every change the server had committed by then has been
-        received and handed to the listeners. Waits until online first.
+        received and handed to the listeners. Waits until online first. A
+        write counts once its :meth:`send` has started (a sync whose task
+        has not run yet has sent nothing).
 
         How: a ``get`` round trip. The server answers a connection's messages
         in order, on one queue that also carries its pushes, so once the
@@ -550,7 +553,9 @@ class SyncClient(Generic[S]):
         drop, the replay after reconnecting does the same.
 
         Raises:
-            the errors of :meth:`wait_online` (without a timeout).
+            ServerRefusedError: the server refused this client for good.
+            ClientConnectionError: the client stopped (``reconnect=False``).
+            ClosedError: the client was closed.
 
         Example:
             >>> import asyncio
@@ -830,12 +835,17 @@ class SyncClient(Generic[S]):
                 await asyncio.sleep(min(0.05 * 2**refusals, 5.0))
 
     def _connection_failed(self, error: Exception) -> None:
-        self._last_error = error
         if process_exception(error) is not None:  # websockets' judgement: retrying won't help
+            self._last_error = error
             raise ServerRefusedError(
                 f"the server at {self._url} refused the connection: {error}; "
                 "check the URL (its path, ws:// or wss://) and create a new client"
             ) from error
+        self._failed(error)
+
+    def _failed(self, error: Exception) -> None:
+        """An attempt failed: keep the error, and log the first of an outage as a warning."""
+        self._last_error = error
         if self._warned:
             logger.debug("still cannot reach %s: %s", self._url, error)
             return
@@ -852,15 +862,16 @@ class SyncClient(Generic[S]):
         every way out, cancellation included: a task cancelled at ``close()`` must not
         leave the server waiting for a close frame that never comes."""
         self._connection = connection
-        reached = False
         try:
-            async with connection:
-                await self._session(connection)
+            await self._session(connection)
         except ConnectionClosed as error:
             self._last_error = error
         finally:
             reached = self._online
             self._drop()
+            # A normal closure (1000) whatever the reason: ``async with connection``
+            # would say 1011, "internal error", for a cancellation at close().
+            await connection.close()
         return reached
 
     async def _session(self, connection: ClientConnection) -> None:
@@ -930,10 +941,13 @@ class SyncClient(Generic[S]):
                 f"{error.code}: {error.message}; fix the token (or the client's "
                 "version) and create a new client"
             )
-        else:
-            self._last_error = ClientConnectionError(
-                f"the server refused the connection: {error.code}: {error.message}"
+        elif not self._online:  # refused at hello (device_in_use): the client retries
+            self._failed(
+                ClientConnectionError(
+                    f"the server refused the connection: {error.code}: {error.message}"
+                )
             )
+        else:
             logger.warning("server error: %s %s", error.code, error.message)
 
     def _welcome(self, welcome: Welcome) -> None:

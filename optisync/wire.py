@@ -181,7 +181,7 @@ class Committed(_Message, tag="ack", frozen=True):
     """Server to writer: the :class:`Set` with ``request_id`` is committed at ``server_revision``.
 
     Its ``"type"`` on the wire is ``"ack"``. (The name differs so that the one
-    public ``Ack`` is :class:`optisync.transport.Ack`, what a transport returns.)
+    public ``Ack`` is ``optisync.transport.Ack``, what a transport returns.)
 
     Example:
         >>> from optisync.wire import Committed, encode

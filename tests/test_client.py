@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from examples.live.network import Link
-from optisync import PushOutcome, Store
+from optisync import PushOutcome, StateError, Store
 from optisync.client import ClientConnectionError, RequestRefusedError, SyncClient, Traced
 from optisync.server import Change, Grant, SqliteStorage, SyncServer
 from optisync.wire import Committed, Get, Hello, Push, Ready, Set, Value, Welcome
@@ -241,7 +241,7 @@ async def test_the_cursor_and_generation_are_settable_before_start_only() -> Non
     client.generation = "g"
     assert (client.cursor, client.generation) == (5, "g")
     client.start()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StateError):
         client.cursor = 6
     await client.close()
     assert client.cursor == 5
