@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import socket
 import subprocess
@@ -84,9 +83,7 @@ def test_a_server_stopped_after_short_lived_clients_exits_at_once(tmp_path: Path
     assert max(elapsed) < EXIT_BOUND, elapsed
 
 
-@pytest.mark.skipif(
-    not os.environ.get("OPTISYNC_SLOW_TESTS"), reason="slow: set OPTISYNC_SLOW_TESTS=1"
-)
+@pytest.mark.slow
 def test_a_server_stopped_after_short_lived_clients_exits_at_once_50_runs(
     tmp_path: Path,
 ) -> None:

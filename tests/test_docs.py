@@ -175,6 +175,7 @@ _OTHER_MODULES = (
     "optisync.server.protocol",
     "optisync.server.postgres",
     "optisync.client",
+    "optisync.wire",
 )  # optisync.pytest_plugin's API is fixtures, used by name: docs/pytest-plugin.md lists them
 
 

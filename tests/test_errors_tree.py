@@ -40,6 +40,14 @@ MODULES = [
     "optisync.server.security",
     "optisync.server.postgres",
     "optisync.server.__main__",
+    "optisync.client",
+    "optisync.wire",
+    "optisync.transport",
+    "optisync.fields",
+    "optisync.outbox",
+    "optisync.persistence",
+    "optisync.device",
+    "optisync.testing",
 ]
 
 

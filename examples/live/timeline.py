@@ -20,7 +20,9 @@ from examples.live.client import LiveDevice, item_of, wire_of
 from optisync import PushOutcome
 from optisync.client import Traced
 from optisync.server import Change
-from optisync.server.protocol import (
+from optisync.server.protocol import canonical_json
+from optisync.transport import store_key
+from optisync.wire import (
     Committed,
     Error,
     Get,
@@ -29,9 +31,7 @@ from optisync.server.protocol import (
     Ready,
     Set,
     Value,
-    canonical_json,
 )
-from optisync.transport import store_key
 
 __all__ = ["Narrator", "Timeline", "describe", "matches", "print_table", "show", "tap"]
 

@@ -7,7 +7,7 @@ the connection.
 Example:
     >>> import asyncio
     >>> from optisync.server import require_token
-    >>> from optisync.server.protocol import Hello
+    >>> from optisync.wire import Hello
     >>> authenticate = require_token("s3cret")
     >>> asyncio.run(authenticate(Hello(device_id=1, since=0, token="s3cret"))) is not None
     True
@@ -24,7 +24,7 @@ from typing import TypeAlias
 import attrs
 
 from optisync.errors import InvalidArgumentError
-from optisync.server.protocol import Hello
+from optisync.wire import Hello
 
 __all__ = ["Authenticator", "Grant", "allow_anyone", "require_token"]
 
@@ -72,7 +72,7 @@ async def allow_anyone(hello: Hello) -> Grant:
     Example:
         >>> import asyncio
         >>> from optisync.server import allow_anyone
-        >>> from optisync.server.protocol import Hello
+        >>> from optisync.wire import Hello
         >>> asyncio.run(allow_anyone(Hello(device_id=3, since=0))).name
         'device 3'
     """

@@ -31,7 +31,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Origin
 
 from optisync.errors import OptisyncError
-from optisync.server.protocol import (
+from optisync.server.protocol import canonical_json
+from optisync.server.security import Authenticator, Grant, allow_anyone
+from optisync.server.storage import Change, Storage
+from optisync.wire import (
     PROTOCOL_VERSION,
     ClientMessage,
     Committed,
@@ -44,12 +47,9 @@ from optisync.server.protocol import (
     Set,
     Value,
     Welcome,
-    canonical_json,
     decode_client,
     encode,
 )
-from optisync.server.security import Authenticator, Grant, allow_anyone
-from optisync.server.storage import Change, Storage
 
 __all__ = ["Limits", "SyncServer"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from optisync.server.protocol import MAX_NESTING, ProtocolError, decode_client
+from optisync.wire import MAX_NESTING, ProtocolError, decode_client
 
 SET_7 = b'{"type":"set","request_id":7,"key":%s,"value":%s,"local_revision":1}'
 

@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from optisync.server import Grant, Limits, SqliteStorage, SyncServer, require_token
 from optisync.server.__main__ import DroppingQueueHandler, DropReportingHandler
-from optisync.server.protocol import Hello
+from optisync.wire import Hello
 from tests.server.conftest import Connect, open_raw_device, server_process
 
 SET_TEXT = '{"type": "set", "request_id": 4, "key": %s, "value": %s, "local_revision": 1}'
