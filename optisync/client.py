@@ -237,7 +237,10 @@ class SyncClient(Generic[S]):
             logged and ignored.
 
     Every listener (pushes, status, position, reset) is called on the event
-    loop; an exception it raises is logged and the client goes on.
+    loop. An exception a status, position or reset listener raises is logged
+    and the client goes on; a push listener's means the push was not taken:
+    it is logged, the connection starts over (backing off) and the replay
+    delivers the push again.
 
     Example:
         >>> from optisync import Store
@@ -431,7 +434,10 @@ class SyncClient(Generic[S]):
         """Call ``listener(key, value, PushMetadata)`` for every push, replayed or live.
 
         Listeners run after ``apply_value`` (when given) and before the
-        cursor moves past the push. Returns an unsubscribe.
+        cursor moves past the push; one that raises leaves the cursor before
+        the push and ends the connection, so that the next one replays it.
+        A listener may return the :class:`~optisync.PushOutcome` of the push
+        (a served field does): :class:`Traced` reports it. Returns an unsubscribe.
 
         Example:
             >>> import asyncio
@@ -862,12 +868,16 @@ class SyncClient(Generic[S]):
         every way out, cancellation included: a task cancelled at ``close()`` must not
         leave the server waiting for a close frame that never comes."""
         self._connection = connection
+        push_failed = False
         try:
             await self._session(connection)
         except ConnectionClosed as error:
             self._last_error = error
+        except _PushNotTakenError as error:
+            self._last_error = error
+            push_failed = True  # counted as a refused attempt: the retry backs off
         finally:
-            reached = self._online
+            reached = self._online and not push_failed
             self._drop()
             # A normal closure (1000) whatever the reason: ``async with connection``
             # would say 1011, "internal error", for a cancellation at close().
@@ -968,7 +978,15 @@ class SyncClient(Generic[S]):
         if self._apply_value is not None:
             outcome = self._apply_to_store(push, metadata, self._apply_value)
         for listener in list(self._push_listeners):
-            self._call(listener, "a push listener", push.key, push.value, metadata)
+            try:
+                taken = listener(push.key, push.value, metadata)
+            except Exception as error:
+                # Not taken (a store's on_change vetoed it, say): the cursor stays
+                # before it, and the connection starts over so that the replay has it.
+                logger.exception("a push listener failed; reconnecting to replay the push")
+                raise _PushNotTakenError from error
+            if isinstance(taken, PushOutcome):
+                outcome = taken  # a served field's verdict, for the trace
         self._set_position(max(self._cursor, push.server_revision), self._generation)
         return outcome
 
@@ -1029,6 +1047,10 @@ class SyncClient(Generic[S]):
             listener(*arguments)
         except Exception:
             logger.exception("%s failed; the client goes on", what)
+
+
+class _PushNotTakenError(Exception):
+    """A push listener failed: this connection ends, and the next one replays the push."""
 
 
 def _dropped() -> ClientConnectionError:

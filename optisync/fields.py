@@ -772,14 +772,17 @@ def serve(store: Store[Any], transport: Transport) -> Callable[[], None]:
     fields = store_fields(store)
     fields.set_transport(transport)
 
-    def on_push(wire: str, value: Any, metadata: PushMetadata) -> None:
+    def on_push(wire: str, value: Any, metadata: PushMetadata) -> PushOutcome | None:
+        if store.is_closed:
+            return None  # a transport that outlives its store: nothing to apply to
         try:
             key = store_key(wire)
         except InvalidArgumentError:
-            return  # a key no declared field made
+            return None  # a key no declared field made
         bound, item = fields.field_of(key)
-        if bound is not None and bound.field.with_push:
-            bound.apply_push(item, value, metadata)
+        if bound is None or not bound.field.with_push:
+            return None
+        return bound.apply_push(item, value, metadata)
 
     stops = [
         transport.subscribe_pushes(on_push),

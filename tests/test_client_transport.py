@@ -123,22 +123,58 @@ async def test_an_unsubscribed_push_listener_hears_nothing_more(url: str) -> Non
     assert pushed == ["a"]
 
 
-async def test_a_push_listener_that_raises_is_logged_and_the_cursor_still_moves(
+async def test_a_push_a_listener_fails_to_take_is_replayed_on_a_new_connection(
     url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(key: str, value: Any, meta: PushMetadata) -> None:
-        raise RuntimeError("a broken listener")
+    failures = [RuntimeError("not now")]
+    taken: list[str] = []
+
+    def flaky(key: str, value: Any, meta: PushMetadata) -> None:
+        if failures:
+            raise failures.pop()
+        taken.append(key)
 
     client = SyncClient(Store[State]({}, device_id=1), url)
-    client.subscribe_pushes(broken)
+    client.subscribe_pushes(flaky)
+    connections: list[bool] = []
+    client.subscribe_status(connections.append)
     with caplog.at_level(logging.ERROR, logger="optisync.client"):
-        async with client:
+        async with client, SyncClient(Store[State]({}, device_id=2), url) as writer:
             await client.wait_online()
-            await client.send("a", 1, request(1))
-            await client.caught_up()
-            assert client.online
+            await writer.wait_online()
+            await writer.send("a", 1, request(2))
+            while not taken:  # the failed push ended that connection; the next replays it
+                await client.caught_up()
+    assert taken == ["a"]
     assert client.cursor == 1
+    assert connections[:3] == [True, False, True]
     assert "a push listener failed" in caplog.text
+
+
+async def test_a_served_stores_pushes_are_traced_with_the_fields_outcome(url: str) -> None:
+    from optisync.client import Traced
+    from optisync.fields import SyncedValueWithPush
+    from optisync.wire import Push
+
+    class Theme(Store[str]):
+        theme = SyncedValueWithPush[str, str](lambda s: s, lambda s, t: t)
+
+    seen: list[Traced] = []
+    async with Theme("light", device_id=1) as phone, Theme("light", device_id=2) as laptop:
+        async with SyncClient(phone, url) as one, SyncClient(laptop, url, trace=seen.append) as two:
+            await one.wait_online()
+            await two.wait_online()
+            await phone.theme.set("dark")
+            await two.caught_up()
+            await laptop.theme.set("blue")
+            await two.caught_up()
+    outcomes = [event.outcome for event in seen if isinstance(event.message, Push)]
+    # The other device's write, then the echo of our own (applied or a self-echo,
+    # as it comes before or after its ack): each with the field's verdict, none None.
+    assert len(outcomes) == 2
+    assert outcomes[0] is optisync.PushOutcome.APPLIED
+    assert isinstance(outcomes[1], optisync.PushOutcome)
+    assert laptop.state == "blue"
 
 
 async def test_caught_up_returns_once_another_devices_write_has_arrived(url: str) -> None:
