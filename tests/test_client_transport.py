@@ -160,14 +160,15 @@ async def test_a_served_stores_pushes_are_traced_with_the_fields_outcome(url: st
         theme = SyncedValueWithPush[str, str](lambda s: s, lambda s, t: t)
 
     seen: list[Traced] = []
-    async with Theme("light", device_id=1) as phone, Theme("light", device_id=2) as laptop:
-        async with SyncClient(phone, url) as one, SyncClient(laptop, url, trace=seen.append) as two:
-            await one.wait_online()
-            await two.wait_online()
-            await phone.theme.set("dark")
-            await two.caught_up()
-            await laptop.theme.set("blue")
-            await two.caught_up()
+    phone, laptop = Theme("light", device_id=1), Theme("light", device_id=2)
+    one, two = SyncClient(phone, url), SyncClient(laptop, url, trace=seen.append)
+    async with phone, laptop, one, two:
+        await one.wait_online()
+        await two.wait_online()
+        await phone.theme.set("dark")
+        await two.caught_up()
+        await laptop.theme.set("blue")
+        await two.caught_up()
     outcomes = [event.outcome for event in seen if isinstance(event.message, Push)]
     # The other device's write, then the echo of our own (applied or a self-echo,
     # as it comes before or after its ack): each with the field's verdict, none None.

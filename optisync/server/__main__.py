@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import logging.handlers
 import os
 import queue
+import signal
 import sys
 from collections.abc import Sequence
 from typing import TextIO
@@ -136,11 +138,20 @@ async def _serve(arguments: argparse.Namespace) -> None:
         authenticate=require_token(token) if token else allow_anyone,
         allowed_origins=[None, *arguments.allow_origin],
     )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # The loop's own handlers (not signal.signal's): they wake the loop through its
+    # wakeup fd even when the signal lands on another thread (the log listener's),
+    # where a Python-level handler would wait for the next network event.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # not on Windows: Ctrl-C still works
+            loop.add_signal_handler(signum, stop.set)
     async with server.run(arguments.host, arguments.port) as url:
         logging.getLogger("optisync.server").info("listening on %s", url)
         # The line a supervisor (or a test) waits for; stdout is written once.
         print(url, flush=True)
-        await asyncio.Event().wait()
+        await stop.wait()
+        logging.getLogger("optisync.server").info("stopping")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
