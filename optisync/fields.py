@@ -843,6 +843,9 @@ class BoundField(Generic[S, I, T]):
         self.__items: dict[Hashable, I] = {}  # every key this field synced: key -> item
         self.__revisions: dict[Hashable, int] = {}
         self.__reloads: dict[Hashable, int] = {}  # key -> local revision when it failed
+        # key -> the value shown before the lock cycle: what a write the server refused
+        # shows again when the server never held the key (nothing to reload)
+        self.__before: dict[Hashable, T] = {}
         self.__tasks: set[asyncio.Task[None]] = set()
         self.__strategy: _Strategy = _WithPush() if field.with_push else _WithoutPush()
 
@@ -1034,6 +1037,8 @@ class BoundField(Generic[S, I, T]):
         if self.field.custom_sender is None:
             wire_key(key)  # an item the transport could not send: refuse before the tap shows
         self.__items[key] = item
+        if not self.store.is_syncing(key):  # a new lock cycle: what the screen showed before it
+            self.__before[key] = self.get(item)
         return self.__strategy.sync(self, item, key, value)
 
     def apply_push(self, item: I, value: T, metadata: PushMetadata) -> PushOutcome:
@@ -1173,7 +1178,8 @@ class BoundField(Generic[S, I, T]):
 
         A key the user changed since its failure is left alone (that change
         is being synced). While offline, the keys wait for the next time the
-        transport is online (:func:`serve` calls this then).
+        transport is online (:func:`serve` calls this then). A key the server
+        never held shows again what it showed before the refused change.
 
         Example:
             >>> from optisync import Store
@@ -1209,9 +1215,13 @@ class BoundField(Generic[S, I, T]):
         del self.__reloads[key]
         if store.is_syncing(key) or store.local_revision(key) != marked:
             return  # the user changed it since: that change is being synced
-        if revision < 0 or revision < max(self.known_revision(key), store.server_revision(key)):
-            return  # the server never had it, or a newer push is on screen already
+        if revision < max(self.known_revision(key), store.server_revision(key)):
+            return  # a newer push is on screen already
         item = self.__items[key]
+        if revision < 0:  # the server never held it: show what the screen showed before
+            if key in self.__before:
+                store.emit(self.field.set(store.state, item, self.__before[key]))
+            return
         self.__revisions[key] = max(revision, self.__revisions.get(key, -1))
         store.emit(self.field.set(store.state, item, value))
 

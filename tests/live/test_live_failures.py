@@ -142,21 +142,21 @@ async def test_a_write_the_server_refuses_fails_and_the_reload_takes_it_back(
     assert stage.database[wire_of("note")].server_revision == 1
 
 
-async def test_a_refused_first_write_of_an_item_stays_shown_as_the_server_has_nothing_to_reload(
+async def test_a_refused_first_write_of_an_item_shows_what_it_showed_before(
     stage: Stage, make_device: DeviceFactory
 ) -> None:
-    # The field reloads only a value the server holds (revision >= 0); it has
-    # no "absent" to show for an item never written. Before the rewrite the
-    # demo's own reload removed the item; see the report of the live rewrite.
+    # The server has nothing to reload (revision -1): the field shows again
+    # the value the item had before the refused change (here: none).
     phone = await make_device(stage.url)
     await phone.client.wait_online()
+    assert phone.value("big") is None
 
     with pytest.raises(RequestRefusedError):
         await phone.set_value("big", "x" * 70_000)
 
     await phone.wait_until(lambda: phone.record.reloads != [])
+    await phone.wait_until(lambda: phone.value("big") is None)
     assert [reload.server_revision for reload in phone.record.reloads] == [-1]
-    assert phone.value("big") == "x" * 70_000
     assert phone.revision("big") == -1
     assert phone.unconfirmed_items == frozenset()
     assert await read_log(stage.path) == {}
