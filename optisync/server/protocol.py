@@ -23,53 +23,9 @@ from typing import Any
 
 import msgspec
 
-# The wire, re-exported for the server's modules (its names are documented in
-# optisync.wire; this module's own API is canonical_json).
-from optisync.wire import (
-    MAX_KEY_CHARS,
-    MAX_NESTING,
-    MAX_SAFE_INT,
-    PROTOCOL_VERSION,
-    ClientMessage,
-    Committed,
-    Error,
-    Get,
-    Hello,
-    ProtocolError,
-    Push,
-    Ready,
-    ServerMessage,
-    Set,
-    Value,
-    Welcome,
-    decode_client,
-    decode_server,
-    encode,
-)
+from optisync import wire
 
 __all__ = ["canonical_json"]
-
-_REEXPORTED = (
-    MAX_KEY_CHARS,
-    MAX_NESTING,
-    MAX_SAFE_INT,
-    PROTOCOL_VERSION,
-    ClientMessage,
-    Committed,
-    Error,
-    Get,
-    Hello,
-    ProtocolError,
-    Push,
-    Ready,
-    ServerMessage,
-    Set,
-    Value,
-    Welcome,
-    decode_client,
-    decode_server,
-    encode,
-)
 
 
 def canonical_json(value: Any) -> bytes:
@@ -81,3 +37,11 @@ def canonical_json(value: Any) -> bytes:
         b'{"a":[true,null],"b":1}'
     """
     return msgspec.json.encode(value, order="sorted")
+
+
+def __getattr__(name: str) -> Any:
+    # The wire's names, for code that imported them from here before they moved
+    # to optisync.wire (documented there); this module's own API is canonical_json.
+    if name in wire.__all__:
+        return getattr(wire, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
