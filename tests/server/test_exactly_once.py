@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.server.conftest import RawDevice, server_process
+from tests.server.conftest import Connect, RawDevice, server_process
 
 CYCLES = 50
 DEVICE = 7
@@ -103,3 +103,62 @@ def _assert_once(acks: list[dict[str, Any]], log: list[tuple[int, int]]) -> None
     assert [(ack["server_revision"], ack["value"]) for ack in acks] == [
         (revision, local) for revision, local in log
     ]
+
+
+# -- what a retry gets back, on one server --------------------------------------------
+
+
+def _named(local_revision: int, value: Any, request_id: int = 1) -> dict[str, Any]:
+    return {
+        "type": "set",
+        "request_id": request_id,
+        "key": "like",
+        "value": value,
+        "local_revision": local_revision,
+        "device_id": 1,
+    }
+
+
+async def test_a_retry_gets_the_original_ack_and_nobody_gets_a_push(
+    connect_device: Connect,
+) -> None:
+    writer, watcher = await connect_device(1), await connect_device(2)
+    await writer.send(_named(3, True))
+    original = await writer.receive_type("ack")
+    await watcher.receive_type("push")
+    await writer.send(_named(3, True, request_id=2))
+    retry = await writer.receive_type("ack")
+    assert retry == {**original, "request_id": 2}
+    await watcher.get("like")  # any push of the retry would have come before this answer
+    assert (writer.pushes, watcher.pushes) == ([_own_push(3, True, 1)], [])
+
+
+async def test_a_stale_copy_gets_the_ack_of_the_devices_newest_write_of_the_key(
+    connect_device: Connect,
+) -> None:
+    writer = await connect_device(1)
+    await writer.send(_named(3, "old"))
+    await writer.receive_type("ack")
+    await writer.send(_named(4, "new", request_id=2))
+    newest = await writer.receive_type("ack")
+    await writer.send(_named(3, "old", request_id=3))
+    assert await writer.receive_type("ack") == {**newest, "request_id": 3}
+    assert (await writer.get("like"))["value"] == "new"
+
+
+async def test_a_set_without_a_device_id_is_not_deduplicated(connect_device: Connect) -> None:
+    writer = await connect_device(1)
+    revisions = [(await writer.set("like", True, local_revision=3))["server_revision"]]
+    revisions.append((await writer.set("like", True, local_revision=3))["server_revision"])
+    assert revisions == [1, 2]
+
+
+def _own_push(local_revision: int, value: Any, revision: int) -> dict[str, Any]:
+    return {
+        "type": "push",
+        "key": "like",
+        "value": value,
+        "server_revision": revision,
+        "local_revision": local_revision,
+        "device_id": 1,
+    }
