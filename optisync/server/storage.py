@@ -61,7 +61,8 @@ class StorageUnavailableError(OptisyncError, ConnectionError):
     A commit that raises it was not acknowledged: the server answers
     ``unavailable`` and the device retries. (Lost during the COMMIT itself, the
     write may still have been committed: it then reaches every device, the
-    writer included, as a push like any other change.)
+    writer included, as a push like any other change, and a retry of a
+    deduplicated write gets that commit's ack instead of committing again.)
 
     Example:
         >>> import optisync
@@ -303,7 +304,7 @@ class SqliteStorage(OpenedByAsyncWith):
 
         With ``deduplicate``, a write this device already committed for this
         key (same or lower ``local_revision``) returns that commit instead
-        (see :meth:`Storage.commit`).
+        (see :meth:`Storage.commit <optisync.server.Storage.commit>`).
 
         Example:
             >>> import asyncio
