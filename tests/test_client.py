@@ -34,11 +34,19 @@ class GatedStorage(SqliteStorage):
         self.waiting = asyncio.Event()
 
     async def commit(
-        self, key: str, value: bytes, *, local_revision: int, device_id: int
+        self,
+        key: str,
+        value: bytes,
+        *,
+        local_revision: int,
+        device_id: int,
+        deduplicate: bool = False,
     ) -> Change:
         self.waiting.set()
         await self.gate.wait()
-        return await super().commit(key, value, local_revision=local_revision, device_id=device_id)
+        return await super().commit(
+            key, value, local_revision=local_revision, device_id=device_id, deduplicate=deduplicate
+        )
 
 
 @pytest.fixture

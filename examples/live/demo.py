@@ -130,12 +130,18 @@ class DemoStorage(SqliteStorage):
         self.database = database
 
     async def commit(
-        self, key: str, value: bytes, *, local_revision: int, device_id: int
+        self,
+        key: str,
+        value: bytes,
+        *,
+        local_revision: int,
+        device_id: int,
+        deduplicate: bool = False,
     ) -> Change:
         """Commit as :class:`~optisync.server.SqliteStorage` does, between the two valves."""
         await self._before(device_id)
         change = await super().commit(
-            key, value, local_revision=local_revision, device_id=device_id
+            key, value, local_revision=local_revision, device_id=device_id, deduplicate=deduplicate
         )
         self.database[key] = change
         self._say(f"commit {key}={value.decode()} rev {change.server_revision}")

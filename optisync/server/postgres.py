@@ -49,6 +49,8 @@ __all__ = ["PostgresStorage"]
 
 logger: Final = logging.getLogger("optisync.server.postgres")
 
+# Run at every open (under _SCHEMA_LOCK): a database made by an older version
+# gains the tables it lacks, optisync_device_keys included.
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS optisync_meta (name text PRIMARY KEY, value text NOT NULL);
 CREATE TABLE IF NOT EXISTS optisync_head (
@@ -67,6 +69,13 @@ CREATE TABLE IF NOT EXISTS optisync_keys (
     key text PRIMARY KEY,
     revision bigint NOT NULL REFERENCES optisync_changes (revision)
 );
+CREATE TABLE IF NOT EXISTS optisync_device_keys (
+    device_id bigint NOT NULL,
+    key text NOT NULL,
+    local_revision bigint NOT NULL,
+    revision bigint NOT NULL REFERENCES optisync_changes (revision),
+    PRIMARY KEY (device_id, key)
+);
 """
 # Any fixed number: it keeps two processes from creating the tables at once.
 _SCHEMA_LOCK: Final = 0x0951_7C
@@ -77,7 +86,8 @@ _COMMITS: Final = "optisync-commits"
 _READS: Final = "optisync-reads"
 _LISTEN: Final = "optisync-listen"
 
-_Pool = AsyncConnectionPool[psycopg.AsyncConnection[tuple[object, ...]]]
+_Connection = psycopg.AsyncConnection[tuple[object, ...]]
+_Pool = AsyncConnectionPool[_Connection]
 
 
 def _change(row: tuple[int, str, bytes, int, int]) -> Change:
@@ -248,9 +258,20 @@ class PostgresStorage(OpenedByAsyncWith):
         self._commits = self._reads = None
 
     async def commit(
-        self, key: str, value: bytes, *, local_revision: int, device_id: int
+        self,
+        key: str,
+        value: bytes,
+        *,
+        local_revision: int,
+        device_id: int,
+        deduplicate: bool = False,
     ) -> Change:
         """Write ``value`` at the next revision and notify every process, in one transaction.
+
+        With ``deduplicate``, a write this device already committed for this
+        key (same or lower ``local_revision``), through this process or another,
+        returns that commit instead (see :meth:`Storage.commit
+        <optisync.server.Storage.commit>`).
 
         Example:
             >>> from optisync.server.postgres import PostgresStorage
@@ -258,29 +279,22 @@ class PostgresStorage(OpenedByAsyncWith):
             <bound method PostgresStorage.commit of <...>>
         """
         async with self._connection(self._commits, "a commit") as db, db.transaction():
-            # The row lock on the counter orders commits: revision order is commit order.
-            cursor = await db.execute(
-                "UPDATE optisync_head SET revision = revision + 1 RETURNING revision"
-            )
-            row = await cursor.fetchone()
-            assert row is not None
-            revision = int(str(row[0]))
-            await db.execute(
-                "INSERT INTO optisync_changes (revision, key, value, local_revision, device_id) "
-                "VALUES (%s, %s, %s, %s, %s)",
-                (revision, key, value, local_revision, device_id),
-            )
-            await db.execute(
-                "INSERT INTO optisync_keys (key, revision) VALUES (%s, %s) "
-                "ON CONFLICT (key) DO UPDATE SET revision = excluded.revision",
-                (key, revision),
-            )
-            await db.execute("SELECT pg_notify(%s, %s)", (self._channel, str(revision)))
+            remembered = await _remembered(db, device_id, key) if deduplicate else None
+            if remembered is not None and local_revision <= remembered.local_revision:
+                change = remembered
+            else:
+                change = await _insert(db, key, value, local_revision, device_id)
+                if deduplicate:
+                    await _remember(db, change)
+                await db.execute(
+                    "SELECT pg_notify(%s, %s)", (self._channel, str(change.server_revision))
+                )
         # Hand it (and any earlier commit of another process) to the server before
-        # the ack. Should this read fail, the change still reaches every device
-        # through the LISTEN side's catch-up; only this call reports a failure.
-        await self._catch_up(revision)
-        return Change(revision, key, value, local_revision, device_id)
+        # the ack; a remembered commit too, which another process may have made.
+        # Should this read fail, the change still reaches every device through
+        # the LISTEN side's catch-up; only this call reports a failure.
+        await self._catch_up(change.server_revision)
+        return change
 
     async def read(self, key: str) -> Change | None:
         """The newest change of ``key``, or None.
@@ -358,3 +372,53 @@ class PostgresStorage(OpenedByAsyncWith):
                 logger.warning("LISTEN connection lost (%s); reconnecting in %.1f s", error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+# -- one commit's statements (inside its transaction) -------------------------------
+
+
+async def _insert(
+    db: _Connection, key: str, value: bytes, local_revision: int, device_id: int
+) -> Change:
+    # The row lock on the counter orders commits: revision order is commit order.
+    cursor = await db.execute("UPDATE optisync_head SET revision = revision + 1 RETURNING revision")
+    row = await cursor.fetchone()
+    assert row is not None
+    revision = int(str(row[0]))
+    await db.execute(
+        "INSERT INTO optisync_changes (revision, key, value, local_revision, device_id) "
+        "VALUES (%s, %s, %s, %s, %s)",
+        (revision, key, value, local_revision, device_id),
+    )
+    await db.execute(
+        "INSERT INTO optisync_keys (key, revision) VALUES (%s, %s) "
+        "ON CONFLICT (key) DO UPDATE SET revision = excluded.revision",
+        (key, revision),
+    )
+    return Change(revision, key, value, local_revision, device_id)
+
+
+async def _remembered(db: _Connection, device_id: int, key: str) -> Change | None:
+    """The newest commit of ``key`` by ``device_id`` among its deduplicated writes."""
+    # The counter's row lock first (every commit takes it), then the read in a
+    # statement of its own: under READ COMMITTED its snapshot is taken once the
+    # lock is held, so it sees the commit of the transaction that held it last.
+    # (A join under FOR UPDATE would re-read only the locked row, not the join.)
+    await db.execute("SELECT revision FROM optisync_head FOR UPDATE")
+    cursor = await db.execute(
+        f"SELECT {_COLUMNS} FROM optisync_device_keys AS d "
+        "JOIN optisync_changes AS c ON c.revision = d.revision "
+        "WHERE d.device_id = %s AND d.key = %s",
+        (device_id, key),
+    )
+    row = await cursor.fetchone()
+    return None if row is None else _change(row)  # type: ignore[arg-type]
+
+
+async def _remember(db: _Connection, change: Change) -> None:
+    await db.execute(
+        "INSERT INTO optisync_device_keys (device_id, key, local_revision, revision) "
+        "VALUES (%s, %s, %s, %s) ON CONFLICT (device_id, key) DO UPDATE SET "
+        "local_revision = excluded.local_revision, revision = excluded.revision",
+        (change.device_id, change.key, change.local_revision, change.server_revision),
+    )

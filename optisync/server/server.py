@@ -448,15 +448,44 @@ class SyncServer:
         if len(value) > self._limits.max_message_bytes:
             return Error(request_id, "too_large", "the value is too large")
         try:
+            # A set naming its device is deduplicated: its retry (same device, key
+            # and local revision) or a stale copy (a lower local revision) gets the
+            # ack of the device's newest commit of the key and commits nothing.
             change = await self._storage.commit(
-                message.key, value, local_revision=message.local_revision, device_id=peer.device_id
+                message.key,
+                value,
+                local_revision=message.local_revision,
+                device_id=peer.device_id,
+                deduplicate=message.device_id is not None,
             )
         except Exception:
             # The database is unreachable or refused: the device will retry.
             logger.exception("commit of %r failed", message.key)
             return Error(request_id, "unavailable", "the server could not commit; retry")
+        self._log_if_superseded(peer, message, value, change)
         logger.debug("%s set %r at %d", peer.grant.name, message.key, change.server_revision)
-        return Committed(request_id, message.key, msgspec.Raw(value), change.server_revision)
+        return Committed(request_id, message.key, msgspec.Raw(change.value), change.server_revision)
+
+    def _log_if_superseded(self, peer: _Peer, message: Set, value: bytes, change: Change) -> None:
+        if change.local_revision > message.local_revision:
+            logger.info(
+                "%s sent a stale copy of %r (local revision %d): answered with its commit at %d",
+                peer.grant.name,
+                message.key,
+                message.local_revision,
+                change.server_revision,
+            )
+        elif change.value != value:
+            # Its device id restarted its local revisions (a fixed id without
+            # persistence): the new value is lost, so say so loudly.
+            logger.warning(
+                "%s sent another value for %r at local revision %d, already committed at %d: "
+                "answered with the committed value; a device id must never reuse a local revision",
+                peer.grant.name,
+                message.key,
+                message.local_revision,
+                change.server_revision,
+            )
 
     # -- replay and pushes ---------------------------------------------------------
 

@@ -61,7 +61,8 @@ class StorageUnavailableError(OptisyncError, ConnectionError):
     A commit that raises it was not acknowledged: the server answers
     ``unavailable`` and the device retries. (Lost during the COMMIT itself, the
     write may still have been committed: it then reaches every device, the
-    writer included, as a push like any other change.)
+    writer included, as a push like any other change, and a retry of a
+    deduplicated write gets that commit's ack instead of committing again.)
 
     Example:
         >>> import optisync
@@ -102,9 +103,24 @@ class Storage(Protocol):
         ...
 
     async def commit(
-        self, key: str, value: bytes, *, local_revision: int, device_id: int
+        self,
+        key: str,
+        value: bytes,
+        *,
+        local_revision: int,
+        device_id: int,
+        deduplicate: bool = False,
     ) -> Change:
-        """Store ``value`` for ``key`` at the next revision; return once durable."""
+        """Store ``value`` for ``key`` at the next revision; return once durable.
+
+        With ``deduplicate``, the storage remembers, in the same transaction,
+        the newest ``(local_revision, revision)`` committed per ``(device_id,
+        key)``. A write whose ``local_revision`` is at or below the remembered
+        one is a retry (equal) or a stale retry (below): nothing is committed,
+        ``on_commit`` is not called, and the remembered commit is returned, with
+        the value it committed. The check and the write are one transaction, so
+        two copies of one write racing on two processes commit it once.
+        """
         ...
 
     async def read(self, key: str) -> Change | None:
@@ -120,6 +136,9 @@ class Storage(Protocol):
         ...
 
 
+# Run at every open: a database made by an older version gains the tables it
+# lacks (optisync_device_keys came with deduplication; its writes before that
+# are not remembered, so only writes after the upgrade are deduplicated).
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS optisync_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS optisync_changes (
@@ -132,6 +151,13 @@ CREATE TABLE IF NOT EXISTS optisync_changes (
 CREATE TABLE IF NOT EXISTS optisync_keys (
     key TEXT PRIMARY KEY,
     revision INTEGER NOT NULL REFERENCES optisync_changes (revision)
+);
+CREATE TABLE IF NOT EXISTS optisync_device_keys (
+    device_id INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    local_revision INTEGER NOT NULL,
+    revision INTEGER NOT NULL REFERENCES optisync_changes (revision),
+    PRIMARY KEY (device_id, key)
 );
 """
 _COLUMNS = "c.revision, c.key, c.value, c.local_revision, c.device_id"
@@ -266,9 +292,19 @@ class SqliteStorage(OpenedByAsyncWith):
         executor.shutdown(wait=True)
 
     async def commit(
-        self, key: str, value: bytes, *, local_revision: int, device_id: int
+        self,
+        key: str,
+        value: bytes,
+        *,
+        local_revision: int,
+        device_id: int,
+        deduplicate: bool = False,
     ) -> Change:
         """Store ``value`` for ``key`` at the next revision, in one durable transaction.
+
+        With ``deduplicate``, a write this device already committed for this
+        key (same or lower ``local_revision``) returns that commit instead
+        (see :meth:`Storage.commit <optisync.server.Storage.commit>`).
 
         Example:
             >>> import asyncio
@@ -277,31 +313,33 @@ class SqliteStorage(OpenedByAsyncWith):
             ...     async with SqliteStorage(":memory:") as storage:
             ...         change = await storage.commit("k", b"1", local_revision=1, device_id=2)
             ...         print(change.server_revision)
+            ...         again = {"local_revision": 1, "device_id": 2, "deduplicate": True}
+            ...         first = await storage.commit("k", b"1", **again)
+            ...         retry = await storage.commit("k", b"1", **again)
+            ...         print(first.server_revision, retry.server_revision)
             >>> asyncio.run(main())
             1
+            2 2
         """
         loop = asyncio.get_running_loop()
 
         def write(connection: sqlite3.Connection) -> Change:
+            # IMMEDIATE: the write lock is taken before the check, so no other
+            # writer (thread or process) commits the same write in between.
             connection.execute("BEGIN IMMEDIATE")
             try:
-                cursor = connection.execute(
-                    "INSERT INTO optisync_changes (key, value, local_revision, device_id) "
-                    "VALUES (?, ?, ?, ?)",
-                    (key, value, local_revision, device_id),
-                )
-                revision = cursor.lastrowid
-                assert revision is not None
-                connection.execute(
-                    "INSERT INTO optisync_keys (key, revision) VALUES (?, ?) "
-                    "ON CONFLICT (key) DO UPDATE SET revision = excluded.revision",
-                    (key, revision),
-                )
+                remembered = _remembered(connection, device_id, key) if deduplicate else None
+                if remembered is not None and local_revision <= remembered.local_revision:
+                    connection.execute("ROLLBACK")
+                    return remembered
+                change = _insert(connection, key, value, local_revision, device_id)
+                if deduplicate:
+                    _remember(connection, change)
                 connection.execute("COMMIT")
             except BaseException:
-                connection.execute("ROLLBACK")
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
                 raise
-            change = Change(revision, key, value, local_revision, device_id)
             # Scheduled from the one writer thread, in commit order, and before
             # the executor schedules commit()'s result: pushes go out in revision
             # order and before the ack.
@@ -378,6 +416,43 @@ class SqliteStorage(OpenedByAsyncWith):
             return 0 if row[0] is None else int(row[0])
 
         return await self._run(select)
+
+
+def _insert(
+    connection: sqlite3.Connection, key: str, value: bytes, local_revision: int, device_id: int
+) -> Change:
+    cursor = connection.execute(
+        "INSERT INTO optisync_changes (key, value, local_revision, device_id) VALUES (?, ?, ?, ?)",
+        (key, value, local_revision, device_id),
+    )
+    revision = cursor.lastrowid
+    assert revision is not None
+    connection.execute(
+        "INSERT INTO optisync_keys (key, revision) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET revision = excluded.revision",
+        (key, revision),
+    )
+    return Change(revision, key, value, local_revision, device_id)
+
+
+def _remembered(connection: sqlite3.Connection, device_id: int, key: str) -> Change | None:
+    """The newest commit of ``key`` by ``device_id`` among its deduplicated writes."""
+    row = connection.execute(
+        f"SELECT {_COLUMNS} FROM optisync_device_keys AS d "
+        "JOIN optisync_changes AS c ON c.revision = d.revision "
+        "WHERE d.device_id = ? AND d.key = ?",
+        (device_id, key),
+    ).fetchone()
+    return None if row is None else _change(row)
+
+
+def _remember(connection: sqlite3.Connection, change: Change) -> None:
+    connection.execute(
+        "INSERT INTO optisync_device_keys (device_id, key, local_revision, revision) "
+        "VALUES (?, ?, ?, ?) ON CONFLICT (device_id, key) DO UPDATE SET "
+        "local_revision = excluded.local_revision, revision = excluded.revision",
+        (change.device_id, change.key, change.local_revision, change.server_revision),
+    )
 
 
 def _read_or_create_generation(connection: sqlite3.Connection) -> str:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import pytest
 from websockets.asyncio.client import connect
 
-from optisync.server import SyncServer
+from optisync.server import SqliteStorage, Storage, SyncServer
 from tests.server.conftest import Connect, RawDevice, server_process
 
 
@@ -139,3 +142,151 @@ async def _write_once(url: str) -> dict[str, object]:
         assert (await device.receive())["type"] == "welcome"
         await device.receive_type("ready")
         return await device.set("k", "v")
+
+
+# -- exactly once: the storage contract, on SQLite and on PostgreSQL ---------------
+
+
+class Backend:
+    """Opens storages on one database, again and again (a restart), and runs raw SQL."""
+
+    def __init__(self, name: str, where: str) -> None:
+        self.name = name
+        self.where = where
+
+    def storage(self) -> Storage:
+        if self.name == "sqlite":
+            return SqliteStorage(self.where)
+        from optisync.server.postgres import PostgresStorage
+
+        return PostgresStorage(self.where)
+
+    @contextlib.asynccontextmanager
+    async def opened(self) -> AsyncIterator[tuple[Storage, list[int]]]:
+        """An open storage and the revisions it hands to its server (``on_commit``)."""
+        storage, handed = self.storage(), []
+        storage.on_commit = lambda change: handed.append(change.server_revision)
+        await storage.open()
+        try:
+            yield storage, handed
+        finally:
+            await storage.close()
+
+    async def execute(self, statement: str) -> None:
+        if self.name == "sqlite":
+            with contextlib.closing(sqlite3.connect(self.where)) as db, db:
+                db.execute(statement)
+            return
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(self.where, autocommit=True) as db:
+            await db.execute(statement)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "sqlite":
+        return Backend("sqlite", str(tmp_path / "contract.sqlite3"))
+    return Backend("postgres", request.getfixturevalue("postgres_dsn"))
+
+
+ONCE: dict[str, Any] = {"device_id": 7, "deduplicate": True}
+
+
+async def test_a_retried_write_returns_its_original_commit_and_commits_nothing(
+    backend: Backend,
+) -> None:
+    async with backend.opened() as (storage, handed):
+        first = await storage.commit("like", b"true", local_revision=3, **ONCE)
+        retry = await storage.commit("like", b"true", local_revision=3, **ONCE)
+        assert retry == first
+        assert await storage.head() == 1
+        assert handed == [1]  # nothing new was handed to the server: no push
+
+
+async def test_a_retry_gets_the_value_committed_then_not_the_keys_value_now(
+    backend: Backend,
+) -> None:
+    async with backend.opened() as (storage, _):
+        first = await storage.commit("color", b'"red"', local_revision=3, **ONCE)
+        await storage.commit("color", b'"blue"', local_revision=1, device_id=8, deduplicate=True)
+        retry = await storage.commit("color", b'"red"', local_revision=3, **ONCE)
+        assert (
+            (retry.server_revision, retry.value)
+            == (1, b'"red"')
+            == (
+                first.server_revision,
+                first.value,
+            )
+        )
+        assert await storage.head() == 2
+
+
+async def test_a_stale_write_returns_the_devices_newest_commit_of_the_key(
+    backend: Backend,
+) -> None:
+    async with backend.opened() as (storage, handed):
+        await storage.commit("k", b"3", local_revision=3, **ONCE)
+        newest = await storage.commit("k", b"4", local_revision=4, **ONCE)
+        stale = await storage.commit("k", b"3", local_revision=3, **ONCE)
+        older = await storage.commit("k", b"2", local_revision=2, **ONCE)
+        assert stale == older == newest
+        assert (await storage.read("k")) == newest
+        assert handed == [1, 2]
+
+
+async def test_writes_are_told_apart_by_device_key_and_local_revision(
+    backend: Backend,
+) -> None:
+    async with backend.opened() as (storage, _):
+        await storage.commit("k", b"1", local_revision=1, **ONCE)
+        # Local revisions count per key: another key at the same one is new.
+        await storage.commit("other", b"1", local_revision=1, **ONCE)
+        await storage.commit("k", b"1", local_revision=1, device_id=8, deduplicate=True)
+        await storage.commit("k", b"2", local_revision=2, **ONCE)
+        assert await storage.head() == 4
+
+
+async def test_without_deduplicate_every_write_commits(backend: Backend) -> None:
+    async with backend.opened() as (storage, _):
+        for _ in range(2):
+            await storage.commit("k", b"1", local_revision=1, device_id=7)
+        assert await storage.head() == 2
+        # ... and is not remembered: the first deduplicated write commits.
+        await storage.commit("k", b"1", local_revision=1, **ONCE)
+        assert await storage.head() == 3
+
+
+async def test_the_remembered_write_survives_a_restart(backend: Backend) -> None:
+    async with backend.opened() as (storage, _):
+        first = await storage.commit("k", b"1", local_revision=5, **ONCE)
+    async with backend.opened() as (reopened, handed):
+        assert await reopened.commit("k", b"1", local_revision=5, **ONCE) == first
+        assert await reopened.head() == 1
+        assert handed == []
+
+
+async def test_a_database_made_before_deduplication_gains_its_table_on_open(
+    backend: Backend,
+) -> None:
+    async with backend.opened() as (storage, _):
+        await storage.commit("k", b"1", local_revision=1, device_id=7)
+    await backend.execute("DROP TABLE optisync_device_keys")  # as an older version left it
+    async with backend.opened() as (storage, _):
+        first = await storage.commit("k", b"2", local_revision=2, **ONCE)
+        assert await storage.commit("k", b"2", local_revision=2, **ONCE) == first
+        assert await storage.head() == 2
+
+
+async def test_copies_of_one_write_racing_on_two_storages_commit_once(
+    backend: Backend,
+) -> None:
+    async with backend.opened() as (one, _), backend.opened() as (two, _):
+        copies = [
+            storage.commit(f"k{n}", b"1", local_revision=1, **ONCE)
+            for n in range(20)
+            for storage in (one, two)
+        ]
+        changes = await asyncio.gather(*copies)
+        assert await one.head() == 20
+        assert {change.server_revision for change in changes} == set(range(1, 21))
