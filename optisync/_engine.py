@@ -185,6 +185,10 @@ class SyncEngine(Generic[S]):
         key_state.server_revision = revision
         return True
 
+    def forget_server_revisions(self) -> None:
+        for key_state in self.keys.values():
+            key_state.server_revision = -1
+
     def forget_idle_keys(self, keys: Iterable[Hashable] | None) -> int:
         forget = list(self.keys) if keys is None else list(keys)
         forgotten = 0

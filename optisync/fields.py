@@ -803,7 +803,7 @@ def _forget_revisions(fields: StoreFields) -> None:
     # revisions start over, so the replay that follows must not look stale.
     for bound in fields.by_name.values():
         bound.forget_revisions()
-    fields.store.forget_idle_keys()
+    fields.store.forget_server_revisions()
 
 
 def _reload_waiting(fields: StoreFields) -> None:

@@ -456,6 +456,31 @@ class Store(Generic[S]):
         """
         return self.__engine.subscribe_status(listener)
 
+    def forget_server_revisions(self) -> None:
+        """Forget the server revision of every key (the server was replaced).
+
+        For a server that starts its revisions over: a new database, or one
+        restored from a backup. Its pushes would look stale next to the
+        revisions of the old one; after this, each key takes the next push
+        or response as the newest. Local revisions are kept, so that a
+        server that remembers this device's writes never takes a new one
+        for a retry of an old one. A served store's fields call it when their
+        transport reports a reset.
+
+        Examples:
+            >>> from optisync import PushMetadata, Store
+            >>> store = Store({}, device_id=1)
+            >>> meta = PushMetadata(server_revision=9, local_revision=1, device_id=2)
+            >>> _ = store.server_push(key="k", push_metadata=meta,
+            ...     apply_server_push_to_state=lambda s, k, r: {"k": r},
+            ...     get_server_revision_from_state=lambda k: -1)
+            >>> store.server_revision("k"), store.forget_server_revisions()
+            (9, None)
+            >>> store.server_revision("k")
+            -1
+        """
+        self.__engine.forget_server_revisions()
+
     def forget_idle_keys(self, keys: Iterable[Hashable] | None = None) -> int:
         """Drop the per-key bookkeeping of idle keys; return how many were dropped.
 

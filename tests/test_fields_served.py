@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Hashable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from optisync import InvalidArgumentError, PushMetadata, Store, testing
-from optisync.fields import OnRefused, SyncedMapWithPush, serve, store_fields
+from optisync.fields import OnRefused, SyncedMapWithPush, SyncedValueWithPush, serve, store_fields
 from optisync.testing import DeviceLink, NetworkFaults, SimulatedNetwork, SimulatedServer
 from optisync.transport import Ack, PushListener, SyncRequest, store_key, wire_key
 
@@ -311,3 +312,39 @@ def test_distinct_keys_have_distinct_wire_keys(first: Hashable, second: Hashable
     if isinstance(first, tuple) and isinstance(second, tuple) and same_key:
         same_key = type(first[1]) is type(second[1])
     assert (wire_key(first) == wire_key(second)) == same_key
+
+
+async def test_a_served_store_takes_a_replaced_servers_replay_after_its_reset(
+    tmp_path: Path,
+) -> None:
+    """The server's database was replaced (new, or restored from a backup): the client's
+    position names another generation, the server says reset, and the fields forget the
+    old revisions so that the new database's replay is applied, not taken as stale."""
+    from optisync.client import SyncClient
+    from optisync.server import SqliteStorage, SyncServer
+
+    class Theme(Store[str]):
+        theme = SyncedValueWithPush[str, str](lambda s: s, lambda s, t: t)
+
+    old = SyncServer(SqliteStorage(tmp_path / "old.sqlite3"))
+    async with old.run(port=0) as url, SyncClient(Store[int](0, device_id=9), url) as writer:
+        await writer.wait_online(timeout=10)
+        for local_revision in (1, 2, 3):
+            await writer.send("theme", "old", SyncRequest("theme", local_revision, 9))
+        old_generation = writer.generation
+    async with SyncServer(SqliteStorage(tmp_path / "new.sqlite3")).run(port=0) as url:
+        async with SyncClient(Store[int](0, device_id=9), url) as writer:
+            await writer.wait_online(timeout=10)
+            await writer.send("theme", "new", SyncRequest("theme", 1, 9))
+        resets: list[str] = []
+        async with Theme("old", device_id=1) as store:
+            store.theme.restore(None, 3)  # what the old database said
+            client = SyncClient(store, url)
+            client.resume(3, old_generation)
+            client.subscribe_reset(lambda: resets.append("reset"))
+            async with client:
+                await client.wait_online(timeout=10)
+                await client.caught_up()
+            assert resets == ["reset"]
+            assert store.state == "new"
+            assert store.theme.server_revision() == 1
