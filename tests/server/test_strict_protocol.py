@@ -92,6 +92,14 @@ async def test_a_field_given_twice_is_refused(device: RawDevice) -> None:
     assert (error["code"], error["request_id"]) == ("duplicate_field", 7)
 
 
+async def test_a_name_twice_inside_the_value_is_the_values_own_last_one_wins(
+    device: RawDevice,
+) -> None:
+    await device.connection.send(SET_7 % ('"k"', '{"local_revision":1,"local_revision":2}'))
+    ack = await device.receive_type("ack")
+    assert (ack["request_id"], ack["value"]) == (7, {"local_revision": 2})
+
+
 EVERY_KIND = [
     (SET_7 % (json.dumps("a\tb"), "1"), "bad_field"),  # a bad key
     (SET_7 % ('"k"', "18446744073709551617"), "bad_field"),  # a big integer
