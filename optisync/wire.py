@@ -439,8 +439,9 @@ def _shallow_request_id(raw: bytes) -> int | None:
 
 
 def _refuse_unsafe_integers(value: Any, request_id: int | None) -> None:
-    where = _unsafe_integer(value, "$.value")
-    if where is not None:
+    steps = _unsafe_integer(value)
+    if steps is not None:
+        where = "$.value" + "".join(f"[{json.dumps(step)}]" for step in reversed(steps))
         raise ProtocolError(
             "bad_field",
             f"integers must lie within -(2**53 - 1) and 2**53 - 1, "
@@ -449,20 +450,24 @@ def _refuse_unsafe_integers(value: Any, request_id: int | None) -> None:
         )
 
 
-def _unsafe_integer(value: Any, path: str) -> str | None:
-    """Where ``value`` holds an integer beyond MAX_SAFE_INT (nesting is bounded), or None."""
+def _unsafe_integer(value: Any) -> list[str | int] | None:
+    """The steps (innermost first) to an integer beyond MAX_SAFE_INT in ``value``, or None.
+
+    Recursive: the nesting is bounded by MAX_NESTING before decoding.
+    """
     if isinstance(value, int):
-        return None if -MAX_SAFE_INT <= value <= MAX_SAFE_INT else path
+        return None if -MAX_SAFE_INT <= value <= MAX_SAFE_INT else []
     if isinstance(value, dict):
-        children: Any = ((json.dumps(name), item) for name, item in value.items())
+        children: Any = value.items()
     elif isinstance(value, list):
         children = enumerate(value)
     else:
         return None
-    for name, item in children:
-        found = _unsafe_integer(item, f"{path}[{name}]")
-        if found is not None:
-            return found
+    for step, item in children:
+        steps = _unsafe_integer(item)
+        if steps is not None:
+            steps.append(step)
+            return steps
     return None
 
 
@@ -474,7 +479,7 @@ def _may_repeat_a_field(raw: bytes, quoted_names: tuple[bytes, ...]) -> bool:
     """
     if _ESCAPED_NAME.search(raw):
         return True
-    return any(raw.count(name) > 1 for name in quoted_names)
+    return max(map(raw.count, quoted_names)) > 1  # map: no Python frame per name
 
 
 def _refuse_duplicate_fields(raw: bytes, request_id: int | None) -> None:

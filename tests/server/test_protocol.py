@@ -107,6 +107,12 @@ def test_an_integer_beyond_2_53_anywhere_in_a_value_is_refused(number: int, valu
     assert "2**53" in caught.value.detail
 
 
+def test_the_refusal_of_a_big_integer_says_where_it_is() -> None:
+    with pytest.raises(ProtocolError) as caught:
+        decode_client(SET_7 % (b'"k"', b'[1, {"a b": [2, 18446744073709551617]}]'))
+    assert caught.value.detail.endswith('at `$.value[1]["a b"][1]`')
+
+
 INTEGER_FIELDS = [
     b'{"type":"set","request_id":7,"key":"k","value":1,"local_revision":1,"device_id":%d}',
     b'{"type":"set","request_id":7,"key":"k","value":1,"local_revision":%d}',
