@@ -23,6 +23,7 @@ NUMBERED = [
     (b'{"type":"drop","request_id":7}', "unknown_type"),
     (b'{"request_id":7}', "bad_message"),
     (SET_7 % (b'"k"', b'"' + b"x" * 100 + b'"'), "too_large"),
+    (SET_7 % (b'"k"', b"[" * 5_000 + b"]" * 5_000), "too_large"),  # and too deep
 ]
 
 
@@ -68,6 +69,25 @@ def test_an_error_has_no_request_id_when_none_can_be_read(frame: bytes, code: st
     with pytest.raises(ProtocolError) as caught:
         decode_client(frame, max_bytes=100_000)
     assert (caught.value.code, caught.value.request_id) == (code, None)
+
+
+TOO_DEEP = b"[" * 5_000 + b"]" * 5_000
+FOUND_AT_THE_TOP = [
+    (b'{"type":"set","key":"k","value":%s,"local_revision":1,"request_id":7}' % TOO_DEEP, 7),
+    (b'{"value":["]]}}",%s],"request_id" : 7 ,"type":"set"}' % TOO_DEEP, 7),  # brackets in text
+    (b'{"value":[{"request_id":8},%s],"type":"set"}' % TOO_DEEP, None),  # not at the top
+    (b'{"value":"\\"request_id\\":8,","x":%s,"type":"set"}' % TOO_DEEP, None),  # in text
+    (b'{"value":%s,"request_id":9007199254740992}' % TOO_DEEP, None),  # past 2**53
+]
+
+
+@pytest.mark.parametrize(("frame", "request_id"), FOUND_AT_THE_TOP)
+def test_the_request_id_of_a_frame_too_deep_is_read_at_its_top_level_only(
+    frame: bytes, request_id: int | None
+) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        decode_client(frame, max_bytes=100_000)
+    assert (caught.value.code, caught.value.request_id) == ("bad_field", request_id)
 
 
 def test_the_nesting_limit_is_the_same_on_every_python() -> None:
