@@ -6,8 +6,10 @@ re-exports it for the server's side, with what only a server needs).
 
 Every message is one WebSocket text frame holding one JSON object whose
 ``"type"`` names it. Decoding is done by `msgspec`_ against the structs below
-(strict types, no unknown fields, bounds checked), so a malformed message
-raises :class:`ProtocolError` whose ``code`` the server sends back.
+(strict types, no unknown fields, bounds checked), and :func:`decode_client`
+adds what msgspec lets through: a field given twice, an integer in a value
+beyond :data:`MAX_SAFE_INT`. A malformed message raises :class:`ProtocolError`
+whose ``code`` the server sends back.
 
 .. _msgspec: https://jcristharif.com/msgspec/
 
@@ -64,7 +66,9 @@ Example:
     1
 """
 MAX_SAFE_INT: Final = 2**53 - 1
-"""Ids and revisions stay below 2**53 so that JavaScript clients read them exactly.
+"""Every integer a device sends (ids, revisions, any in a value) stays within ±MAX_SAFE_INT.
+
+So that JavaScript clients read them exactly.
 
 Example:
     >>> from optisync.wire import MAX_SAFE_INT
