@@ -6,8 +6,10 @@ re-exports it for the server's side, with what only a server needs).
 
 Every message is one WebSocket text frame holding one JSON object whose
 ``"type"`` names it. Decoding is done by `msgspec`_ against the structs below
-(strict types, no unknown fields, bounds checked), so a malformed message
-raises :class:`ProtocolError` whose ``code`` the server sends back.
+(strict types, no unknown fields, bounds checked), and :func:`decode_client`
+adds what msgspec lets through: a field given twice, an integer in a value
+beyond :data:`MAX_SAFE_INT`. A malformed message raises :class:`ProtocolError`
+whose ``code`` the server sends back.
 
 .. _msgspec: https://jcristharif.com/msgspec/
 
@@ -25,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any, Final, TypeAlias
 
@@ -63,7 +66,9 @@ Example:
     1
 """
 MAX_SAFE_INT: Final = 2**53 - 1
-"""Ids and revisions stay below 2**53 so that JavaScript clients read them exactly.
+"""Every integer a device sends (ids, revisions, any in a value) stays within ±MAX_SAFE_INT.
+
+So that JavaScript clients read them exactly.
 
 Example:
     >>> from optisync.wire import MAX_SAFE_INT
@@ -91,13 +96,15 @@ Example:
     200
 """
 
+_SafeInt = Annotated[int, msgspec.Meta(ge=-MAX_SAFE_INT, le=MAX_SAFE_INT)]
 _Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_SAFE_INT)]
 _Revision = Annotated[int, msgspec.Meta(ge=-1, le=MAX_SAFE_INT)]
 _DeviceId = Annotated[int, msgspec.Meta(ge=1, le=MAX_SAFE_INT)]
-# Printable, no outer spaces: the key shows up in logs and in authorization rules.
-_Key = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=MAX_KEY_CHARS, pattern=r"^[^\s\x00-\x1f](.*[^\s])?$")
-]
+# No control character anywhere (C0, DEL, C1, line and paragraph separators)
+# and no outer whitespace: the key shows up in logs and in authorization rules.
+# \Z, not $: $ would also match before a final newline.
+_KEY_PATTERN: Final = r"\A(?!\s)[^\x00-\x1f\x7f-\x9f\u2028\u2029]*(?<!\s)\Z"
+_Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_CHARS, pattern=_KEY_PATTERN)]
 _Text = Annotated[str, msgspec.Meta(max_length=4096)]
 
 
@@ -121,7 +128,7 @@ class Hello(_Message, tag="hello", frozen=True):
 
     device_id: _DeviceId
     since: _Count
-    protocol: int = PROTOCOL_VERSION
+    protocol: _SafeInt = PROTOCOL_VERSION
     token: _Text | None = None
     generation: _Text = ""
 
@@ -142,7 +149,7 @@ class Set(_Message, tag="set", frozen=True):
     key: _Key
     value: Any
     local_revision: _Count
-    device_id: int | None = None
+    device_id: _SafeInt | None = None
 
 
 class Get(_Message, tag="get", frozen=True):
@@ -282,7 +289,7 @@ class ProtocolError(OptisyncError, ValueError):
 
     Attributes:
         code: ``bad_json``, ``bad_message``, ``unknown_type``, ``missing_field``,
-            ``unknown_field``, ``bad_field`` or ``too_large``.
+            ``unknown_field``, ``duplicate_field``, ``bad_field`` or ``too_large``.
         request_id: the message's ``request_id`` when it had a valid one.
 
     Example:
@@ -314,6 +321,18 @@ _encoder: Final = msgspec.json.Encoder()
 _LONE_SURROGATE: Final = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _STRING: Final = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _BRACKET: Final = re.compile(rb"[\[\]{}]")
+_QUOTED_REQUEST_ID: Final = b'"request_id"'
+_ID_FIELD: Final = re.compile(rb'"request_id"\s*:\s*(0|[1-9][0-9]{0,15})\s*[,}]')
+# 2**53 has 16 digits: a frame without 16 digits in a row holds no unsafe integer.
+# (bytes.translate and `in` find them about 3 times faster than a regex.)
+_DIGITS_AS_ZERO: Final = bytes(48 if 48 <= byte <= 57 else 32 for byte in range(256))
+_SIXTEEN_DIGITS: Final = b"0" * 16
+# Field names are [a-z_]: one spelled with an escape holds \u005f or \u0061-\u007a.
+_ESCAPED_NAME: Final = re.compile(rb"\\u00[5-7]")
+_QUOTED_NAMES: Final = {
+    kind: tuple(b'"%s"' % name.encode() for name in ("type", *kind.__struct_fields__))
+    for kind in (Hello, Set, Get)
+}
 
 
 def encode(message: ClientMessage | ServerMessage) -> bytes:
@@ -338,7 +357,13 @@ def decode_client(data: bytes | str, *, max_bytes: int = 64 * 1024) -> ClientMes
         >>> decode_client('{"type":"hello","device_id":4,"since":0}').since
         0
     """
-    message: ClientMessage = _decode(_client_decoder, data, max_bytes)
+    raw = _utf8(data)
+    message: ClientMessage = _decode(_client_decoder, raw, max_bytes)
+    request_id = None if isinstance(message, Hello) else message.request_id
+    if isinstance(message, Set) and _SIXTEEN_DIGITS in raw.translate(_DIGITS_AS_ZERO):
+        _refuse_unsafe_integers(message.value, request_id)
+    if _may_repeat_a_field(raw, _QUOTED_NAMES[type(message)]):
+        _refuse_duplicate_fields(raw, request_id)
     return message
 
 
@@ -350,21 +375,27 @@ def decode_server(data: bytes | str, *, max_bytes: int = 16 * 1024 * 1024) -> Se
         >>> decode_server(b'{"type":"ready","server_revision":9}')
         Ready(server_revision=9)
     """
-    message: ServerMessage = _decode(_server_decoder, data, max_bytes)
+    message: ServerMessage = _decode(_server_decoder, _utf8(data), max_bytes)
     return message
 
 
-def _decode(decoder: msgspec.json.Decoder[Any], data: bytes | str, max_bytes: int) -> Any:
+def _utf8(data: bytes | str) -> bytes:
     # surrogatepass: a str holding a lone surrogate becomes bytes msgspec refuses.
-    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    return data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes, max_bytes: int) -> Any:
     if len(raw) > max_bytes:
         raise ProtocolError(
-            "too_large", f"a message may hold at most {max_bytes} bytes", _request_id(raw)
+            "too_large",
+            f"a message may hold at most {max_bytes} bytes",
+            _request_id(raw, read_at_most=max_bytes),
         )
     if _too_deep(raw):
-        # No request id: reading it would parse the whole depth.
-        code = "bad_field" if raw.lstrip()[:1] == b"{" else "bad_message"
-        raise ProtocolError(code, f"arrays and objects may nest at most {MAX_NESTING} deep")
+        detail = f"arrays and objects may nest at most {MAX_NESTING} deep"
+        if raw.lstrip()[:1] != b"{":
+            raise ProtocolError("bad_message", detail)
+        raise ProtocolError("bad_field", detail, _shallow_request_id(raw))
     try:
         return decoder.decode(raw)
     except msgspec.ValidationError as error:
@@ -397,6 +428,92 @@ def _too_deep(raw: bytes) -> bool:
     return False
 
 
+def _shallow_request_id(raw: bytes) -> int | None:
+    """The top-level ``request_id`` of a frame too deep to decode, read without nesting.
+
+    Strings are emptied (but the name ``"request_id"``), so that brackets in
+    them do not count; then the depth of each candidate is counted in C.
+    """
+    text = _STRING.sub(_empty_all_but_request_id, raw)
+    for field in _ID_FIELD.finditer(text):
+        end = field.start()
+        opened = text.count(b"{", 0, end) + text.count(b"[", 0, end)
+        if opened - text.count(b"}", 0, end) - text.count(b"]", 0, end) == 1:
+            request_id = int(field[1])
+            return request_id if request_id <= MAX_SAFE_INT else None
+    return None
+
+
+def _empty_all_but_request_id(string: re.Match[bytes]) -> bytes:
+    return _QUOTED_REQUEST_ID if string[0] == _QUOTED_REQUEST_ID else b'""'
+
+
+def _refuse_unsafe_integers(value: Any, request_id: int | None) -> None:
+    steps = _unsafe_integer(value)
+    if steps is not None:
+        where = "$.value" + "".join(f"[{json.dumps(step)}]" for step in reversed(steps))
+        raise ProtocolError(
+            "bad_field",
+            f"integers must lie within -(2**53 - 1) and 2**53 - 1, "
+            f"where JavaScript reads them exactly - at `{where}`",
+            request_id,
+        )
+
+
+def _unsafe_integer(value: Any) -> list[str | int] | None:
+    """The steps (innermost first) to an integer beyond MAX_SAFE_INT in ``value``, or None.
+
+    Recursive: the nesting is bounded by MAX_NESTING before decoding.
+    """
+    if isinstance(value, int):
+        return None if -MAX_SAFE_INT <= value <= MAX_SAFE_INT else []
+    if isinstance(value, dict):
+        children: Any = value.items()
+    elif isinstance(value, list):
+        children = enumerate(value)
+    else:
+        return None
+    for step, item in children:
+        steps = _unsafe_integer(item)
+        if steps is not None:
+            steps.append(step)
+            return steps
+    return None
+
+
+def _may_repeat_a_field(raw: bytes, quoted_names: tuple[bytes, ...]) -> bool:
+    """Whether a field may be named twice: a name is there twice, or one is escaped.
+
+    msgspec keeps the last of two equal names without a word; this cheap test
+    on the bytes tells when the exact (slower) check is needed.
+    """
+    if _ESCAPED_NAME.search(raw):
+        return True
+    return max(map(raw.count, quoted_names)) > 1  # map: no Python frame per name
+
+
+def _refuse_duplicate_fields(raw: bytes, request_id: int | None) -> None:
+    """Raise ``duplicate_field`` if the frame's object names a field twice.
+
+    Reads only the top level: names repeated inside ``value`` are the value's.
+    """
+    try:
+        # Numbers stay text: nothing to convert, and no limit on digits.
+        pairs = json.loads(raw, object_pairs_hook=list, parse_int=str, parse_float=str)
+    except ValueError:
+        return  # msgspec read it; nothing more to learn here
+    names = [name for name, _ in pairs]
+    for name in names:
+        if names.count(name) > 1:
+            ids = [value for key, value in pairs if key == "request_id"]
+            one_id = all(other == ids[0] for other in ids)  # two ids: neither is the frame's
+            raise ProtocolError(
+                "duplicate_field",
+                f"the field `{name}` appears more than once",
+                request_id if one_id else None,
+            )
+
+
 def _validation_code(text: str) -> str:
     if text.startswith("Object missing required field `type`"):
         return "bad_message"
@@ -411,12 +528,16 @@ def _validation_code(text: str) -> str:
     return "bad_field"
 
 
-def _request_id(raw: bytes) -> int | None:
+def _request_id(raw: bytes, read_at_most: int | None = None) -> int | None:
     """The message's top-level ``request_id`` if the JSON holds a valid one, else None."""
     try:
         return _id_decoder.decode(raw).request_id
-    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+    except (msgspec.ValidationError, msgspec.DecodeError):
         return None
+    except RecursionError:
+        # Nested past the interpreter's limit (a message too large as well as
+        # too deep): read the top level alone, in its first bytes only.
+        return _shallow_request_id(raw[:read_at_most])
 
 
 def _is_json(raw: bytes) -> bool:

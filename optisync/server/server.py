@@ -59,6 +59,7 @@ logger: Final = logging.getLogger("optisync.server")
 _POLICY: Final = 1008
 _TRY_LATER: Final = 1013
 _QUEUE_FULL: Final = "send queue full"
+_BINARY: Final = "messages are JSON in text frames; this frame was binary"
 _NO_DATABASE: Final = "the database is unavailable"
 
 
@@ -332,13 +333,8 @@ class SyncServer:
         except (TimeoutError, ConnectionClosed):
             await connection.close(_POLICY, "no hello")
             return None
-        refusal: Error | None
-        try:
-            hello = decode_client(frame, max_bytes=self._limits.max_message_bytes)
-        except ProtocolError as error:
-            refusal = Error(error.request_id, error.code, error.detail)
-        else:
-            refusal = await self._check_hello(hello)
+        hello = self._decode(frame)
+        refusal = hello if isinstance(hello, Error) else await self._check_hello(hello)
         if refusal is None:
             assert isinstance(hello, Hello)
             peer = _Peer(connection, hello, self._admitted[hello.device_id], self._limits)
@@ -360,7 +356,7 @@ class SyncServer:
 
     async def _check_hello(self, hello: ClientMessage) -> Error | None:
         if not isinstance(hello, Hello):
-            return Error(None, "bad_message", "the first message must be a hello")
+            return Error(hello.request_id, "bad_message", "the first message must be a hello")
         if hello.protocol != PROTOCOL_VERSION:
             return Error(None, "bad_version", f"this server speaks protocol {PROTOCOL_VERSION}")
         grant = await self._authenticate(hello)
@@ -409,11 +405,27 @@ class SyncServer:
         logger.warning("%s cut: %s", peer.grant.name, reason)
         await peer.connection.close(_TRY_LATER, reason)
 
-    async def _answer(self, peer: _Peer, frame: str | bytes, bucket: _TokenBucket) -> Any:
+    def _decode(self, frame: str | bytes) -> ClientMessage | Error:
+        """The frame's message, or the error that refuses it, numbered when it can be.
+
+        websockets hands a binary frame over as bytes: it is refused with
+        ``bad_message`` whatever it holds (decoded only to find its request id).
+        """
         try:
             message = decode_client(frame, max_bytes=self._limits.max_message_bytes)
         except ProtocolError as error:
+            if isinstance(frame, bytes):
+                return Error(error.request_id, "bad_message", _BINARY)
             return Error(error.request_id, error.code, error.detail)
+        if isinstance(frame, bytes):
+            request_id = None if isinstance(message, Hello) else message.request_id
+            return Error(request_id, "bad_message", _BINARY)
+        return message
+
+    async def _answer(self, peer: _Peer, frame: str | bytes, bucket: _TokenBucket) -> Any:
+        message = self._decode(frame)
+        if isinstance(message, Error):
+            return message
         if isinstance(message, Hello):
             return Error(None, "bad_message", "hello is only the first message")
         if not bucket.take():

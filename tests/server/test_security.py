@@ -65,7 +65,7 @@ MALFORMED = [
     (SET_TEXT % ('"k\\udc00"', "1"), "bad_field", 4),
     (SET_TEXT.replace("4", '"4"') % ('"k"', '"\\ud800"'), "bad_field", None),
     ((SET_TEXT % ('"k"', '"\\ud800"'))[:-1], "bad_json", None),
-    (SET_TEXT % ('"k"', "[" * 5_000 + "]" * 5_000), "bad_field", None),
+    (SET_TEXT % ('"k"', "[" * 5_000 + "]" * 5_000), "bad_field", 4),
     ('{"type": "hello", "device_id": 1, "since": 0}', "bad_message", None),
     ("[" * 10_000 + "]" * 10_000, "bad_message", None),
 ]  # fmt: skip
