@@ -2,6 +2,9 @@
 
 The log goes through :mod:`logging` to stderr from a thread of its own: a
 full pipe that nobody drains drops log lines, it never stops the server.
+Without ``$OPTISYNC_SERVER_TOKEN`` it listens on loopback only, unless
+``--insecure``. A server that cannot start (that refusal, a database it cannot
+open, a port in use) says why in one line on stderr and exits with status 2.
 
 Example:
     >>> from optisync.server.__main__ import parse_arguments
@@ -14,22 +17,48 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
+import ipaddress
 import logging
 import logging.handlers
 import os
 import queue
 import signal
+import socket
+import sqlite3
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TextIO
 
 from optisync.server.security import allow_anyone, require_token
 from optisync.server.server import SyncServer
-from optisync.server.storage import SqliteStorage, Storage
+from optisync.server.storage import SqliteStorage, Storage, StorageUnavailableError
 
 __all__ = ["DropReportingHandler", "DroppingQueueHandler", "main", "parse_arguments"]
 
 TOKEN_VARIABLE = "OPTISYNC_SERVER_TOKEN"
+PROGRAM = "python -m optisync.server"
+CANNOT_START = 2  # the exit status of every failure to start, as for argparse's usage errors
+
+_DESCRIPTION = """\
+Run an optisync sync server: devices connect over WebSocket; every change is
+committed to one database and pushed to every connected device."""
+
+_EPILOG = f"""\
+example:
+  {TOKEN_VARIABLE}=change-me \\
+    {PROGRAM} --database app.sqlite3 --host 0.0.0.0
+
+When ${TOKEN_VARIABLE} is set, every device must send that token in its
+hello. Without it the server listens on loopback only (127.0.0.0/8, ::1,
+localhost) unless --insecure. It prints its URL on stdout once listening and
+stops on SIGINT or SIGTERM. Exit status: 0 once stopped; 2 when it cannot start
+(one line on stderr says why)."""
+
+
+class _CannotStartError(Exception):
+    """Why the server cannot start, in one line for its operator: no bug, no traceback."""
 
 
 class DroppingQueueHandler(logging.handlers.QueueHandler):
@@ -100,41 +129,159 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         >>> parse_arguments(["--database", "x.sqlite3"]).host
         '127.0.0.1'
     """
-    parser = argparse.ArgumentParser(prog="python -m optisync.server", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM,
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--database", help="SQLite file (created if missing)")
-    where.add_argument("--postgres", metavar="DSN", help="PostgreSQL connection string")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8765, help="0: any free port")
+    where.add_argument(
+        "--database", metavar="PATH", help="SQLite file, created if missing (this or --postgres)"
+    )
+    where.add_argument(
+        "--postgres",
+        metavar="DSN",
+        help="PostgreSQL connection string, e.g. postgresql://app@db/app (this or --database)",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help=f"address to listen on; one that is not loopback needs ${TOKEN_VARIABLE} "
+        "or --insecure (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=8765, help="TCP port, 0 for any free one (default: %(default)s)"
+    )
     parser.add_argument(
         "--allow-origin",
         action="append",
         default=[],
         metavar="ORIGIN",
-        help="a web page origin allowed to connect (repeatable); none by default",
+        help="a web page origin allowed to connect, repeatable (default: none)",
     )
     parser.add_argument(
         "--log-level",
         type=str.upper,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         default="INFO",
-        help="debug logs every message (and every frame, from websockets)",
+        help="DEBUG logs every message, and every frame from websockets (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help=f"listen on a host that is not loopback without ${TOKEN_VARIABLE}: anyone who "
+        "reaches the port may read and write every key (default: off)",
     )
     return parser.parse_args(argv)
 
 
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def _refuse_an_open_door(host: str, token: str | None, *, insecure: bool) -> None:
+    if token or insecure or _is_loopback(host):
+        return
+    raise _CannotStartError(
+        f"refusing to listen on {host} without a token: anyone who can reach it could read "
+        f"and write every key. Set ${TOKEN_VARIABLE} (devices then send it), listen on "
+        "127.0.0.1, or pass --insecure to accept that"
+    )
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
 def _storage(arguments: argparse.Namespace) -> Storage:
     if arguments.postgres:
-        from optisync.server.postgres import PostgresStorage
-
+        try:
+            from optisync.server.postgres import PostgresStorage
+        except ImportError as error:
+            raise _CannotStartError(
+                f'--postgres needs the PostgreSQL driver: pip install "optisync[postgres]" '
+                f"({error})"
+            ) from error
         return PostgresStorage(arguments.postgres)
     return SqliteStorage(arguments.database)
 
 
-async def _serve(arguments: argparse.Namespace) -> None:
-    token = os.environ.get(TOKEN_VARIABLE)
+async def _check_postgres(dsn: str) -> None:
+    """Connect once, to fail at once with libpq's reason instead of a pool's time-out."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        settings = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as error:
+        raise _CannotStartError(
+            f"--postgres is not a PostgreSQL connection string ({_one_line(error)}): write "
+            "postgresql://user@host:port/dbname or 'host=... dbname=...'"
+        ) from error
+    if "connect_timeout" not in settings and "PGCONNECT_TIMEOUT" not in os.environ:
+        dsn = make_conninfo(dsn, connect_timeout=5)
+    try:
+        connection = await psycopg.AsyncConnection.connect(dsn)
+    except psycopg.OperationalError as error:
+        raise _CannotStartError(
+            f"PostgreSQL could not be reached: {_one_line(error)} "
+            "(check --postgres and that the database server is up)"
+        ) from error
+    await connection.close()
+
+
+def _why_sqlite_cannot_open(path: Path, error: sqlite3.Error) -> str | None:
+    """What an operator should hear about ``error``; None for a bug."""
+    kind = "_".join(error.sqlite_errorname.split("_")[:2])  # SQLITE_CANTOPEN_ISDIR: CANTOPEN
+    directory = path.absolute().parent
+    if kind == "SQLITE_NOTADB":
+        return f"{path} is not a SQLite database: give --database a new or a SQLite file"
+    if kind == "SQLITE_CANTOPEN" and path.is_dir():
+        return f"{path} is a directory: give --database a file path"
+    if kind == "SQLITE_CANTOPEN" and not directory.is_dir():
+        return f"cannot create {path}: the directory {directory} does not exist (create it)"
+    if kind in {"SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM", "SQLITE_AUTH"}:
+        return f"cannot open {path} for writing: no permission for {directory} or {path.name}"
+    if kind in {"SQLITE_CORRUPT", "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_FULL"}:
+        return f"cannot open {path}: {_one_line(error)}"
+    return None
+
+
+def _why_it_cannot_listen(host: str, port: int, error: OSError) -> str:
+    if isinstance(error, socket.gaierror):
+        return f"cannot listen on --host {host}: {error.strerror}"
+    if error.errno == errno.EADDRINUSE:
+        return f"port {port} on {host} is in use: stop what listens there or pick another --port"
+    if error.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {host}: it is not an address of this machine"
+    if error.errno == errno.EACCES:
+        return f"no permission to listen on port {port} (ports below 1024 need privileges)"
+    return f"cannot listen on {host} port {port}: {_one_line(error)}"
+
+
+def _why_it_cannot_start(arguments: argparse.Namespace, error: Exception) -> str | None:
+    """The one line for an error while the server starts; None for a bug (a traceback)."""
+    if isinstance(error, StorageUnavailableError):  # a ConnectionError, so before OSError
+        return _one_line(error)
+    if isinstance(error, sqlite3.Error) and arguments.database:
+        return _why_sqlite_cannot_open(Path(arguments.database), error)
+    if isinstance(error, OSError):
+        return _why_it_cannot_listen(arguments.host, arguments.port, error)
+    return None
+
+
+async def _serve(arguments: argparse.Namespace, token: str | None) -> None:
+    storage = _storage(arguments)  # first: it says when the PostgreSQL driver is missing
+    if arguments.postgres:
+        await _check_postgres(arguments.postgres)
     server = SyncServer(
-        _storage(arguments),
+        storage,
         authenticate=require_token(token) if token else allow_anyone,
         allowed_origins=[None, *arguments.allow_origin],
     )
@@ -146,19 +293,48 @@ async def _serve(arguments: argparse.Namespace) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):  # not on Windows: Ctrl-C still works
             loop.add_signal_handler(signum, stop.set)
-    async with server.run(arguments.host, arguments.port) as url:
-        logging.getLogger("optisync.server").info("listening on %s", url)
+    log = logging.getLogger("optisync.server")
+    async with contextlib.AsyncExitStack() as running:
+        try:
+            url = await running.enter_async_context(server.run(arguments.host, arguments.port))
+        except Exception as error:
+            problem = _why_it_cannot_start(arguments, error)
+            if problem is None:
+                raise
+            raise _CannotStartError(problem) from error
+        if not token and not _is_loopback(arguments.host):
+            log.warning(
+                "no $%s (--insecure): anyone who reaches %s may connect", TOKEN_VARIABLE, url
+            )
+        log.info("listening on %s", url)
         # The line a supervisor (or a test) waits for; stdout is written once.
         print(url, flush=True)
         await stop.wait()
-        logging.getLogger("optisync.server").info("stopping")
+        log.info("stopping")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Run the server until interrupted.
+def _run(arguments: argparse.Namespace) -> None:
+    token = os.environ.get(TOKEN_VARIABLE) or None
+    _refuse_an_open_door(arguments.host, token, insecure=arguments.insecure)
+    records: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=10_000)
+    into_queue = DroppingQueueHandler(records)
+    listener = logging.handlers.QueueListener(records, DropReportingHandler(sys.stderr, into_queue))
+    logging.basicConfig(level=arguments.log_level, handlers=[into_queue])
+    listener.start()
+    try:
+        asyncio.run(_serve(arguments, token))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        listener.stop()  # the log lines so far, before any reason for failing
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the server until interrupted; the exit status (2: it could not start).
 
     Clients must send the token in ``$OPTISYNC_SERVER_TOKEN`` when it is set;
-    without it, anyone who can reach the port may connect.
+    without it, the server listens on loopback only unless ``--insecure``.
+    A failure to start is one line on stderr, and a bug a traceback.
 
     Example:
         >>> from optisync.server.__main__ import main
@@ -166,18 +342,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         ws://127.0.0.1:8765
     """
     arguments = parse_arguments(argv)
-    records: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=10_000)
-    into_queue = DroppingQueueHandler(records)
-    listener = logging.handlers.QueueListener(records, DropReportingHandler(sys.stderr, into_queue))
-    logging.basicConfig(level=arguments.log_level, handlers=[into_queue])
-    listener.start()
     try:
-        asyncio.run(_serve(arguments))
-    except KeyboardInterrupt:
-        pass
-    finally:
-        listener.stop()
+        _run(arguments)
+    except _CannotStartError as error:
+        print(f"{PROGRAM}: error: {error}", file=sys.stderr, flush=True)
+        return CANNOT_START
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
