@@ -5,16 +5,10 @@ both the client and the server); this module re-exports them and adds
 ``canonical_json``, the one spelling the server stores values in.
 
 Example:
-    >>> from optisync.server.protocol import canonical_json
-    >>> from optisync.wire import Set, decode_client, encode
-    >>> encode(Set(request_id=1, key="like", value=True, local_revision=1))
-    b'{"type":"set","request_id":1,"key":"like","value":true,"local_revision":1,"device_id":null}'
-    >>> decode_client(b'{"type":"get","request_id":2,"key":"like"}')
-    Get(request_id=2, key='like')
-    >>> decode_client(b'{"type":"gte"}')
-    Traceback (most recent call last):
-    ...
-    optisync.wire.ProtocolError: unknown_type: Invalid value 'gte' - at `$.type`
+    >>> from optisync.server import protocol
+    >>> from optisync import wire
+    >>> protocol.Set is wire.Set, protocol.canonical_json({"b": 1, "a": 2})
+    (True, b'{"a":2,"b":1}')
 """
 
 from __future__ import annotations
