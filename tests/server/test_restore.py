@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from websockets.asyncio.client import connect
 
 from examples.live.network import Link
 from optisync import Store
@@ -28,7 +29,7 @@ from optisync.persistence import JsonCodec, Persistence, open_sqlite
 from optisync.server import SqliteStorage, Storage, SyncServer
 from optisync.transport import SyncRequest, wire_key
 from optisync.wire import Push, entry_digest
-from tests.server.conftest import Connect
+from tests.server.conftest import Connect, open_raw_device
 
 Counts = dict[str, int]
 KEYS = [f"k{n}" for n in range(15)]
@@ -313,3 +314,30 @@ def test_the_digest_is_the_same_for_a_decoded_value_and_the_stored_bytes() -> No
         device_id=0,
     )
     assert entry_digest(as_decoded) == entry_digest(as_stored)
+
+
+async def welcome_of(url: str, hello: dict[str, Any]) -> dict[str, Any]:
+    async with connect(url) as connection:
+        await connection.send(json.dumps({"type": "hello", **hello}))
+        welcome: dict[str, Any] = json.loads(await connection.recv())
+        return welcome
+
+
+async def test_postgres_resets_by_the_digest_of_the_entry_at_since(postgres_dsn: str) -> None:
+    from optisync.server.postgres import PostgresStorage
+
+    async with SyncServer(PostgresStorage(postgres_dsn)).run(port=0) as url:
+        reader = await open_raw_device(url, 6)
+        writer = await open_raw_device(url, 5)
+        await writer.set("a", "first", local_revision=1)
+        await writer.set("a", "second", local_revision=2)
+        await reader.receive_type("push")
+        push = await reader.receive_type("push")
+        for device in (reader, writer):
+            await device.connection.close()
+        resets = []
+        for value in ("second", "other"):
+            digest = digest_of({**push, "value": value})
+            welcome = await welcome_of(url, {"device_id": 6, "since": 2, "digest": digest})
+            resets.append(welcome["reset"])
+        assert resets == [False, True]
