@@ -46,6 +46,7 @@ from typing import Any, Final, Generic, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
+import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import backoff, process_exception
 from websockets.exceptions import ConnectionClosed
@@ -76,6 +77,7 @@ from optisync.wire import (
     Welcome,
     decode_server,
     encode,
+    entry_digest,
 )
 
 __all__ = [
@@ -227,6 +229,8 @@ class SyncClient(Generic[S]):
         cursor: the newest server revision already applied (persisted by the
             app); the server replays what came after it. See :meth:`resume`.
         generation: the server generation that cursor belongs to.
+        digest: the digest of the push at that cursor (:attr:`digest`), by
+            which the server tells a database restored from a backup.
         on_reset: called when the server says the cursor is from another
             database (new, or restored from a backup): reload your state.
             The same as :meth:`subscribe_reset`.
@@ -265,6 +269,7 @@ class SyncClient(Generic[S]):
         token: str | None = None,
         cursor: int = 0,
         generation: str = "",
+        digest: str = "",
         on_reset: Callable[[], object] | None = None,
         reconnect: bool = True,
         trace: Callable[[Traced], object] | None = None,
@@ -276,6 +281,7 @@ class SyncClient(Generic[S]):
         self._token = token
         self._cursor = cursor
         self._generation = generation
+        self._digest = digest
         self._reconnect = reconnect
         self._trace = trace
         self._connection: ClientConnection | None = None
@@ -343,7 +349,8 @@ class SyncClient(Generic[S]):
 
     @cursor.setter
     def cursor(self, revision: int) -> None:
-        self.resume(revision, self._generation)
+        # Another cursor: the digest of the old one no longer names it.
+        self.resume(revision, self._generation, self._digest if revision == self._cursor else "")
 
     @property
     def generation(self) -> str:
@@ -361,19 +368,41 @@ class SyncClient(Generic[S]):
 
     @generation.setter
     def generation(self, generation: str) -> None:
-        self.resume(self._cursor, generation)
+        self.resume(self._cursor, generation, self._digest)
 
-    def resume(self, cursor: int, generation: str) -> None:
+    @property
+    def digest(self) -> str:
+        """The digest of the push at the cursor (``""``: unknown); persist it with the cursor.
+
+        The hello carries it, and the server resets a device whose cursor
+        names an entry its database does not hold (a backup restored and
+        written past the cursor). It changes with the cursor: a position
+        listener reads it. Set it with :meth:`resume`.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.client import SyncClient
+            >>> client = SyncClient(Store(0, device_id=1), "ws://h")
+            >>> client.resume(12, "g1", digest="5f0c2b7d3e9a4c1f")
+            >>> client.digest
+            '5f0c2b7d3e9a4c1f'
+        """
+        return self._digest
+
+    def resume(self, cursor: int, generation: str, digest: str = "") -> None:
         """Start from a persisted position: the server replays what came after ``cursor``.
 
         Call it before :meth:`start` (``async with``); the position listeners
-        hear of the change.
+        hear of the change. ``digest`` is the saved :attr:`digest` of the
+        push at ``cursor``: with it, the server also notices a database
+        restored from a backup that has since been written past ``cursor``
+        (without it, only one whose head is below ``cursor``).
 
         Raises:
             StateError: the client has started; its position is the server's now.
             InvalidArgumentError: a negative cursor.
-            ArgumentTypeError: a cursor that is not an ``int`` or a generation
-                that is not a ``str``.
+            ArgumentTypeError: a cursor that is not an ``int``, or a generation
+                or digest that is not a ``str``.
 
         Example:
             >>> from optisync import Store
@@ -394,13 +423,16 @@ class SyncClient(Generic[S]):
             raise InvalidArgumentError(f"the cursor must be 0 or more, got {cursor}")
         if not isinstance(generation, str):
             raise ArgumentTypeError(f"the generation must be a str, got {generation!r}")
-        self._set_position(cursor, generation)
+        if not isinstance(digest, str):
+            raise ArgumentTypeError(f"the digest must be a str, got {digest!r}")
+        self._set_position(cursor, generation, digest)
 
     def subscribe_position(self, listener: Callable[[int, str], object]) -> Callable[[], None]:
         """Call ``listener(cursor, generation)`` whenever either changes; returns an unsubscribe.
 
         The cursor moves after a push was handled (applied, listeners told),
         so a position persisted from here never runs ahead of the state.
+        :attr:`digest` changes with the cursor: save it in the same listener.
 
         Example:
             >>> from optisync import Store
@@ -890,6 +922,8 @@ class SyncClient(Generic[S]):
             since=self._cursor,
             token=self._token,
             generation=self._generation,
+            # Left out when unknown: a server from before digests refuses the field.
+            digest=self._digest if self._digest and self._cursor else msgspec.UNSET,
         )
         await connection.send(encode(hello), text=True)
         self._traced("sent", hello)
@@ -962,11 +996,11 @@ class SyncClient(Generic[S]):
 
     def _welcome(self, welcome: Welcome) -> None:
         if welcome.reset:
-            self._set_position(0, welcome.generation)
+            self._set_position(0, welcome.generation, "")
             for listener in list(self._reset_listeners):
                 self._call(listener, "a reset listener")
         else:
-            self._set_position(self._cursor, welcome.generation)
+            self._set_position(self._cursor, welcome.generation, self._digest)
 
     def _push(self, push: Push) -> PushOutcome | None:
         metadata = PushMetadata(
@@ -987,7 +1021,8 @@ class SyncClient(Generic[S]):
                 raise _PushNotTakenError from error
             if isinstance(taken, PushOutcome):
                 outcome = taken  # a served field's verdict, for the trace
-        self._set_position(max(self._cursor, push.server_revision), self._generation)
+        if push.server_revision >= self._cursor:
+            self._set_position(push.server_revision, self._generation, entry_digest(push))
         return outcome
 
     def _apply_to_store(
@@ -1003,10 +1038,10 @@ class SyncClient(Generic[S]):
             get_server_revision_from_state=lambda key: self._get_revision(push.key),
         )
 
-    def _set_position(self, cursor: int, generation: str) -> None:
-        if (cursor, generation) == (self._cursor, self._generation):
+    def _set_position(self, cursor: int, generation: str, digest: str) -> None:
+        if (cursor, generation, digest) == (self._cursor, self._generation, self._digest):
             return
-        self._cursor, self._generation = cursor, generation
+        self._cursor, self._generation, self._digest = cursor, generation, digest
         for listener in list(self._position_listeners):
             self._call(listener, "a position listener", cursor, generation)
 

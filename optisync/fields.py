@@ -737,7 +737,8 @@ def serve(store: Store[Any], transport: Transport) -> Callable[[], None]:
     Pushes of keys no field declares are ignored. When the server says it
     is another database (a ``Resumable`` transport's reset: new, or restored
     from a backup), the fields forget their server revisions, so that its
-    replay is applied. A write the server refuses
+    replay is applied; a key whose change is pending keeps it (its replayed
+    pushes are skipped) and sends it once the replay is done. A write the server refuses
     follows the field's ``on_refused`` (``"reload"``: the key is fetched and
     shown, at once or once the transport is online again).
     :class:`optisync.client.SyncClient` calls it for you; returns a function
@@ -771,6 +772,11 @@ def serve(store: Store[Any], transport: Transport) -> Callable[[], None]:
         )
     fields = store_fields(store)
     fields.set_transport(transport)
+    # Keys whose change was pending at a reset. With the revisions forgotten,
+    # the replay would apply entries the device saw before its change and drop
+    # it; so their replayed pushes are skipped until the transport is online
+    # (the replay done), and the change is sent then, after all of them.
+    held: set[Hashable] = set()
 
     def on_push(wire: str, value: Any, metadata: PushMetadata) -> PushOutcome | None:
         if store.is_closed:
@@ -782,14 +788,28 @@ def serve(store: Store[Any], transport: Transport) -> Callable[[], None]:
         bound, item = fields.field_of(key)
         if bound is None or not bound.field.with_push:
             return None
+        if key in held:
+            return PushOutcome.STALE
         return bound.apply_push(item, value, metadata)
 
-    stops = [
-        transport.subscribe_pushes(on_push),
-        transport.subscribe_status(lambda online: _reload_waiting(fields) if online else None),
-    ]
+    def on_status(online: bool) -> None:
+        if online:
+            held.clear()
+            _reload_waiting(fields)
+
+    def on_reset() -> None:
+        _forget_revisions(fields)
+        held.clear()
+        held.update(
+            key
+            for bound in fields.by_name.values()
+            for key, _ in bound.items()
+            if store.is_syncing(key)
+        )
+
+    stops = [transport.subscribe_pushes(on_push), transport.subscribe_status(on_status)]
     if isinstance(transport, Resumable):
-        stops.append(transport.subscribe_reset(lambda: _forget_revisions(fields)))
+        stops.append(transport.subscribe_reset(on_reset))
 
     def stop() -> None:
         for unsubscribe in stops:

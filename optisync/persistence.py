@@ -248,6 +248,8 @@ class Snapshot:
             :class:`~optisync.transport.Resumable`, such as ``SyncClient``):
             the newest server revision the saved state covers.
         generation: the server generation that cursor belongs to.
+        digest: the transport's digest of the entry at that cursor, by which
+            the server recognises a database restored from a backup.
 
     Example:
         >>> from optisync.persistence import Snapshot
@@ -262,6 +264,7 @@ class Snapshot:
     local_revision_base: int = 0
     cursor: int = 0
     generation: str = ""
+    digest: str = ""
 
 
 class SnapshotStorage(Protocol):
@@ -333,7 +336,8 @@ CREATE TABLE IF NOT EXISTS optisync_snapshot (
     state BLOB NOT NULL,
     local_revision_base INTEGER NOT NULL DEFAULT 0,
     cursor INTEGER NOT NULL DEFAULT 0,
-    generation TEXT NOT NULL DEFAULT ''
+    generation TEXT NOT NULL DEFAULT '',
+    digest TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS optisync_revisions (key TEXT PRIMARY KEY, revision INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS optisync_outbox (key TEXT PRIMARY KEY);
@@ -474,6 +478,7 @@ def _add_missing_columns(connection: sqlite3.Connection) -> None:
         "local_revision_base": "INTEGER NOT NULL DEFAULT 0",
         "cursor": "INTEGER NOT NULL DEFAULT 0",
         "generation": "TEXT NOT NULL DEFAULT ''",
+        "digest": "TEXT NOT NULL DEFAULT ''",
     }
     for name, declaration in added.items():
         if name not in columns:
@@ -484,7 +489,7 @@ def _load(connection: sqlite3.Connection) -> Snapshot | None:
     connection.execute("BEGIN")  # one read transaction: the three tables of one commit
     try:
         row = connection.execute(
-            "SELECT device_id, state, local_revision_base, cursor, generation"
+            "SELECT device_id, state, local_revision_base, cursor, generation, digest"
             " FROM optisync_snapshot"
         ).fetchone()
         if row is None:
@@ -494,7 +499,14 @@ def _load(connection: sqlite3.Connection) -> Snapshot | None:
     finally:
         connection.execute("COMMIT")
     return Snapshot(
-        int(row[0]), bytes(row[1]), revisions, outbox, int(row[2]), int(row[3]), str(row[4])
+        int(row[0]),
+        bytes(row[1]),
+        revisions,
+        outbox,
+        int(row[2]),
+        int(row[3]),
+        str(row[4]),
+        str(row[5]),
     )
 
 
@@ -503,14 +515,15 @@ def _save(connection: sqlite3.Connection, snapshot: Snapshot) -> None:
     try:
         connection.execute(
             "INSERT OR REPLACE INTO optisync_snapshot"
-            " (id, device_id, state, local_revision_base, cursor, generation)"
-            " VALUES (1, ?, ?, ?, ?, ?)",
+            " (id, device_id, state, local_revision_base, cursor, generation, digest)"
+            " VALUES (1, ?, ?, ?, ?, ?, ?)",
             (
                 snapshot.device_id,
                 snapshot.state,
                 snapshot.local_revision_base,
                 snapshot.cursor,
                 snapshot.generation,
+                snapshot.digest,
             ),
         )
         connection.execute("DELETE FROM optisync_revisions")  # a reset forgets old ones
@@ -780,8 +793,9 @@ class Persistence(Generic[S]):
         if not isinstance(transport, Resumable):
             return
         restored = self._restored
-        if (restored.cursor, restored.generation) != (transport.cursor, transport.generation):
-            transport.resume(restored.cursor, restored.generation)
+        saved = (restored.cursor, restored.generation, restored.digest)
+        if saved != (transport.cursor, transport.generation, transport.digest):
+            transport.resume(*saved)
         self._position = transport
         self._unsubscribe.append(
             transport.subscribe_position(lambda cursor, gen: self._changed(None))
@@ -823,9 +837,9 @@ class Persistence(Generic[S]):
             if revision >= 0:
                 revisions[encoded] = revision
         restored, position = self._restored, self._position
-        cursor, generation = restored.cursor, restored.generation
+        cursor, generation, digest = restored.cursor, restored.generation, restored.digest
         if position is not None:  # read with the state: the cursor never runs ahead of it
-            cursor, generation = position.cursor, position.generation
+            cursor, generation, digest = position.cursor, position.generation, position.digest
         state = self.codec.encode(store.state)
         return Snapshot(
             self.device_id,
@@ -835,6 +849,7 @@ class Persistence(Generic[S]):
             restored.local_revision_base,
             cursor,
             generation,
+            digest,
         )
 
     async def flush(self) -> None:

@@ -244,18 +244,36 @@ class Resumable(Protocol):
         """
         ...
 
-    def resume(self, cursor: int, generation: str) -> None:
+    @property
+    def digest(self) -> str:
+        """The digest of the entry at the cursor (``""``: unknown), saved beside it.
+
+        With it, the server recognises a database restored from a backup
+        even once that database has been written past the cursor. (Added
+        after ``cursor`` and ``generation``: a transport without it is not
+        ``Resumable`` and its position is not saved.)
+
+        Example:
+            Saved with the cursor::
+
+                saved = (transport.cursor, transport.generation, transport.digest)
+        """
+        ...
+
+    def resume(self, cursor: int, generation: str, digest: str = "") -> None:
         """Start from a saved position; call it before the transport starts.
 
         Example:
             What :meth:`Persistence.attach <optisync.persistence.Persistence.attach>` does::
 
-                transport.resume(snapshot.cursor, snapshot.generation)
+                transport.resume(snapshot.cursor, snapshot.generation, snapshot.digest)
         """
         ...
 
     def subscribe_position(self, listener: Callable[[int, str], object]) -> Callable[[], None]:
         """Call ``listener(cursor, generation)`` whenever either changes; returns an unsubscribe.
+
+        The :attr:`digest` changes with the cursor.
 
         Example:
             A saver::

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from typing import Annotated, Any, Final, TypeAlias
@@ -55,6 +56,7 @@ __all__ = [
     "decode_client",
     "decode_server",
     "encode",
+    "entry_digest",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -106,6 +108,7 @@ _DeviceId = Annotated[int, msgspec.Meta(ge=1, le=MAX_SAFE_INT)]
 _KEY_PATTERN: Final = r"\A(?!\s)[^\x00-\x1f\x7f-\x9f\u2028\u2029]*(?<!\s)\Z"
 _Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_CHARS, pattern=_KEY_PATTERN)]
 _Text = Annotated[str, msgspec.Meta(max_length=4096)]
+_Digest = Annotated[str, msgspec.Meta(max_length=64)]
 
 
 class _Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="type"):
@@ -116,14 +119,18 @@ class Hello(_Message, tag="hello", frozen=True):
     """Client to server, first on every connection.
 
     ``since`` is the newest server revision the device has seen (0: none);
-    ``generation`` the server generation it saw it from (``""``: none). The
-    server answers with a :class:`Welcome`, replays every change after
-    ``since`` as :class:`Push` messages and then sends :class:`Ready`.
+    ``generation`` the server generation it saw it from (``""``: none);
+    ``digest`` (optional, left out when unknown) the :func:`entry_digest` of
+    the push at ``since``, by which the server recognises a database restored
+    from a backup. The server answers with a :class:`Welcome`, replays every
+    change after ``since`` as :class:`Push` messages and then sends :class:`Ready`.
 
     Example:
         >>> from optisync.wire import Hello, encode
         >>> encode(Hello(device_id=7, since=0))
         b'{"type":"hello","device_id":7,"since":0,"protocol":1,"token":null,"generation":""}'
+        >>> encode(Hello(device_id=7, since=3, digest="5f0c2b7d3e9a4c1f"))[-28:]
+        b'"digest":"5f0c2b7d3e9a4c1f"}'
     """
 
     device_id: _DeviceId
@@ -131,6 +138,9 @@ class Hello(_Message, tag="hello", frozen=True):
     protocol: _SafeInt = PROTOCOL_VERSION
     token: _Text | None = None
     generation: _Text = ""
+    # UNSET, not "": a hello without a digest is the one an older client sent,
+    # and a server from before digests refuses the field it does not know.
+    digest: _Digest | msgspec.UnsetType = msgspec.UNSET
 
 
 class Set(_Message, tag="set", frozen=True):
@@ -168,9 +178,11 @@ class Get(_Message, tag="get", frozen=True):
 class Welcome(_Message, tag="welcome", frozen=True):
     """Server to client, answering :class:`Hello`: who the server is and where it stands.
 
-    ``reset`` is true when the device's ``generation`` or ``since`` cannot come
-    from this database (a new database, or one restored from a backup): the
-    replay then starts at 0 and the device should reload its state.
+    ``reset`` is true when the device's position cannot come from this
+    database (a new database, or one restored from a backup): its
+    ``generation`` is another, its ``since`` is beyond the head, or the entry
+    at ``since`` is not the one its ``digest`` names. The replay then starts
+    at 0 and the device should reload its state.
 
     Example:
         >>> from optisync.wire import Welcome
@@ -344,6 +356,29 @@ def encode(message: ClientMessage | ServerMessage) -> bytes:
         b'{"type":"ready","server_revision":3}'
     """
     return _encoder.encode(message)
+
+
+def entry_digest(push: Push) -> str:
+    """The digest of one log entry as ``push`` delivered it: 16 hex digits of a SHA-256.
+
+    What a device sends as :attr:`Hello.digest` for the push at its cursor,
+    and what the server computes for the entry it holds at ``since``. The
+    hashed bytes are, in UTF-8, ``server_revision``, ``local_revision`` and
+    ``device_id`` in decimal and ``key``, each followed by a newline, then
+    the value as the server spells it in the push (its canonical JSON:
+    sorted keys, no spaces). A client in another language can hash the
+    value's text exactly as it came in the frame.
+
+    Example:
+        >>> from optisync.wire import Push, entry_digest
+        >>> entry_digest(Push(key="a", value={"y": 1, "x": True}, server_revision=5,
+        ...                   local_revision=0, device_id=0))
+        'd7b424cb3ce2c819'
+    """
+    head = f"{push.server_revision}\n{push.local_revision}\n{push.device_id}\n{push.key}\n"
+    # A Raw value (the server's stored bytes) is canonical already and passes as is.
+    value = msgspec.json.encode(push.value, order="sorted")
+    return hashlib.sha256(head.encode() + value).hexdigest()[:16]
 
 
 def decode_client(data: bytes | str, *, max_bytes: int = 64 * 1024) -> ClientMessage:

@@ -9,6 +9,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
@@ -24,6 +25,7 @@ from optisync.client import (
 )
 from optisync.server import SqliteStorage, SyncServer, require_token
 from optisync.transport import Ack, SyncRequest, Transport
+from optisync.wire import Hello, entry_digest
 
 State = dict[str, Any]
 Pushed = tuple[str, Any, PushMetadata]
@@ -418,3 +420,55 @@ async def test_a_device_id_in_use_is_retried_with_one_warning(url: str) -> None:
         logger.setLevel(level)
     levels = [record.levelno for record in records.records[:3]]
     assert levels == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+
+
+async def test_the_digest_is_that_of_the_push_at_the_cursor_and_the_hello_carries_it(
+    url: str,
+) -> None:
+    from optisync.client import Traced
+    from optisync.wire import Push
+
+    hellos: list[Hello] = []
+    pushes: list[Push] = []
+
+    def record(traced: Traced) -> None:
+        if isinstance(traced.message, Hello):
+            hellos.append(traced.message)
+        elif isinstance(traced.message, Push):
+            pushes.append(traced.message)
+
+    store = Store[State]({}, device_id=1)
+    async with SyncClient(store, url, trace=record) as client:
+        await client.wait_online()
+        await client.send("a", 1, request(1))
+        await client.send("b", {"y": 2.5, "x": [True]}, request(1, key="b"))
+        await client.caught_up()
+        assert client.cursor == 2
+        assert client.digest == entry_digest(pushes[-1])
+        saved = (client.cursor, client.generation, client.digest)
+    again = SyncClient(Store[State]({}, device_id=1), url, trace=record)
+    again.resume(*saved)
+    async with again:
+        await again.wait_online()
+    assert hellos[0].digest is msgspec.UNSET  # nothing received yet: left out
+    assert (hellos[1].since, hellos[1].digest) == (2, saved[2])
+    assert again.digest == saved[2]
+
+
+async def test_a_reset_forgets_the_digest_and_a_new_cursor_has_none(url: str) -> None:
+    client = SyncClient(Store[State]({}, device_id=1), url, cursor=40, digest="f" * 16)
+    assert client.digest == "f" * 16
+    client.generation = "g"
+    assert client.digest == "f" * 16  # the same cursor: its digest stays
+    client.cursor = 41
+    assert client.digest == ""
+    client.resume(40, "g", "e" * 16)
+    async with client:
+        await client.wait_online()
+    assert (client.cursor, client.digest) == (0, "")
+
+
+def test_resume_refuses_a_digest_that_is_not_a_str() -> None:
+    client = SyncClient(Store[State]({}, device_id=1), "ws://127.0.0.1:9")
+    with pytest.raises(optisync.ArgumentTypeError, match="digest"):
+        client.resume(1, "g", 5)  # type: ignore[arg-type]

@@ -49,6 +49,7 @@ from optisync.wire import (
     Welcome,
     decode_client,
     encode,
+    entry_digest,
 )
 
 __all__ = ["Limits", "SyncServer"]
@@ -372,13 +373,30 @@ class SyncServer:
         peer.cursor = hello.since
         head = await self._storage.head()
         generation = self._storage.generation
-        # A cursor from another database, or beyond this one's head (a backup
-        # restored): the device must reload, so replay from the start.
-        reset = (hello.generation not in ("", generation)) or hello.since > head
+        reset = await self._must_reset(hello, generation, head)
         if reset:
             peer.cursor = 0
         peer.offer(encode(Welcome(generation=generation, server_revision=head, reset=reset)))
         logger.info("%s connected (since %d, reset %s)", peer.grant.name, hello.since, reset)
+
+    async def _must_reset(self, hello: Hello, generation: str, head: int) -> bool:
+        """Whether the device's position cannot come from this database: it must reload.
+
+        A cursor from another database, or beyond this one's head, is a new
+        database or a restored backup. A backup restored and then written past
+        the device's cursor (it keeps its generation id) is told by the entry
+        at the cursor: not the one whose digest the device sent. A hello
+        without a digest (an older client) is judged by the first two alone.
+        """
+        if hello.generation not in ("", generation) or hello.since > head:
+            return True
+        if isinstance(hello.digest, msgspec.UnsetType) or hello.since == 0:
+            return False
+        # The first entry from since on: since's own, unless the database lacks it.
+        page = await self._storage.changes_after(hello.since - 1, 1)
+        if not page or page[0].server_revision != hello.since:
+            return True
+        return entry_digest(_push_as_sent(page[0], hello.device_id)) != hello.digest
 
     async def _serve_peer(self, peer: _Peer, writer: asyncio.Task[None]) -> None:
         replay = asyncio.create_task(self._replay(peer))
@@ -562,3 +580,19 @@ class SyncServer:
                 device_id=change.device_id if mine else 0,
             )
         )
+
+
+def _push_as_sent(change: Change, device_id: int) -> Push:
+    """The push of ``change`` as device ``device_id`` received it (what its digest covers).
+
+    The same masking as ``SyncServer._push_frame``: only the writer learns its
+    own device id and local revision back.
+    """
+    mine = change.device_id == device_id
+    return Push(
+        key=change.key,
+        value=msgspec.Raw(change.value),
+        server_revision=change.server_revision,
+        local_revision=change.local_revision if mine else 0,
+        device_id=change.device_id if mine else 0,
+    )
