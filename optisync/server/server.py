@@ -99,7 +99,9 @@ class Limits:
         address_burst: how many messages above that rate they may send at once.
         send_buffer_bytes: unsent data a connection may hold on the server;
             past it the connection is closed (code 1013) and replays on reconnect.
-        replay_page: changes read from the storage per page of a replay.
+        replay_page: keys read from the storage per page of a replay (a
+            replay sends each key changed since the device's cursor once, at
+            its newest value).
         hello_timeout: seconds a new connection has to send its hello.
 
     Example:
@@ -632,10 +634,15 @@ class SyncServer:
     # -- replay and pushes ---------------------------------------------------------
 
     async def _replay(self, peer: _Peer) -> None:
+        # Last write wins: each key changed since the cursor once, at its newest
+        # change, so a replay costs what the keys hold, not the whole log. Its
+        # last change is the head, so the device's cursor ends there. put()
+        # waits while the send queue is half full: the replay never holds
+        # more than send_buffer_bytes of a connection's memory.
         page_size = self._limits.replay_page
         try:
             while True:
-                page = await self._storage.changes_after(peer.cursor, page_size)
+                page = await self._storage.latest_after(peer.cursor, page_size)
                 for change in page:
                     if peer.grant.can_read(change.key):
                         await peer.put(self._push_frame(peer, change))

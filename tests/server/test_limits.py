@@ -144,3 +144,51 @@ async def test_connections_past_the_per_address_cap_are_refused_1013(
         code_and_reason = await closed_by_server(third)
     assert code_and_reason == (1013, "too many connections from this address")
     assert server[0].connection_count == 2
+
+
+# -- a replay costs what the keys hold ----------------------------------------------------
+
+
+async def replay_frames(url: str, device_id: int, since: int) -> tuple[list[str], dict[str, Any]]:
+    """The raw push frames of a replay, and its ``ready``."""
+    async with connect(url) as connection:
+        await connection.send(json.dumps({"type": "hello", "device_id": device_id, "since": since}))
+        assert json.loads(await connection.recv())["type"] == "welcome"
+        frames = []
+        while (message := json.loads(frame := str(await connection.recv())))["type"] == "push":
+            frames.append(frame)
+        return frames, message
+
+
+async def test_a_replay_sends_each_keys_newest_change_once(
+    server: tuple[SyncServer, str],
+) -> None:
+    sync_server, url = server
+    value = b'"%s"' % (b"x" * 1_000)
+    for n in range(1, 201):  # 200 writes to 5 keys, by device 9
+        await sync_server.storage.commit(f"k{n % 5}", value, local_revision=n, device_id=9)
+    frames, ready = await replay_frames(url, 9, since=0)
+    pushes = [json.loads(frame) for frame in frames]
+    # Each push is its key's own newest change, the writer's metadata included.
+    assert [
+        (p["key"], p["server_revision"], p["local_revision"], p["device_id"]) for p in pushes
+    ] == [(f"k{n % 5}", n, n, 9) for n in range(196, 201)]
+    assert sum(map(len, frames)) < 5 * (len(value) + 200)  # not 200 values
+    assert ready["server_revision"] == 200  # the cursor ends at the head
+
+
+async def test_a_replay_since_a_cursor_sends_only_the_keys_changed_after_it(
+    server: tuple[SyncServer, str],
+) -> None:
+    sync_server, url = server
+    for n, key in enumerate("abcabcab", start=1):  # newest: c at 6, a at 7, b at 8
+        await sync_server.storage.commit(key, b"%d" % n, local_revision=n, device_id=9)
+    frames, ready = await replay_frames(url, 1, since=3)
+    pushes = [json.loads(frame) for frame in frames]
+    assert [(p["key"], p["value"], p["server_revision"]) for p in pushes] == [
+        ("c", 6, 6),
+        ("a", 7, 7),
+        ("b", 8, 8),
+    ]
+    assert [(p["local_revision"], p["device_id"]) for p in pushes] == [(0, 0)] * 3  # not its own
+    assert ready["server_revision"] == 8
