@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS optisync_device_keys (
     revision bigint NOT NULL REFERENCES optisync_changes (revision),
     PRIMARY KEY (device_id, key)
 );
+CREATE INDEX IF NOT EXISTS optisync_keys_by_revision ON optisync_keys (revision);
 """
 # Any fixed number: it keeps two processes from creating the tables at once.
 _SCHEMA_LOCK: Final = 0x0951_7C
@@ -322,6 +323,22 @@ class PostgresStorage(OpenedByAsyncWith):
         rows = await self._query(
             f"SELECT {_COLUMNS} FROM optisync_changes AS c "
             "WHERE c.revision > %s ORDER BY c.revision LIMIT %s",
+            (revision, limit),
+        )
+        return [_change(row) for row in rows]  # type: ignore[arg-type]
+
+    async def latest_after(self, revision: int, limit: int) -> list[Change]:
+        """Up to ``limit`` keys' newest changes above ``revision``, oldest first.
+
+        Example:
+            >>> from optisync.server.postgres import PostgresStorage
+            >>> PostgresStorage("dbname=app").latest_after  # doctest: +ELLIPSIS
+            <bound method PostgresStorage.latest_after of <...>>
+        """
+        rows = await self._query(
+            f"SELECT {_COLUMNS} FROM optisync_keys AS k "
+            "JOIN optisync_changes AS c ON c.revision = k.revision "
+            "WHERE k.revision > %s ORDER BY k.revision LIMIT %s",
             (revision, limit),
         )
         return [_change(row) for row in rows]  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
 
@@ -35,6 +36,7 @@ from optisync.server.protocol import canonical_json
 from optisync.server.security import Authenticator, Grant, allow_anyone
 from optisync.server.storage import Change, Storage
 from optisync.wire import (
+    MAX_SAFE_INT,
     PROTOCOL_VERSION,
     ClientMessage,
     Committed,
@@ -62,21 +64,45 @@ _TRY_LATER: Final = 1013
 _QUEUE_FULL: Final = "send queue full"
 _BINARY: Final = "messages are JSON in text frames; this frame was binary"
 _NO_DATABASE: Final = "the database is unavailable"
+_BAD_FRAMES: Final = "too many bad messages in a row"
+_TOO_MANY_CONNECTIONS: Final = "too many connections from this address"
+_RATE_LIMITED: Final = "rate_limited"
+# A refused message is not parsed: its request_id is read from its first bytes
+# when it opens the object (after "type"), as every client we know writes it.
+_LEADING_REQUEST_ID: Final = re.compile(
+    r'\A\s*\{\s*(?:"type"\s*:\s*"[a-z]{1,16}"\s*,\s*)?"request_id"\s*:\s*(0|[1-9][0-9]{0,15})\s*[,}]'
+)
+_HEAD: Final = 128
 
 
 @attrs.frozen
 class Limits:
-    """The bounds one connection lives within.
+    """The bounds one connection, and all connections of one remote address, live within.
+
+    Every message a connection sends spends a token before it is read, valid
+    or not: a flood of malformed frames is rate limited like one of writes.
 
     Attributes:
-        max_message_bytes: a larger message gets a ``too_large`` error.
+        max_message_bytes: a larger message gets a ``too_large`` error, unread.
         max_frame_bytes: a larger frame closes the connection (code 1009).
         messages_per_second: sustained messages a connection may send; more
             get ``rate_limited`` errors and change nothing.
         burst: how many messages above the rate a connection may send at once.
+        max_bad_frames: a connection that sends this many messages in a row
+            the server cannot read (malformed, too large, binary, a second
+            hello) is closed (code 1008).
+        max_connections_per_address: open connections one remote address may
+            hold; more are closed at once (code 1013). Behind a reverse proxy
+            every client has the proxy's address: raise it there.
+        address_messages_per_second: sustained messages, hellos included, all
+            connections of one remote address may send together; a new
+            connection does not bring a fresh burst.
+        address_burst: how many messages above that rate they may send at once.
         send_buffer_bytes: unsent data a connection may hold on the server;
             past it the connection is closed (code 1013) and replays on reconnect.
-        replay_page: changes read from the storage per page of a replay.
+        replay_page: keys read from the storage per page of a replay (a
+            replay sends each key changed since the device's cursor once, at
+            its newest value).
         hello_timeout: seconds a new connection has to send its hello.
 
     Example:
@@ -89,6 +115,10 @@ class Limits:
     max_frame_bytes: int = 1024 * 1024
     messages_per_second: float = 100.0
     burst: int = 200
+    max_bad_frames: int = 20
+    max_connections_per_address: int = 100
+    address_messages_per_second: float = 1000.0
+    address_burst: int = 2000
     send_buffer_bytes: int = 4 * 1024 * 1024
     replay_page: int = 500
     hello_timeout: float = 10.0
@@ -101,14 +131,58 @@ class _TokenBucket:
         self._tokens = float(burst)
         self._stamp = asyncio.get_running_loop().time()
 
-    def take(self) -> bool:
+    def _refill(self) -> None:
         now = asyncio.get_running_loop().time()
         self._tokens = min(self._capacity, self._tokens + (now - self._stamp) * self._rate)
         self._stamp = now
+
+    def take(self) -> bool:
+        self._refill()
         if self._tokens < 1:
             return False
         self._tokens -= 1
         return True
+
+    def seconds_until_full(self) -> float | None:
+        """How long until the bucket is full again (None: never, at rate 0)."""
+        self._refill()
+        missing = self._capacity - self._tokens
+        if missing <= 0:
+            return 0.0
+        return missing / self._rate if self._rate > 0 else None
+
+
+class _Address:
+    """One remote address: its open connections and the message budget they share.
+
+    Kept after its last connection closes until its bucket is full again, so
+    that reconnecting never buys a fresh burst.
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self.connections = 0
+        self.bucket = _TokenBucket(limits.address_messages_per_second, limits.address_burst)
+
+
+class _Budget:
+    """A connection's message budget: its own bucket and its address's, both spent."""
+
+    def __init__(self, own: _TokenBucket, shared: _TokenBucket) -> None:
+        self._own = own
+        self._shared = shared
+
+    def take(self) -> bool:
+        return self._own.take() and self._shared.take()
+
+
+def _leading_request_id(frame: str | bytes) -> int | None:
+    """The request id at the very start of a frame, read without parsing it."""
+    head = frame[:_HEAD]
+    text = head.decode("utf-8", "replace") if isinstance(head, bytes) else head
+    match = _LEADING_REQUEST_ID.match(text)
+    if match is None or int(match[1]) > MAX_SAFE_INT:
+        return None
+    return int(match[1])
 
 
 class _SendQueueFullError(OptisyncError, OverflowError):
@@ -129,6 +203,7 @@ class _Peer:
         self.device_id = hello.device_id
         self.grant = grant
         self.cursor = 0  # the newest revision queued for this device
+        self.bad_frames = 0  # messages in a row the server could not read
         # Live changes that arrive during the replay wait here (None: replay done).
         self.pending: list[Change] | None = []
         self.pending_overflow = False
@@ -202,6 +277,7 @@ class SyncServer:
         self._limits = limits or Limits()
         self._origins = [None if o is None else Origin(o) for o in allowed_origins]
         self._peers: dict[int, _Peer] = {}
+        self._addresses: dict[str, _Address] = {}
         self._admitted: dict[int, Grant] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         storage.on_commit = self._publish
@@ -308,12 +384,26 @@ class SyncServer:
             ...     await server.close()
             >>> asyncio.run(main())
         """
-        peer = await self._admit(connection)
+        host = _host_of(connection)
+        address = self._addresses.setdefault(host, _Address(self._limits))
+        if address.connections >= self._limits.max_connections_per_address:
+            logger.info("refused a connection from %s: %s", host, _TOO_MANY_CONNECTIONS)
+            await connection.close(_TRY_LATER, _TOO_MANY_CONNECTIONS)
+            return
+        address.connections += 1
+        try:
+            await self._serve_connection(connection, address)
+        finally:
+            address.connections -= 1
+            self._schedule_prune(host, address)
+
+    async def _serve_connection(self, connection: ServerConnection, address: _Address) -> None:
+        peer = await self._admit(connection, address.bucket)
         if peer is None:
             return
         writer = asyncio.create_task(peer.write_forever())
         try:
-            await self._serve_peer(peer, writer)
+            await self._serve_peer(peer, writer, address.bucket)
         except (ConnectionClosed, _SendQueueFullError):
             pass
         finally:
@@ -323,16 +413,39 @@ class SyncServer:
                 await writer
             logger.info("%s disconnected", peer.grant.name)
 
+    def _schedule_prune(self, host: str, address: _Address) -> None:
+        """Forget an address without connections once its bucket is full again."""
+        if address.connections > 0:
+            return
+        delay = address.bucket.seconds_until_full()
+        if delay is not None:
+            asyncio.get_running_loop().call_later(delay, self._prune, host)
+
+    def _prune(self, host: str) -> None:
+        address = self._addresses.get(host)
+        if address is None or address.connections > 0:
+            return
+        if address.bucket.seconds_until_full() == 0.0:
+            del self._addresses[host]
+
     def _forget(self, peer: _Peer) -> None:
         if self._peers.get(peer.device_id) is peer:
             del self._peers[peer.device_id]
 
-    async def _admit(self, connection: ServerConnection) -> _Peer | None:
+    async def _admit(self, connection: ServerConnection, shared: _TokenBucket) -> _Peer | None:
         try:
             async with asyncio.timeout(self._limits.hello_timeout):
                 frame = await connection.recv()
         except (TimeoutError, ConnectionClosed):
             await connection.close(_POLICY, "no hello")
+            return None
+        if not shared.take():
+            # A hello starts a replay: it spends the address's budget, unread.
+            logger.info("refused a connection: %s", _RATE_LIMITED)
+            refused = Error(None, _RATE_LIMITED, "too many messages per second from this address")
+            with contextlib.suppress(ConnectionClosed):
+                await connection.send(encode(refused), text=True)
+                await connection.close(_TRY_LATER, _RATE_LIMITED)
             return None
         hello = self._decode(frame)
         refusal = hello if isinstance(hello, Error) else await self._check_hello(hello)
@@ -398,18 +511,26 @@ class SyncServer:
             return True
         return entry_digest(_push_as_sent(page[0], hello.device_id)) != hello.digest
 
-    async def _serve_peer(self, peer: _Peer, writer: asyncio.Task[None]) -> None:
+    async def _serve_peer(
+        self, peer: _Peer, writer: asyncio.Task[None], shared: _TokenBucket
+    ) -> None:
         replay = asyncio.create_task(self._replay(peer))
         self._tasks.add(replay)
         replay.add_done_callback(self._tasks.discard)
-        bucket = _TokenBucket(self._limits.messages_per_second, self._limits.burst)
+        own = _TokenBucket(self._limits.messages_per_second, self._limits.burst)
+        budget = _Budget(own, shared)
         try:
             async for frame in peer.connection:
                 if writer.done():
                     break
-                reply = await self._answer(peer, frame, bucket)
+                reply = await self._answer(peer, frame, budget)
                 if not peer.offer(encode(reply)):
                     await self._cut(peer, _QUEUE_FULL)
+                    break
+                if peer.bad_frames >= self._limits.max_bad_frames:
+                    logger.warning("%s closed: %s", peer.grant.name, _BAD_FRAMES)
+                    self._forget(peer)
+                    await peer.connection.close(_POLICY, _BAD_FRAMES)
                     break
         finally:
             replay.cancel()
@@ -428,7 +549,15 @@ class SyncServer:
 
         websockets hands a binary frame over as bytes: it is refused with
         ``bad_message`` whatever it holds (decoded only to find its request id).
+        A frame over ``max_message_bytes`` is refused by its length, unparsed.
         """
+        if len(frame) > self._limits.max_message_bytes:
+            # A str's length counts characters, each at least one UTF-8 byte.
+            request_id = _leading_request_id(frame)
+            if isinstance(frame, bytes):
+                return Error(request_id, "bad_message", _BINARY)
+            detail = f"a message may hold at most {self._limits.max_message_bytes} bytes"
+            return Error(request_id, "too_large", detail)
         try:
             message = decode_client(frame, max_bytes=self._limits.max_message_bytes)
         except ProtocolError as error:
@@ -440,14 +569,17 @@ class SyncServer:
             return Error(request_id, "bad_message", _BINARY)
         return message
 
-    async def _answer(self, peer: _Peer, frame: str | bytes, bucket: _TokenBucket) -> Any:
+    async def _answer(self, peer: _Peer, frame: str | bytes, budget: _Budget) -> Any:
+        # The token first: a frame the server cannot read costs what a valid one does.
+        if not budget.take():
+            return Error(_leading_request_id(frame), _RATE_LIMITED, "too many messages per second")
         message = self._decode(frame)
-        if isinstance(message, Error):
+        if isinstance(message, Error | Hello):
+            peer.bad_frames += 1
+            if isinstance(message, Hello):
+                return Error(None, "bad_message", "hello is only the first message")
             return message
-        if isinstance(message, Hello):
-            return Error(None, "bad_message", "hello is only the first message")
-        if not bucket.take():
-            return Error(message.request_id, "rate_limited", "too many messages per second")
+        peer.bad_frames = 0
         if isinstance(message, Get):
             return await self._get(peer, message)
         return await self._set(peer, message)
@@ -520,10 +652,15 @@ class SyncServer:
     # -- replay and pushes ---------------------------------------------------------
 
     async def _replay(self, peer: _Peer) -> None:
+        # Last write wins: each key changed since the cursor once, at its newest
+        # change, so a replay costs what the keys hold, not the whole log. Its
+        # last change is the head, so the device's cursor ends there. put()
+        # waits while the send queue is half full: the replay never holds
+        # more than send_buffer_bytes of a connection's memory.
         page_size = self._limits.replay_page
         try:
             while True:
-                page = await self._storage.changes_after(peer.cursor, page_size)
+                page = await self._storage.latest_after(peer.cursor, page_size)
                 for change in page:
                     if peer.grant.can_read(change.key):
                         await peer.put(self._push_frame(peer, change))
@@ -569,24 +706,14 @@ class SyncServer:
             task.add_done_callback(self._tasks.discard)
 
     def _push_frame(self, peer: _Peer, change: Change) -> bytes:
-        # Only the writer learns its own device id and local revision back.
-        mine = change.device_id == peer.device_id
-        return encode(
-            Push(
-                key=change.key,
-                value=msgspec.Raw(change.value),
-                server_revision=change.server_revision,
-                local_revision=change.local_revision if mine else 0,
-                device_id=change.device_id if mine else 0,
-            )
-        )
+        return encode(_push_as_sent(change, peer.device_id))
 
 
 def _push_as_sent(change: Change, device_id: int) -> Push:
     """The push of ``change`` as device ``device_id`` received it (what its digest covers).
 
-    The same masking as ``SyncServer._push_frame``: only the writer learns its
-    own device id and local revision back.
+    Only the writer learns its own device id and local revision back;
+    ``SyncServer._push_frame`` encodes this for every push it sends.
     """
     mine = change.device_id == device_id
     return Push(
@@ -596,3 +723,9 @@ def _push_as_sent(change: Change, device_id: int) -> Push:
         local_revision=change.local_revision if mine else 0,
         device_id=change.device_id if mine else 0,
     )
+
+
+def _host_of(connection: ServerConnection) -> str:
+    """The remote host of a connection ("" when the transport has none, a Unix socket)."""
+    remote = connection.remote_address
+    return str(remote[0]) if isinstance(remote, tuple) and remote else ""

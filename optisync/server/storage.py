@@ -131,6 +131,15 @@ class Storage(Protocol):
         """Up to ``limit`` changes with a revision above ``revision``, oldest first."""
         ...
 
+    async def latest_after(self, revision: int, limit: int) -> list[Change]:
+        """Up to ``limit`` keys' newest changes, those above ``revision``, oldest first.
+
+        What a replay needs under last-write-wins: each key changed since
+        ``revision`` once, at its newest value. The last one of a page is the
+        next page's ``revision``; the last one of all is the head.
+        """
+        ...
+
     async def head(self) -> int:
         """The newest revision (0 before the first write)."""
         ...
@@ -159,8 +168,14 @@ CREATE TABLE IF NOT EXISTS optisync_device_keys (
     revision INTEGER NOT NULL REFERENCES optisync_changes (revision),
     PRIMARY KEY (device_id, key)
 );
+CREATE INDEX IF NOT EXISTS optisync_keys_by_revision ON optisync_keys (revision);
 """
 _COLUMNS = "c.revision, c.key, c.value, c.local_revision, c.device_id"
+_LATEST_AFTER = (
+    f"SELECT {_COLUMNS} FROM optisync_keys AS k "
+    "JOIN optisync_changes AS c ON c.revision = k.revision "
+    "WHERE k.revision > ? ORDER BY k.revision LIMIT ?"
+)
 
 
 class OpenedByAsyncWith:
@@ -394,6 +409,28 @@ class SqliteStorage(OpenedByAsyncWith):
                 "WHERE c.revision > ? ORDER BY c.revision LIMIT ?",
                 (revision, limit),
             ).fetchall()
+            return [_change(row) for row in rows]
+
+        return await self._run(select)
+
+    async def latest_after(self, revision: int, limit: int) -> list[Change]:
+        """Up to ``limit`` keys' newest changes above ``revision``, oldest first.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync.server import SqliteStorage
+            >>> async def main() -> None:
+            ...     async with SqliteStorage(":memory:") as storage:
+            ...         for n, key in enumerate("abab"):
+            ...             await storage.commit(key, b"%d" % n, local_revision=n, device_id=1)
+            ...         page = await storage.latest_after(0, limit=10)
+            ...         print([(c.key, c.server_revision) for c in page])
+            >>> asyncio.run(main())
+            [('a', 3), ('b', 4)]
+        """
+
+        def select(connection: sqlite3.Connection) -> list[Change]:
+            rows = connection.execute(_LATEST_AFTER, (revision, limit)).fetchall()
             return [_change(row) for row in rows]
 
         return await self._run(select)

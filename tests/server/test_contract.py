@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 
-from optisync.server import SqliteStorage, Storage, SyncServer
+from optisync.server import Change, SqliteStorage, Storage, SyncServer
 from tests.server.conftest import Connect, RawDevice, server_process
 
 
@@ -245,6 +245,29 @@ async def test_writes_are_told_apart_by_device_key_and_local_revision(
         await storage.commit("k", b"1", local_revision=1, device_id=8, deduplicate=True)
         await storage.commit("k", b"2", local_revision=2, **ONCE)
         assert await storage.head() == 4
+
+
+async def test_latest_after_pages_each_keys_newest_change_in_revision_order(
+    backend: Backend,
+) -> None:
+    async with backend.opened() as (storage, _):
+        for n, key in enumerate("abcabca", start=1):  # newest: b at 5, c at 6, a at 7
+            await storage.commit(key, b"%d" % n, local_revision=10 + n, device_id=7)
+
+        async def latest(revision: int, limit: int) -> list[tuple[str, int]]:
+            return [(c.key, c.server_revision) for c in await storage.latest_after(revision, limit)]
+
+        assert await latest(0, 10) == [("b", 5), ("c", 6), ("a", 7)]
+        assert (await latest(0, 2), await latest(6, 2), await latest(7, 2)) == (
+            [("b", 5), ("c", 6)],
+            [("a", 7)],
+            [],
+        )
+        assert await latest(5, 10) == [("c", 6), ("a", 7)]
+        # Each carries its own change: value, local revision and writer.
+        newest = (await storage.latest_after(6, 1))[0]
+        assert newest == Change(7, "a", b"7", local_revision=17, device_id=7)
+        assert len(await storage.changes_after(0, 10)) == 7  # the log is whole
 
 
 async def test_without_deduplicate_every_write_commits(backend: Backend) -> None:

@@ -1,0 +1,194 @@
+"""Issue 18: every frame pays, and a replay costs what the keys hold, not the log.
+
+All clients here come from 127.0.0.1, so the per-address limits apply to all
+of them: each test sets them low enough to show.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+import optisync.server.server
+from optisync.server import Limits, SyncServer
+from tests.server.conftest import Connect, RawDevice
+
+BAD_GET = '{"type": "get", "request_id": %d}'  # no key: missing_field
+SLOW = {"messages_per_second": 0.001, "address_messages_per_second": 0.001}
+
+
+async def answers(device: RawDevice, count: int) -> list[tuple[str, Any]]:
+    """The next ``count`` answers as ``(code or type, request_id)``."""
+    result = []
+    for _ in range(count):
+        message = await device.receive()
+        result.append((message.get("code", message["type"]), message.get("request_id")))
+    return result
+
+
+async def read_forever(connection: ClientConnection) -> None:
+    while True:
+        await connection.recv()
+
+
+async def closed_by_server(connection: ClientConnection) -> tuple[int, str]:
+    """Read until the server closes; its close code and reason."""
+    with pytest.raises(ConnectionClosed) as closed:
+        await read_forever(connection)
+    assert closed.value.rcvd is not None
+    return closed.value.rcvd.code, closed.value.rcvd.reason
+
+
+async def hello(url: str, device_id: int) -> tuple[ClientConnection, dict[str, Any]]:
+    connection = await connect(url)
+    await connection.send(json.dumps({"type": "hello", "device_id": device_id, "since": 0}))
+    return connection, json.loads(await connection.recv())
+
+
+# -- every frame pays -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("limits", [Limits(burst=5, max_bad_frames=100, **SLOW)])
+async def test_malformed_frames_spend_the_rate_limit_like_valid_ones(
+    connect_device: Connect,
+) -> None:
+    device = await connect_device(1)
+    for n in range(10):
+        await device.send(BAD_GET % n)
+    assert await answers(device, 10) == [("missing_field", n) for n in range(5)] + [
+        ("rate_limited", n) for n in range(5, 10)
+    ]
+
+
+@pytest.mark.parametrize("limits", [Limits(burst=4, **SLOW)])
+async def test_gets_past_the_burst_are_rate_limited(connect_device: Connect) -> None:
+    device = await connect_device(1)
+    for n in range(6):
+        await device.send({"type": "get", "request_id": n, "key": "k"})
+    assert [code for code, _ in await answers(device, 6)] == ["value"] * 4 + ["rate_limited"] * 2
+
+
+@pytest.mark.parametrize("limits", [Limits(max_bad_frames=5)])
+async def test_bad_frames_in_a_row_close_the_connection_1008(connect_device: Connect) -> None:
+    device = await connect_device(1)
+    for _ in range(4):
+        await device.send("{not json")
+    assert [code for code, _ in await answers(device, 4)] == ["bad_json"] * 4
+    await device.get("k")  # a good message in between: the count starts over
+    for n in range(4):
+        await device.send(BAD_GET % n)
+    assert [code for code, _ in await answers(device, 4)] == ["missing_field"] * 4
+    await device.connection.send(b"binary")
+    assert await closed_by_server(device.connection) == (1008, "too many bad messages in a row")
+
+
+async def test_a_message_over_the_size_limit_is_refused_before_it_is_parsed(
+    connect_device: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded: list[int] = []
+    decode = optisync.server.server.decode_client
+
+    def counting_decode(frame: str | bytes, **options: Any) -> Any:
+        decoded.append(len(frame))
+        return decode(frame, **options)
+
+    device = await connect_device(1)
+    monkeypatch.setattr(optisync.server.server, "decode_client", counting_decode)
+    value = "[" + ",".join(['{"a": [1, 2, 3]}'] * 40_000) + "]"  # 680 KB of valid JSON
+    await device.send(f'{{"type": "set", "request_id": 6, "key": "k", "value": {value}}}')
+    assert await answers(device, 1) == [("too_large", 6)]
+    assert decoded == []
+    assert (await device.get("k"))["value"] is None  # and the connection still works
+
+
+# -- per remote address -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("limits", [Limits(burst=5, address_burst=8, **SLOW)])
+async def test_a_second_connection_from_the_same_address_gets_no_fresh_burst(
+    connect_device: Connect,
+) -> None:
+    first = await connect_device(1)  # its hello: 1 of the address's 8
+    for n in range(6):
+        await first.send({"type": "get", "request_id": n, "key": "k"})
+    assert [code for code, _ in await answers(first, 6)] == ["value"] * 5 + ["rate_limited"]
+    second = await connect_device(2)  # 7 of 8
+    for n in range(3):
+        await second.send({"type": "get", "request_id": n, "key": "k"})
+    assert [code for code, _ in await answers(second, 3)] == ["value"] + ["rate_limited"] * 2
+
+
+@pytest.mark.parametrize("limits", [Limits(address_burst=3, **SLOW)])
+async def test_hellos_past_the_address_burst_are_refused_rate_limited_1013(
+    server: tuple[SyncServer, str], connect_device: Connect
+) -> None:
+    for device_id in (1, 2, 3):
+        await connect_device(device_id)
+    connection, error = await hello(server[1], 4)
+    assert (error["type"], error["code"]) == ("error", "rate_limited")
+    assert await closed_by_server(connection) == (1013, "rate_limited")
+    assert server[0].connection_count == 3
+
+
+@pytest.mark.parametrize("limits", [Limits(max_connections_per_address=2)])
+async def test_connections_past_the_per_address_cap_are_refused_1013(
+    server: tuple[SyncServer, str], connect_device: Connect
+) -> None:
+    await connect_device(1)
+    await connect_device(2)
+    async with connect(server[1]) as third:
+        code_and_reason = await closed_by_server(third)
+    assert code_and_reason == (1013, "too many connections from this address")
+    assert server[0].connection_count == 2
+
+
+# -- a replay costs what the keys hold ----------------------------------------------------
+
+
+async def replay_frames(url: str, device_id: int, since: int) -> tuple[list[str], dict[str, Any]]:
+    """The raw push frames of a replay, and its ``ready``."""
+    async with connect(url) as connection:
+        await connection.send(json.dumps({"type": "hello", "device_id": device_id, "since": since}))
+        assert json.loads(await connection.recv())["type"] == "welcome"
+        frames = []
+        while (message := json.loads(frame := str(await connection.recv())))["type"] == "push":
+            frames.append(frame)
+        return frames, message
+
+
+async def test_a_replay_sends_each_keys_newest_change_once(
+    server: tuple[SyncServer, str],
+) -> None:
+    sync_server, url = server
+    value = b'"%s"' % (b"x" * 1_000)
+    for n in range(1, 201):  # 200 writes to 5 keys, by device 9
+        await sync_server.storage.commit(f"k{n % 5}", value, local_revision=n, device_id=9)
+    frames, ready = await replay_frames(url, 9, since=0)
+    pushes = [json.loads(frame) for frame in frames]
+    # Each push is its key's own newest change, the writer's metadata included.
+    assert [
+        (p["key"], p["server_revision"], p["local_revision"], p["device_id"]) for p in pushes
+    ] == [(f"k{n % 5}", n, n, 9) for n in range(196, 201)]
+    assert sum(map(len, frames)) < 5 * (len(value) + 200)  # not 200 values
+    assert ready["server_revision"] == 200  # the cursor ends at the head
+
+
+async def test_a_replay_since_a_cursor_sends_only_the_keys_changed_after_it(
+    server: tuple[SyncServer, str],
+) -> None:
+    sync_server, url = server
+    for n, key in enumerate("abcabcab", start=1):  # newest: c at 6, a at 7, b at 8
+        await sync_server.storage.commit(key, b"%d" % n, local_revision=n, device_id=9)
+    frames, ready = await replay_frames(url, 1, since=3)
+    pushes = [json.loads(frame) for frame in frames]
+    assert [(p["key"], p["value"], p["server_revision"]) for p in pushes] == [
+        ("c", 6, 6),
+        ("a", 7, 7),
+        ("b", 8, 8),
+    ]
+    assert [(p["local_revision"], p["device_id"]) for p in pushes] == [(0, 0)] * 3  # not its own
+    assert ready["server_revision"] == 8
