@@ -3,8 +3,12 @@ every device ends with the database's values, no acknowledged write is lost, non
 
 Each device is a served declared-field store from ``open_device`` (its own SQLite file)
 that reaches an in-process ``SyncServer(SqliteStorage(file))`` through a ``Link`` the steps
-can cut. The default run plays ``OPTISYNC_PROPERTY_EXAMPLES`` examples (a few; raise it to
-search harder), derandomized so that CI replays the same ones.
+can cut. The default run plays ``OPTISYNC_PROPERTY_EXAMPLES`` examples (60; raise it to
+search harder) per property, derandomized so that CI replays the same ones.
+
+With restores, one divergence is documented (docs/server.md): a key the restored database
+never held keeps, on a reset device, the value it had. The property with restores allows
+exactly that; a strict xfail pins the divergence itself.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ Counts = dict[str, int]
 DEVICES = 3
 KEYS = ("a", "b", "c")
 FIELD = "counts"
-EXAMPLES = int(os.environ.get("OPTISYNC_PROPERTY_EXAMPLES", "12"))
+EXAMPLES = int(os.environ.get("OPTISYNC_PROPERTY_EXAMPLES", "60"))
 WAIT = 30.0  # every wait is bounded: a hang fails the example instead of the run
 
 
