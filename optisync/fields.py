@@ -738,7 +738,9 @@ def serve(store: Store[Any], transport: Transport) -> Callable[[], None]:
     is another database (a ``Resumable`` transport's reset: new, or restored
     from a backup), the fields forget their server revisions, so that its
     replay is applied; a key whose change is pending keeps it (its replayed
-    pushes are skipped) and sends it once the replay is done. A write the server refuses
+    pushes are skipped) and sends it once the replay is done, and a key the
+    old database had confirmed but the replay does not mention (a backup
+    older than its last write) is written back from the device. A write the server refuses
     follows the field's ``on_refused`` (``"reload"``: the key is fetched and
     shown, at once or once the transport is online again).
     :class:`optisync.client.SyncClient` calls it for you; returns a function
@@ -777,6 +779,11 @@ def serve(store: Store[Any], transport: Transport) -> Callable[[], None]:
     # it; so their replayed pushes are skipped until the transport is online
     # (the replay done), and the change is sent then, after all of them.
     held: set[Hashable] = set()
+    # Keys the old database had confirmed, at a reset: those its replacement's
+    # replay does not mention (a backup older than their last write) are written
+    # back from this device once the replay is done, so no device keeps a value
+    # the database lacks.
+    unheard: dict[Hashable, tuple[BoundField[Any, Any, Any], Any]] = {}
 
     def on_push(wire: str, value: Any, metadata: PushMetadata) -> PushOutcome | None:
         if store.is_closed:
@@ -788,6 +795,7 @@ def serve(store: Store[Any], transport: Transport) -> Callable[[], None]:
         bound, item = fields.field_of(key)
         if bound is None or not bound.field.with_push:
             return None
+        unheard.pop(key, None)
         if key in held:
             return PushOutcome.STALE
         return bound.apply_push(item, value, metadata)
@@ -795,10 +803,10 @@ def serve(store: Store[Any], transport: Transport) -> Callable[[], None]:
     def on_status(online: bool) -> None:
         if online:
             held.clear()
+            _write_back(store, unheard)
             _reload_waiting(fields)
 
     def on_reset() -> None:
-        _forget_revisions(fields)
         held.clear()
         held.update(
             key
@@ -806,6 +814,14 @@ def serve(store: Store[Any], transport: Transport) -> Callable[[], None]:
             for key, _ in bound.items()
             if store.is_syncing(key)
         )
+        unheard.clear()
+        unheard.update(
+            (key, (bound, item))
+            for bound in fields.by_name.values()
+            for key, item in bound.items()
+            if key not in held and bound.known_revision(key) >= 0
+        )
+        _forget_revisions(fields)
 
     stops = [transport.subscribe_pushes(on_push), transport.subscribe_status(on_status)]
     if isinstance(transport, Resumable):
@@ -816,6 +832,15 @@ def serve(store: Store[Any], transport: Transport) -> Callable[[], None]:
             unsubscribe()
 
     return stop
+
+
+def _write_back(
+    store: Store[Any], unheard: dict[Hashable, tuple[BoundField[Any, Any, Any], Any]]
+) -> None:
+    for key, (bound, item) in list(unheard.items()):
+        if not store.is_closed and not store.is_syncing(key):
+            bound.resend(item)  # its failure, if any, reaches the store's on_error
+    unheard.clear()
 
 
 def _forget_revisions(fields: StoreFields) -> None:

@@ -6,9 +6,8 @@ that reaches an in-process ``SyncServer(SqliteStorage(file))`` through a ``Link`
 can cut. The default run plays ``OPTISYNC_PROPERTY_EXAMPLES`` examples (60; raise it to
 search harder) per property, derandomized so that CI replays the same ones.
 
-With restores, one divergence is documented (docs/server.md): a key the restored database
-never held keeps, on a reset device, the value it had. The property with restores allows
-exactly that; a strict xfail pins the divergence itself.
+With restores, a key the restored database lacks (a backup older than its last write) is
+written back from the reset devices that hold it: the property holds as strictly as without.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from typing import Any
 from unittest import mock
 
 import attrs
-import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -293,22 +291,12 @@ def log(database: Path) -> list[tuple[int, str, Any, int, int]]:
     return [(r, k, json.loads(v), local, device) for r, k, v, local, device in rows]
 
 
-def check(world: World, run: list[Step], *, as_documented: bool = False) -> None:
-    """The three properties. ``as_documented``: docs/server.md's limitation of a restore
-    is allowed, and nothing else: a key the restored database never held keeps, on a
-    reset device, a value the server once acknowledged or pushed."""
+def check(world: World, run: list[Step]) -> None:
+    """The three properties."""
     database = world.deployment.database
     held = latest(database)
     for number, device in enumerate(world.devices):
-        state = device.store.state
-        if as_documented and world.record.restores:
-            kept = {key: value for key, value in state.items() if key not in held}
-            for key, value in kept.items():
-                assert (f"{FIELD}/{key}", value) in world.record.served, (
-                    f"device {number} holds {key}={value}, never served: {run}"
-                )
-            state = {key: value for key, value in state.items() if key not in kept}
-        assert state == held, f"device {number} diverged from the database: {run}"
+        assert device.store.state == held, f"device {number} diverged from the database: {run}"
     by_revision = {revision: (key, value) for revision, key, value, _, _ in log(database)}
     for ack in world.record.acks:
         if world.record.must_survive(ack):
@@ -320,11 +308,11 @@ def check(world: World, run: list[Step], *, as_documented: bool = False) -> None
     assert not twice, f"committed twice: {sorted(twice)}: {run}"
 
 
-async def play(run: list[Step], folder: Path, *, as_documented: bool = False) -> None:
+async def play(run: list[Step], folder: Path) -> None:
     world = World(folder)
     async with asyncio.timeout(WAIT), contextlib.AsyncExitStack() as stack:
         await world.play(run, stack)
-        check(world, run, as_documented=as_documented)
+        check(world, run)
 
 
 def quick_reconnects() -> Iterator[float]:
@@ -336,17 +324,18 @@ def quick_reconnects() -> Iterator[float]:
         delay = min(delay * 2, 0.05)
 
 
-def play_in_a_folder(run: list[Step], *, as_documented: bool = False) -> None:
+def play_in_a_folder(run: list[Step]) -> None:
     with (
         tempfile.TemporaryDirectory() as folder,
         mock.patch("optisync.client.backoff", quick_reconnects),
     ):
-        asyncio.run(play(run, Path(folder), as_documented=as_documented))
+        asyncio.run(play(run, Path(folder)))
 
 
 PROPERTY = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None)
 # The smallest run hypothesis found in which a restore drops a key a device holds (the
-# device restart only gives the tap's ack time to arrive before the restore).
+# device restart only gives the tap's ack time to arrive before the restore); it diverged
+# until reset devices wrote such keys back.
 DROPPED_KEY = [BackUp(), Tap(0, "a", 1), RestartDevice(1), Restore()]
 
 
@@ -359,23 +348,21 @@ def test_honest_devices_converge_lose_no_ack_and_commit_nothing_twice(run: list[
 @PROPERTY
 @given(steps_with_restores)
 @example(DROPPED_KEY)
-def test_with_restores_everything_holds_but_the_documented_kept_keys(run: list[Step]) -> None:
-    play_in_a_folder(run, as_documented=True)
+def test_with_restores_devices_converge_lose_no_ack_and_commit_nothing_twice(
+    run: list[Step],
+) -> None:
+    play_in_a_folder(run)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="docs/server.md: keys the restored database never held keep, on a reset "
-    "device, the value it had (the replay says nothing of them)",
-)
-async def test_a_restore_that_drops_a_key_leaves_it_on_the_devices_that_held_it(
+async def test_a_key_a_restore_dropped_is_written_back_from_the_device_that_held_it(
     tmp_path: Path,
 ) -> None:
     world = World(tmp_path)
     async with asyncio.timeout(WAIT), contextlib.AsyncExitStack() as stack:
         await world.play([BackUp(), Tap(0, "a", 1)], stack)  # "a" acked, then converged
-        await world.step(Restore())  # the database holds no "a" again
+        await world.step(Restore())  # the database holds no "a" again, until written back
         await world.converge()
-        assert world.devices[0].store.state == {"a": 1}  # what diverges, precisely
-        assert latest(world.deployment.database) == {}
+        assert latest(world.deployment.database) == {"a": 1}
+        for device in world.devices:
+            assert device.store.state == {"a": 1}
         check(world, [BackUp(), Tap(0, "a", 1), Restore()])

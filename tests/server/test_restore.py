@@ -176,7 +176,8 @@ async def restore_and_restart(deployment: Deployment, link: Link, backup: Path) 
 async def another_device_passes_the_cursor(deployment: Deployment) -> None:
     others = [key for key in KEYS if key != PENDING]
     await write(deployment.url, 2, [(others[n % 14], 1000 + n) for n in range(25)])
-    assert await deployment.storage.head() == 35
+    # Past the device's cursor (30); keys written back from a reset device add to it.
+    assert await deployment.storage.head() >= 35
 
 
 async def test_a_device_whose_cursor_the_head_passed_after_a_restore_is_reset_and_converges(
