@@ -4,7 +4,9 @@ Each connection's messages are handled one at a time, in order. A ``set`` is
 committed (value and revision in one transaction), pushed to every connected
 device allowed to read the key (the writer included) and then acknowledged.
 Every connection has its own bounded send queue and its own writer task: a
-device that stops reading is cut at the bound and never slows the others.
+device that stops reading is cut at the bound and never slows the others. All
+send queues together stay within one more bound: past it, the connection
+holding the most unsent bytes is cut.
 
 Example:
     >>> import asyncio
@@ -22,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Final
 
 import attrs
@@ -100,6 +102,11 @@ class Limits:
         address_burst: how many messages above that rate they may send at once.
         send_buffer_bytes: unsent data a connection may hold on the server;
             past it the connection is closed (code 1013) and replays on reconnect.
+        total_send_buffer_bytes: unsent data all connections together may
+            hold on the server. A frame that would take the total past it
+            first cuts (code 1013) the connection holding the most unsent
+            bytes, the one offered to included, until the frame fits: the
+            slowest readers go, a reader that keeps up holds little and stays.
         replay_page: keys read from the storage per page of a replay (a
             replay sends each key changed since the device's cursor once, at
             its newest value).
@@ -120,6 +127,7 @@ class Limits:
     address_messages_per_second: float = 1000.0
     address_burst: int = 2000
     send_buffer_bytes: int = 4 * 1024 * 1024
+    total_send_buffer_bytes: int = 256 * 1024 * 1024
     replay_page: int = 500
     hello_timeout: float = 10.0
 
@@ -194,10 +202,48 @@ class _SendQueueFullError(OptisyncError, OverflowError):
     """
 
 
+class _SendBudget:
+    """The unsent bytes of all send queues together, kept within one bound.
+
+    Bytes are counted when a frame is queued and uncounted when it is written
+    or its connection is dropped. A frame that would take the total past the
+    bound first cuts the connection holding the most droppable (queued, not in
+    flight) bytes, until it fits: a reader that keeps up holds little and is
+    the last to go.
+    """
+
+    def __init__(self, limit: int, cut: Callable[[_Peer], None]) -> None:
+        self.limit = limit
+        self.queued = 0
+        self.peers: set[_Peer] = set()
+        self._cut = cut
+
+    def reserve(self, peer: _Peer, size: int) -> bool:
+        """Count ``size`` more bytes for ``peer``; False when they do not fit."""
+        for _ in range(len(self.peers)):  # each pass drops one connection
+            if self.queued + size <= self.limit:
+                break
+            largest = max(self.peers, key=lambda p: p.droppable)
+            if largest is peer or largest.droppable == 0:
+                return False
+            self._cut(largest)  # drops its queue: frees its droppable bytes now
+        if self.queued + size > self.limit:
+            return False
+        self.queued += size
+        return True
+
+
 class _Peer:
     """One device's connection: its grant, replay state and bounded send queue."""
 
-    def __init__(self, connection: ServerConnection, hello: Hello, grant: Grant, limits: Limits):
+    def __init__(
+        self,
+        connection: ServerConnection,
+        hello: Hello,
+        grant: Grant,
+        limits: Limits,
+        budget: _SendBudget,
+    ) -> None:
         self.connection = connection
         self.cut = False
         self.device_id = hello.device_id
@@ -208,16 +254,28 @@ class _Peer:
         self.pending: list[Change] | None = []
         self.pending_overflow = False
         self._limit = limits.send_buffer_bytes
-        self._queued = 0
+        self._budget = budget
+        self._dropped = False
+        self._queued = 0  # bytes queued and in flight, counted in the budget too
+        self._in_flight = 0
         self._queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._space = asyncio.Event()
         self._space.set()
+        budget.peers.add(self)
+
+    @property
+    def droppable(self) -> int:
+        """Bytes queued and not yet handed to the connection: dropping them frees them."""
+        return self._queued - self._in_flight
 
     def offer(self, frame: bytes) -> bool:
-        """Queue a frame without waiting; False when the queue is over its bound."""
-        if self._queued + len(frame) > self._limit:
+        """Queue a frame without waiting; False when the queue, or all queues, are full."""
+        size = len(frame)
+        if self._dropped or self._queued + size > self._limit:
             return False
-        self._queued += len(frame)
+        if not self._budget.reserve(self, size):
+            return False
+        self._queued += size
         if self._queued > self._limit // 2:
             self._space.clear()
         self._queue.put_nowait(frame)
@@ -232,10 +290,27 @@ class _Peer:
     async def write_forever(self) -> None:
         while True:
             frame = await self._queue.get()
-            await self.connection.send(frame, text=True)
-            self._queued -= len(frame)
-            if self._queued <= self._limit // 2:
-                self._space.set()
+            self._in_flight = len(frame)
+            try:
+                await self.connection.send(frame, text=True)
+            finally:
+                self._in_flight = 0
+                self._release(len(frame))
+
+    def drop(self) -> None:
+        """Forget every queued frame and queue no more; the one in flight is
+        uncounted when its write ends."""
+        self._dropped = True
+        self._budget.peers.discard(self)
+        while not self._queue.empty():
+            self._release(len(self._queue.get_nowait()))
+        self._space.set()  # a waiting replay wakes and finds the queue closed
+
+    def _release(self, size: int) -> None:
+        self._queued -= size
+        self._budget.queued -= size
+        if self._queued <= self._limit // 2:
+            self._space.set()
 
 
 class SyncServer:
@@ -280,6 +355,7 @@ class SyncServer:
         self._addresses: dict[str, _Address] = {}
         self._admitted: dict[int, Grant] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._budget = _SendBudget(self._limits.total_send_buffer_bytes, self._cut_soon)
         storage.on_commit = self._publish
 
     @property
@@ -304,6 +380,20 @@ class SyncServer:
             0
         """
         return len(self._peers)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Unsent bytes all connections hold on the server, at most ``total_send_buffer_bytes``.
+
+        Counted when a frame is queued for a connection, uncounted when it is
+        written or the connection is dropped: 0 once every connection closed.
+
+        Example:
+            >>> from optisync.server import SqliteStorage, SyncServer
+            >>> SyncServer(SqliteStorage(":memory:")).queued_bytes
+            0
+        """
+        return self._budget.queued
 
     async def open(self) -> None:
         """Open the storage (for embedding :meth:`handler`; :meth:`run` does it).
@@ -411,6 +501,7 @@ class SyncServer:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                 await writer
+            peer.drop()
             logger.info("%s disconnected", peer.grant.name)
 
     def _schedule_prune(self, host: str, address: _Address) -> None:
@@ -451,7 +542,8 @@ class SyncServer:
         refusal = hello if isinstance(hello, Error) else await self._check_hello(hello)
         if refusal is None:
             assert isinstance(hello, Hello)
-            peer = _Peer(connection, hello, self._admitted[hello.device_id], self._limits)
+            grant = self._admitted[hello.device_id]
+            peer = _Peer(connection, hello, grant, self._limits, self._budget)
             del self._admitted[hello.device_id]
             self._peers[hello.device_id] = peer
             try:
@@ -459,6 +551,7 @@ class SyncServer:
             except Exception:
                 logger.exception("welcome of %s failed", peer.grant.name)
                 self._forget(peer)
+                peer.drop()
                 await connection.close(_TRY_LATER, _NO_DATABASE)
                 return None
             return peer
@@ -489,7 +582,9 @@ class SyncServer:
         reset = await self._must_reset(hello, generation, head)
         if reset:
             peer.cursor = 0
-        peer.offer(encode(Welcome(generation=generation, server_revision=head, reset=reset)))
+        welcome = Welcome(generation=generation, server_revision=head, reset=reset)
+        if not peer.offer(encode(welcome)):
+            self._cut_soon(peer)  # all send queues are full: it replays on reconnect
         logger.info("%s connected (since %d, reset %s)", peer.grant.name, hello.since, reset)
 
     async def _must_reset(self, hello: Hello, generation: str, head: int) -> bool:
@@ -536,13 +631,26 @@ class SyncServer:
             replay.cancel()
 
     async def _cut(self, peer: _Peer, reason: str) -> None:
+        if self._begin_cut(peer, reason):
+            await peer.connection.close(_TRY_LATER, reason)
+
+    def _cut_soon(self, peer: _Peer) -> None:
+        """Cut ``peer`` now (its queue freed at once); its close handshake runs in a task."""
+        if self._begin_cut(peer, _QUEUE_FULL):
+            task = asyncio.create_task(peer.connection.close(_TRY_LATER, _QUEUE_FULL))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _begin_cut(self, peer: _Peer, reason: str) -> bool:
+        """Mark ``peer`` cut, forget it and drop its queue; False if it already was."""
         if peer.cut:
-            return
+            return False
         peer.cut = True
         # Forget it at once: no more pushes pile up, and the device may reconnect.
         self._forget(peer)
+        peer.drop()
         logger.warning("%s cut: %s", peer.grant.name, reason)
-        await peer.connection.close(_TRY_LATER, reason)
+        return True
 
     def _decode(self, frame: str | bytes) -> ClientMessage | Error:
         """The frame's message, or the error that refuses it, numbered when it can be.
@@ -674,7 +782,8 @@ class SyncServer:
                 pending, peer.pending = peer.pending or [], None
                 for change in pending:
                     self._push_to(peer, change)
-                peer.offer(encode(Ready(peer.cursor)))
+                if not peer.offer(encode(Ready(peer.cursor))):
+                    await self._cut(peer, _QUEUE_FULL)
                 return
         except (_SendQueueFullError, ConnectionClosed):
             await self._cut(peer, _QUEUE_FULL)
@@ -684,6 +793,9 @@ class SyncServer:
             await self._cut(peer, _NO_DATABASE)
 
     def _publish(self, change: Change) -> None:
+        # Every device but the writer gets the same bytes: encoded once, shared
+        # by all their queues (a fan-out of 60 KB to 2,000 devices holds 60 KB).
+        others = _SharedPush(change)
         for peer in list(self._peers.values()):
             if not peer.grant.can_read(change.key):
                 continue
@@ -694,19 +806,35 @@ class SyncServer:
                 elif not peer.pending_overflow:
                     peer.pending.append(change)
             else:
-                self._push_to(peer, change)
+                self._push_to(peer, change, others)
 
-    def _push_to(self, peer: _Peer, change: Change) -> None:
+    def _push_to(self, peer: _Peer, change: Change, others: _SharedPush | None = None) -> None:
         if change.server_revision <= peer.cursor:
             return  # already sent in the replay
         peer.cursor = change.server_revision
-        if not peer.offer(self._push_frame(peer, change)) and not peer.cut:
-            task = asyncio.create_task(self._cut(peer, _QUEUE_FULL))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if others is not None and peer.device_id != change.device_id:
+            frame = others.frame(peer.device_id)
+        else:
+            frame = self._push_frame(peer, change)
+        if not peer.offer(frame):
+            self._cut_soon(peer)
 
     def _push_frame(self, peer: _Peer, change: Change) -> bytes:
         return encode(_push_as_sent(change, peer.device_id))
+
+
+class _SharedPush:
+    """The push of one change for every device but its writer, encoded on first use."""
+
+    def __init__(self, change: Change) -> None:
+        self._change = change
+        self._frame: bytes | None = None
+
+    def frame(self, device_id: int) -> bytes:
+        """The frame for ``device_id``, which must not be the change's writer."""
+        if self._frame is None:
+            self._frame = encode(_push_as_sent(self._change, device_id))
+        return self._frame
 
 
 def _push_as_sent(change: Change, device_id: int) -> Push:
