@@ -258,8 +258,6 @@ async def test_two_device_processes_converge_after_a_kill_and_an_outage(
 
 
 @pytest.mark.slow
-async def test_two_hundred_seeds_converge(tmp_path: Path) -> None:
-    for seed in range(1000, 1200):
-        folder = tmp_path / str(seed)
-        folder.mkdir()
-        await play(seed, folder)
+@pytest.mark.parametrize("seed", range(1000, 1200))
+async def test_two_hundred_more_seeds_converge(seed: int, tmp_path: Path) -> None:
+    await play(seed, tmp_path)
