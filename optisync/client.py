@@ -40,6 +40,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import re
 from collections.abc import Awaitable, Callable, Hashable, Iterator
 from types import TracebackType
 from typing import Any, Final, Generic, Literal, Self, TypeVar
@@ -94,7 +95,13 @@ logger: Final = logging.getLogger("optisync.client")
 S = TypeVar("S")
 
 #: Refusals at hello that another attempt cannot fix: the client stops.
-_FATAL: Final = frozenset({"unauthorized", "bad_version", "bad_field", "bad_message"})
+_FATAL: Final = frozenset(
+    {"unauthorized", "bad_version", "bad_field", "bad_message", "device_unproven"}
+)
+_FIXES: Final = {
+    "device_unproven": "give the client the device's own secret, or use a new device id",
+}
+_SECRET: Final = re.compile(r"[A-Za-z0-9_-]{16,128}")
 #: The key caught_up() reads: any key would do, its answer is what matters.
 _PROBE_KEY: Final = "optisync.caught_up"
 _MAX_FRAME: Final = 16 * 1024 * 1024
@@ -226,6 +233,14 @@ class SyncClient(Generic[S]):
         get_server_revision_from_state: passed to ``server_push``; the default
             relies on the store's own record (:meth:`~optisync.Store.server_revision`).
         token: sent in the hello for the server's authenticator.
+        device_secret: the secret only this device holds (16 to 128 URL-safe
+            base64 characters; ``secrets.token_urlsafe(32)`` makes one), sent
+            in every hello: the server binds the device id to the first one
+            it sees and refuses the id to anyone without it
+            (``device_unproven``). Keep it with the device id: a
+            :class:`~optisync.persistence.Persistence` attached to the store
+            hands its own over (see :meth:`use_device_secret`). Without one,
+            another holder of the token may take over the device id.
         cursor: the newest server revision already applied (persisted by the
             app); the server replays what came after it. See :meth:`resume`.
         generation: the server generation that cursor belongs to.
@@ -267,6 +282,7 @@ class SyncClient(Generic[S]):
         apply_value: Callable[[S, str, Any, int], S] | None = None,
         get_server_revision_from_state: Callable[[str], int] | None = None,
         token: str | None = None,
+        device_secret: str | None = None,
         cursor: int = 0,
         generation: str = "",
         digest: str = "",
@@ -279,6 +295,7 @@ class SyncClient(Generic[S]):
         self._apply_value = apply_value
         self._get_revision = get_server_revision_from_state or (lambda key: -1)
         self._token = token
+        self._device_secret: str | None = None
         self._cursor = cursor
         self._generation = generation
         self._digest = digest
@@ -301,6 +318,8 @@ class SyncClient(Generic[S]):
         self._pending: dict[int, asyncio.Future[Committed | Value]] = {}
         self._request_ids = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
+        if device_secret is not None:
+            self.use_device_secret(device_secret)
         if apply_value is None:
             # The store's declared fields are sent by this client, and its pushes reach them.
             serve(store, self)
@@ -388,6 +407,50 @@ class SyncClient(Generic[S]):
             '5f0c2b7d3e9a4c1f'
         """
         return self._digest
+
+    def use_device_secret(self, secret: str) -> None:
+        """Prove the device id with ``secret`` in every hello from now on.
+
+        The server binds the device id to the first secret a hello carries
+        for it, and refuses the id to any other (``device_unproven``, a
+        :class:`ServerRefusedError`). :class:`~optisync.persistence.Persistence`
+        calls it with the secret it keeps beside the device id. Call it before
+        :meth:`start`; again with the same secret is harmless.
+
+        Raises:
+            ArgumentTypeError: ``secret`` is not a ``str``.
+            InvalidArgumentError: it is not 16 to 128 URL-safe base64
+                characters, or the client already holds another secret.
+            StateError: the client has started.
+
+        Example:
+            >>> import secrets
+            >>> from optisync import Store
+            >>> from optisync.client import SyncClient
+            >>> client = SyncClient(Store(0, device_id=1), "ws://h")
+            >>> client.use_device_secret(secrets.token_urlsafe(32))
+            >>> client.use_device_secret("short")  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            optisync.errors.InvalidArgumentError: a device secret is 16 to 128 ...
+        """
+        if not isinstance(secret, str):
+            raise ArgumentTypeError(f"the device secret must be a str, got {type(secret).__name__}")
+        if _SECRET.fullmatch(secret) is None:
+            raise InvalidArgumentError(
+                "a device secret is 16 to 128 characters of A-Z, a-z, 0-9, '-' and '_': "
+                "make one with secrets.token_urlsafe(32) and keep it with the device id"
+            )
+        if self._device_secret == secret:
+            return
+        if self._device_secret is not None:
+            raise InvalidArgumentError(
+                "this client already proves its device id with another secret: a device "
+                "has one secret, kept with its id"
+            )
+        if self._task is not None:
+            raise StateError("the client has started: give it its device secret before start()")
+        self._device_secret = secret
 
     def resume(self, cursor: int, generation: str, digest: str = "") -> None:
         """Start from a persisted position: the server replays what came after ``cursor``.
@@ -924,6 +987,8 @@ class SyncClient(Generic[S]):
             generation=self._generation,
             # Left out when unknown: a server from before digests refuses the field.
             digest=self._digest if self._digest and self._cursor else msgspec.UNSET,
+            # Left out when there is none, for the same reason.
+            device_secret=msgspec.UNSET if self._device_secret is None else self._device_secret,
         )
         await connection.send(encode(hello), text=True)
         self._traced("sent", hello)
@@ -980,10 +1045,10 @@ class SyncClient(Generic[S]):
         if self._online and waiting:
             waiting[0].set_exception(RequestRefusedError(error.code, error.message))
         elif error.code in _FATAL:
+            fix = _FIXES.get(error.code, "fix the token (or the client's version)")
             raise ServerRefusedError(
                 f"the server at {self._url} refused this client for good: "
-                f"{error.code}: {error.message}; fix the token (or the client's "
-                "version) and create a new client"
+                f"{error.code}: {error.message}; {fix} and create a new client"
             )
         elif not self._online:  # refused at hello (device_in_use): the client retries
             self._failed(

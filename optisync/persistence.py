@@ -58,9 +58,9 @@ from optisync.errors import (
     StateError,
 )
 from optisync.fields import BoundField, StoreFields, store_fields
-from optisync.revisions import random_device_id
+from optisync.revisions import random_device_id, random_device_secret
 from optisync.store import adopt_local_revision_base
-from optisync.transport import Resumable, Transport
+from optisync.transport import ProvesDevice, Resumable, Transport
 
 if TYPE_CHECKING:
     import cattrs
@@ -250,6 +250,9 @@ class Snapshot:
         generation: the server generation that cursor belongs to.
         digest: the transport's digest of the entry at that cursor, by which
             the server recognises a database restored from a backup.
+        device_secret: the secret that proves the device id to the server,
+            made with it (``""`` in a snapshot from before secrets: one is
+            made when it is opened).
 
     Example:
         >>> from optisync.persistence import Snapshot
@@ -265,6 +268,7 @@ class Snapshot:
     cursor: int = 0
     generation: str = ""
     digest: str = ""
+    device_secret: str = ""
 
 
 class SnapshotStorage(Protocol):
@@ -337,7 +341,8 @@ CREATE TABLE IF NOT EXISTS optisync_snapshot (
     local_revision_base INTEGER NOT NULL DEFAULT 0,
     cursor INTEGER NOT NULL DEFAULT 0,
     generation TEXT NOT NULL DEFAULT '',
-    digest TEXT NOT NULL DEFAULT ''
+    digest TEXT NOT NULL DEFAULT '',
+    device_secret TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS optisync_revisions (key TEXT PRIMARY KEY, revision INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS optisync_outbox (key TEXT PRIMARY KEY);
@@ -479,6 +484,7 @@ def _add_missing_columns(connection: sqlite3.Connection) -> None:
         "cursor": "INTEGER NOT NULL DEFAULT 0",
         "generation": "TEXT NOT NULL DEFAULT ''",
         "digest": "TEXT NOT NULL DEFAULT ''",
+        "device_secret": "TEXT NOT NULL DEFAULT ''",
     }
     for name, declaration in added.items():
         if name not in columns:
@@ -489,8 +495,8 @@ def _load(connection: sqlite3.Connection) -> Snapshot | None:
     connection.execute("BEGIN")  # one read transaction: the three tables of one commit
     try:
         row = connection.execute(
-            "SELECT device_id, state, local_revision_base, cursor, generation, digest"
-            " FROM optisync_snapshot"
+            "SELECT device_id, state, local_revision_base, cursor, generation, digest,"
+            " device_secret FROM optisync_snapshot"
         ).fetchone()
         if row is None:
             return None
@@ -507,6 +513,7 @@ def _load(connection: sqlite3.Connection) -> Snapshot | None:
         int(row[3]),
         str(row[4]),
         str(row[5]),
+        str(row[6]),
     )
 
 
@@ -515,8 +522,8 @@ def _save(connection: sqlite3.Connection, snapshot: Snapshot) -> None:
     try:
         connection.execute(
             "INSERT OR REPLACE INTO optisync_snapshot"
-            " (id, device_id, state, local_revision_base, cursor, generation, digest)"
-            " VALUES (1, ?, ?, ?, ?, ?, ?)",
+            " (id, device_id, state, local_revision_base, cursor, generation, digest,"
+            " device_secret) VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
             (
                 snapshot.device_id,
                 snapshot.state,
@@ -524,6 +531,7 @@ def _save(connection: sqlite3.Connection, snapshot: Snapshot) -> None:
                 snapshot.cursor,
                 snapshot.generation,
                 snapshot.digest,
+                snapshot.device_secret,
             ),
         )
         connection.execute("DELETE FROM optisync_revisions")  # a reset forgets old ones
@@ -624,8 +632,8 @@ class Persistence(Generic[S]):
         """Load what ``storage`` holds; for a new storage, start from ``initial``.
 
         A new storage gets a device id at once (``new_device_id()``, by default
-        a random 53-bit number) and a first snapshot, so the id survives even
-        a crash before the first change.
+        a random 53-bit number), a device secret (256 random bits) and a
+        first snapshot, so both survive even a crash before the first change.
 
         Example:
             >>> import asyncio
@@ -643,12 +651,21 @@ class Persistence(Generic[S]):
             state = codec.decode(snapshot.state)
             # Saved before any store of this run exists, so before it sends anything.
             snapshot = attrs.evolve(
-                snapshot, local_revision_base=_next_base(snapshot.local_revision_base)
+                snapshot,
+                local_revision_base=_next_base(snapshot.local_revision_base),
+                # A snapshot from before secrets gets one now, before any hello.
+                device_secret=snapshot.device_secret or random_device_secret(),
             )
             await storage.save(snapshot)
             return cls(storage, codec, snapshot, state)
         device_id = random_device_id() if new_device_id is None else new_device_id()
-        snapshot = Snapshot(device_id, codec.encode(initial), {}, frozenset())
+        snapshot = Snapshot(
+            device_id,
+            codec.encode(initial),
+            {},
+            frozenset(),
+            device_secret=random_device_secret(),
+        )
         await storage.save(snapshot)
         return cls(storage, codec, snapshot, initial)
 
@@ -684,6 +701,29 @@ class Persistence(Generic[S]):
             12
         """
         return self._restored.device_id
+
+    @property
+    def device_secret(self) -> str:
+        """The secret that proves :attr:`device_id` to the server, kept beside it.
+
+        Made with the device id (or when a file from before secrets is first
+        opened) and never changed. A transport that
+        :class:`~optisync.transport.ProvesDevice`, such as ``SyncClient``,
+        gets it by itself when it serves the attached store. Keep the file
+        private: whoever holds the secret and the server's token may write as
+        this device.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync.persistence import JsonCodec, open_sqlite
+            >>> async def main() -> None:
+            ...     saved = await open_sqlite(":memory:", JsonCodec(), initial=0)
+            ...     print(len(saved.device_secret))
+            ...     await saved.close()
+            >>> asyncio.run(main())
+            43
+        """
+        return self._restored.device_secret
 
     @property
     def local_revision_base(self) -> int:
@@ -788,6 +828,9 @@ class Persistence(Generic[S]):
         self._changed(None)  # the resent keys' new status, and anything dropped
 
     def _follow(self, transport: Transport) -> None:
+        # The device secret goes with the device id, to any transport that sends one.
+        if isinstance(transport, ProvesDevice) and self.device_secret:
+            transport.use_device_secret(self.device_secret)
         # The transport's replay position is saved with the state it covers,
         # and restored before the transport starts.
         if not isinstance(transport, Resumable):
@@ -850,6 +893,7 @@ class Persistence(Generic[S]):
             cursor,
             generation,
             digest,
+            restored.device_secret,
         )
 
     async def flush(self) -> None:

@@ -119,6 +119,14 @@ def random_device_id() -> int:
     return secrets.randbits(53)
 
 
+def random_device_secret() -> str:
+    """A new device secret: 256 random bits, URL-safe base64 (43 characters).
+
+    Sent in every hello; the server binds the device id to it at the first one.
+    """
+    return secrets.token_urlsafe(32)
+
+
 def default_device_id() -> int:
     """Deprecated: one random device id per process, made on first use.
 

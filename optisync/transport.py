@@ -56,6 +56,7 @@ from optisync.revisions import PushMetadata
 
 __all__ = [
     "Ack",
+    "ProvesDevice",
     "Resumable",
     "SyncRequest",
     "Transport",
@@ -203,6 +204,33 @@ class Transport(Protocol):
             A test, or a "synced" indicator::
 
                 await transport.caught_up()
+        """
+        ...
+
+
+@runtime_checkable
+class ProvesDevice(Protocol):
+    """A transport that proves its device id with a secret the device keeps (``SyncClient`` is one).
+
+    :class:`optisync.persistence.Persistence` keeps a secret beside the
+    device id, made with it, and hands it over when the transport serves the
+    store, before it connects: a restarted device proves the same id.
+
+    Example:
+        >>> from optisync import Store
+        >>> from optisync.client import SyncClient
+        >>> from optisync.transport import ProvesDevice
+        >>> isinstance(SyncClient(Store(0, device_id=1), "ws://127.0.0.1:1"), ProvesDevice)
+        True
+    """
+
+    def use_device_secret(self, secret: str) -> None:
+        """Send ``secret`` in every hello from now on (before the transport starts).
+
+        Example:
+            Called by :class:`~optisync.persistence.Persistence`::
+
+                transport.use_device_secret(saved.device_secret)
         """
         ...
 

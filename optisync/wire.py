@@ -109,6 +109,8 @@ _KEY_PATTERN: Final = r"\A(?!\s)[^\x00-\x1f\x7f-\x9f\u2028\u2029]*(?<!\s)\Z"
 _Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_CHARS, pattern=_KEY_PATTERN)]
 _Text = Annotated[str, msgspec.Meta(max_length=4096)]
 _Digest = Annotated[str, msgspec.Meta(max_length=64)]
+# What secrets.token_urlsafe(32) makes (43 characters), and room for longer ones.
+_Secret = Annotated[str, msgspec.Meta(min_length=16, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
 class _Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="type"):
@@ -122,7 +124,11 @@ class Hello(_Message, tag="hello", frozen=True):
     ``generation`` the server generation it saw it from (``""``: none);
     ``digest`` (optional, left out when unknown) the :func:`entry_digest` of
     the push at ``since``, by which the server recognises a database restored
-    from a backup. The server answers with a :class:`Welcome`, replays every
+    from a backup; ``device_secret`` (optional, left out by older clients) the
+    secret only this device holds: the first hello that carries one binds the
+    device id to it, and every later hello for that id must carry the same
+    (``secrets.token_urlsafe(32)`` makes one; persisted devices
+    keep theirs in their snapshot). The server answers with a :class:`Welcome`, replays every
     change after ``since`` as :class:`Push` messages and then sends :class:`Ready`.
 
     Example:
@@ -141,6 +147,8 @@ class Hello(_Message, tag="hello", frozen=True):
     # UNSET, not "": a hello without a digest is the one an older client sent,
     # and a server from before digests refuses the field it does not know.
     digest: _Digest | msgspec.UnsetType = msgspec.UNSET
+    # UNSET for the same reason: an older server refuses a field it does not know.
+    device_secret: _Secret | msgspec.UnsetType = msgspec.UNSET
 
 
 class Set(_Message, tag="set", frozen=True):

@@ -122,6 +122,20 @@ async def test_a_new_file_gets_a_device_id_that_is_saved_at_once(tmp_path: Path)
     await again.close()
 
 
+async def test_the_device_secret_is_made_with_the_id_and_kept_for_good(tmp_path: Path) -> None:
+    path = tmp_path / "device.sqlite3"
+    first = await open_sqlite(path, JsonCodec(), initial=0)
+    secret = first.device_secret
+    assert len(secret) == 43  # secrets.token_urlsafe(32): 256 bits
+    await first.close()
+    again = await open_sqlite(path, JsonCodec(), initial=0)
+    assert again.device_secret == secret
+    other = await open_sqlite(tmp_path / "other.sqlite3", JsonCodec(), initial=0)
+    assert other.device_secret != secret  # one per device
+    await again.close()
+    await other.close()
+
+
 async def test_a_change_in_flight_is_saved_in_the_outbox_and_resent_after_a_restart(
     tmp_path: Path,
 ) -> None:
@@ -412,7 +426,12 @@ async def test_a_file_from_before_the_local_revision_base_opens_and_gets_one(
     saved = await open_sqlite(path, JsonCodec(), initial={})
     assert (saved.device_id, saved.state) == (31, {"a": True})
     assert saved.local_revision_base == LOCAL_REVISIONS_PER_RUN
+    secret = saved.device_secret  # a file from before secrets gets one at its first open
+    assert len(secret) == 43
     await saved.close()
+    reopened = await open_sqlite(path, JsonCodec(), initial={})
+    assert reopened.device_secret == secret
+    await reopened.close()
 
 
 def test_a_storage_opened_two_million_times_refuses_to_pass_two_to_the_53() -> None:

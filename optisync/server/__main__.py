@@ -168,6 +168,13 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="DEBUG logs every message, and every frame from websockets (default: %(default)s)",
     )
     parser.add_argument(
+        "--require-device-secret",
+        action="store_true",
+        help="refuse devices that send no device secret (older clients, hand-written "
+        "ones); without it, such a device may use a device id no secret is bound to yet "
+        "(default: off)",
+    )
+    parser.add_argument(
         "--insecure",
         action="store_true",
         help=f"listen on a host that is not loopback without ${TOKEN_VARIABLE}: anyone who "
@@ -284,6 +291,7 @@ async def _serve(arguments: argparse.Namespace, token: str | None) -> None:
         storage,
         authenticate=require_token(token) if token else allow_anyone,
         allowed_origins=[None, *arguments.allow_origin],
+        require_device_secret=arguments.require_device_secret,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -43,7 +43,12 @@ import psycopg.sql
 from psycopg_pool import AsyncConnectionPool
 
 from optisync.errors import AlreadyOpenError, NotOpenError
-from optisync.server.storage import Change, OpenedByAsyncWith, StorageUnavailableError
+from optisync.server.storage import (
+    Change,
+    OpenedByAsyncWith,
+    StorageUnavailableError,
+    device_proven,
+)
 
 __all__ = ["PostgresStorage"]
 
@@ -77,6 +82,10 @@ CREATE TABLE IF NOT EXISTS optisync_device_keys (
     PRIMARY KEY (device_id, key)
 );
 CREATE INDEX IF NOT EXISTS optisync_keys_by_revision ON optisync_keys (revision);
+CREATE TABLE IF NOT EXISTS optisync_devices (
+    device_id bigint PRIMARY KEY,
+    secret_digest bytea NOT NULL
+);
 """
 # Any fixed number: it keeps two processes from creating the tables at once.
 _SCHEMA_LOCK: Final = 0x0951_7C
@@ -89,6 +98,11 @@ _LISTEN: Final = "optisync-listen"
 
 _Connection = psycopg.AsyncConnection[tuple[object, ...]]
 _Pool = AsyncConnectionPool[_Connection]
+
+
+def _digest(cell: object) -> bytes:
+    assert isinstance(cell, bytes | memoryview)  # a bytea column
+    return bytes(cell)
 
 
 def _change(row: tuple[int, str, bytes, int, int]) -> Change:
@@ -353,6 +367,35 @@ class PostgresStorage(OpenedByAsyncWith):
         """
         rows = await self._query("SELECT revision FROM optisync_head")
         return int(str(rows[0][0])) if rows else 0
+
+    async def claim_device(self, device_id: int, secret_digest: bytes | None) -> bool:
+        """Bind ``device_id`` to ``secret_digest`` at its first claim; check it later.
+
+        See :meth:`Storage.claim_device <optisync.server.Storage.claim_device>`.
+        Of two processes claiming one id at once, the first insert wins; the
+        other reads the winner's digest (a new statement sees the committed row).
+
+        Example:
+            >>> from optisync.server.postgres import PostgresStorage
+            >>> PostgresStorage("dbname=app").claim_device  # doctest: +ELLIPSIS
+            <bound method PostgresStorage.claim_device of <...>>
+        """
+        if secret_digest is None:
+            rows = await self._query(
+                "SELECT secret_digest FROM optisync_devices WHERE device_id = %s", (device_id,)
+            )
+            return device_proven(_digest(rows[0][0]) if rows else None, None)
+        async with self._connection(self._commits, "a device claim") as db, db.transaction():
+            await db.execute(
+                "INSERT INTO optisync_devices (device_id, secret_digest) VALUES (%s, %s) "
+                "ON CONFLICT (device_id) DO NOTHING",
+                (device_id, secret_digest),
+            )
+            cursor = await db.execute(
+                "SELECT secret_digest FROM optisync_devices WHERE device_id = %s", (device_id,)
+            )
+            row = await cursor.fetchone()
+        return device_proven(None if row is None else _digest(row[0]), secret_digest)
 
     # -- LISTEN --------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -323,6 +324,15 @@ class SyncServer:
         limits: per-connection bounds.
         allowed_origins: the ``Origin`` headers accepted; ``None`` in it admits
             clients that send none (not browsers). The default admits no web page.
+        require_device_secret: refuse hellos without a device secret
+            (``device_unproven``). Without it, a device id that no hello has
+            yet bound to a secret may still be used by an older client that
+            sends none: set it once every device sends a secret.
+
+    Device ids are proven: the first hello carrying a device secret binds its
+    id to that secret, durably in the storage, and a later hello for the id
+    with another secret, or none, is refused with ``device_unproven``. So a
+    device id cannot be taken over by another holder of the token.
 
     Run it with :meth:`run`, or embed :meth:`handler` in your own
     ``websockets.asyncio.server.serve`` after :meth:`open`, passing it
@@ -346,11 +356,13 @@ class SyncServer:
         authenticate: Authenticator = allow_anyone,
         limits: Limits | None = None,
         allowed_origins: Sequence[str | None] = (None,),
+        require_device_secret: bool = False,
     ) -> None:
         self._storage = storage
         self._authenticate = authenticate
         self._limits = limits or Limits()
         self._origins = [None if o is None else Origin(o) for o in allowed_origins]
+        self._require_device_secret = require_device_secret
         self._peers: dict[int, _Peer] = {}
         self._addresses: dict[str, _Address] = {}
         self._admitted: dict[int, Grant] = {}
@@ -558,7 +570,9 @@ class SyncServer:
         logger.info("refused a connection: %s", refusal.code)
         with contextlib.suppress(ConnectionClosed):
             await connection.send(encode(refusal), text=True)
-            await connection.close(_POLICY, refusal.code)
+            # The database could not check the device: like a failed welcome, retry later.
+            code = _TRY_LATER if refusal.code == "unavailable" else _POLICY
+            await connection.close(code, refusal.code)
         return None
 
     async def _check_hello(self, hello: ClientMessage) -> Error | None:
@@ -572,7 +586,36 @@ class SyncServer:
         # Checked after the await: no other hello can slip in between.
         if hello.device_id in self._peers or hello.device_id in self._admitted:
             return Error(None, "device_in_use", "another connection holds this device id")
-        self._admitted[hello.device_id] = grant
+        self._admitted[hello.device_id] = grant  # held while its proof is checked
+        refusal = await self._check_identity(hello)
+        if refusal is not None:
+            del self._admitted[hello.device_id]
+        return refusal
+
+    async def _check_identity(self, hello: Hello) -> Error | None:
+        """Refuse a hello that claims a device id it cannot prove (``device_unproven``).
+
+        The first hello carrying a secret for an id binds the id to it, in the
+        storage; any later hello for that id must carry the same secret. A
+        hello without one (an older client) may use only an id never bound,
+        and none at all with ``require_device_secret``.
+        """
+        secret = hello.device_secret
+        if isinstance(secret, msgspec.UnsetType):
+            if self._require_device_secret:
+                return Error(None, "device_unproven", "this server requires a device secret")
+            digest = None
+        else:
+            digest = hashlib.sha256(secret.encode()).digest()
+        try:
+            proven = await self._storage.claim_device(hello.device_id, digest)
+        except Exception:
+            logger.exception("the identity check of device %d failed", hello.device_id)
+            return Error(None, "unavailable", "the server could not check the device; retry")
+        if not proven:
+            return Error(
+                None, "device_unproven", "this device id belongs to a device with another secret"
+            )
         return None
 
     async def _welcome(self, peer: _Peer, hello: Hello) -> None:

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import hmac
 import sqlite3
 import uuid
 from collections.abc import Callable
@@ -144,6 +145,17 @@ class Storage(Protocol):
         """The newest revision (0 before the first write)."""
         ...
 
+    async def claim_device(self, device_id: int, secret_digest: bytes | None) -> bool:
+        """Whether a hello may use ``device_id``: the identity check, durable.
+
+        ``secret_digest`` is the SHA-256 of the secret the hello carries. The
+        first digest given for a device id is kept for good (in one
+        transaction: of two processes racing, one digest wins); later calls
+        are True only with the same digest (compared in constant time). None
+        (an older client, no secret) is True only while no digest is kept.
+        """
+        ...
+
 
 # Run at every open: a database made by an older version gains the tables it
 # lacks (optisync_device_keys came with deduplication; its writes before that
@@ -169,6 +181,10 @@ CREATE TABLE IF NOT EXISTS optisync_device_keys (
     PRIMARY KEY (device_id, key)
 );
 CREATE INDEX IF NOT EXISTS optisync_keys_by_revision ON optisync_keys (revision);
+CREATE TABLE IF NOT EXISTS optisync_devices (
+    device_id INTEGER PRIMARY KEY,
+    secret_digest BLOB NOT NULL
+);
 """
 _COLUMNS = "c.revision, c.key, c.value, c.local_revision, c.device_id"
 _LATEST_AFTER = (
@@ -453,6 +469,60 @@ class SqliteStorage(OpenedByAsyncWith):
             return 0 if row[0] is None else int(row[0])
 
         return await self._run(select)
+
+    async def claim_device(self, device_id: int, secret_digest: bytes | None) -> bool:
+        """Bind ``device_id`` to ``secret_digest`` at its first claim; check it later.
+
+        See :meth:`Storage.claim_device <optisync.server.Storage.claim_device>`.
+
+        Example:
+            >>> import asyncio, hashlib
+            >>> from optisync.server import SqliteStorage
+            >>> mine, theirs = hashlib.sha256(b"mine").digest(), hashlib.sha256(b"x").digest()
+            >>> async def main() -> None:
+            ...     async with SqliteStorage(":memory:") as storage:
+            ...         print(await storage.claim_device(7, None))  # nobody holds 7 yet
+            ...         print(await storage.claim_device(7, mine))  # 7 is mine from now on
+            ...         print(await storage.claim_device(7, mine))
+            ...         print(await storage.claim_device(7, theirs))
+            ...         print(await storage.claim_device(7, None))
+            >>> asyncio.run(main())
+            True
+            True
+            True
+            False
+            False
+        """
+
+        def claim(connection: sqlite3.Connection) -> bool:
+            connection.execute("BEGIN IMMEDIATE")  # the check and the insert, one writer at a time
+            try:
+                row = connection.execute(
+                    "SELECT secret_digest FROM optisync_devices WHERE device_id = ?", (device_id,)
+                ).fetchone()
+                if row is None and secret_digest is not None:
+                    connection.execute(
+                        "INSERT INTO optisync_devices (device_id, secret_digest) VALUES (?, ?)",
+                        (device_id, secret_digest),
+                    )
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+            return device_proven(None if row is None else bytes(row[0]), secret_digest)
+
+        return await self._run(claim)
+
+
+def device_proven(kept: bytes | None, given: bytes | None) -> bool:
+    """Whether a hello proves a device id whose kept digest is ``kept`` (None: unclaimed).
+
+    Internal, shared by the storages.
+    """
+    if kept is None:
+        return True  # a first claim, or an older client on an unclaimed id
+    return given is not None and hmac.compare_digest(kept, given)
 
 
 def _insert(

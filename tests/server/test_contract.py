@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -313,3 +314,53 @@ async def test_copies_of_one_write_racing_on_two_storages_commit_once(
         changes = await asyncio.gather(*copies)
         assert await one.head() == 20
         assert {change.server_revision for change in changes} == set(range(1, 21))
+
+
+# -- device identity: claim_device -------------------------------------------------
+
+MINE, THEIRS = hashlib.sha256(b"mine").digest(), hashlib.sha256(b"theirs").digest()
+
+
+async def test_the_first_secret_binds_a_device_id_and_only_it_proves_it_later(
+    backend: Backend,
+) -> None:
+    async with backend.opened() as (storage, _):
+        assert await storage.claim_device(7, None)  # unbound: an older client may use it
+        assert await storage.claim_device(7, MINE)  # binds 7 to MINE
+        assert await storage.claim_device(7, MINE)
+        assert not await storage.claim_device(7, THEIRS)
+        assert not await storage.claim_device(7, None)  # bound: a hello without one is refused
+        assert await storage.claim_device(8, THEIRS)  # ids are bound one by one
+
+
+async def test_a_bound_device_id_stays_bound_across_a_restart(backend: Backend) -> None:
+    async with backend.opened() as (storage, _):
+        assert await storage.claim_device(7, MINE)
+    async with backend.opened() as (reopened, _):
+        assert not await reopened.claim_device(7, THEIRS)
+        assert await reopened.claim_device(7, MINE)
+
+
+async def test_two_storages_racing_to_bind_one_id_agree_on_one_secret(
+    backend: Backend,
+) -> None:
+    async with backend.opened() as (one, _), backend.opened() as (two, _):
+        for device_id in range(100, 120):
+            mine, theirs = await asyncio.gather(
+                one.claim_device(device_id, MINE), two.claim_device(device_id, THEIRS)
+            )
+            assert mine != theirs  # exactly one of the two secrets was bound
+            winner = MINE if mine else THEIRS
+            assert await one.claim_device(device_id, winner)
+            assert await two.claim_device(device_id, winner)
+
+
+async def test_a_database_made_before_device_secrets_gains_its_table_on_open(
+    backend: Backend,
+) -> None:
+    async with backend.opened() as (storage, _):
+        await storage.commit("k", b"1", local_revision=1, device_id=7)
+    await backend.execute("DROP TABLE optisync_devices")  # as an older version left it
+    async with backend.opened() as (storage, _):
+        assert await storage.claim_device(7, MINE)
+        assert not await storage.claim_device(7, THEIRS)
