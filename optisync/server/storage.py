@@ -21,7 +21,9 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
+import logging
 import sqlite3
 import uuid
 from collections.abc import Callable
@@ -32,11 +34,12 @@ from typing import Protocol, Self, TypeVar
 
 import attrs
 
-from optisync.errors import AlreadyOpenError, NotOpenError, OptisyncError
+from optisync.errors import AlreadyOpenError, InvalidArgumentError, NotOpenError, OptisyncError
 
 __all__ = ["Change", "SqliteStorage", "Storage", "StorageUnavailableError"]
 
 _T = TypeVar("_T")
+logger = logging.getLogger("optisync.server.storage")
 
 
 @attrs.frozen
@@ -231,6 +234,11 @@ class SqliteStorage(OpenedByAsyncWith):
     Args:
         path: the database file, created if missing; ``":memory:"`` for a
             database that lives as long as this object (tests).
+        max_batch: group commit: the writes that arrive while a transaction
+            commits wait and go together, up to this many, in the next one
+            (one fsync for all). Each keeps its own revision, and its
+            :meth:`commit` returns once that transaction is durable. No
+            write waits for company: a write alone commits at once.
 
     Example:
         >>> import asyncio
@@ -244,11 +252,18 @@ class SqliteStorage(OpenedByAsyncWith):
 
     on_commit: Callable[[Change], None] | None = None
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, max_batch: int = 256) -> None:
+        if not isinstance(max_batch, int) or max_batch < 1:
+            raise InvalidArgumentError(f"max_batch must be an int of 1 or more, got {max_batch!r}")
         self._path = str(path)
+        self._max_batch = max_batch
         self._executor: ThreadPoolExecutor | None = None
         self._connection: sqlite3.Connection | None = None
         self._generation = ""
+        # Group commit: writes that arrive while a transaction commits wait
+        # here and go together in the next one.
+        self._waiting: list[_Write] = []
+        self._committer: asyncio.Task[None] | None = None
 
     @property
     def generation(self) -> str:
@@ -315,6 +330,9 @@ class SqliteStorage(OpenedByAsyncWith):
             ...     await storage.close(); await storage.close()
             >>> asyncio.run(main())
         """
+        committer = self._committer
+        if committer is not None:  # the writes already handed over are committed first
+            await asyncio.shield(committer)
         executor, self._executor = self._executor, None
         connection, self._connection = self._connection, None
         if executor is None or connection is None:
@@ -352,33 +370,43 @@ class SqliteStorage(OpenedByAsyncWith):
             1
             2 2
         """
-        loop = asyncio.get_running_loop()
+        if self._executor is None:
+            raise NotOpenError("the storage is not open: await open() first")
+        future: asyncio.Future[Change] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Write(key, value, local_revision, device_id, deduplicate, future))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_waiting())
+        # Handed over: committed even if this caller is cancelled (its future
+        # then is, and the committer skips it).
+        return await future
 
-        def write(connection: sqlite3.Connection) -> Change:
-            # IMMEDIATE: the write lock is taken before the check, so no other
-            # writer (thread or process) commits the same write in between.
-            connection.execute("BEGIN IMMEDIATE")
+    async def _commit_waiting(self) -> None:
+        """Commit the waiting writes, up to ``max_batch`` per transaction, until none wait."""
+        while self._waiting:
+            batch = self._waiting[: self._max_batch]
+            del self._waiting[: self._max_batch]
             try:
-                remembered = _remembered(connection, device_id, key) if deduplicate else None
-                if remembered is not None and local_revision <= remembered.local_revision:
-                    connection.execute("ROLLBACK")
-                    return remembered
-                change = _insert(connection, key, value, local_revision, device_id)
-                if deduplicate:
-                    _remember(connection, change)
-                connection.execute("COMMIT")
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                raise
-            # Scheduled from the one writer thread, in commit order, and before
-            # the executor schedules commit()'s result: pushes go out in revision
-            # order and before the ack.
-            if self.on_commit is not None:
-                loop.call_soon_threadsafe(self.on_commit, change)
-            return change
-
-        return await self._run(write)
+                results = await self._run(functools.partial(_write_batch, batch=batch))
+            except BaseException as error:
+                for write in batch:
+                    if not write.future.done():
+                        write.future.set_exception(_as_failure(error))
+                if isinstance(error, asyncio.CancelledError):
+                    for write in self._waiting:
+                        write.future.cancel()
+                    self._waiting.clear()
+                    raise
+                continue
+            # Pushes go out in revision order, before any of the batch's acks.
+            for change, new in results:
+                if new and self.on_commit is not None:
+                    try:
+                        self.on_commit(change)
+                    except Exception:
+                        logger.exception("on_commit failed for revision %d", change.server_revision)
+            for write, (change, _) in zip(batch, results, strict=True):
+                if not write.future.done():
+                    write.future.set_result(change)
 
     async def read(self, key: str) -> Change | None:
         """The newest change of ``key``, or None.
@@ -513,6 +541,53 @@ class SqliteStorage(OpenedByAsyncWith):
             return device_proven(None if row is None else bytes(row[0]), secret_digest)
 
         return await self._run(claim)
+
+
+@attrs.frozen
+class _Write:
+    key: str
+    value: bytes
+    local_revision: int
+    device_id: int
+    deduplicate: bool
+    future: asyncio.Future[Change]
+
+
+def _write_batch(
+    connection: sqlite3.Connection, *, batch: list[_Write]
+) -> list[tuple[Change, bool]]:
+    """Commit ``batch`` in one durable transaction: each write's change, and whether it is new.
+
+    IMMEDIATE: the write lock is taken before the checks, so no other writer
+    (thread or process) commits the same write in between. A write of the
+    batch sees the ones before it, so two copies of one write commit once.
+    """
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        results: list[tuple[Change, bool]] = []
+        for write in batch:
+            key, device_id = write.key, write.device_id
+            remembered = _remembered(connection, device_id, key) if write.deduplicate else None
+            if remembered is not None and write.local_revision <= remembered.local_revision:
+                results.append((remembered, False))
+                continue
+            change = _insert(connection, key, write.value, write.local_revision, device_id)
+            if write.deduplicate:
+                _remember(connection, change)
+            results.append((change, True))
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+    return results
+
+
+def _as_failure(error: BaseException) -> BaseException:
+    """What a waiting commit fails with when its batch failed (a future takes no CancelledError)."""
+    if isinstance(error, asyncio.CancelledError):
+        return StorageUnavailableError("the storage was stopped before the write was committed")
+    return error
 
 
 def device_proven(kept: bytes | None, given: bytes | None) -> bool:
