@@ -1,15 +1,19 @@
 """A :class:`~optisync.server.Storage` in PostgreSQL, for several server processes.
 
-Every commit takes the next revision from a one-row counter (so revisions are
-gap-free and in commit order), writes the change and sends a ``pg_notify``,
-all in one transaction. Each process LISTENs on a connection of its own and,
-on every notification, reads the log after the last revision it has seen and
-hands each change to its server in order. LISTEN has no replay: after a
-reconnect the process re-reads the log from that same revision, so nothing
-committed meanwhile is missed.
+Commits are grouped: the writes that arrive while a transaction commits go
+together in the next one, sent as one pipeline (one round trip): a lock on
+the one-row revision counter (so revisions are gap-free and in commit order),
+one statement per write (its dedupe check, revision, change, key), and one
+``pg_notify`` for the batch. The process hands its own changes to its server
+without reading them back. Each process LISTENs on a connection of its own
+and, on another process's notification, reads the log after the last
+revision it has seen and hands each change to its server in order. LISTEN
+has no replay: after a reconnect the process re-reads the log from that same
+revision, so nothing committed meanwhile is missed.
 
 Commits and reads take their connection from a pool of their own
-(``psycopg_pool``), which checks it before handing it out and replaces one
+(``psycopg_pool``), which checks it before handing it out, without a round
+trip (a socket PostgreSQL wrote to or closed while idle), and replaces one
 that PostgreSQL closed (a restart, ``pg_terminate_backend``). A call whose
 connection is lost midway raises :class:`StorageUnavailableError` for that
 call alone; the next one runs on a new connection. :meth:`PostgresStorage.open`
@@ -34,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import select
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Final
@@ -42,11 +47,13 @@ import psycopg
 import psycopg.sql
 from psycopg_pool import AsyncConnectionPool
 
-from optisync.errors import AlreadyOpenError, NotOpenError
+from optisync.errors import AlreadyOpenError, InvalidArgumentError, NotOpenError
 from optisync.server.storage import (
     Change,
+    GroupCommit,
     OpenedByAsyncWith,
     StorageUnavailableError,
+    _Write,
     device_proven,
 )
 
@@ -100,6 +107,23 @@ _Connection = psycopg.AsyncConnection[tuple[object, ...]]
 _Pool = AsyncConnectionPool[_Connection]
 
 
+async def _closed_while_idle(connection: _Connection) -> None:
+    """The pools' check before each use, without a round trip to the database.
+
+    An idle connection of ours is never sent anything, so a readable socket
+    means PostgreSQL wrote to it (the FATAL of a terminated backend) or closed
+    it: it is closed here and refused, and the pool connects anew. A
+    connection cut without a word (a partition) passes, and the call on it
+    fails as ``unavailable``; the device retries.
+    """
+    if not connection.closed:
+        readable, _, _ = select.select([connection.fileno()], [], [], 0)
+        if not readable:
+            return
+        await connection.close()
+    raise psycopg.OperationalError("PostgreSQL closed this connection while it was idle")
+
+
 def _digest(cell: object) -> bytes:
     assert isinstance(cell, bytes | memoryview)  # a bytea column
     return bytes(cell)
@@ -119,6 +143,9 @@ class PostgresStorage(OpenedByAsyncWith):
             it doubles up to 5 s while the database stays unreachable.
         wait_timeout: how long a commit or read waits for a working
             connection (the database down) before it fails.
+        max_batch: group commit: the writes that arrive while a batch
+            commits go together, up to this many, in the next transaction,
+            sent as one pipeline (one round trip); each keeps its own revision.
 
     Example:
         >>> from optisync.server.postgres import PostgresStorage
@@ -135,7 +162,10 @@ class PostgresStorage(OpenedByAsyncWith):
         channel: str = "optisync_changes",
         reconnect_delay: float = 0.1,
         wait_timeout: float = 5.0,
+        max_batch: int = 256,
     ) -> None:
+        if not isinstance(max_batch, int) or max_batch < 1:
+            raise InvalidArgumentError(f"max_batch must be an int of 1 or more, got {max_batch!r}")
         self._dsn = dsn
         self._channel = channel
         self._reconnect_delay = reconnect_delay
@@ -150,6 +180,9 @@ class PostgresStorage(OpenedByAsyncWith):
         self._last_seen = 0
         self._generation = ""
         self.reconnects = 0
+        self._group = GroupCommit(self._commit_batch, max_batch)
+        # The backends this process commits through: its own NOTIFYs are skipped.
+        self._own_backends: set[int] = set()
 
     @property
     def generation(self) -> str:
@@ -174,15 +207,15 @@ class PostgresStorage(OpenedByAsyncWith):
         return self._last_seen
 
     async def _open_pool(self, name: str) -> _Pool:
-        # One connection, checked before each use: one that PostgreSQL closed
-        # while idle is replaced before a call fails on it.
+        # One connection, checked before each use without a round trip: one that
+        # PostgreSQL closed while idle is replaced before a call fails on it.
         pool: _Pool = AsyncConnectionPool(
             self._dsn,
             kwargs={"autocommit": True, "application_name": name},
             min_size=1,
             max_size=1,
             open=False,
-            check=AsyncConnectionPool.check_connection,
+            check=_closed_while_idle,
             timeout=self._wait_timeout,
             name=name,
         )
@@ -293,23 +326,41 @@ class PostgresStorage(OpenedByAsyncWith):
             >>> PostgresStorage("dbname=app").commit  # doctest: +ELLIPSIS
             <bound method PostgresStorage.commit of <...>>
         """
-        async with self._connection(self._commits, "a commit") as db, db.transaction():
-            remembered = await _remembered(db, device_id, key) if deduplicate else None
-            if remembered is not None and local_revision <= remembered.local_revision:
-                change = remembered
-            else:
-                change = await _insert(db, key, value, local_revision, device_id)
-                if deduplicate:
-                    await _remember(db, change)
-                await db.execute(
-                    "SELECT pg_notify(%s, %s)", (self._channel, str(change.server_revision))
-                )
-        # Hand it (and any earlier commit of another process) to the server before
-        # the ack; a remembered commit too, which another process may have made.
-        # Should this read fail, the change still reaches every device through
-        # the LISTEN side's catch-up; only this call reports a failure.
-        await self._catch_up(change.server_revision)
-        return change
+        if self._commits is None:
+            raise NotOpenError("the storage is not open: await open() first")
+        return await self._group.commit(key, value, local_revision, device_id, deduplicate)
+
+    def _remember_backend(self, pid: int) -> None:
+        if pid not in self._own_backends:
+            if len(self._own_backends) >= 8:  # connections replaced over time: keep the last
+                self._own_backends.clear()
+            self._own_backends.add(pid)
+
+    async def _commit_batch(self, batch: list[_Write]) -> list[Change]:
+        """Commit ``batch`` in one transaction and one round trip (a pipeline); hand it over.
+
+        The first statement locks the revision counter, so the batch's
+        revisions follow the head it returns with no gap, and every later
+        statement sees every commit made before (READ COMMITTED: each takes
+        its snapshot once the lock is held). Each write is one statement:
+        dedupe check, revision, change, key and remembered write together.
+        """
+        async with self._connection(self._commits, "a commit") as db:
+            self._remember_backend(db.info.backend_pid)
+            async with db.pipeline(), db.transaction():
+                head = await db.execute("SELECT revision FROM optisync_head FOR UPDATE")
+                written = [await db.execute(_WRITE, _parameters(write)) for write in batch]
+                await db.execute(_NOTIFY, (self._channel,))
+            before = await head.fetchone()
+            rows = [await cursor.fetchone() for cursor in written]
+        assert before is not None
+        changes = [_change(row[:5]) for row in rows if row is not None]  # type: ignore[arg-type]
+        new = [change for change, row in zip(changes, rows, strict=True) if row and row[5]]
+        # Hand over the commits of other processes before ours, then ours, without
+        # reading ours back. Should that read fail, the LISTEN side catches up; only
+        # this batch's writes report the failure.
+        await self._hand_over(int(str(before[0])), new)
+        return changes
 
     async def read(self, key: str) -> Change | None:
         """The newest change of ``key``, or None.
@@ -402,14 +453,36 @@ class PostgresStorage(OpenedByAsyncWith):
     async def _catch_up(self, target: int | None = None) -> None:
         """Hand every change after ``last_seen`` (up to ``target``) to the server, in order."""
         async with self._catching_up:
-            while target is None or self._last_seen < target:
-                page = await self.changes_after(self._last_seen, _PAGE)
-                for change in page:
-                    self._last_seen = change.server_revision
-                    if self.on_commit is not None:
-                        self.on_commit(change)
-                if len(page) < _PAGE:
-                    return
+            await self._read_up_to(target)
+
+    async def _read_up_to(self, target: int | None) -> None:
+        # Holding _catching_up.
+        while target is None or self._last_seen < target:
+            page = await self.changes_after(self._last_seen, _PAGE)
+            for change in page:
+                self._hand(change)
+            if len(page) < _PAGE:
+                return
+
+    def _hand(self, change: Change) -> None:
+        self._last_seen = change.server_revision
+        if self.on_commit is not None:
+            self.on_commit(change)
+
+    async def _hand_over(self, before: int, ours: list[Change]) -> None:
+        """Hand what other processes committed up to ``before``, then ``ours`` (read from no one).
+
+        ``ours`` follow ``before`` with no gap (the batch held the counter's
+        lock). Those the LISTEN side already handed are skipped.
+        """
+        async with self._catching_up:
+            await self._read_up_to(before)
+            if self._last_seen < before:  # the read came short: read ours back too
+                await self._read_up_to(ours[-1].server_revision if ours else before)
+                return
+            for change in ours:
+                if change.server_revision > self._last_seen:
+                    self._hand(change)
 
     async def _listen_forever(self) -> None:
         delay = self._reconnect_delay
@@ -426,12 +499,60 @@ class PostgresStorage(OpenedByAsyncWith):
                     self._listening.set()
                     delay = self._reconnect_delay
                     async for notice in listener.notifies():
-                        await self._catch_up(int(notice.payload))
+                        if notice.pid in self._own_backends:
+                            continue  # this process's commit: handed over by its batch
+                        await self._catch_up(int(notice.payload) if notice.payload else None)
             except (psycopg.OperationalError, StorageUnavailableError) as error:
                 self.reconnects += 1
                 logger.warning("LISTEN connection lost (%s); reconnecting in %.1f s", error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+# -- a batch's statements (one pipeline, one transaction) ---------------------------
+
+# One write: the dedupe check, its revision, change, key and remembered write,
+# in one statement. Returns the new change (last column true) or, for a retry
+# or a stale copy, the device's remembered commit of the key (false).
+_WRITE: Final = f"""
+WITH prior AS (
+    SELECT d.local_revision, d.revision FROM optisync_device_keys AS d
+    WHERE %(deduplicate)s AND d.device_id = %(device_id)s AND d.key = %(key)s
+), fresh AS (
+    UPDATE optisync_head SET revision = revision + 1
+    WHERE NOT EXISTS (SELECT 1 FROM prior WHERE prior.local_revision >= %(local_revision)s)
+    RETURNING revision
+), written AS (
+    INSERT INTO optisync_changes (revision, key, value, local_revision, device_id)
+    SELECT revision, %(key)s, %(value)s, %(local_revision)s, %(device_id)s FROM fresh
+    RETURNING revision, key, value, local_revision, device_id
+), keyed AS (
+    INSERT INTO optisync_keys (key, revision) SELECT key, revision FROM written
+    ON CONFLICT (key) DO UPDATE SET revision = excluded.revision
+), remembered AS (
+    INSERT INTO optisync_device_keys (device_id, key, local_revision, revision)
+    SELECT device_id, key, local_revision, revision FROM written WHERE %(deduplicate)s
+    ON CONFLICT (device_id, key) DO UPDATE
+    SET local_revision = excluded.local_revision, revision = excluded.revision
+)
+SELECT revision, key, value, local_revision, device_id, true FROM written
+UNION ALL
+SELECT {_COLUMNS}, false
+FROM prior JOIN optisync_changes AS c ON c.revision = prior.revision
+WHERE prior.local_revision >= %(local_revision)s
+"""
+# Once per batch, after its writes: the head is the batch's last revision.
+_NOTIFY: Final = "SELECT pg_notify(%s, (SELECT revision FROM optisync_head)::text)"
+
+
+def _parameters(write: _Write) -> dict[str, object]:
+    return {
+        "key": write.key,
+        "value": write.value,
+        "local_revision": write.local_revision,
+        "device_id": write.device_id,
+        "deduplicate": write.deduplicate,
+    }
 
 
 # -- one commit's statements (inside its transaction) -------------------------------

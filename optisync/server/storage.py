@@ -26,7 +26,7 @@ import hmac
 import logging
 import sqlite3
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -256,14 +256,10 @@ class SqliteStorage(OpenedByAsyncWith):
         if not isinstance(max_batch, int) or max_batch < 1:
             raise InvalidArgumentError(f"max_batch must be an int of 1 or more, got {max_batch!r}")
         self._path = str(path)
-        self._max_batch = max_batch
         self._executor: ThreadPoolExecutor | None = None
         self._connection: sqlite3.Connection | None = None
         self._generation = ""
-        # Group commit: writes that arrive while a transaction commits wait
-        # here and go together in the next one.
-        self._waiting: list[_Write] = []
-        self._committer: asyncio.Task[None] | None = None
+        self._group = GroupCommit(self._commit_batch, max_batch)
 
     @property
     def generation(self) -> str:
@@ -330,9 +326,7 @@ class SqliteStorage(OpenedByAsyncWith):
             ...     await storage.close(); await storage.close()
             >>> asyncio.run(main())
         """
-        committer = self._committer
-        if committer is not None:  # the writes already handed over are committed first
-            await asyncio.shield(committer)
+        await self._group.drain()  # the writes already handed over are committed first
         executor, self._executor = self._executor, None
         connection, self._connection = self._connection, None
         if executor is None or connection is None:
@@ -372,41 +366,18 @@ class SqliteStorage(OpenedByAsyncWith):
         """
         if self._executor is None:
             raise NotOpenError("the storage is not open: await open() first")
-        future: asyncio.Future[Change] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Write(key, value, local_revision, device_id, deduplicate, future))
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(self._commit_waiting())
-        # Handed over: committed even if this caller is cancelled (its future
-        # then is, and the committer skips it).
-        return await future
+        return await self._group.commit(key, value, local_revision, device_id, deduplicate)
 
-    async def _commit_waiting(self) -> None:
-        """Commit the waiting writes, up to ``max_batch`` per transaction, until none wait."""
-        while self._waiting:
-            batch = self._waiting[: self._max_batch]
-            del self._waiting[: self._max_batch]
-            try:
-                results = await self._run(functools.partial(_write_batch, batch=batch))
-            except BaseException as error:
-                for write in batch:
-                    if not write.future.done():
-                        write.future.set_exception(_as_failure(error))
-                if isinstance(error, asyncio.CancelledError):
-                    for write in self._waiting:
-                        write.future.cancel()
-                    self._waiting.clear()
-                    raise
-                continue
-            # Pushes go out in revision order, before any of the batch's acks.
-            for change, new in results:
-                if new and self.on_commit is not None:
-                    try:
-                        self.on_commit(change)
-                    except Exception:
-                        logger.exception("on_commit failed for revision %d", change.server_revision)
-            for write, (change, _) in zip(batch, results, strict=True):
-                if not write.future.done():
-                    write.future.set_result(change)
+    async def _commit_batch(self, batch: list[_Write]) -> list[Change]:
+        results = await self._run(functools.partial(_write_batch, batch=batch))
+        # Pushes go out in revision order, before any of the batch's acks.
+        for change, new in results:
+            if new and self.on_commit is not None:
+                try:
+                    self.on_commit(change)
+                except Exception:
+                    logger.exception("on_commit failed for revision %d", change.server_revision)
+        return [change for change, _ in results]
 
     async def read(self, key: str) -> Change | None:
         """The newest change of ``key``, or None.
@@ -551,6 +522,59 @@ class _Write:
     device_id: int
     deduplicate: bool
     future: asyncio.Future[Change]
+
+
+class GroupCommit:
+    """Group commit for a storage: the writes that arrive while a batch commits go in the next.
+
+    Internal, shared by the storages. ``commit_batch(batch)`` commits a batch
+    in one transaction, hands its new changes to the server in revision order,
+    and returns each write's change. A write's caller gets its change once
+    its batch is durable; a write handed over is committed even if its caller
+    is cancelled (its future is cancelled, the result dropped).
+    """
+
+    def __init__(
+        self, commit_batch: Callable[[list[_Write]], Awaitable[list[Change]]], max_batch: int
+    ) -> None:
+        self._commit_batch = commit_batch
+        self._max_batch = max_batch
+        self._waiting: list[_Write] = []
+        self._committer: asyncio.Task[None] | None = None
+
+    async def commit(
+        self, key: str, value: bytes, local_revision: int, device_id: int, deduplicate: bool
+    ) -> Change:
+        future: asyncio.Future[Change] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Write(key, value, local_revision, device_id, deduplicate, future))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_waiting())
+        return await future
+
+    async def drain(self) -> None:
+        """Wait until every write handed over is committed (or failed)."""
+        if self._committer is not None:
+            await asyncio.shield(self._committer)
+
+    async def _commit_waiting(self) -> None:
+        while self._waiting:
+            batch = self._waiting[: self._max_batch]
+            del self._waiting[: self._max_batch]
+            try:
+                changes = await self._commit_batch(batch)
+            except BaseException as error:
+                for write in batch:
+                    if not write.future.done():
+                        write.future.set_exception(_as_failure(error))
+                if isinstance(error, asyncio.CancelledError):
+                    for write in self._waiting:
+                        write.future.cancel()
+                    self._waiting.clear()
+                    raise
+                continue
+            for write, change in zip(batch, changes, strict=True):
+                if not write.future.done():
+                    write.future.set_result(change)
 
 
 def _write_batch(

@@ -364,3 +364,40 @@ async def test_a_database_made_before_device_secrets_gains_its_table_on_open(
     async with backend.opened() as (storage, _):
         assert await storage.claim_device(7, MINE)
         assert not await storage.claim_device(7, THEIRS)
+
+
+# -- group commit -----------------------------------------------------------------
+
+
+async def test_concurrent_writes_each_get_their_own_revision_handed_over_in_order(
+    backend: Backend,
+) -> None:
+    async with backend.opened() as (storage, handed):
+
+        async def write(n: int) -> Change:
+            change = await storage.commit(f"k{n % 7}", b"%d" % n, local_revision=n, device_id=1)
+            assert change.server_revision in handed  # handed to the server before the ack
+            return change
+
+        changes = await asyncio.gather(*(write(n) for n in range(1, 101)))
+        assert sorted(change.server_revision for change in changes) == list(range(1, 101))
+        assert handed == list(range(1, 101))
+        assert all(change.value == b"%d" % change.local_revision for change in changes)
+        newest: dict[str, Change] = {}
+        for change in sorted(changes, key=lambda c: c.server_revision):
+            newest[change.key] = change
+        assert {c.key: c for c in await storage.latest_after(0, 100)} == newest
+
+
+async def test_a_batch_with_copies_and_stale_writes_commits_each_write_once(
+    backend: Backend,
+) -> None:
+    async with backend.opened() as (storage, handed):
+        writes = [(5, b"5"), (5, b"5"), (3, b"3"), (6, b"6"), (6, b"6"), (4, b"4")]
+        changes = await asyncio.gather(
+            *(storage.commit("k", value, local_revision=lr, **ONCE) for lr, value in writes)
+        )
+        # In arrival order: 5 commits, its copy and the stale 3 get it, 6 commits, ...
+        assert [c.local_revision for c in changes] == [5, 5, 5, 6, 6, 6]
+        assert await storage.head() == 2
+        assert handed == [1, 2]
