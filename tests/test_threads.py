@@ -10,9 +10,12 @@ import asyncio
 import concurrent.futures
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from examples import threaded_todo
+from examples.todo_app.todos import open_todos
 from optisync import (
     BlockingOnLoopThreadError,
     CallTimeoutError,
@@ -20,6 +23,7 @@ from optisync import (
     Store,
     StoreClosedError,
 )
+from optisync.server import SqliteStorage, SyncServer
 from optisync.threads import ThreadBridge
 
 THREADS = 16
@@ -118,7 +122,7 @@ async def test_a_call_after_the_store_closed_fails_at_once_with_a_clear_error() 
     assert isinstance(error, StoreClosedError)
     assert "closed" in str(error)
     with pytest.raises(StoreClosedError):
-        await asyncio.to_thread(bridge.run, store.tap, (0, 1), timeout=30)
+        await asyncio.to_thread(lambda: bridge.run(store.tap, (0, 1), timeout=30))
     assert store.state == ()
 
 
@@ -220,7 +224,7 @@ async def test_a_timeout_leaves_a_running_call_running() -> None:
         return store.tap((0, 0))
 
     with pytest.raises(CallTimeoutError, match="still running"):
-        await asyncio.to_thread(bridge.run, slow_tap, timeout=0.05)
+        await asyncio.to_thread(lambda: bridge.run(slow_tap, timeout=0.05))
     gate.set()
     await tapped.wait()
     assert store.state == ((0, 0),)
@@ -235,7 +239,7 @@ async def test_an_error_reaches_the_caller_of_run_and_on_error_for_call() -> Non
         raise ValueError("bug in the action")
 
     with pytest.raises(ValueError, match="bug in the action"):
-        await asyncio.to_thread(bridge.run, broken, timeout=30)
+        await asyncio.to_thread(lambda: bridge.run(broken, timeout=30))
     await asyncio.to_thread(bridge.call, broken)
     await asyncio.wrap_future(bridge.submit(lambda: None))
     assert [str(error) for error in store.errors] == ["bug in the action"]
@@ -262,3 +266,16 @@ async def test_a_bridge_needs_a_running_loop() -> None:
 
     with pytest.raises(OptisyncError, match="event loop"):
         await asyncio.to_thread(make)
+
+
+async def test_the_threaded_todo_example_converges_with_a_second_device(tmp_path: Path) -> None:
+    server = SyncServer(SqliteStorage(str(tmp_path / "server.sqlite3")))
+    async with server.run(port=0) as url:
+        arguments = ["--url", url, "--storage", str(tmp_path / "threaded.sqlite3")]
+        shown = await asyncio.to_thread(threaded_todo.main, [*arguments, "--handlers", "8"])
+        assert len(shown.titles) == 8 * 5
+        assert all(shown.done.values())
+        assert len(shown.done) == 8 * 5
+        async with open_todos(url, str(tmp_path / "second.sqlite3")) as second:
+            await second.caught_up()  # the server has its changes, it has every push
+            assert second.store.state == shown
