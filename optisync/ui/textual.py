@@ -73,8 +73,8 @@ class StoreWatcher:
 
     Everything runs on Textual's loop: the store must belong to the app's
     loop (make it in ``on_mount`` or in a coroutine the app runs). For a store
-    on another thread, see :class:`optisync.threads.ThreadBridge` and
-    Textual's ``App.call_from_thread``.
+    on another thread, see :class:`optisync.threads.ThreadBridge`: its
+    subscriber can ``post_message`` the state to a widget (thread-safe).
 
     Examples:
         >>> import asyncio
