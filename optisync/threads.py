@@ -393,6 +393,8 @@ class ThreadBridge(Generic[S]):
             if self.__closing is None:  # not close(): the loop is shutting down
                 await self.__end(_SHUTDOWN)
             raise
+        finally:
+            await states.aclose()  # the store must not buffer states for nobody
         await self.__end(_STORE_CLOSED)
 
     async def close(self) -> None:

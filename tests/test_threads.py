@@ -33,6 +33,8 @@ TAPS = 200
 class Taps(Store[tuple[tuple[int, int], ...]]):
     """Each tap appends its id: a lost tap is missing, a duplicated one shows twice."""
 
+    State = tuple[tuple[int, int], ...]
+
     def __init__(self) -> None:
         super().__init__(())
         self.errors: list[BaseException] = []
@@ -279,3 +281,27 @@ async def test_the_threaded_todo_example_converges_with_a_second_device(tmp_path
         async with open_todos(url, str(tmp_path / "second.sqlite3")) as second:
             await second.caught_up()  # the server has its changes, it has every push
             assert second.store.state == shown
+
+
+async def test_a_closed_bridge_leaves_no_listener_on_the_store() -> None:
+    class Counted(Taps):
+        live = 0
+
+        def subscribe(self, listener: Callable[[Taps.State], object]) -> Callable[[], None]:
+            stop = super().subscribe(listener)
+            self.live += 1
+
+            def unsubscribe() -> None:
+                self.live -= 1
+                stop()
+
+            return unsubscribe
+
+    store = Counted()
+    bridge = ThreadBridge(store)
+    await asyncio.wrap_future(bridge.submit(store.tap, (0, 0)))  # the bridge is watching
+    assert store.live > 0
+    await bridge.close()
+    assert store.live == 0
+    store.tap((0, 1))  # the store lives on, telling no bridge
+    await store.close()
