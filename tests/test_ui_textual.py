@@ -18,7 +18,7 @@ from textual.widgets import Label, Static
 
 from examples.textual_todo import TodoApp, TodoList, take_screenshot, type_commands
 from examples.todo_app.todos import open_todos
-from optisync import Store
+from optisync import StateError, Store
 from optisync.server import SqliteStorage, SyncServer
 from optisync.ui.textual import StoreWatcher
 
@@ -178,3 +178,15 @@ async def test_the_screenshot_helper_saves_an_svg_of_the_todo_app(url: str, tmp_
 
 def test_the_todo_list_widget_is_a_store_watcher() -> None:
     assert issubclass(TodoList, StoreWatcher)
+
+
+async def test_watching_before_the_widget_runs_is_refused_with_a_clear_error() -> None:
+    class TooEarly(StoreWatcher, Label):
+        def __init__(self, store: Store[int]) -> None:
+            super().__init__()
+            self.watch_store(store, print)
+
+    store = Store(0)
+    with pytest.raises(StateError, match="on_mount"):
+        TooEarly(store)
+    await store.close()

@@ -20,6 +20,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 
 from textual.message_pump import MessagePump
 
+from optisync.errors import ArgumentTypeError, StateError
 from optisync.store import Store
 
 __all__ = ["StoreWatcher"]
@@ -126,6 +127,9 @@ class StoreWatcher:
         Returns:
             A function that ends the watch early (calling it twice is harmless).
 
+        Raises:
+            StateError: the node is not running (not mounted yet, or unmounting).
+
         Examples:
             >>> import asyncio
             >>> from textual.app import App
@@ -147,7 +151,15 @@ class StoreWatcher:
             a b
         """
         if not isinstance(self, MessagePump):
-            raise TypeError("StoreWatcher must be mixed into a Textual widget, screen or app")
+            raise ArgumentTypeError(
+                "StoreWatcher must be mixed into a Textual widget, screen or app: "
+                f"{type(self).__name__} is none of them."
+            )
+        if not self.is_running:
+            raise StateError(
+                f"{type(self).__name__}.watch_store() needs the node running: call it from "
+                "on_mount (or later), not from __init__ nor once it is unmounting."
+            )
         watch = _Watch(self, store, callback)
         watch.stops.append(store.subscribe(watch.on_state))
         if sync_status:
