@@ -14,6 +14,8 @@ from optisync.errors import (
     AlreadyAttachedError,
     AlreadyOpenError,
     ArgumentTypeError,
+    BlockingOnLoopThreadError,
+    CallTimeoutError,
     ClosedError,
     CommandInProgressError,
     FollowUpLimitError,
@@ -54,6 +56,8 @@ __all__ = [
     "roll_back_unless_moved_on",
     "set_device_id_provider",
     "AlreadyOpenError",
+    "BlockingOnLoopThreadError",
+    "CallTimeoutError",
 ]
 
 __version__ = "0.1.0"

@@ -25,9 +25,11 @@ R = TypeVar("R")
 class Handover:
     """The pending calls of one store and what resolves them."""
 
-    __slots__ = ("gone", "lock", "pending", "watcher")
+    __slots__ = ("gone", "lock", "pending", "watcher", "what")
 
-    def __init__(self) -> None:
+    def __init__(self, what: str = "push") -> None:
+        # What is handed over, for the error messages ("push", "call").
+        self.what = what
         self.lock = threading.Lock()
         self.pending: set[concurrent.futures.Future[Any]] = set()
         # Why no call can run any more (the store closed, the loop shut down).
@@ -83,11 +85,11 @@ class Handover:
         try:
             await asyncio.get_running_loop().create_future()  # until cancelled
         finally:
-            self._end("The event loop shut down before the handed-over push ran.")
+            self._end(f"The event loop shut down before the handed-over {self.what} ran.")
 
-    async def close(self) -> None:
-        """Fail what is pending; stop the watcher and wait for it."""
-        self._end("The store was closed before the handed-over push ran.")
+    async def close(self, reason: str | None = None) -> None:
+        """Fail what is pending (with ``reason``); stop the watcher and wait for it."""
+        self._end(reason or f"The store was closed before the handed-over {self.what} ran.")
         watcher = self.watcher
         if watcher is not None and watcher is not asyncio.current_task():
             watcher.cancel()

@@ -40,6 +40,8 @@ __all__ = [
     "StoreClosedError",
     "WrongThreadError",
     "AlreadyOpenError",
+    "BlockingOnLoopThreadError",
+    "CallTimeoutError",
 ]
 
 
@@ -258,5 +260,33 @@ class AlreadyOpenError(StateError):
     Examples:
         >>> import optisync
         >>> issubclass(optisync.AlreadyOpenError, RuntimeError)
+        True
+    """
+
+
+class BlockingOnLoopThreadError(StateError):
+    """A call that blocks until the store's loop runs it was made on that loop's own thread.
+
+    The loop could never run the call while its thread waits for it, so
+    :meth:`ThreadBridge.run <optisync.threads.ThreadBridge.run>` refuses at
+    once instead of hanging. On the loop's thread, call the store directly
+    (or ``await asyncio.wrap_future(bridge.submit(...))``).
+
+    Examples:
+        >>> import optisync
+        >>> issubclass(optisync.BlockingOnLoopThreadError, RuntimeError)
+        True
+    """
+
+
+class CallTimeoutError(OptisyncError, TimeoutError):
+    """A call handed to the store's loop did not finish within its timeout.
+
+    A call the loop had not started yet is dropped and never runs; one
+    already running goes on (its outcome is then nobody's).
+
+    Examples:
+        >>> import optisync
+        >>> issubclass(optisync.CallTimeoutError, TimeoutError)
         True
     """

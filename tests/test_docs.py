@@ -176,6 +176,8 @@ _OTHER_MODULES = (
     "optisync.server.postgres",
     "optisync.client",
     "optisync.wire",
+    "optisync.threads",
+    "optisync.ui.textual",
 )  # optisync.pytest_plugin's API is fixtures, used by name: docs/pytest-plugin.md lists them
 
 

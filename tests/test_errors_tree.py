@@ -48,6 +48,7 @@ MODULES = [
     "optisync.persistence",
     "optisync.device",
     "optisync.testing",
+    "optisync.threads",
 ]
 
 

@@ -23,6 +23,7 @@ from examples.tui.backend import Backend, RequestFailedError, ServerRecord
 from examples.tui.model import KEY, LikeStore
 from examples.tui.persistence import SavedApp, load_app, save_app
 from examples.tui.use_cases import USE_CASES
+from optisync.ui.textual import StoreWatcher
 
 __all__ = ["LATENCY_STEPS", "DemoApp", "Heart"]
 
@@ -59,7 +60,7 @@ class Heart(Static):
         self.set_class(liked, "liked")
 
 
-class DemoApp(App[None]):
+class DemoApp(StoreWatcher, App[None]):
     """Try optimistic sync with push: tap, push, fail, restart.
 
     Args:
@@ -100,7 +101,6 @@ class DemoApp(App[None]):
         self._stop_listening: list[Callable[[], None]] = []
         self._stop_store: list[Callable[[], None]] = []
         self.restarts = 0
-        self._closing = False
 
     @property
     def store(self) -> LikeStore:
@@ -165,13 +165,13 @@ class DemoApp(App[None]):
             return
         self.sub_title = f"connected to the {self.backend.description}"
         self.query_one("#server-panel").border_title = f"The database: {self.backend.description}"
-        self._stop_listening.append(self.backend.watch_database(self._on_database_change))
+        on_database_change = self.while_mounted(self._on_database_change)
+        self._stop_listening.append(self.backend.watch_database(on_database_change))
         self._open_store()
         self.query_one("#use-cases", OptionList).highlighted = 0
         self.refresh_view()
 
     async def on_unmount(self) -> None:
-        self._closing = True  # the widgets are going away: stop drawing on them
         await self._close_store()
         for stop in self._stop_listening:
             stop()
@@ -182,28 +182,26 @@ class DemoApp(App[None]):
 
     def _open_store(self) -> None:
         saved = load_app(self.state_file)
+        # The store's hooks can fire while the app shuts down: then they draw nothing.
+        log, on_status = self.while_mounted(self.write_log), self.while_mounted(self.refresh_view)
         if saved is None:
             device_id = self._first_device_id or 1000 + secrets.randbelow(9000)
-            store = LikeStore(
-                self.backend, device_id=device_id, log=self.write_log, on_status=self.refresh_view
-            )
+            store = LikeStore(self.backend, device_id=device_id, log=log, on_status=on_status)
         else:
             store = LikeStore(
                 self.backend,
                 saved.restored_state(),
                 device_id=saved.device_id,
-                log=self.write_log,
-                on_status=self.refresh_view,
+                log=log,
+                on_status=on_status,
             )
             self.write_log(
                 f"restored from {self.state_file.name}: liked={store.state.liked}, "
                 f"server revision {store.state.server_revision}, device {store.device_id}"
             )
         self._store = store
-        self._stop_store = [
-            store.subscribe(self._on_state_change),
-            self.backend.subscribe_pushes(self._on_push),
-        ]
+        self.watch_store(store, self._on_state_change, init=False)
+        self._stop_store = [self.backend.subscribe_pushes(self._on_push)]
         record = self.backend.database
         if self.backend.push_enabled and record.device_id is not None:
             # As a real server answers a new subscriber: its latest change, maybe stale.
@@ -252,14 +250,10 @@ class DemoApp(App[None]):
 
     def write_log(self, line: str) -> None:
         """Add a line to the event log at the bottom."""
-        if self._closing:
-            return
         self.query_one("#log", Log).write_line(line)
 
     def refresh_view(self) -> None:
         """Show the store's and the server's current state."""
-        if self._closing:
-            return
         store = self._store
         if store is not None:
             self._show_store(store)
