@@ -21,13 +21,13 @@ import pytest
 
 pytest.importorskip("nicegui", reason="nicegui missing (the nicegui extra)")
 
-from nicegui.testing import User, user_simulation  # noqa: E402
+from nicegui.testing import User, user_simulation
 
-import optisync.ui.nicegui  # noqa: E402
-from examples.todo_app.todos import TodoStore, open_todos  # noqa: E402
-from optisync.device import Device  # noqa: E402
-from optisync.server import SqliteStorage, SyncServer  # noqa: E402
-from optisync.ui.nicegui import AppScoped  # noqa: E402
+import optisync.ui.nicegui
+from examples.todo_app.todos import TodoStore, open_todos
+from optisync.device import Device
+from optisync.server import SqliteStorage, SyncServer
+from optisync.ui.nicegui import AppScoped
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "nicegui_todo.py"
 

@@ -19,10 +19,10 @@ import pytest
 
 pytest.importorskip("nicegui", reason="nicegui missing (the nicegui extra)")
 
-from nicegui import ui  # noqa: E402
+from nicegui import ui
 
 from examples.todo_app.todos import TodoStore, open_todos
-from optisync.device import Device, StorageInUseError  # noqa: E402
+from optisync.device import Device, StorageInUseError
 
 if TYPE_CHECKING:
     from conftest import Web
