@@ -9,6 +9,7 @@ shows in every tab. Needs the ``nicegui`` extra.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import uuid
 
 from nicegui import ui
@@ -35,11 +36,14 @@ def add(store: TodoStore, title: ui.input) -> None:
 
 def todo_list(store: TodoStore, todos: Todos) -> None:
     for item, text in sorted(todos.titles.items(), key=lambda entry: entry[1]):
-        ui.checkbox(
-            text,
-            value=todos.done.get(item, False),
-            on_change=lambda event, item=item: store.done.set(item, bool(event.value)),
-        )
+        with ui.row().classes("items-center gap-1 -my-3"):
+            ui.checkbox(
+                text,
+                value=todos.done.get(item, False),
+                on_change=lambda event, item=item: store.done.set(item, bool(event.value)),
+            )
+            if store.title.is_pending(item) or store.done.is_pending(item):
+                ui.label("saving...").classes("text-xs text-grey")  # until the server has it
     if not todos.titles:
         ui.label("Nothing to do.").classes("text-grey")
 
@@ -55,16 +59,12 @@ def main(argv: list[str] | None = None) -> None:
     async def root() -> None:
         todo_page((await todos.opened()).store)
 
-    ui.run(
-        root,
-        host="127.0.0.1",
-        port=args.port,
-        title="optisync todos",
-        reload=False,
-        show=False,
-        show_welcome_message=False,
-    )
+    # Ctrl-C: uvicorn shuts down (closing the device), then raises KeyboardInterrupt again.
+    with contextlib.suppress(KeyboardInterrupt):
+        ui.run(
+            root, host="127.0.0.1", port=args.port, title="optisync todos", reload=False, show=False
+        )
 
 
-if __name__ in {"__main__", "__mp_main__"}:
+if __name__ == "__main__":
     main()

@@ -63,10 +63,12 @@ def render(store: Store[S], build: Callable[[S], object]) -> ui.refreshable[[], 
 
     Call it in a page function (or in any element's context of a page):
     ``build`` runs at once inside a ``ui.refreshable`` placed where the call
-    is, and again, with the newest state, after each change. Several changes
-    in one turn of the loop (a tap that emits twice, a burst of pushes after
-    a reconnect) rebuild once. Only this page is rebuilt: each call makes its
-    own refreshable.
+    is, and again, with the newest state, after each change. A change of a
+    key's sync status rebuilds too, so ``build`` may show a "saving..." mark
+    (``store.<field>.is_pending(item)``, ``store.is_syncing(key)``). Several
+    changes in one turn of the loop (a tap, whose sync starts with it; a
+    burst of pushes after a reconnect) rebuild once. Only this page is
+    rebuilt: each call makes its own refreshable.
 
     The subscription lasts as long as the page's client: when NiceGUI deletes
     the client (its tab closed, and it did not reconnect within
@@ -109,14 +111,15 @@ def render(store: Store[S], build: Callable[[S], object]) -> ui.refreshable[[], 
     view = ui.refreshable(rebuild)
     view()
 
-    def on_state(_: S) -> None:
+    def on_change(_: object) -> None:
         nonlocal scheduled
         if not scheduled:
             scheduled = True
             # refresh() runs in a task of NiceGUI's: one rebuild for every change until then.
             view.refresh()
 
-    client.on_delete(store.subscribe(on_state))
+    client.on_delete(store.subscribe(on_change))
+    client.on_delete(store.subscribe_sync_status(on_change))
     return view
 
 

@@ -57,8 +57,8 @@ async def phone(server_url: str, tmp_path: Path) -> AsyncIterator[Device[TodoSto
 @pytest.fixture
 def run_example(
     server_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Callable[[str], AbstractAsyncContextManager[Web]]:
-    """Run ``examples/nicegui_todo.py`` as NiceGUI's "main file", with a storage file of its own."""
+) -> Callable[..., AbstractAsyncContextManager[Web]]:
+    """``run(storage, url=server_url)``: ``examples/nicegui_todo.py`` as NiceGUI's "main file"."""
     opened: list[AppScoped[Any]] = []
     real = optisync.ui.nicegui.open_with_app
 
@@ -71,8 +71,8 @@ def run_example(
     monkeypatch.setattr(optisync.ui.nicegui, "open_with_app", recording)
 
     @contextlib.asynccontextmanager
-    async def run(storage: str) -> AsyncIterator[Web]:
-        argv = [str(EXAMPLE), "--url", server_url, "--storage", str(tmp_path / storage)]
+    async def run(storage: str, url: str = server_url) -> AsyncIterator[Web]:
+        argv = [str(EXAMPLE), "--url", url, "--storage", str(tmp_path / storage)]
         monkeypatch.setattr(sys, "argv", argv)
         async with user_simulation(main_file=EXAMPLE) as user:
             yield Web(user, opened[-1])
@@ -82,7 +82,7 @@ def run_example(
 
 @pytest.fixture
 async def web(
-    run_example: Callable[[str], AbstractAsyncContextManager[Web]],
+    run_example: Callable[..., AbstractAsyncContextManager[Web]],
     caplog: pytest.LogCaptureFixture,
 ) -> AsyncIterator[Web]:
     """The example on the test's server; like NiceGUI's ``user`` fixture, no ERROR may be logged."""

@@ -8,6 +8,7 @@ subscription goes with its client, and the device with the app.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -29,7 +30,10 @@ if TYPE_CHECKING:
 
 
 def _listeners(store: TodoStore) -> int:
-    return len(store._Store__listeners)  # type: ignore[attr-defined]
+    """The store's listeners: of its states, and of its keys' sync status."""
+    states = store._Store__listeners  # type: ignore[attr-defined]
+    statuses = store._Store__engine.status_listeners  # type: ignore[attr-defined]
+    return len(states) + len(statuses)
 
 
 async def test_a_todo_typed_and_added_on_the_page_reaches_another_device(
@@ -41,9 +45,24 @@ async def test_a_todo_typed_and_added_on_the_page_reaches_another_device(
 
     await web.user.should_see("Buy milk")  # shown at once, before the server answers
     await (await web.todos.opened()).caught_up()
+    await web.user.should_not_see("saving...")
     await phone.caught_up()
     assert list(phone.store.state.titles.values()) == ["Buy milk"]
     assert web.user.find(ui.input).elements.pop().value == ""  # emptied for the next todo
+
+
+async def test_a_todo_the_server_has_not_taken_yet_shows_saving(
+    run_example: Callable[..., AbstractAsyncContextManager[Web]],
+) -> None:
+    with socket.socket() as closed:  # a port nobody listens on: the server is unreachable
+        closed.bind(("127.0.0.1", 0))
+        unreachable = f"ws://127.0.0.1:{closed.getsockname()[1]}"
+    async with run_example("web.sqlite3", url=unreachable) as web:
+        await web.user.open("/")
+        web.user.find(ui.input).type("Buy milk")
+        web.user.find("Add").click()
+        await web.user.should_see("Buy milk")
+        await web.user.should_see("saving...")  # kept in the outbox until the server is back
 
 
 async def test_a_todo_added_on_another_device_shows_on_the_page(
@@ -78,7 +97,7 @@ async def test_closing_the_page_removes_its_subscription(web: Web) -> None:
     store = (await web.todos.opened()).store
     before = _listeners(store)
     client = await web.user.open("/")
-    assert _listeners(store) == before + 1
+    assert _listeners(store) == before + 2
 
     client.delete()  # what NiceGUI does once a closed tab has not come back
     assert _listeners(store) == before
@@ -86,7 +105,7 @@ async def test_closing_the_page_removes_its_subscription(web: Web) -> None:
 
 
 async def test_the_device_closes_with_the_app(
-    run_example: Callable[[str], AbstractAsyncContextManager[Web]], server_url: str, tmp_path: Path
+    run_example: Callable[..., AbstractAsyncContextManager[Web]], server_url: str, tmp_path: Path
 ) -> None:
     async with run_example("web.sqlite3") as web:
         device = await web.todos.opened()
@@ -100,7 +119,7 @@ async def test_the_device_closes_with_the_app(
 
 
 async def test_a_device_that_cannot_open_fails_the_page_and_is_logged(
-    run_example: Callable[[str], AbstractAsyncContextManager[Web]],
+    run_example: Callable[..., AbstractAsyncContextManager[Web]],
     phone: Device[TodoStore],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
