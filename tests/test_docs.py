@@ -176,6 +176,7 @@ _OTHER_MODULES = (
     "optisync.server.postgres",
     "optisync.client",
     "optisync.wire",
+    "optisync.ui.nicegui",
 )  # optisync.pytest_plugin's API is fixtures, used by name: docs/pytest-plugin.md lists them
 
 
