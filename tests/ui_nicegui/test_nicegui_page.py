@@ -20,10 +20,12 @@ import pytest
 
 pytest.importorskip("nicegui", reason="nicegui missing (the nicegui extra)")
 
-from nicegui import ui
+from nicegui import App, ui
 
 from examples.todo_app.todos import TodoStore, open_todos
+from optisync import NotOpenError, Store
 from optisync.device import Device, StorageInUseError
+from optisync.ui.nicegui import open_with_app
 
 if TYPE_CHECKING:
     from conftest import Web
@@ -102,6 +104,31 @@ async def test_closing_the_page_removes_its_subscription(web: Web) -> None:
     client.delete()  # what NiceGUI does once a closed tab has not come back
     assert _listeners(store) == before
     store.title.set("later", "After the page closed")  # no page left to rebuild, no error
+
+
+async def test_a_page_closing_leaves_another_page_following_the_store(
+    web: Web, phone: Device[TodoStore]
+) -> None:
+    device = await web.todos.opened()
+    before = _listeners(device.store)
+    first = await web.user.open("/")
+    await web.user.open("/")  # a second tab: the user now looks at this one
+    assert _listeners(device.store) == before + 4
+
+    first.delete()
+    assert _listeners(device.store) == before + 2
+    phone.store.title.set("milk", "Buy milk")
+    await phone.caught_up()
+    await device.caught_up()
+    await web.user.should_see("Buy milk")
+
+
+async def test_the_value_is_not_there_before_the_app_starts() -> None:
+    scoped = open_with_app(lambda: Store(0), nicegui=App())
+    with pytest.raises(NotOpenError):
+        await scoped.opened()
+    with pytest.raises(NotOpenError):
+        scoped.value  # noqa: B018 - the read is the test
 
 
 async def test_the_device_closes_with_the_app(
