@@ -202,10 +202,10 @@ class AppScoped(Generic[T]):
         Example:
             In a page function::
 
-                async def todo_page() -> None:
+                async def root() -> None:
                     device = await todos.opened()
 
-            The class's example runs it.
+            The todo example's tests run it.
         """
         if self.__opened is None:
             raise NotOpenError("not open: the NiceGUI app has not started, or has shut down")
