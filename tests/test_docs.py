@@ -178,6 +178,7 @@ _OTHER_MODULES = (
     "optisync.wire",
     "optisync.threads",
     "optisync.ui.textual",
+    "optisync.ui.nicegui",
 )  # optisync.pytest_plugin's API is fixtures, used by name: docs/pytest-plugin.md lists them
 
 
