@@ -46,13 +46,8 @@ S = TypeVar("S")
 class StoreSignals(QObject, Generic[S]):
     """A ``QObject`` that emits ``state_changed(state)`` with each new state of ``store``.
 
-    Signals:
-        state_changed(object): the store's new state, once per change, emitted
-            in the thread that runs the store's loop (the GUI thread under
-            qasync).
-        failed(object): the error (an ``Exception``) of an action started with
-            :meth:`run`. With no slot connected, the error goes to the store's
-            :meth:`~optisync.Store.on_error` instead.
+    It has two signals: :attr:`state_changed` (each new state) and
+    :attr:`failed` (an action's error).
 
     Lifetime: pass the widget that shows the state as ``parent``. Qt then
     deletes this object with the widget, and the subscription is removed as
@@ -84,7 +79,37 @@ class StoreSignals(QObject, Generic[S]):
     """
 
     state_changed = Signal(object)
+    """Emitted with the store's new state, once per change, in the store's loop thread.
+
+    Example:
+        >>> from optisync import Store
+        >>> from optisync.ui.qt import StoreSignals
+        >>> store = Store("a")
+        >>> signals = StoreSignals(store)
+        >>> _ = signals.state_changed.connect(lambda state: print("repaint", state))
+        >>> store.emit("b")
+        repaint b
+    """
+
     failed = Signal(object)
+    """Emitted with the error (an ``Exception``) of an action started with :meth:`run`.
+
+    With no slot connected, the error goes to the store's
+    :meth:`~optisync.Store.on_error` instead.
+
+    Example:
+        >>> import asyncio
+        >>> from optisync import Store
+        >>> from optisync.ui.qt import StoreSignals
+        >>> async def main() -> None:
+        ...     signals = StoreSignals(Store(0))
+        ...     _ = signals.failed.connect(lambda error: print("not saved:", error))
+        ...     async def save() -> None:
+        ...         raise TimeoutError("no answer")
+        ...     await asyncio.wait([signals.run(save())])
+        >>> asyncio.run(main())
+        not saved: no answer
+    """
 
     def __init__(self, store: Store[S], parent: QObject | None = None) -> None:
         super().__init__(parent)
