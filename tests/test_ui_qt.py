@@ -316,3 +316,14 @@ def test_the_example_window_and_a_second_device_converge_on_the_server_process(
             await example
 
     run(main())
+
+
+def test_importing_optisync_and_its_ui_package_loads_no_qt() -> None:
+    program = (
+        "import sys, optisync, optisync.ui\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('PySide6', 'shiboken6', 'qasync'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert result.stdout.strip() == "[]"
