@@ -9,6 +9,7 @@ a push from another device repaints the window in the same thread.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt is imported
@@ -76,15 +77,18 @@ class RecordingStore(TodoStore):
 def run(qapp: QApplication) -> Iterator[Callable[[Coroutine[Any, Any, T]], T]]:
     """Run a coroutine to its end on a fresh qasync loop; the loop is closed after the test."""
     qapp.setQuitOnLastWindowClosed(False)  # a closed window must not stop the loop under a test
-    loop = qasync.QEventLoop(qapp)
+    loops = [qasync.QEventLoop(qapp)]
 
     def run_one(main: Coroutine[Any, Any, T]) -> T:
-        result: T = loop.run_until_complete(asyncio.wait_for(main, TIMEOUT))
+        result: T = loops[0].run_until_complete(asyncio.wait_for(main, TIMEOUT))
         return result
 
     yield run_one
-    left = [task for task in asyncio.all_tasks(loop) if not task.done()]
-    loop.close()
+    left = [task for task in asyncio.all_tasks(loops[0]) if not task.done()]
+    loops.pop().close()
+    # The loop's QObjects (its timer) must die in this thread, not in whichever thread
+    # next runs the garbage collector: Qt warns when timers are stopped from another.
+    gc.collect()
     assert left == [], f"tasks left behind: {left}"
 
 
