@@ -179,6 +179,7 @@ _OTHER_MODULES = (
     "optisync.threads",
     "optisync.ui.textual",
     "optisync.ui.nicegui",
+    "optisync.ui.qt",
 )  # optisync.pytest_plugin's API is fixtures, used by name: docs/pytest-plugin.md lists them
 
 
@@ -250,20 +251,40 @@ def _attribute_docstring(module: str, name: str) -> str | None:
         if vars(candidate).get(name) is not value:
             continue
         body = ast.parse(Path(source_file).read_text(encoding="utf-8")).body
-        for statement, following in itertools.pairwise(body):
-            targets = (
-                statement.targets
-                if isinstance(statement, ast.Assign)
-                else [statement.target]
-                if isinstance(statement, ast.AnnAssign)
-                else []
-            )
-            if any(isinstance(t, ast.Name) and t.id == name for t in targets) and (
-                isinstance(following, ast.Expr)
-                and isinstance(following.value, ast.Constant)
-                and isinstance(following.value.value, str)
-            ):
-                return inspect.cleandoc(following.value.value)
+        found = _docstring_after(body, name)
+        if found is not None:
+            return found
+    return None
+
+
+def _class_attribute_docstring(cls: type, name: str) -> str | None:
+    """The string literal right after ``name = ...`` in a class body (a Qt ``Signal``, say).
+
+    Such an attribute has no ``__doc__`` of its own; mkdocstrings reads this one.
+    """
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return None
+    definition = tree.body[0]
+    return _docstring_after(definition.body, name) if isinstance(definition, ast.ClassDef) else None
+
+
+def _docstring_after(body: list[ast.stmt], name: str) -> str | None:
+    for statement, following in itertools.pairwise(body):
+        targets = (
+            statement.targets
+            if isinstance(statement, ast.Assign)
+            else [statement.target]
+            if isinstance(statement, ast.AnnAssign)
+            else []
+        )
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets) and (
+            isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            return inspect.cleandoc(following.value.value)
     return None
 
 
@@ -284,7 +305,7 @@ def test_public_name_has_a_docstring_with_an_example(module: str, name: str) -> 
     # carry the examples.
     if inspect.isclass(obj) and not getattr(obj, "_is_protocol", False):
         for method_name, member in _public_methods(obj):
-            doc = inspect.getdoc(member)
+            doc = inspect.getdoc(member) or _class_attribute_docstring(obj, method_name)
             assert _has_example(doc), f"{module}.{name}.{method_name} has no example"
 
 
