@@ -1,7 +1,8 @@
 """optisync.ui.textual, tested in Textual's own harness (App.run_test and its Pilot).
 
-The todo app runs against the real server (in process, on loopback) with a
-second device; the lifecycle tests count a store's live subscriptions.
+The todo app runs against the real server (``python -m optisync.server`` in a
+process of its own, on loopback) with a second device; the lifecycle tests
+count a store's live subscriptions.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,8 @@ from textual.widgets import Label, Static
 from examples.textual_todo import TodoApp, TodoList, take_screenshot, type_commands
 from examples.todo_app.todos import open_todos
 from optisync import StateError, Store
-from optisync.server import SqliteStorage, SyncServer
 from optisync.ui.textual import StoreWatcher
+from tests.server.conftest import server_process
 
 
 class Counted(Store[int]):
@@ -75,9 +76,9 @@ def text(app: App[None], selector: str) -> str:
 
 
 @pytest.fixture
-async def url(tmp_path: Path) -> AsyncIterator[str]:
-    server = SyncServer(SqliteStorage(str(tmp_path / "server.sqlite3")))
-    async with server.run(port=0) as address:
+def url(tmp_path: Path) -> Iterator[str]:
+    """``python -m optisync.server`` in a process of its own, as a user runs it."""
+    with server_process("--database", str(tmp_path / "server.sqlite3")) as (_, address):
         yield address
 
 
