@@ -168,6 +168,12 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="DEBUG logs every message, and every frame from websockets (default: %(default)s)",
     )
     parser.add_argument(
+        "--compression",
+        action="store_true",
+        help="permessage-deflate for clients that offer it: fewer bytes for large, "
+        "compressible values, more CPU per message (default: off)",
+    )
+    parser.add_argument(
         "--require-device-secret",
         action="store_true",
         help="refuse devices that send no device secret (older clients, hand-written "
@@ -292,6 +298,7 @@ async def _serve(arguments: argparse.Namespace, token: str | None) -> None:
         authenticate=require_token(token) if token else allow_anyone,
         allowed_origins=[None, *arguments.allow_origin],
         require_device_secret=arguments.require_device_secret,
+        compression=arguments.compression,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -3,7 +3,8 @@
 Each connection's messages are handled one at a time, in order. A ``set`` is
 committed (value and revision in one transaction), pushed to every connected
 device allowed to read the key (the writer included) and then acknowledged.
-Every connection has its own bounded send queue and its own writer task: a
+A frame for a connection that keeps up is written at once; one for a
+connection that lags goes to its own bounded send queue and writer task: a
 device that stops reading is cut at the bound and never slows the others. All
 send queues together stay within one more bound: past it, the connection
 holding the most unsent bytes is cut.
@@ -30,8 +31,9 @@ from typing import Any, Final
 
 import attrs
 import msgspec
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 from websockets.typing import Origin
 
 from optisync.errors import OptisyncError
@@ -76,6 +78,9 @@ _LEADING_REQUEST_ID: Final = re.compile(
     r'\A\s*\{\s*(?:"type"\s*:\s*"[a-z]{1,16}"\s*,\s*)?"request_id"\s*:\s*(0|[1-9][0-9]{0,15})\s*[,}]'
 )
 _HEAD: Final = 128
+# A frame is written at once, not queued, while the connection's transport holds
+# less unsent data than this (websockets' own write limit).
+_WRITE_AT_ONCE_BELOW: Final = 32 * 1024
 
 
 @attrs.frozen
@@ -219,6 +224,10 @@ class _SendBudget:
         self.peers: set[_Peer] = set()
         self._cut = cut
 
+    def fits(self, size: int) -> bool:
+        """Whether ``size`` more bytes fit now, without cutting anyone."""
+        return self.queued + size <= self.limit
+
     def reserve(self, peer: _Peer, size: int) -> bool:
         """Count ``size`` more bytes for ``peer``; False when they do not fit."""
         for _ in range(len(self.peers)):  # each pass drops one connection
@@ -270,10 +279,18 @@ class _Peer:
         return self._queued - self._in_flight
 
     def offer(self, frame: bytes) -> bool:
-        """Queue a frame without waiting; False when the queue, or all queues, are full."""
+        """Send or queue a frame without waiting; False when the queue, or all queues, are full.
+
+        A connection that keeps up (nothing queued, little unsent in its
+        transport) gets the frame written at once, with no queue and no task
+        switch; one that lags gets it queued, in order, for its writer task.
+        """
         size = len(frame)
         if self._dropped or self._queued + size > self._limit:
             return False
+        if self._queued == 0 and self._budget.fits(size) and self._keeps_up():
+            broadcast((self.connection,), frame, text=True)
+            return True
         if not self._budget.reserve(self, size):
             return False
         self._queued += size
@@ -281,6 +298,20 @@ class _Peer:
             self._space.clear()
         self._queue.put_nowait(frame)
         return True
+
+    def _keeps_up(self) -> bool:
+        """Whether the connection is open and its transport holds little unsent data.
+
+        Then a frame written now goes out behind at most that little, like one
+        in flight: the bytes not counted in the budget stay within
+        ``_WRITE_AT_ONCE_BELOW`` and a frame per connection.
+        """
+        transport = self.connection.transport
+        return (
+            self.connection.state is State.OPEN
+            and transport is not None
+            and transport.get_write_buffer_size() < _WRITE_AT_ONCE_BELOW
+        )
 
     async def put(self, frame: bytes) -> None:
         """Queue a frame, waiting while the queue is half full (replay back-pressure)."""
@@ -328,6 +359,10 @@ class SyncServer:
             (``device_unproven``). Without it, a device id that no hello has
             yet bound to a secret may still be used by an older client that
             sends none: set it once every device sends a secret.
+        compression: negotiate permessage-deflate with clients that offer it.
+            Off by default: with typical small JSON values it costs more CPU
+            per commit (about a fifth, measured on loopback) than it saves
+            bytes; turn it on for large, compressible values over slow links.
 
     Device ids are proven: the first hello carrying a device secret binds its
     id to that secret, durably in the storage, and a later hello for the id
@@ -357,12 +392,14 @@ class SyncServer:
         limits: Limits | None = None,
         allowed_origins: Sequence[str | None] = (None,),
         require_device_secret: bool = False,
+        compression: bool = False,
     ) -> None:
         self._storage = storage
         self._authenticate = authenticate
         self._limits = limits or Limits()
         self._origins = [None if o is None else Origin(o) for o in allowed_origins]
         self._require_device_secret = require_device_secret
+        self._compression = compression
         self._peers: dict[int, _Peer] = {}
         self._addresses: dict[str, _Address] = {}
         self._admitted: dict[int, Grant] = {}
@@ -444,7 +481,11 @@ class SyncServer:
             >>> server.serve_options()["max_size"]
             9
         """
-        return {"origins": self._origins, "max_size": self._limits.max_frame_bytes}
+        return {
+            "origins": self._origins,
+            "max_size": self._limits.max_frame_bytes,
+            "compression": "deflate" if self._compression else None,
+        }
 
     @contextlib.asynccontextmanager
     async def run(self, host: str = "127.0.0.1", port: int = 8765) -> AsyncIterator[str]:
