@@ -342,24 +342,30 @@ class PostgresStorage(OpenedByAsyncWith):
         The first statement locks the revision counter, so the batch's
         revisions follow the head it returns with no gap, and every later
         statement sees every commit made before (READ COMMITTED: each takes
-        its snapshot once the lock is held). Each write is one statement:
-        dedupe check, revision, change, key and remembered write together.
+        its snapshot once the lock is held). The second reads what other
+        processes committed since this one last handed a change over (a page
+        at most), so the batch needs no read of its own to keep revision
+        order. Each write is one statement: dedupe check, revision, change,
+        key and remembered write together.
         """
+        since = self._last_seen
         async with self._connection(self._commits, "a commit") as db:
             self._remember_backend(db.info.backend_pid)
             async with db.pipeline(), db.transaction():
                 head = await db.execute("SELECT revision FROM optisync_head FOR UPDATE")
+                missed = await db.execute(_MISSED, (since, _PAGE))
                 written = [await db.execute(_WRITE, _parameters(write)) for write in batch]
                 await db.execute(_NOTIFY, (self._channel,))
             before = await head.fetchone()
+            others = [_change(row) for row in await missed.fetchall()]  # type: ignore[arg-type]
             rows = [await cursor.fetchone() for cursor in written]
         assert before is not None
         changes = [_change(row[:5]) for row in rows if row is not None]  # type: ignore[arg-type]
         new = [change for change, row in zip(changes, rows, strict=True) if row and row[5]]
         # Hand over the commits of other processes before ours, then ours, without
-        # reading ours back. Should that read fail, the LISTEN side catches up; only
-        # this batch's writes report the failure.
-        await self._hand_over(int(str(before[0])), new)
+        # reading either back. Should a read still be needed and fail, the LISTEN
+        # side catches up; only this batch's writes report the failure.
+        await self._hand_over(int(str(before[0])), others, new)
         return changes
 
     async def read(self, key: str) -> Change | None:
@@ -469,13 +475,19 @@ class PostgresStorage(OpenedByAsyncWith):
         if self.on_commit is not None:
             self.on_commit(change)
 
-    async def _hand_over(self, before: int, ours: list[Change]) -> None:
-        """Hand what other processes committed up to ``before``, then ``ours`` (read from no one).
+    async def _hand_over(self, before: int, others: list[Change], ours: list[Change]) -> None:
+        """Hand what other processes committed up to ``before``, then ``ours``.
 
-        ``ours`` follow ``before`` with no gap (the batch held the counter's
-        lock). Those the LISTEN side already handed are skipped.
+        ``others`` is what the batch read of them, in order; ``ours`` follow
+        ``before`` with no gap (the batch held the counter's lock). Those the
+        LISTEN side already handed are skipped; what ``others`` lacks is read.
         """
         async with self._catching_up:
+            for change in others:
+                if self._last_seen < change.server_revision <= before:
+                    if change.server_revision != self._last_seen + 1:
+                        break  # a gap: read the rest in order below
+                    self._hand(change)
             await self._read_up_to(before)
             if self._last_seen < before:  # the read came short: read ours back too
                 await self._read_up_to(ours[-1].server_revision if ours else before)
@@ -541,6 +553,11 @@ SELECT {_COLUMNS}, false
 FROM prior JOIN optisync_changes AS c ON c.revision = prior.revision
 WHERE prior.local_revision >= %(local_revision)s
 """
+# Right after the lock: what other processes committed since this one's last.
+_MISSED: Final = (
+    f"SELECT {_COLUMNS} FROM optisync_changes AS c WHERE c.revision > %s "
+    "ORDER BY c.revision LIMIT %s"
+)
 # Once per batch, after its writes: the head is the batch's last revision.
 _NOTIFY: Final = "SELECT pg_notify(%s, (SELECT revision FROM optisync_head)::text)"
 

@@ -17,7 +17,9 @@ so that a machine that is busier at one moment skews both sides alike:
   same frames (an ack to the writer, a push to each of the 10 writers), with
   one ``send`` per connection and with ``broadcast()``;
 * push fan-out p50/p99 to 1, 100 and 1,000 devices beside the bare server's
-  ``broadcast()``.
+  ``broadcast()``;
+* with PostgreSQL: commits/s and fan-out to 100 devices with 1, 2 and 4
+  server processes on one database, writers and listeners spread over them.
 """
 
 from __future__ import annotations
@@ -101,9 +103,31 @@ def process(command: list[str]) -> Iterator[tuple[subprocess.Popen[str], str]]:
             running.kill()
 
 
+# The server as the CLI runs it, with the per-address limits raised: every
+# device of the load comes from 127.0.0.1.
+OPTISYNC_SERVER = r"""
+import asyncio, logging, sys
+from optisync.server import Limits, SqliteStorage, SyncServer
+
+async def main(kind, where):
+    if kind == "--postgres":
+        from optisync.server.postgres import PostgresStorage
+        storage = PostgresStorage(where)
+    else:
+        storage = SqliteStorage(where)
+    limits = Limits(max_connections_per_address=100_000, address_messages_per_second=1e9,
+                    address_burst=10**9, messages_per_second=1e9, burst=10**9)
+    async with SyncServer(storage, limits=limits).run(port=0) as url:
+        print(url, flush=True)
+        await asyncio.Future()
+
+logging.basicConfig(level=logging.WARNING)
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
 def optisync_server(*arguments: str) -> list[str]:
-    return [sys.executable, "-m", "optisync.server", *arguments, "--port", "0",
-            "--log-level", "WARNING"]  # fmt: skip
+    return [sys.executable, "-c", OPTISYNC_SERVER, *arguments]
 
 
 def bare_server(mode: str, compression: str) -> list[str]:
@@ -177,6 +201,51 @@ async def arrival(listener: ClientConnection, value: int, sent: float) -> float:
     ):
         pass
     return time.perf_counter() - sent
+
+
+async def spread_load(urls: list[str], writes: int) -> float:
+    """commits/s of WRITERS writers spread over the servers at ``urls`` (round robin)."""
+    base = int(time.time_ns() % 10**9) * 100
+    devices = [await open_device(urls[n % len(urls)], base + n) for n in range(1, WRITERS + 1)]
+    started = time.perf_counter()
+    await asyncio.gather(*(write_many(d, base + n, writes) for n, d in enumerate(devices, 1)))
+    elapsed = time.perf_counter() - started
+    for device in devices:
+        await device.close()
+    return WRITERS * writes / elapsed
+
+
+async def spread_fan_out(urls: list[str], devices: int, writes: int = 20) -> tuple[float, float]:
+    """p50, p99 in ms: a writer on the first server, ``devices`` listeners spread over all."""
+    base = int(time.time_ns() % 10**9) * 10_000
+    writer = await open_device(urls[0], base)
+    listeners = [await open_device(urls[n % len(urls)], base + 1 + n) for n in range(devices)]
+    latencies: list[float] = []
+    for n in range(1, writes + 1):
+        sent = time.perf_counter()
+        request = {"type": "set", "request_id": n, "key": "fan", "value": n, "local_revision": n}
+        await writer.send(json.dumps(request))
+        latencies += await asyncio.gather(*(arrival(one, n, sent) for one in listeners))
+        while json.loads(await writer.recv())["type"] != "ack":
+            pass
+    for connection in [*listeners, writer]:
+        await connection.close()
+    quantiles = statistics.quantiles(latencies, n=100)
+    return quantiles[49] * 1000, quantiles[98] * 1000
+
+
+async def across_processes(dsn: str, counts: list[int], writes: int) -> None:
+    """Throughput and fan-out with 1, 2, 4... server processes on one PostgreSQL database."""
+    print("\n| server processes | commits/s (10 writers spread) | fan-out to 100, p50 | p99 |")
+    print("|---|---|---|---|")
+    for count in counts:
+        with contextlib.ExitStack() as stack:
+            servers = [stack.enter_context(process(optisync_server("--postgres", dsn)))
+                       for _ in range(count)]  # fmt: skip
+            urls = [url for _, url in servers]
+            rate = await spread_load(urls, writes)
+            p50, p99 = await spread_fan_out(urls, 100)
+        print(f"| {count} | {rate:,.0f} | {p50:.1f} ms | {p99:.1f} ms |")
 
 
 # -- raw database limits ------------------------------------------------------------
@@ -337,5 +406,10 @@ if __name__ == "__main__":
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 100, 1000])
     parser.add_argument("--compression", choices=["off", "deflate"], default="off",
                         help="the bare server's (match the optisync server's)")  # fmt: skip
+    parser.add_argument("--processes", type=int, nargs="*", default=[1, 2, 4],
+                        help="server processes on one PostgreSQL database")  # fmt: skip
     options = parser.parse_args()
     asyncio.run(measure(options.rounds, options.writes, options.sizes, options.compression))
+    if os.environ.get("OPTISYNC_TEST_POSTGRES_DSN") and options.processes:
+        asyncio.run(across_processes(os.environ["OPTISYNC_TEST_POSTGRES_DSN"],
+                                     options.processes, options.writes))  # fmt: skip
