@@ -34,6 +34,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Origin
 
 from optisync.errors import OptisyncError
+from optisync.server._memory import MemoryReleaser
 from optisync.server.protocol import canonical_json
 from optisync.server.security import Authenticator, Grant, allow_anyone
 from optisync.server.storage import Change, Storage
@@ -100,6 +101,12 @@ class Limits:
             connections of one remote address may send together; a new
             connection does not bring a fresh burst.
         address_burst: how many messages above that rate they may send at once.
+        address_replay_bytes_per_second: the pace of the replays of all
+            connections of one remote address together: past the burst, a
+            replay waits before each frame, so that reconnecting in a loop
+            costs the server this many bytes a second, not what it can send.
+            0: no pacing.
+        address_replay_burst_bytes: the replay bytes they may get at full speed.
         send_buffer_bytes: unsent data a connection may hold on the server;
             past it the connection is closed (code 1013) and replays on reconnect.
         total_send_buffer_bytes: unsent data all connections together may
@@ -126,6 +133,8 @@ class Limits:
     max_connections_per_address: int = 100
     address_messages_per_second: float = 1000.0
     address_burst: int = 2000
+    address_replay_bytes_per_second: float = 8 * 1024 * 1024
+    address_replay_burst_bytes: int = 16 * 1024 * 1024
     send_buffer_bytes: int = 4 * 1024 * 1024
     total_send_buffer_bytes: int = 256 * 1024 * 1024
     replay_page: int = 500
@@ -159,6 +168,15 @@ class _TokenBucket:
             return 0.0
         return missing / self._rate if self._rate > 0 else None
 
+    async def pace(self, amount: int) -> None:
+        """Spend ``amount`` tokens, into debt if need be, and wait until it is repaid."""
+        if self._rate <= 0:
+            return
+        self._refill()
+        self._tokens -= amount
+        if self._tokens < 0:
+            await asyncio.sleep(-self._tokens / self._rate)
+
 
 class _Address:
     """One remote address: its open connections and the message budget they share.
@@ -170,6 +188,14 @@ class _Address:
     def __init__(self, limits: Limits) -> None:
         self.connections = 0
         self.bucket = _TokenBucket(limits.address_messages_per_second, limits.address_burst)
+        self.replay_bytes = _TokenBucket(
+            limits.address_replay_bytes_per_second, limits.address_replay_burst_bytes
+        )
+
+    def seconds_until_full(self) -> float | None:
+        """How long until both buckets are full again (None: never)."""
+        waits = [self.bucket.seconds_until_full(), self.replay_bytes.seconds_until_full()]
+        return max((w for w in waits if w is not None), default=None)
 
 
 class _Budget:
@@ -356,6 +382,10 @@ class SyncServer:
         self._admitted: dict[int, Grant] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._budget = _SendBudget(self._limits.total_send_buffer_bytes, self._cut_soon)
+        self._memory = MemoryReleaser()  # gives memory back after a burst of closes
+        # One replay page read at a time: a commit waits behind one at most, not
+        # behind every replay in progress (the storage serves calls in order).
+        self._replay_reads = asyncio.Lock()
         storage.on_commit = self._publish
 
     @property
@@ -421,6 +451,7 @@ class SyncServer:
             ...     await server.close()
             >>> asyncio.run(main())
         """
+        self._memory.cancel()
         await self._storage.close()
 
     def serve_options(self) -> dict[str, Any]:
@@ -481,10 +512,12 @@ class SyncServer:
             await connection.close(_TRY_LATER, _TOO_MANY_CONNECTIONS)
             return
         address.connections += 1
+        self._memory.opened()
         try:
             await self._serve_connection(connection, address)
         finally:
             address.connections -= 1
+            self._memory.closed()
             self._schedule_prune(host, address)
 
     async def _serve_connection(self, connection: ServerConnection, address: _Address) -> None:
@@ -493,7 +526,7 @@ class SyncServer:
             return
         writer = asyncio.create_task(peer.write_forever())
         try:
-            await self._serve_peer(peer, writer, address.bucket)
+            await self._serve_peer(peer, writer, address)
         except (ConnectionClosed, _SendQueueFullError):
             pass
         finally:
@@ -508,7 +541,7 @@ class SyncServer:
         """Forget an address without connections once its bucket is full again."""
         if address.connections > 0:
             return
-        delay = address.bucket.seconds_until_full()
+        delay = address.seconds_until_full()
         if delay is not None:
             asyncio.get_running_loop().call_later(delay, self._prune, host)
 
@@ -516,7 +549,7 @@ class SyncServer:
         address = self._addresses.get(host)
         if address is None or address.connections > 0:
             return
-        if address.bucket.seconds_until_full() == 0.0:
+        if address.seconds_until_full() == 0.0:
             del self._addresses[host]
 
     def _forget(self, peer: _Peer) -> None:
@@ -606,14 +639,12 @@ class SyncServer:
             return True
         return entry_digest(_push_as_sent(page[0], hello.device_id)) != hello.digest
 
-    async def _serve_peer(
-        self, peer: _Peer, writer: asyncio.Task[None], shared: _TokenBucket
-    ) -> None:
-        replay = asyncio.create_task(self._replay(peer))
+    async def _serve_peer(self, peer: _Peer, writer: asyncio.Task[None], address: _Address) -> None:
+        replay = asyncio.create_task(self._replay(peer, address.replay_bytes))
         self._tasks.add(replay)
         replay.add_done_callback(self._tasks.discard)
         own = _TokenBucket(self._limits.messages_per_second, self._limits.burst)
-        budget = _Budget(own, shared)
+        budget = _Budget(own, address.bucket)
         try:
             async for frame in peer.connection:
                 if writer.done():
@@ -759,19 +790,23 @@ class SyncServer:
 
     # -- replay and pushes ---------------------------------------------------------
 
-    async def _replay(self, peer: _Peer) -> None:
+    async def _replay(self, peer: _Peer, pace: _TokenBucket) -> None:
         # Last write wins: each key changed since the cursor once, at its newest
         # change, so a replay costs what the keys hold, not the whole log. Its
         # last change is the head, so the device's cursor ends there. put()
         # waits while the send queue is half full: the replay never holds
-        # more than send_buffer_bytes of a connection's memory.
+        # more than send_buffer_bytes of a connection's memory. ``pace`` spreads
+        # the replays of one address over time past their burst.
         page_size = self._limits.replay_page
         try:
             while True:
-                page = await self._storage.latest_after(peer.cursor, page_size)
+                async with self._replay_reads:
+                    page = await self._storage.latest_after(peer.cursor, page_size)
                 for change in page:
                     if peer.grant.can_read(change.key):
-                        await peer.put(self._push_frame(peer, change))
+                        frame = self._push_frame(peer, change)
+                        await pace.pace(len(frame))
+                        await peer.put(frame)
                     peer.cursor = change.server_revision
                 if len(page) == page_size:
                     continue
