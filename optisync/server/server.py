@@ -656,7 +656,7 @@ class SyncServer:
                 if peer.bad_frames >= self._limits.max_bad_frames:
                     logger.warning("%s closed: %s", peer.grant.name, _BAD_FRAMES)
                     self._forget(peer)
-                    await peer.connection.close(_POLICY, _BAD_FRAMES)
+                    await _close_discarding(peer.connection, _POLICY, _BAD_FRAMES)
                     break
         finally:
             replay.cancel()
@@ -886,6 +886,21 @@ def _push_as_sent(change: Change, device_id: int) -> Push:
         local_revision=change.local_revision if mine else 0,
         device_id=change.device_id if mine else 0,
     )
+
+
+async def _close_discarding(connection: ServerConnection, code: int, reason: str) -> None:
+    """Close, reading and dropping what the client sent meanwhile.
+
+    A flooding client has frames in flight: unread, they fill the
+    connection's receive queue, websockets stops reading the socket, and the
+    client's close frame behind them is seen only at the close timeout (10
+    s, each such connection holding its queue all along).
+    """
+    closing = asyncio.create_task(connection.close(code, reason))
+    with contextlib.suppress(ConnectionClosed):
+        async for _ in connection:
+            pass
+    await closing
 
 
 def _host_of(connection: ServerConnection) -> str:

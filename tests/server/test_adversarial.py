@@ -26,13 +26,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"),
@@ -40,7 +39,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 HONEST = "127.0.0.2"
-ATTACKER = "127.0.0.3"
 KEYS, VALUE_BYTES = 20, 60_000
 
 
@@ -198,49 +196,70 @@ class Honest:
         return seconds
 
 
-class Attack:
-    """What an attacker is given: when to stop, and a way to say it is under way."""
+class Attackers:
+    """COUNT attackers of one kind in their own process (tests/server/adversaries.py)."""
 
-    def __init__(self, attackers: int) -> None:
-        self.stop = asyncio.Event()
-        self.engaged = asyncio.Event()
-        self._waiting = set(range(attackers))
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self._process = process
 
-    def under_way(self, attacker: int) -> None:
-        """Attacker ``attacker`` is past its first connection: measuring may start."""
-        self._waiting.discard(attacker)
-        if not self._waiting:
-            self.engaged.set()
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def run(cls, kind: str, url: str, count: int) -> AsyncIterator[Attackers]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.server.adversaries", kind, url, str(count),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            yield cls(process)
+        finally:
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
 
+    async def _say(self, command: str) -> str:
+        assert self._process.stdin is not None
+        assert self._process.stdout is not None
+        self._process.stdin.write(f"{command}\n".encode())
+        await self._process.stdin.drain()
+        line = (await self._process.stdout.readline()).decode().strip()
+        assert line, f"the attackers ended on {command!r}"
+        return line
 
-Attacker = Callable[[Attack, int], Awaitable[None]]
+    async def go(self) -> None:
+        """Start, and return once every attacker is under way."""
+        assert await self._say("go") == "engaged"
+
+    async def stop(self) -> None:
+        """Stop, and return once every attacker has ended."""
+        assert await self._say("stop") == "stopped"
+
+    async def report(self) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(await self._say("report"))
+        return result
 
 
 async def idle_and_attacked(
-    honest: Honest, attackers: list[Attacker], *, rounds: int = 16, samples: int = 25
-) -> tuple[list[float], list[float]]:
-    """Honest latencies in idle phases and in phases under attack, interleaved.
+    honest: Honest, attackers: Attackers, *, rounds: int = 16, samples: int = 25
+) -> tuple[list[float], list[float], float]:
+    """Honest latencies in idle and in attacked phases, interleaved; the seconds attacked.
 
-    An attacked phase is measured once every attacker said it is under way
-    (its connections set up: a phase is the attack's steady state, not its
-    first handshakes). Each attacker runs until ``attack.stop`` is set and
-    returns by itself; the phase ends once every attacker has returned, so an
-    idle phase is really idle.
+    An attacked phase is measured once every attacker is under way (its
+    connections set up: a phase is the attack's steady state, not its first
+    handshakes), and ends once every attacker has returned, so an idle phase
+    is really idle.
     """
     idle: list[float] = []
     attacked: list[float] = []
+    seconds = 0.0
     await honest.phase(samples)  # a warm-up, not counted
     for _ in range(rounds):
         idle += await honest.phase(samples)
-        attack = Attack(len(attackers))
-        running = [asyncio.create_task(run(attack, n)) for n, run in enumerate(attackers)]
-        try:
-            await attack.engaged.wait()
-            attacked += await honest.phase(samples)
-        finally:
-            attack.stop.set()
-            await asyncio.gather(*running)
-    return idle, attacked
+        began = time.perf_counter()
+        await attackers.go()
+        attacked += await honest.phase(samples)
+        await attackers.stop()
+        seconds += time.perf_counter() - began
+    return idle, attacked, seconds
 
 
 def report(name: str, **figures: float) -> None:
@@ -251,83 +270,31 @@ def report(name: str, **figures: float) -> None:
 # -- replay amplification ------------------------------------------------------------
 
 
-async def replay_once(url: str, device_id: int, attack: Attack, index: int) -> int | None:
-    """Hello since 0 from the attacker's address: the bytes of the replay, None if cut short.
-
-    Cut short by ``stop`` (the connection closes mid-replay) or refused (rate limited).
-    """
-    connection = await connect(url, local_addr=(ATTACKER, 0), compression=None, max_size=None)
-    try:
-        await connection.send(json.dumps({"type": "hello", "device_id": device_id, "since": 0}))
-
-        async def read_replay() -> int | None:
-            welcomed = json.loads(await connection.recv())["type"] == "welcome"
-            attack.under_way(index)
-            if not welcomed:
-                return None  # refused: rate limited
-            received = 0
-            while json.loads(frame := str(await connection.recv()))["type"] != "ready":
-                received += len(frame.encode())
-            return received
-
-        reading = asyncio.create_task(read_replay())
-        stopping = asyncio.create_task(attack.stop.wait())
-        await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if not reading.done():
-            reading.cancel()
-            return None
-        return reading.result()
-    except ConnectionClosed:
-        attack.under_way(index)
-        return None
-    finally:
-        await connection.close()
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(60)  # a guard against a hang, not a timing assertion
 async def test_repeated_replays_send_each_key_once_paced_and_the_honest_p99_holds(
     tmp_path: Path,
 ) -> None:
     writes = 400  # 24 MB of log over 20 keys: the whole log is 20 times what the keys hold
-    replays: list[int] = []  # bytes of each completed replay
-    started = 0
-    attacking = 0.0  # seconds under attack
-
-    async def replayer(attack: Attack, index: int) -> None:
-        nonlocal started
-        device_id = 1_000 + index * 10_000
-        while not attack.stop.is_set():
-            device_id += 1
-            started += 1
-            received = await replay_once(server.url, device_id, attack, index)
-            if received is not None:
-                replays.append(received)
-
-    async def timed(attack: Attack, index: int) -> None:
-        nonlocal attacking
-        began = time.perf_counter()
-        attack.under_way(index)
-        await attack.stop.wait()
-        attacking += time.perf_counter() - began
-
     with served(tmp_path / "db.sqlite3") as server:
         await write_log(server.url, writes)
-        idle, attacked = await idle_and_attacked(Honest(server.url), [timed, *[replayer] * 10])
+        async with Attackers.run("replay", server.url, 10) as attackers:
+            idle, attacked, seconds = await idle_and_attacked(Honest(server.url), attackers)
+            seen = await attackers.report()
+    replays: list[int] = seen["replays"]
     # Each key's newest value once (the honest device's key too), with its envelope.
     bound = (KEYS + 1) * (VALUE_BYTES + 200)
-    paced = 16 * 2**20 + 8 * 2**20 * attacking  # the address's burst and rate (Limits)
+    paced = 16 * 2**20 + 8 * 2**20 * seconds  # the address's burst and rate (Limits)
     report(
         "replay",
-        hellos=started,
+        hellos=seen["hellos"],
         replays=len(replays),
         max_replay_bytes=max(replays),
         bound=bound,
         whole_log_bytes=writes * VALUE_BYTES,
         replayed_mb=sum(replays) / 2**20,
         paced_bound_mb=paced / 2**20,
-        attack_seconds=attacking,
+        attack_seconds=seconds,
         idle_p99_ms=p99(idle) * 1000,
         attacked_p99_ms=p99(attacked) * 1000,
     )
@@ -335,3 +302,85 @@ async def test_repeated_replays_send_each_key_once_paced_and_the_honest_p99_hold
     assert max(replays) <= bound
     assert sum(replays) <= paced
     assert p99(attacked) <= 2 * p99(idle)
+
+
+# -- malformed-frame flood -----------------------------------------------------------
+
+BAD_FRAMES = 20  # Limits.max_bad_frames
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)  # a guard against a hang, not a timing assertion
+async def test_a_flood_of_bad_and_junk_frames_is_refused_closed_and_the_honest_p99_holds(
+    tmp_path: Path,
+) -> None:
+    with served(tmp_path / "db.sqlite3") as server:
+        async with Attackers.run("flood", server.url, 6) as attackers:
+            idle, attacked, seconds = await idle_and_attacked(Honest(server.url), attackers)
+            seen = await attackers.report()
+    closes = {(code, reason): n for code, reason, n in seen["closes"]}
+    report(
+        "flood",
+        frames=seen["frames"],
+        mb_sent=seen["bytes"] / 2**20,
+        attack_seconds=seconds,
+        **{code.replace(" ", "_"): count for code, count in seen["answers"].items()},
+        closed_1008=closes.get((1008, "too many bad messages in a row"), 0),
+        idle_p99_ms=p99(idle) * 1000,
+        attacked_p99_ms=p99(attacked) * 1000,
+    )
+    # Every connection the server closed, it closed for its bad frames, after
+    # at most max_bad_frames of them were answered.
+    assert set(closes) <= {(1008, "too many bad messages in a row")}, closes
+    assert closes, "no flooding connection was closed"
+    assert max(seen["bad_answers_per_connection"]) <= BAD_FRAMES
+    assert seen["answers"].get("rate_limited", 0) > 0
+    assert p99(attacked) <= 2 * p99(idle)
+
+
+# -- resources -----------------------------------------------------------------------
+
+
+async def crowd(url: str, count: int, first_id: int) -> list[ClientConnection]:
+    """``count`` devices past their replay, 100 per loopback address (the per-address cap)."""
+
+    async def one(n: int) -> ClientConnection:
+        source = f"127.0.{10 + n // 100}.1"
+        connection, _ = await open_device(url, first_id + n, source=source)
+        return connection
+
+    connections: list[ClientConnection] = []
+    for start in range(0, count, 100):
+        connections += await asyncio.gather(*(one(n) for n in range(start, start + 100)))
+    return connections
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)  # a guard against a hang, not a timing assertion
+async def test_memory_returns_near_idle_after_2000_connections_close(tmp_path: Path) -> None:
+    writes = 20
+    with served(tmp_path / "db.sqlite3", log_level="INFO") as server:
+        writer, _ = await open_device(server.url, 1)
+        idle = server.rss_mb()
+        connections = await crowd(server.url, 2_000, first_id=100)
+        connected = server.rss_mb()
+
+        async def drain(connection: ClientConnection) -> None:
+            for _ in range(writes):
+                await connection.recv()
+
+        draining = [asyncio.create_task(drain(connection)) for connection in connections]
+        peak = connected
+        for n in range(writes):
+            set_ = {"type": "set", "request_id": n, "key": f"k{n}", "local_revision": n + 1}
+            await writer.send(json.dumps({**set_, "value": incompressible(VALUE_BYTES, n)}))
+            await reply(writer, "ack")
+            peak = max(peak, server.rss_mb())
+        await asyncio.gather(*draining)  # every device got every push
+        peak = max(peak, server.rss_mb())
+        await asyncio.gather(*(connection.close() for connection in connections))
+        await server.log_line("gave memory back")
+        after = server.rss_mb()
+        await writer.close()
+    report("memory", idle_mb=idle, connected_mb=connected, peak_mb=peak, after_mb=after)
+    assert after <= 1.5 * idle
