@@ -87,13 +87,16 @@ class Limits:
 
     Attributes:
         max_message_bytes: a larger message gets a ``too_large`` error, unread.
-        max_frame_bytes: a larger frame closes the connection (code 1009).
+        max_frame_bytes: a larger frame closes the connection (code 1009),
+            refused by the length in its header, its payload never read. Twice
+            ``max_message_bytes`` by default: a message a little too large gets
+            its ``too_large`` error, a junk megabyte costs a header.
         messages_per_second: sustained messages a connection may send; more
             get ``rate_limited`` errors and change nothing.
         burst: how many messages above the rate a connection may send at once.
         max_bad_frames: a connection that sends this many messages in a row
             the server cannot read (malformed, too large, binary, a second
-            hello) is closed (code 1008).
+            hello) or does not read (rate limited) is closed (code 1008).
         max_connections_per_address: open connections one remote address may
             hold; more are closed at once (code 1013). Behind a reverse proxy
             every client has the proxy's address: raise it there.
@@ -107,6 +110,12 @@ class Limits:
             costs the server this many bytes a second, not what it can send.
             0: no pacing.
         address_replay_burst_bytes: the replay bytes they may get at full speed.
+        address_receive_bytes_per_second: the pace at which the server reads
+            what all connections of one remote address send, past the burst:
+            it waits before reading more, so a flood of large frames backs up
+            in the sender's socket instead of taking the server's time.
+            0: no pacing.
+        address_receive_burst_bytes: the bytes they may send at full speed.
         send_buffer_bytes: unsent data a connection may hold on the server;
             past it the connection is closed (code 1013) and replays on reconnect.
         total_send_buffer_bytes: unsent data all connections together may
@@ -126,7 +135,7 @@ class Limits:
     """
 
     max_message_bytes: int = 64 * 1024
-    max_frame_bytes: int = 1024 * 1024
+    max_frame_bytes: int = 128 * 1024
     messages_per_second: float = 100.0
     burst: int = 200
     max_bad_frames: int = 20
@@ -135,6 +144,8 @@ class Limits:
     address_burst: int = 2000
     address_replay_bytes_per_second: float = 8 * 1024 * 1024
     address_replay_burst_bytes: int = 16 * 1024 * 1024
+    address_receive_bytes_per_second: float = 2 * 1024 * 1024
+    address_receive_burst_bytes: int = 8 * 1024 * 1024
     send_buffer_bytes: int = 4 * 1024 * 1024
     total_send_buffer_bytes: int = 256 * 1024 * 1024
     replay_page: int = 500
@@ -191,10 +202,17 @@ class _Address:
         self.replay_bytes = _TokenBucket(
             limits.address_replay_bytes_per_second, limits.address_replay_burst_bytes
         )
+        self.received_bytes = _TokenBucket(
+            limits.address_receive_bytes_per_second, limits.address_receive_burst_bytes
+        )
 
     def seconds_until_full(self) -> float | None:
         """How long until both buckets are full again (None: never)."""
-        waits = [self.bucket.seconds_until_full(), self.replay_bytes.seconds_until_full()]
+        waits = [
+            self.bucket.seconds_until_full(),
+            self.replay_bytes.seconds_until_full(),
+            self.received_bytes.seconds_until_full(),
+        ]
         return max((w for w in waits if w is not None), default=None)
 
 
@@ -658,6 +676,9 @@ class SyncServer:
                     self._forget(peer)
                     await _close_discarding(peer.connection, _POLICY, _BAD_FRAMES)
                     break
+                # Past the address's burst, read on only at its pace: unread
+                # frames back up in websockets' queue, then in the sender's socket.
+                await address.received_bytes.pace(len(frame))
         finally:
             replay.cancel()
 
@@ -711,6 +732,9 @@ class SyncServer:
     async def _answer(self, peer: _Peer, frame: str | bytes, budget: _Budget) -> Any:
         # The token first: a frame the server cannot read costs what a valid one does.
         if not budget.take():
+            # Unread, so a bad frame too: a client that goes on sending past the
+            # rate once told is closed (max_bad_frames), not answered forever.
+            peer.bad_frames += 1
             return Error(_leading_request_id(frame), _RATE_LIMITED, "too many messages per second")
         message = self._decode(frame)
         if isinstance(message, Error | Hello):

@@ -24,6 +24,13 @@ from websockets.exceptions import ConnectionClosed
 ATTACKER = "127.0.0.3"
 
 
+async def close(connection: ClientConnection) -> None:
+    """Close, unless the server already did (websockets may then fail in ``abort``)."""
+    if connection.close_code is None:
+        with contextlib.suppress(AttributeError):  # its transport already gone
+            await connection.close()
+
+
 async def open_device(
     url: str, device_id: int, *, source: str, since: int = 0
 ) -> tuple[ClientConnection, list[str]]:
@@ -117,7 +124,8 @@ class Replays:
 
 BAD_GET = '{"type":"get","request_id":%d}'  # no key: missing_field, unread past its size
 DODGE = {True: '{"type":"get","request_id":%d,"key":"k"}', False: BAD_GET}
-JUNK = "x" * 1_000_000  # one frame under the frame limit, over the message limit: too_large
+JUNK = "x" * 1_000_000  # over the frame limit (128 KiB): closed (1009) at its header
+SMALL_JUNK = "x" * 120_000  # under the frame limit, over the message limit: too_large
 BAD_FRAMES = 20  # Limits.max_bad_frames
 
 
@@ -136,8 +144,9 @@ class Flood:
     ) -> None:
         """One connection sending ``mode`` frames until the server closes it or the phase ends.
 
-        ``bad``: gets without a key; ``junk``: 1 MB frames of no JSON; ``dodge``:
-        a valid get after each 9 bad ones, never 20 bad in a row.
+        ``bad``: gets without a key; ``junk``: 1 MB frames of no JSON; ``small
+        junk``: 120 KB ones; ``dodge``: a valid get after each 9 bad ones,
+        never 20 bad in a row.
         """
         try:
             connection, _ = await open_device(url, device_id, source=ATTACKER)
@@ -146,19 +155,16 @@ class Flood:
             self.answers["refused hello"] = self.answers.get("refused hello", 0) + 1
             return
         reading = asyncio.create_task(self._read(connection, attack, index))
-        try:
-            n = 0
-            while not reading.done() and not attack.stop.is_set():
-                n += 1
-                frame = {"bad": BAD_GET % n, "junk": JUNK, "dodge": DODGE[n % 10 == 0] % n}[mode]
-                await connection.send(frame)
-                self.frames += 1
-                self.bytes += len(frame)
-                await asyncio.sleep(0)  # a send may not yield: let the answers be read
-        except ConnectionClosed:
-            pass
-        finally:
-            await connection.close()
+        sending = asyncio.create_task(self._send(connection, mode))
+        stopping = asyncio.create_task(attack.stop.wait())
+        await asyncio.wait({reading, sending, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        sending.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+            await sending
+        if attack.stop.is_set():  # unread frames would hold the close back: drop it
+            connection.transport.abort()
+        await close(connection)
         bad = await reading
         attack.under_way(index)  # closed before any answer
         if connection.close_code is not None and connection.close_reason:
@@ -166,6 +172,21 @@ class Flood:
             self.closes[key] = self.closes.get(key, 0) + 1
             if mode != "dodge":  # a dodger's bad frames are never 20 in a row
                 self.bad_answers_per_connection.append(bad)
+
+    async def _send(self, connection: ClientConnection, mode: str) -> None:
+        n = 0
+        while True:
+            n += 1
+            frame = {
+                "bad": BAD_GET % n,
+                "junk": JUNK,
+                "small junk": SMALL_JUNK,
+                "dodge": DODGE[n % 10 == 0] % n,
+            }[mode]
+            await connection.send(frame)
+            self.frames += 1
+            self.bytes += len(frame)
+            await asyncio.sleep(0)  # a send may not yield: let the answers be read
 
     async def _read(self, connection: ClientConnection, attack: Attack, index: int) -> int:
         bad = 0
@@ -175,7 +196,7 @@ class Flood:
                 attack.under_way(index)
                 code = message.get("code", message["type"])
                 self.answers[code] = self.answers.get(code, 0) + 1
-                bad += code in {"missing_field", "too_large"}
+                bad += code in {"missing_field", "too_large"}  # a bad frame answered
         return bad
 
 
@@ -190,7 +211,7 @@ class Floods(Flood):
     async def attacker(self, attack: Attack, index: int) -> None:
         while not attack.stop.is_set():
             device_id = next(self._device_ids)
-            mode = ("bad", "junk", "dodge")[index % 3]
+            mode = ("bad", "junk", "dodge", "bad", "small junk", "dodge")[index % 6]
             await self.connection(self.url, device_id, attack, index, mode=mode)
 
     def report(self) -> dict[str, Any]:
