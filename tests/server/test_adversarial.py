@@ -34,6 +34,7 @@ from urllib.parse import urlparse
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"),
@@ -467,3 +468,80 @@ async def test_300_readers_that_never_read_their_replays_stay_within_the_send_bu
     # The connections' own state (websockets, asyncio) comes on top of the budget:
     # about 25 KB each, measured by the storm (2,000 connections: +47 MB).
     assert peak <= idle + budget_mb + 300 * 25 / 1024
+
+
+# -- strictness and per-address limits, on the real process ---------------------------
+
+SET_7 = '{"type":"set","request_id":7,"key":%s,"value":%s,"local_revision":1}'
+STRICT = [
+    # (what the probe had committed, the frame, its error code)
+    ("a binary frame holding a valid set", (SET_7 % ('"k"', "1")).encode(), "bad_message"),
+    ("an integer past 2**64", SET_7 % ('"k"', "18446744073709551617"), "bad_field"),
+    ("a 30-digit integer", SET_7 % ('"k"', "-123456789012345678901234567890"), "bad_field"),
+    ("2**53 itself", SET_7 % ('"k"', "9007199254740992"), "bad_field"),
+    ("a NUL inside the key", SET_7 % (json.dumps("a\x00b"), "1"), "bad_field"),
+    (
+        "a field twice",
+        (SET_7 % ('"k"', "1")).replace("}", ',"local_revision":2}'),
+        "duplicate_field",
+    ),
+]
+
+
+async def test_each_strictness_finding_is_refused_with_its_request_id_and_commits_nothing(
+    tmp_path: Path,
+) -> None:
+    with served(tmp_path / "db.sqlite3") as server:
+        connection, _ = await open_device(server.url, 1)
+        refusals = []
+        for _, frame, _ in STRICT:
+            await connection.send(frame)
+            error = await reply(connection, "error")
+            refusals.append((error["code"], error["request_id"]))
+        await connection.send('{"type":"get","request_id":8,"key":"k"}')
+        value = await reply(connection, "value")
+        await connection.close()
+    assert refusals == [(code, 7) for _, _, code in STRICT]
+    assert value["server_revision"] == -1  # nothing was committed
+
+
+async def gets(connection: ClientConnection, count: int, answered: dict[str, int]) -> None:
+    """Send ``count`` gets at once, then count the answers by code until all came or it closed."""
+    for request_id in range(count):
+        await connection.send(json.dumps({"type": "get", "request_id": request_id, "key": "k"}))
+    with contextlib.suppress(ConnectionClosed):  # closed for going on past the rate
+        for _ in range(count):
+            message = json.loads(await connection.recv())
+            code = message.get("code", message["type"])
+            answered[code] = answered.get(code, 0) + 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)  # a guard against a hang, not a timing assertion
+async def test_one_address_gets_one_burst_and_100_connections_whatever_it_opens(
+    tmp_path: Path,
+) -> None:
+    with served(tmp_path / "db.sqlite3") as server:
+        answered: dict[str, int] = {}
+        began = time.perf_counter()
+        for n in range(15):  # each with its own burst of 200: 3,000 gets in all
+            connection, _ = await open_device(server.url, 100 + n, source="127.0.0.4")
+            await gets(connection, 200, answered)
+            await connection.close()
+        seconds = time.perf_counter() - began
+        crowd = [
+            (await open_device(server.url, 1_000 + n, source="127.0.0.5"))[0] for n in range(100)
+        ]
+        extra = await connect(server.url, local_addr=("127.0.0.5", 0), compression=None)
+        with pytest.raises(ConnectionClosed) as refused:
+            await extra.recv()
+        for connection in crowd:
+            await connection.close()
+    report("per address", seconds=seconds, **answered)
+    # A burst of 2,000 and 1,000 a second for the address (hellos included),
+    # never 15 fresh bursts of 200.
+    assert answered["value"] <= 2_000 + 1_000 * seconds
+    assert answered.get("rate_limited", 0) > 0
+    assert refused.value.rcvd is not None
+    too_many = (1013, "too many connections from this address")
+    assert (refused.value.rcvd.code, refused.value.rcvd.reason) == too_many
