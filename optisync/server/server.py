@@ -143,7 +143,7 @@ class Limits:
     address_messages_per_second: float = 1000.0
     address_burst: int = 2000
     address_replay_bytes_per_second: float = 8 * 1024 * 1024
-    address_replay_burst_bytes: int = 16 * 1024 * 1024
+    address_replay_burst_bytes: int = 4 * 1024 * 1024
     address_receive_bytes_per_second: float = 2 * 1024 * 1024
     address_receive_burst_bytes: int = 8 * 1024 * 1024
     send_buffer_bytes: int = 4 * 1024 * 1024

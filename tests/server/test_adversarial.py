@@ -287,7 +287,7 @@ async def test_repeated_replays_send_each_key_once_paced_and_the_honest_p99_hold
     replays: list[int] = seen["replays"]
     # Each key's newest value once (the honest device's key too), with its envelope.
     bound = (KEYS + 1) * (VALUE_BYTES + 200)
-    paced = 16 * 2**20 + 8 * 2**20 * seconds  # the address's burst and rate (Limits)
+    paced = 4 * 2**20 + 8 * 2**20 * seconds  # the address's burst and rate (Limits)
     report(
         "replay",
         hellos=seen["hellos"],
