@@ -41,7 +41,7 @@ async def open_device(
     if welcome["type"] != "welcome":
         await connection.close()
         raise ConnectionRefusedError(welcome)
-    replay = []
+    replay: list[str] = []
     while True:
         frame = str(await connection.recv())
         if json.loads(frame)["type"] == "ready":

@@ -138,7 +138,7 @@ async def open_device(
     await connection.send(json.dumps({"type": "hello", "device_id": device_id, "since": since}))
     welcome = json.loads(await connection.recv())
     assert welcome["type"] == "welcome", welcome
-    replay = []
+    replay: list[str] = []
     while True:
         frame = str(await connection.recv())
         if json.loads(frame)["type"] == "ready":
@@ -473,7 +473,7 @@ async def test_300_readers_that_never_read_their_replays_stay_within_the_send_bu
 # -- strictness and per-address limits, on the real process ---------------------------
 
 SET_7 = '{"type":"set","request_id":7,"key":%s,"value":%s,"local_revision":1}'
-STRICT = [
+STRICT: list[tuple[str, str | bytes, str]] = [
     # (what the probe had committed, the frame, its error code)
     ("a binary frame holding a valid set", (SET_7 % ('"k"', "1")).encode(), "bad_message"),
     ("an integer past 2**64", SET_7 % ('"k"', "18446744073709551617"), "bad_field"),
