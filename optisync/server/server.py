@@ -111,10 +111,10 @@ class Limits:
             0: no pacing.
         address_replay_burst_bytes: the replay bytes they may get at full speed.
         address_receive_bytes_per_second: the pace at which the server reads
-            what all connections of one remote address send, past the burst:
-            it waits before reading more, so a flood of large frames backs up
-            in the sender's socket instead of taking the server's time.
-            0: no pacing.
+            what all connections of one remote address send, past the burst,
+            each frame counted as at least 2 KiB: it waits before reading
+            more, so a flood backs up in the sender's socket instead of taking
+            the server's time. 0: no pacing.
         address_receive_burst_bytes: the bytes they may send at full speed.
         send_buffer_bytes: unsent data a connection may hold on the server;
             past it the connection is closed (code 1013) and replays on reconnect.
@@ -674,11 +674,13 @@ class SyncServer:
                 if peer.bad_frames >= self._limits.max_bad_frames:
                     logger.warning("%s closed: %s", peer.grant.name, _BAD_FRAMES)
                     self._forget(peer)
-                    await _close_discarding(peer.connection, _POLICY, _BAD_FRAMES)
+                    await _close_discarding(
+                        peer.connection, _POLICY, _BAD_FRAMES, address.received_bytes
+                    )
                     break
                 # Past the address's burst, read on only at its pace: unread
                 # frames back up in websockets' queue, then in the sender's socket.
-                await address.received_bytes.pace(len(frame))
+                await address.received_bytes.pace(_received_cost(frame))
         finally:
             replay.cancel()
 
@@ -912,8 +914,20 @@ def _push_as_sent(change: Change, device_id: int) -> Push:
     )
 
 
-async def _close_discarding(connection: ServerConnection, code: int, reason: str) -> None:
-    """Close, reading and dropping what the client sent meanwhile.
+def _received_cost(frame: str | bytes) -> int:
+    """What reading ``frame`` costs its address's receive budget, in bytes.
+
+    At least 2 KiB: parsing a frame costs the server whatever its size, so
+    past the burst an address's small frames too are read at most about
+    1,000 a second (the address's message rate: more would be refused anyway).
+    """
+    return max(len(frame), 2048)
+
+
+async def _close_discarding(
+    connection: ServerConnection, code: int, reason: str, pace: _TokenBucket
+) -> None:
+    """Close, reading and dropping what the client sent meanwhile, at its address's pace.
 
     A flooding client has frames in flight: unread, they fill the
     connection's receive queue, websockets stops reading the socket, and the
@@ -922,8 +936,8 @@ async def _close_discarding(connection: ServerConnection, code: int, reason: str
     """
     closing = asyncio.create_task(connection.close(code, reason))
     with contextlib.suppress(ConnectionClosed):
-        async for _ in connection:
-            pass
+        async for frame in connection:
+            await pace.pace(_received_cost(frame))
     await closing
 
 

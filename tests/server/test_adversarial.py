@@ -318,15 +318,23 @@ async def test_a_flood_of_bad_and_junk_frames_is_refused_closed_and_the_honest_p
     tmp_path: Path,
 ) -> None:
     with served(tmp_path / "db.sqlite3") as server:
+        began = time.perf_counter()
         async with Attackers.run("flood", server.url, 6) as attackers:
             idle, attacked, seconds = await idle_and_attacked(Honest(server.url), attackers)
             seen = await attackers.report()
+        wall = time.perf_counter() - began
     closes = {(code, reason): n for code, reason, n in seen["closes"]}
+    # Every frame of the attackers' address the server read and answered.
+    answered = sum(
+        n for code, n in seen["answers"].items() if code not in {"push", "refused hello"}
+    )
     report(
         "flood",
         frames=seen["frames"],
         mb_sent=seen["bytes"] / 2**20,
         attack_seconds=seconds,
+        wall_seconds=wall,
+        answered=answered,
         **{code.replace(" ", "_"): count for code, count in seen["answers"].items()},
         closed_1008=closes.get((1008, "too many bad messages in a row"), 0),
         idle_p99_ms=p99(idle) * 1000,
@@ -339,11 +347,14 @@ async def test_a_flood_of_bad_and_junk_frames_is_refused_closed_and_the_honest_p
     too_big = (1009, "frame with 1000000 bytes exceeds limit of 131072 bytes")
     assert set(closes) == {bad_frames, too_big}, closes
     assert max(seen["bad_answers_per_connection"]) <= BAD_FRAMES
-    assert seen["answers"].get("rate_limited", 0) > 0
+    # Read at the address's pace: each frame counts at least 2 KiB against a
+    # burst of 8 MiB and 2 MiB a second (Limits): 4,096 frames, then 1,024 a
+    # second. The flood waits in the attackers' sockets, unread, unanswered.
+    assert answered <= 4_096 + 1_024 * wall
     if p99(attacked) > 2 * p99(idle):
-        # Known, not yet fixed: the server's loop still reads every frame the
-        # reconnecting flooders send (about 300 MB in a second of attack), and
-        # the honest device's frames wait behind them (issue 18, item 4).
+        # Known, not yet fixed: websockets still reads what a connection closed
+        # for its frames sent meanwhile (1 MB junk frames, about 270 MB in a
+        # second of attack), and the honest device's frames wait behind it.
         pytest.xfail(f"honest p99 {p99(attacked) / p99(idle):.1f}x idle under the flood")
 
 
@@ -465,9 +476,11 @@ async def test_300_readers_that_never_read_their_replays_stay_within_the_send_bu
             reader.transport.abort()
     wanted_mb = 300 * KEYS * VALUE_BYTES / 2**20
     report("slow readers", idle_mb=idle, opened_mb=opened, peak_mb=peak, wanted_mb=wanted_mb)
-    # The connections' own state (websockets, asyncio) comes on top of the budget:
-    # about 25 KB each, measured by the storm (2,000 connections: +47 MB).
-    assert peak <= idle + budget_mb + 300 * 25 / 1024
+    # On top of the budget, per connection: its own state (websockets, asyncio;
+    # about 25 KB, measured by the storm: 2,000 connections, +47 MB), and what
+    # the budget does not count: the frame being written (60 KB) and what
+    # websockets' transport took of it (its write limit, 32 KiB).
+    assert peak <= idle + budget_mb + 300 * (25 + 60 + 32) / 1024
 
 
 # -- strictness and per-address limits, on the real process ---------------------------
