@@ -160,7 +160,8 @@ class Flood:
         await asyncio.wait({reading, sending, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
         sending.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+        # AttributeError: websockets may fail so when the server closed first.
+        with contextlib.suppress(asyncio.CancelledError, ConnectionClosed, AttributeError):
             await sending
         if attack.stop.is_set():  # unread frames would hold the close back: drop it
             connection.transport.abort()
