@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from optisync.server._memory import use_system_malloc
 from optisync.server.security import allow_anyone, require_token
 from optisync.server.server import SyncServer
 from optisync.server.storage import SqliteStorage, Storage, StorageUnavailableError
@@ -366,4 +367,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Small objects in glibc's heap, which the server trims after many closes.
+    use_system_malloc(sys.orig_argv[1:])
     sys.exit(main())

@@ -37,6 +37,7 @@ from websockets.protocol import State
 from websockets.typing import Origin
 
 from optisync.errors import OptisyncError
+from optisync.server._memory import MemoryReleaser
 from optisync.server.protocol import canonical_json
 from optisync.server.security import Authenticator, Grant, allow_anyone
 from optisync.server.storage import Change, Storage
@@ -92,13 +93,16 @@ class Limits:
 
     Attributes:
         max_message_bytes: a larger message gets a ``too_large`` error, unread.
-        max_frame_bytes: a larger frame closes the connection (code 1009).
+        max_frame_bytes: a larger frame closes the connection (code 1009),
+            refused by the length in its header, its payload never read. Twice
+            ``max_message_bytes`` by default: a message a little too large gets
+            its ``too_large`` error, a junk megabyte costs a header.
         messages_per_second: sustained messages a connection may send; more
             get ``rate_limited`` errors and change nothing.
         burst: how many messages above the rate a connection may send at once.
         max_bad_frames: a connection that sends this many messages in a row
             the server cannot read (malformed, too large, binary, a second
-            hello) is closed (code 1008).
+            hello) or does not read (rate limited) is closed (code 1008).
         max_connections_per_address: open connections one remote address may
             hold; more are closed at once (code 1013). Behind a reverse proxy
             every client has the proxy's address: raise it there.
@@ -106,6 +110,18 @@ class Limits:
             connections of one remote address may send together; a new
             connection does not bring a fresh burst.
         address_burst: how many messages above that rate they may send at once.
+        address_replay_bytes_per_second: the pace of the replays of all
+            connections of one remote address together: past the burst, a
+            replay waits before each frame, so that reconnecting in a loop
+            costs the server this many bytes a second, not what it can send.
+            0: no pacing.
+        address_replay_burst_bytes: the replay bytes they may get at full speed.
+        address_receive_bytes_per_second: the pace at which the server reads
+            what all connections of one remote address send, past the burst,
+            each frame counted as at least 2 KiB: it waits before reading
+            more, so a flood backs up in the sender's socket instead of taking
+            the server's time. 0: no pacing.
+        address_receive_burst_bytes: the bytes they may send at full speed.
         send_buffer_bytes: unsent data a connection may hold on the server;
             past it the connection is closed (code 1013) and replays on reconnect.
         total_send_buffer_bytes: unsent data all connections together may
@@ -125,13 +141,17 @@ class Limits:
     """
 
     max_message_bytes: int = 64 * 1024
-    max_frame_bytes: int = 1024 * 1024
+    max_frame_bytes: int = 128 * 1024
     messages_per_second: float = 100.0
     burst: int = 200
     max_bad_frames: int = 20
     max_connections_per_address: int = 100
     address_messages_per_second: float = 1000.0
     address_burst: int = 2000
+    address_replay_bytes_per_second: float = 8 * 1024 * 1024
+    address_replay_burst_bytes: int = 4 * 1024 * 1024
+    address_receive_bytes_per_second: float = 2 * 1024 * 1024
+    address_receive_burst_bytes: int = 8 * 1024 * 1024
     send_buffer_bytes: int = 4 * 1024 * 1024
     total_send_buffer_bytes: int = 256 * 1024 * 1024
     replay_page: int = 500
@@ -165,6 +185,15 @@ class _TokenBucket:
             return 0.0
         return missing / self._rate if self._rate > 0 else None
 
+    async def pace(self, amount: int) -> None:
+        """Spend ``amount`` tokens, into debt if need be, and wait until it is repaid."""
+        if self._rate <= 0:
+            return
+        self._refill()
+        self._tokens -= amount
+        if self._tokens < 0:
+            await asyncio.sleep(-self._tokens / self._rate)
+
 
 class _Address:
     """One remote address: its open connections and the message budget they share.
@@ -176,6 +205,21 @@ class _Address:
     def __init__(self, limits: Limits) -> None:
         self.connections = 0
         self.bucket = _TokenBucket(limits.address_messages_per_second, limits.address_burst)
+        self.replay_bytes = _TokenBucket(
+            limits.address_replay_bytes_per_second, limits.address_replay_burst_bytes
+        )
+        self.received_bytes = _TokenBucket(
+            limits.address_receive_bytes_per_second, limits.address_receive_burst_bytes
+        )
+
+    def seconds_until_full(self) -> float | None:
+        """How long until both buckets are full again (None: never)."""
+        waits = [
+            self.bucket.seconds_until_full(),
+            self.replay_bytes.seconds_until_full(),
+            self.received_bytes.seconds_until_full(),
+        ]
+        return max((w for w in waits if w is not None), default=None)
 
 
 class _Budget:
@@ -405,6 +449,10 @@ class SyncServer:
         self._admitted: dict[int, Grant] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._budget = _SendBudget(self._limits.total_send_buffer_bytes, self._cut_soon)
+        self._memory = MemoryReleaser()  # gives memory back after a burst of closes
+        # One replay page read at a time: a commit waits behind one at most, not
+        # behind every replay in progress (the storage serves calls in order).
+        self._replay_reads = asyncio.Lock()
         storage.on_commit = self._publish
 
     @property
@@ -470,6 +518,7 @@ class SyncServer:
             ...     await server.close()
             >>> asyncio.run(main())
         """
+        self._memory.cancel()
         await self._storage.close()
 
     def serve_options(self) -> dict[str, Any]:
@@ -534,10 +583,12 @@ class SyncServer:
             await connection.close(_TRY_LATER, _TOO_MANY_CONNECTIONS)
             return
         address.connections += 1
+        self._memory.opened()
         try:
             await self._serve_connection(connection, address)
         finally:
             address.connections -= 1
+            self._memory.closed()
             self._schedule_prune(host, address)
 
     async def _serve_connection(self, connection: ServerConnection, address: _Address) -> None:
@@ -546,7 +597,7 @@ class SyncServer:
             return
         writer = asyncio.create_task(peer.write_forever())
         try:
-            await self._serve_peer(peer, writer, address.bucket)
+            await self._serve_peer(peer, writer, address)
         except (ConnectionClosed, _SendQueueFullError):
             pass
         finally:
@@ -561,7 +612,7 @@ class SyncServer:
         """Forget an address without connections once its bucket is full again."""
         if address.connections > 0:
             return
-        delay = address.bucket.seconds_until_full()
+        delay = address.seconds_until_full()
         if delay is not None:
             asyncio.get_running_loop().call_later(delay, self._prune, host)
 
@@ -569,7 +620,7 @@ class SyncServer:
         address = self._addresses.get(host)
         if address is None or address.connections > 0:
             return
-        if address.bucket.seconds_until_full() == 0.0:
+        if address.seconds_until_full() == 0.0:
             del self._addresses[host]
 
     def _forget(self, peer: _Peer) -> None:
@@ -690,14 +741,12 @@ class SyncServer:
             return True
         return entry_digest(_push_as_sent(page[0], hello.device_id)) != hello.digest
 
-    async def _serve_peer(
-        self, peer: _Peer, writer: asyncio.Task[None], shared: _TokenBucket
-    ) -> None:
-        replay = asyncio.create_task(self._replay(peer))
+    async def _serve_peer(self, peer: _Peer, writer: asyncio.Task[None], address: _Address) -> None:
+        replay = asyncio.create_task(self._replay(peer, address.replay_bytes))
         self._tasks.add(replay)
         replay.add_done_callback(self._tasks.discard)
         own = _TokenBucket(self._limits.messages_per_second, self._limits.burst)
-        budget = _Budget(own, shared)
+        budget = _Budget(own, address.bucket)
         try:
             async for frame in peer.connection:
                 if writer.done():
@@ -709,8 +758,13 @@ class SyncServer:
                 if peer.bad_frames >= self._limits.max_bad_frames:
                     logger.warning("%s closed: %s", peer.grant.name, _BAD_FRAMES)
                     self._forget(peer)
-                    await peer.connection.close(_POLICY, _BAD_FRAMES)
+                    await _close_discarding(
+                        peer.connection, _POLICY, _BAD_FRAMES, address.received_bytes
+                    )
                     break
+                # Past the address's burst, read on only at its pace: unread
+                # frames back up in websockets' queue, then in the sender's socket.
+                await address.received_bytes.pace(_received_cost(frame))
         finally:
             replay.cancel()
 
@@ -764,6 +818,9 @@ class SyncServer:
     async def _answer(self, peer: _Peer, frame: str | bytes, budget: _Budget) -> Any:
         # The token first: a frame the server cannot read costs what a valid one does.
         if not budget.take():
+            # Unread, so a bad frame too: a client that goes on sending past the
+            # rate once told is closed (max_bad_frames), not answered forever.
+            peer.bad_frames += 1
             return Error(_leading_request_id(frame), _RATE_LIMITED, "too many messages per second")
         message = self._decode(frame)
         if isinstance(message, Error | Hello):
@@ -843,19 +900,23 @@ class SyncServer:
 
     # -- replay and pushes ---------------------------------------------------------
 
-    async def _replay(self, peer: _Peer) -> None:
+    async def _replay(self, peer: _Peer, pace: _TokenBucket) -> None:
         # Last write wins: each key changed since the cursor once, at its newest
         # change, so a replay costs what the keys hold, not the whole log. Its
         # last change is the head, so the device's cursor ends there. put()
         # waits while the send queue is half full: the replay never holds
-        # more than send_buffer_bytes of a connection's memory.
+        # more than send_buffer_bytes of a connection's memory. ``pace`` spreads
+        # the replays of one address over time past their burst.
         page_size = self._limits.replay_page
         try:
             while True:
-                page = await self._storage.latest_after(peer.cursor, page_size)
+                async with self._replay_reads:
+                    page = await self._storage.latest_after(peer.cursor, page_size)
                 for change in page:
                     if peer.grant.can_read(change.key):
-                        await peer.put(self._push_frame(peer, change))
+                        frame = self._push_frame(peer, change)
+                        await pace.pace(len(frame))
+                        await peer.put(frame)
                     peer.cursor = change.server_revision
                 if len(page) == page_size:
                     continue
@@ -935,6 +996,33 @@ def _push_as_sent(change: Change, device_id: int) -> Push:
         local_revision=change.local_revision if mine else 0,
         device_id=change.device_id if mine else 0,
     )
+
+
+def _received_cost(frame: str | bytes) -> int:
+    """What reading ``frame`` costs its address's receive budget, in bytes.
+
+    At least 2 KiB: parsing a frame costs the server whatever its size, so
+    past the burst an address's small frames too are read at most about
+    1,000 a second (the address's message rate: more would be refused anyway).
+    """
+    return max(len(frame), 2048)
+
+
+async def _close_discarding(
+    connection: ServerConnection, code: int, reason: str, pace: _TokenBucket
+) -> None:
+    """Close, reading and dropping what the client sent meanwhile, at its address's pace.
+
+    A flooding client has frames in flight: unread, they fill the
+    connection's receive queue, websockets stops reading the socket, and the
+    client's close frame behind them is seen only at the close timeout (10
+    s, each such connection holding its queue all along).
+    """
+    closing = asyncio.create_task(connection.close(code, reason))
+    with contextlib.suppress(ConnectionClosed):
+        async for frame in connection:
+            await pace.pace(_received_cost(frame))
+    await closing
 
 
 def _host_of(connection: ServerConnection) -> str:

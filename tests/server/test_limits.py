@@ -98,7 +98,8 @@ async def test_a_message_over_the_size_limit_is_refused_before_it_is_parsed(
 
     device = await connect_device(1)
     monkeypatch.setattr(optisync.server.server, "decode_client", counting_decode)
-    value = "[" + ",".join(['{"a": [1, 2, 3]}'] * 40_000) + "]"  # 680 KB of valid JSON
+    # 102 KB of valid JSON: over the message limit, under the frame limit (128 KiB).
+    value = "[" + ",".join(['{"a": [1, 2, 3]}'] * 6_000) + "]"
     await device.send(f'{{"type": "set", "request_id": 6, "key": "k", "value": {value}}}')
     assert await answers(device, 1) == [("too_large", 6)]
     assert decoded == []
