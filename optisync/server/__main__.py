@@ -322,7 +322,11 @@ async def _serve(arguments: argparse.Namespace, token: str | None) -> None:
             log.warning(
                 "no $%s (--insecure): anyone who reaches %s may connect", TOKEN_VARIABLE, url
             )
-        log.info("listening on %s", url)
+        log.info(
+            "listening on %s (allocator: PYTHONMALLOC=%s)",
+            url,
+            os.environ.get("PYTHONMALLOC", "pymalloc"),
+        )
         # The line a supervisor (or a test) waits for; stdout is written once.
         print(url, flush=True)
         await stop.wait()
