@@ -224,10 +224,14 @@ def _change(row: tuple[int, str, bytes, int, int]) -> Change:
 
 
 class SqliteStorage(OpenedByAsyncWith):
-    """A :class:`Storage` in one SQLite file: WAL, ``synchronous=FULL``, one writer thread.
+    """A :class:`Storage` in one SQLite file: WAL, ``synchronous=FULL``, a writer and a reader thread.
 
-    Every call runs in the storage's own thread, so the event loop never waits
-    on the disk. ``synchronous=FULL`` makes a commit durable (fsynced) before
+    Commits run in the storage's writer thread and reads (replays, gets,
+    identity checks) in its reader thread, each with a connection of its own,
+    so the event loop never waits on the disk and a read never waits behind a
+    commit (WAL lets it read the last committed state meanwhile; a
+    ``:memory:`` database, which one connection alone sees, reads in the
+    writer thread). ``synchronous=FULL`` makes a commit durable (fsynced) before
     :meth:`commit` returns, so a server that acks after it never loses an
     acked write to a crash or a power cut.
 
@@ -258,6 +262,9 @@ class SqliteStorage(OpenedByAsyncWith):
         self._path = str(path)
         self._executor: ThreadPoolExecutor | None = None
         self._connection: sqlite3.Connection | None = None
+        # Reads on a thread and connection of their own (not for ":memory:").
+        self._reader: ThreadPoolExecutor | None = None
+        self._reading: sqlite3.Connection | None = None
         self._generation = ""
         self._group = GroupCommit(self._commit_batch, max_batch)
 
@@ -277,10 +284,23 @@ class SqliteStorage(OpenedByAsyncWith):
         return self._generation
 
     async def _run(self, call: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``call`` on the writer's thread and connection."""
         if self._executor is None or self._connection is None:
             raise NotOpenError("the storage is not open: await open() first")
         connection = self._connection
         return await asyncio.get_running_loop().run_in_executor(self._executor, call, connection)
+
+    async def _read(self, call: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run a read on the reader's thread and connection: it never waits behind commits.
+
+        WAL lets it read the last committed state while a commit is written. A
+        ``:memory:`` database has one connection only: its reads take the
+        writer's thread.
+        """
+        if self._reader is None or self._reading is None:
+            return await self._run(call)
+        reading = self._reading
+        return await asyncio.get_running_loop().run_in_executor(self._reader, call, reading)
 
     async def open(self) -> None:
         """Open (or create) the database file and its tables.
@@ -300,6 +320,14 @@ class SqliteStorage(OpenedByAsyncWith):
         loop = asyncio.get_running_loop()
         self._connection = await loop.run_in_executor(self._executor, self._connect)
         self._generation = await self._run(_read_or_create_generation)
+        if self._path != ":memory:":
+            self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="optisync-read")
+            self._reading = await loop.run_in_executor(self._reader, self._connect_reader)
+
+    def _connect_reader(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        connection.execute("PRAGMA query_only=ON")
+        return connection
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: BEGIN/COMMIT are ours; the thread is the only user.
@@ -327,6 +355,11 @@ class SqliteStorage(OpenedByAsyncWith):
             >>> asyncio.run(main())
         """
         await self._group.drain()  # the writes already handed over are committed first
+        reader, self._reader = self._reader, None
+        reading, self._reading = self._reading, None
+        if reader is not None and reading is not None:
+            await asyncio.get_running_loop().run_in_executor(reader, reading.close)
+            reader.shutdown(wait=True)
         executor, self._executor = self._executor, None
         connection, self._connection = self._connection, None
         if executor is None or connection is None:
@@ -400,7 +433,7 @@ class SqliteStorage(OpenedByAsyncWith):
             ).fetchone()
             return None if row is None else _change(row)
 
-        return await self._run(select)
+        return await self._read(select)
 
     async def changes_after(self, revision: int, limit: int) -> list[Change]:
         """Up to ``limit`` changes above ``revision``, oldest first: one page of a replay.
@@ -426,7 +459,7 @@ class SqliteStorage(OpenedByAsyncWith):
             ).fetchall()
             return [_change(row) for row in rows]
 
-        return await self._run(select)
+        return await self._read(select)
 
     async def latest_after(self, revision: int, limit: int) -> list[Change]:
         """Up to ``limit`` keys' newest changes above ``revision``, oldest first.
@@ -448,7 +481,7 @@ class SqliteStorage(OpenedByAsyncWith):
             rows = connection.execute(_LATEST_AFTER, (revision, limit)).fetchall()
             return [_change(row) for row in rows]
 
-        return await self._run(select)
+        return await self._read(select)
 
     async def head(self) -> int:
         """The newest revision, 0 before the first write.
@@ -467,7 +500,7 @@ class SqliteStorage(OpenedByAsyncWith):
             row = connection.execute("SELECT max(revision) FROM optisync_changes").fetchone()
             return 0 if row[0] is None else int(row[0])
 
-        return await self._run(select)
+        return await self._read(select)
 
     async def claim_device(self, device_id: int, secret_digest: bytes | None) -> bool:
         """Bind ``device_id`` to ``secret_digest`` at its first claim; check it later.
@@ -511,6 +544,11 @@ class SqliteStorage(OpenedByAsyncWith):
                 raise
             return device_proven(None if row is None else bytes(row[0]), secret_digest)
 
+        # A binding never changes: once read, it is final, and a hello (however
+        # many reconnect) costs a read on the reader's thread, not the writer's.
+        kept = await self._read(functools.partial(_kept_digest, device_id=device_id))
+        if kept is not None or secret_digest is None:
+            return device_proven(kept, secret_digest)
         return await self._run(claim)
 
 
@@ -612,6 +650,13 @@ def _as_failure(error: BaseException) -> BaseException:
     if isinstance(error, asyncio.CancelledError):
         return StorageUnavailableError("the storage was stopped before the write was committed")
     return error
+
+
+def _kept_digest(connection: sqlite3.Connection, *, device_id: int) -> bytes | None:
+    row = connection.execute(
+        "SELECT secret_digest FROM optisync_devices WHERE device_id = ?", (device_id,)
+    ).fetchone()
+    return None if row is None else bytes(row[0])
 
 
 def device_proven(kept: bytes | None, given: bytes | None) -> bool:

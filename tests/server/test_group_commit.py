@@ -220,3 +220,30 @@ async def test_a_server_killed_mid_batch_loses_no_acknowledged_write(tmp_path: P
     lost = [(k, v, r) for k, v, r in acks.writes if stored.get(r) != (k, v)]
     assert len(acks.writes) >= 900
     assert lost == []
+
+
+async def test_reads_do_not_wait_behind_a_commit_in_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    write_batch = storage_module._write_batch
+    gate, entered = threading.Event(), threading.Event()
+
+    def held(connection: sqlite3.Connection, *, batch: list[Any]) -> Any:
+        entered.set()
+        gate.wait(10)  # the commit is held until the reads are done
+        return write_batch(connection, batch=batch)
+
+    async with SqliteStorage(tmp_path / "db.sqlite3") as storage:
+        await storage.commit("a", b"1", local_revision=1, device_id=1)
+        monkeypatch.setattr(storage_module, "_write_batch", held)
+        writing = asyncio.ensure_future(storage.commit("b", b"2", local_revision=1, device_id=1))
+        await asyncio.to_thread(entered.wait, 10)
+        # The writer's thread is busy: these run on the reader's, and see the last commit.
+        assert await storage.head() == 1
+        assert (await storage.read("a")) is not None
+        assert [c.key for c in await storage.latest_after(0, 10)] == ["a"]
+        assert await storage.claim_device(5, None)
+        gate.set()
+        assert (await writing).server_revision == 2
