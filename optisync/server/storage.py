@@ -224,7 +224,7 @@ def _change(row: tuple[int, str, bytes, int, int]) -> Change:
 
 
 class SqliteStorage(OpenedByAsyncWith):
-    """A :class:`Storage` in one SQLite file: WAL, ``synchronous=FULL``, a writer and a reader thread.
+    """A :class:`Storage` in one SQLite file: WAL, ``synchronous=FULL``, a writer and a reader.
 
     Commits run in the storage's writer thread and reads (replays, gets,
     identity checks) in its reader thread, each with a connection of its own,
