@@ -127,8 +127,9 @@ class Page:
         return message
 
 
-@pytest.fixture
-def page() -> Iterator[Page]:
+@contextlib.contextmanager
+def open_tab() -> Iterator[Page]:
+    """A tab of a new headless Chromium (a fresh profile), closed with the browser on exit."""
     chromium = _chromium()
     assert chromium is not None
     # Chromium's helper processes may still write to the profile for a moment
@@ -154,7 +155,6 @@ def page() -> Iterator[Page]:
                     socket, 2, "Target.attachToTarget", targetId=target["targetId"], flatten=True
                 )
                 tab = Page(socket, attached["sessionId"])
-                tab.call("Network.enable")
                 tab.call("Page.enable")
                 yield tab
         finally:
@@ -163,6 +163,13 @@ def page() -> Iterator[Page]:
             browser.wait(timeout=30)
             if browser.stderr is not None:
                 browser.stderr.close()
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    with open_tab() as tab:
+        tab.call("Network.enable")
+        yield tab
 
 
 def _command(socket: Any, command_id: int, method: str, **params: Any) -> dict[str, Any]:

@@ -162,15 +162,9 @@ async def write_many(connection: ClientConnection, device: int, writes: int) -> 
 
 async def commit_load(url: str, pid: int, writes: int) -> tuple[float, float]:
     """(commits/s, CPU seconds of the server per commit) with WRITERS writers."""
-    base = int(time.time_ns() % 10**9) * 100  # fresh device ids each round
-    devices = [await open_device(url, base + n) for n in range(1, WRITERS + 1)]
-    cpu, started = cpu_seconds(pid), time.perf_counter()
-    await asyncio.gather(*(write_many(d, base + n, writes) for n, d in enumerate(devices, 1)))
-    elapsed, used = time.perf_counter() - started, cpu_seconds(pid) - cpu
-    for device in devices:
-        await device.close()
-    commits = WRITERS * writes
-    return commits / elapsed, used / commits
+    cpu = cpu_seconds(pid)
+    rate = await spread_load([url], writes)
+    return rate, (cpu_seconds(pid) - cpu) / (WRITERS * writes)
 
 
 async def fan_out(url: str, devices: int, writes: int = 20) -> tuple[float, float]:
@@ -205,7 +199,7 @@ async def arrival(listener: ClientConnection, value: int, sent: float) -> float:
 
 async def spread_load(urls: list[str], writes: int) -> float:
     """commits/s of WRITERS writers spread over the servers at ``urls`` (round robin)."""
-    base = int(time.time_ns() % 10**9) * 100
+    base = int(time.time_ns() % 10**9) * 100  # fresh device ids each round
     devices = [await open_device(urls[n % len(urls)], base + n) for n in range(1, WRITERS + 1)]
     started = time.perf_counter()
     await asyncio.gather(*(write_many(d, base + n, writes) for n, d in enumerate(devices, 1)))

@@ -23,14 +23,13 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_docs_browser import CHROMIUM_FLAGS, Page, _chromium, _command, _load, websockets_sync
+from test_docs_browser import Page, _chromium, _load, open_tab
 
 pytest.importorskip("nicegui", reason="nicegui missing (the nicegui extra)")
 
@@ -122,49 +121,15 @@ class Device:
 
 @pytest.fixture
 def browser() -> Iterator[Page]:
-    chromium = _chromium()
-    assert chromium is not None
-    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
-        process = subprocess.Popen(
-            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
+    with open_tab() as page:
+        page.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=480,
+            height=300,
+            deviceScaleFactor=1,
+            mobile=False,
         )
-        try:
-            assert process.stderr is not None
-            endpoint = next(
-                (line.split()[-1] for line in process.stderr if "DevTools listening on" in line),
-                None,
-            )
-            assert endpoint is not None, "Chromium printed no DevTools address"
-            with websockets_sync.connect(endpoint, max_size=None) as connection:
-                target = _command(connection, 1, "Target.createTarget", url="about:blank")
-                attached = _command(
-                    connection,
-                    2,
-                    "Target.attachToTarget",
-                    targetId=target["targetId"],
-                    flatten=True,
-                )
-                page = Page(connection, attached["sessionId"])
-                page.call("Page.enable")
-                page.call(
-                    "Emulation.setDeviceMetricsOverride",
-                    width=480,
-                    height=300,
-                    deviceScaleFactor=1,
-                    mobile=False,
-                )
-                yield page
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=TIMEOUT_SECONDS)
-            if process.stderr is not None:
-                process.stderr.close()
+        yield page
 
 
 def _evaluate(page: Page, expression: str) -> Any:
