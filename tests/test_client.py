@@ -189,8 +189,13 @@ async def test_after_a_drop_the_client_reconnects_and_replays_what_it_missed(
         proxy.down()  # every connection through it dropped
         proxy.up()
         await status.wait_for(2)  # offline
+        liked = asyncio.Event()
+        watcher.subscribe(lambda state: liked.set() if state.get("like") else None)
         await toggle(writer, writing)
-        await status.wait_for(3)  # online again, its replay done
+        await status.wait_for(3)  # online again
+        # In its replay, or pushed right after it: its reads do not wait for the
+        # commit, which may land while the replay is under way.
+        await asyncio.wait_for(liked.wait(), 10)
         assert status.changes == [True, False, True]
         assert watcher.state == {"like": True}
         assert watching.cursor == 1
