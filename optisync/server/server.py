@@ -36,7 +36,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 from websockets.typing import Origin
 
-from optisync.errors import OptisyncError
+from optisync.errors import InvalidArgumentError, OptisyncError
 from optisync.server._memory import MemoryReleaser
 from optisync.server.protocol import canonical_json
 from optisync.server.security import Authenticator, Grant, allow_anyone
@@ -79,6 +79,8 @@ _LEADING_REQUEST_ID: Final = re.compile(
     r'\A\s*\{\s*(?:"type"\s*:\s*"[a-z]{1,16}"\s*,\s*)?"request_id"\s*:\s*(0|[1-9][0-9]{0,15})\s*[,}]'
 )
 _HEAD: Final = 128
+# What a Storage has gained since the first release: checked when a server is made.
+_STORAGE_METHODS: Final = ("commit", "read", "latest_after", "head", "claim_device")
 # A frame is written at once, not queued, while the connection's transport holds
 # less unsent data than this (websockets' own write limit).
 _WRITE_AT_ONCE_BELOW: Final = 32 * 1024
@@ -408,6 +410,10 @@ class SyncServer:
             per commit (about a fifth, measured on loopback) than it saves
             bytes; turn it on for large, compressible values over slow links.
 
+    Raises:
+        InvalidArgumentError: ``storage`` lacks a method a server needs (one
+            written for an earlier optisync: ``latest_after``, ``claim_device``).
+
     Device ids are proven: the first hello carrying a device secret binds its
     id to that secret, durably in the storage, and a later hello for the id
     with another secret, or none, is refused with ``device_unproven``. So a
@@ -438,6 +444,12 @@ class SyncServer:
         require_device_secret: bool = False,
         compression: bool = False,
     ) -> None:
+        missing = [name for name in _STORAGE_METHODS if not callable(getattr(storage, name, None))]
+        if missing:
+            raise InvalidArgumentError(
+                f"{type(storage).__name__} lacks {', '.join(missing)}: a Storage written for an "
+                "earlier optisync needs them (docs/server.md, 'Your own storage')"
+            )
         self._storage = storage
         self._authenticate = authenticate
         self._limits = limits or Limits()

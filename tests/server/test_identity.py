@@ -23,6 +23,7 @@ from websockets.asyncio.client import connect
 from examples.live.network import Link
 from optisync import Store
 from optisync.client import ServerRefusedError, SyncClient
+from optisync.errors import InvalidArgumentError
 from optisync.fields import SyncedMapWithPush
 from optisync.outbox import Backoff, Outbox
 from optisync.persistence import JsonCodec, Persistence, open_sqlite
@@ -192,3 +193,11 @@ def test_the_command_line_can_require_device_secrets(tmp_path: Path) -> None:
     with server_process("--database", database, "--require-device-secret") as (_, url):
         refused = asyncio.run(hello(url, 5))
     assert refused["code"] == "device_unproven"
+
+
+def test_a_storage_written_before_device_secrets_is_refused_with_what_it_lacks() -> None:
+    class OldStorage(SqliteStorage):
+        claim_device = None  # type: ignore[assignment]
+
+    with pytest.raises(InvalidArgumentError, match="OldStorage lacks claim_device"):
+        SyncServer(OldStorage(":memory:"))
