@@ -169,24 +169,7 @@ async def commit_load(url: str, pid: int, writes: int) -> tuple[float, float]:
 
 async def fan_out(url: str, devices: int, writes: int = 20) -> tuple[float, float]:
     """p50, p99 in ms from a write's send to each device's receipt of its push."""
-    base = int(time.time_ns() % 10**9) * 10_000
-    writer = await open_device(url, base)
-    listeners: list[ClientConnection] = []
-    for first in range(0, devices, 100):  # connect in batches: no handshake storm
-        batch = range(first, min(first + 100, devices))
-        listeners += await asyncio.gather(*(open_device(url, base + 1 + n) for n in batch))
-    latencies: list[float] = []
-    for n in range(1, writes + 1):
-        sent = time.perf_counter()
-        request = {"type": "set", "request_id": n, "key": "fan", "value": n, "local_revision": n}
-        await writer.send(json.dumps(request))
-        latencies += await asyncio.gather(*(arrival(one, n, sent) for one in listeners))
-        while json.loads(await writer.recv())["type"] != "ack":
-            pass
-    for connection in [*listeners, writer]:
-        await connection.close()
-    quantiles = statistics.quantiles(latencies, n=100)
-    return quantiles[49] * 1000, quantiles[98] * 1000
+    return await spread_fan_out([url], devices, writes)
 
 
 async def arrival(listener: ClientConnection, value: int, sent: float) -> float:
@@ -213,7 +196,12 @@ async def spread_fan_out(urls: list[str], devices: int, writes: int = 20) -> tup
     """p50, p99 in ms: a writer on the first server, ``devices`` listeners spread over all."""
     base = int(time.time_ns() % 10**9) * 10_000
     writer = await open_device(urls[0], base)
-    listeners = [await open_device(urls[n % len(urls)], base + 1 + n) for n in range(devices)]
+    listeners: list[ClientConnection] = []
+    for first in range(0, devices, 100):  # connect in batches: no handshake storm
+        batch = range(first, min(first + 100, devices))
+        listeners += await asyncio.gather(
+            *(open_device(urls[n % len(urls)], base + 1 + n) for n in batch)
+        )
     latencies: list[float] = []
     for n in range(1, writes + 1):
         sent = time.perf_counter()
