@@ -98,6 +98,10 @@ CREATE TABLE IF NOT EXISTS optisync_devices (
 _SCHEMA_LOCK: Final = 0x0951_7C
 _COLUMNS: Final = "c.revision, c.key, c.value, c.local_revision, c.device_id"
 _PAGE: Final = 500
+_CHANGES_AFTER: Final = (
+    f"SELECT {_COLUMNS} FROM optisync_changes AS c "
+    "WHERE c.revision > %s ORDER BY c.revision LIMIT %s"
+)
 # What each connection calls itself in pg_stat_activity.
 _COMMITS: Final = "optisync-commits"
 _READS: Final = "optisync-reads"
@@ -353,7 +357,8 @@ class PostgresStorage(OpenedByAsyncWith):
             self._remember_backend(db.info.backend_pid)
             async with db.pipeline(), db.transaction():
                 head = await db.execute("SELECT revision FROM optisync_head FOR UPDATE")
-                missed = await db.execute(_MISSED, (since, _PAGE))
+                # What other processes committed since this one's last handed change.
+                missed = await db.execute(_CHANGES_AFTER, (since, _PAGE))
                 written = [await db.execute(_WRITE, _parameters(write)) for write in batch]
                 await db.execute(_NOTIFY, (self._channel,))
             before = await head.fetchone()
@@ -391,11 +396,7 @@ class PostgresStorage(OpenedByAsyncWith):
             >>> PostgresStorage("dbname=app").changes_after  # doctest: +ELLIPSIS
             <bound method PostgresStorage.changes_after of <...>>
         """
-        rows = await self._query(
-            f"SELECT {_COLUMNS} FROM optisync_changes AS c "
-            "WHERE c.revision > %s ORDER BY c.revision LIMIT %s",
-            (revision, limit),
-        )
+        rows = await self._query(_CHANGES_AFTER, (revision, limit))
         return [_change(row) for row in rows]  # type: ignore[arg-type]
 
     async def latest_after(self, revision: int, limit: int) -> list[Change]:
@@ -553,11 +554,6 @@ SELECT {_COLUMNS}, false
 FROM prior JOIN optisync_changes AS c ON c.revision = prior.revision
 WHERE prior.local_revision >= %(local_revision)s
 """
-# Right after the lock: what other processes committed since this one's last.
-_MISSED: Final = (
-    f"SELECT {_COLUMNS} FROM optisync_changes AS c WHERE c.revision > %s "
-    "ORDER BY c.revision LIMIT %s"
-)
 # Once per batch, after its writes: the head is the batch's last revision.
 _NOTIFY: Final = "SELECT pg_notify(%s, (SELECT revision FROM optisync_head)::text)"
 

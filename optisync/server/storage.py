@@ -529,10 +529,8 @@ class SqliteStorage(OpenedByAsyncWith):
         def claim(connection: sqlite3.Connection) -> bool:
             connection.execute("BEGIN IMMEDIATE")  # the check and the insert, one writer at a time
             try:
-                row = connection.execute(
-                    "SELECT secret_digest FROM optisync_devices WHERE device_id = ?", (device_id,)
-                ).fetchone()
-                if row is None and secret_digest is not None:
+                kept = _kept_digest(connection, device_id=device_id)
+                if kept is None and secret_digest is not None:
                     connection.execute(
                         "INSERT INTO optisync_devices (device_id, secret_digest) VALUES (?, ?)",
                         (device_id, secret_digest),
@@ -542,7 +540,7 @@ class SqliteStorage(OpenedByAsyncWith):
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
                 raise
-            return device_proven(None if row is None else bytes(row[0]), secret_digest)
+            return device_proven(kept, secret_digest)
 
         # A binding never changes: once read, it is final, and a hello (however
         # many reconnect) costs a read on the reader's thread, not the writer's.
