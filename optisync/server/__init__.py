@@ -17,14 +17,25 @@ Example:
     True
 """
 
-from optisync.server.security import Authenticator, Grant, allow_anyone, require_token
+from optisync.server.security import (
+    Authenticator,
+    AuthRefusedError,
+    Grant,
+    Handshake,
+    HandshakeAuthenticator,
+    allow_anyone,
+    require_token,
+)
 from optisync.server.server import Limits, SyncServer
 from optisync.server.storage import Change, SqliteStorage, Storage, StorageUnavailableError
 
 __all__ = [
+    "AuthRefusedError",
     "Authenticator",
     "Change",
     "Grant",
+    "Handshake",
+    "HandshakeAuthenticator",
     "Limits",
     "SqliteStorage",
     "Storage",

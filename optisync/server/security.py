@@ -2,7 +2,10 @@
 
 An :data:`Authenticator` receives the device's :class:`~optisync.server.protocol.Hello`
 (its token and device id) and returns a :class:`Grant`, or None to refuse
-the connection.
+the connection. A :class:`HandshakeAuthenticator` receives the HTTP
+:class:`Handshake` too (headers, cookies, query): what a web app's own login
+puts there, a session cookie or a bearer token. Either may raise
+:class:`AuthRefusedError` to say why it refuses.
 
 Example:
     >>> import asyncio
@@ -18,15 +21,23 @@ Example:
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
-from typing import TypeAlias
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol, TypeAlias, runtime_checkable
 
 import attrs
 
-from optisync.errors import InvalidArgumentError
+from optisync.errors import InvalidArgumentError, OptisyncError
 from optisync.wire import Hello
 
-__all__ = ["Authenticator", "Grant", "allow_anyone", "require_token"]
+__all__ = [
+    "AuthRefusedError",
+    "Authenticator",
+    "Grant",
+    "Handshake",
+    "HandshakeAuthenticator",
+    "allow_anyone",
+    "require_token",
+]
 
 
 def _everything(key: str) -> bool:
@@ -42,6 +53,10 @@ class Grant:
         can_read: whether the connection may read ``key`` (its pushes, replay
             and ``get``); keys it may not read are never sent to it.
         can_write: whether the connection may ``set`` ``key``.
+        expires_at: when the credentials behind the grant expire (Unix time,
+            seconds), or None for never. The server closes the connection at
+            that moment (``token_expired``) unless the device has sent fresh
+            credentials that were admitted again meanwhile.
 
     Example:
         >>> from optisync.server import Grant
@@ -53,6 +68,101 @@ class Grant:
     name: str
     can_read: Callable[[str], bool] = _everything
     can_write: Callable[[str], bool] = _everything
+    expires_at: float | None = None
+
+
+def _lowercase_keys(headers: Mapping[str, str]) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers.items()}
+
+
+@attrs.frozen
+class Handshake:
+    """The HTTP request that opened a WebSocket connection, as an authenticator sees it.
+
+    Attributes:
+        headers: the request's headers, names in lower case (a repeated
+            header's values joined with ``", "``).
+        query: the URL's query parameters (the last value of a repeated one).
+        cookies: the cookies the ``Cookie`` header carries.
+        path: the URL's path, e.g. ``"/sync"``.
+        host: the remote address ("" when unknown, e.g. a Unix socket).
+
+    Example:
+        >>> from optisync.server import Handshake
+        >>> handshake = Handshake(headers={"Authorization": "Bearer abc"}, query={"v": "1"})
+        >>> handshake.headers["authorization"], handshake.bearer_token()
+        ('Bearer abc', 'abc')
+    """
+
+    headers: Mapping[str, str] = attrs.field(factory=dict, converter=_lowercase_keys)
+    query: Mapping[str, str] = attrs.field(factory=dict)
+    cookies: Mapping[str, str] = attrs.field(factory=dict)
+    path: str = "/"
+    host: str = ""
+
+    def bearer_token(self) -> str | None:
+        """The token of an ``Authorization: Bearer <token>`` header, or None.
+
+        Example:
+            >>> from optisync.server import Handshake
+            >>> Handshake(headers={"authorization": "Basic eDp5"}).bearer_token() is None
+            True
+        """
+        scheme, _, token = self.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        return token.strip()
+
+
+class AuthRefusedError(OptisyncError, PermissionError):
+    """Raised by an authenticator to refuse a connection and say why.
+
+    The device gets an ``error`` with ``code`` (``"unauthorized"``, or
+    ``"token_expired"`` for credentials past their expiry) and the message,
+    then the connection is closed (code 1008, the code as its reason).
+    Returning None from an authenticator is the same as
+    ``AuthRefusedError("the token was refused")``.
+
+    Example:
+        >>> from optisync.server import AuthRefusedError
+        >>> error = AuthRefusedError("the token has expired", code="token_expired")
+        >>> error.code, str(error), isinstance(error, PermissionError)
+        ('token_expired', 'the token has expired', True)
+    """
+
+    def __init__(self, message: str, *, code: str = "unauthorized") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@runtime_checkable
+class HandshakeAuthenticator(Protocol):
+    """An authenticator that sees the connection's :class:`Handshake` as well as its hello.
+
+    Pass one as ``SyncServer(authenticate=...)`` in place of an
+    :data:`Authenticator`: the server calls :meth:`authenticate` with the
+    hello and the HTTP request that opened the connection, and again with
+    the same handshake and the new token when a device refreshes its
+    credentials on an open connection.
+
+    Example:
+        >>> import asyncio
+        >>> from optisync.server import Grant, Handshake, HandshakeAuthenticator
+        >>> from optisync.wire import Hello
+        >>> class SessionCookie:
+        ...     async def authenticate(self, hello: Hello, handshake: Handshake) -> Grant | None:
+        ...         return Grant("alice") if handshake.cookies.get("session") == "s1" else None
+        >>> auth = SessionCookie()
+        >>> isinstance(auth, HandshakeAuthenticator)
+        True
+        >>> hello, handshake = Hello(device_id=1, since=0), Handshake(cookies={"session": "s1"})
+        >>> asyncio.run(auth.authenticate(hello, handshake)).name
+        'alice'
+    """
+
+    async def authenticate(self, hello: Hello, handshake: Handshake) -> Grant | None:
+        """The grant for this connection, or None (or :class:`AuthRefusedError`) to refuse it."""
+        ...
 
 
 Authenticator: TypeAlias = Callable[[Hello], Awaitable[Grant | None]]
