@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -83,13 +84,71 @@ def database(tmp_path: Path) -> Path:
     return tmp_path / "server.sqlite3"
 
 
-@pytest.fixture
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "standalone_only(reason): runs on the standalone server only (the asgi variant skips)",
+    )
+
+
+@pytest.fixture(params=["standalone", "asgi"])
 async def server(
-    database: Path, limits: Limits, authenticate: Authenticator
+    request: pytest.FixtureRequest, database: Path, limits: Limits, authenticate: Authenticator
 ) -> AsyncIterator[tuple[SyncServer, str]]:
+    """A server on loopback and its URL: the standalone one, or mounted in a Starlette app.
+
+    Every test that uses it runs on both, but those marked ``standalone_only``.
+    """
     sync_server = SyncServer(SqliteStorage(database), limits=limits, authenticate=authenticate)
-    async with sync_server.run(port=0) as url:
+    if request.param == "standalone":
+        async with sync_server.run(port=0) as url:
+            yield sync_server, url
+        return
+    marker = request.node.get_closest_marker("standalone_only")
+    if marker is not None:
+        pytest.skip(f"standalone only: {marker.kwargs['reason']}")
+    async with asgi_server(sync_server) as url:
         yield sync_server, url
+
+
+@contextlib.asynccontextmanager
+async def asgi_server(sync_server: SyncServer, path: str = "/sync") -> AsyncIterator[str]:
+    """``sync_server`` mounted at ``path`` in a Starlette app under uvicorn; yields its URL.
+
+    Started and stopped through uvicorn's ``Server.startup`` and a shutdown
+    that waits for the connections' tasks (no polling): ``startup`` returns
+    once the app's lifespan ran and the socket listens.
+    """
+    pytest.importorskip("starlette", reason="the asgi extra is not installed")
+    uvicorn = pytest.importorskip("uvicorn", reason="uvicorn (the test extra) is not installed")
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+
+    from optisync.server.asgi import SyncEndpoint
+
+    endpoint = SyncEndpoint(sync_server)
+    app = Starlette(routes=[WebSocketRoute(path, endpoint)], lifespan=endpoint.lifespan)
+    # Deflate off, as the standalone server's default; no frame limit of uvicorn's
+    # own below 16 MiB: the endpoint's max_frame_bytes check is what is tested.
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, lifespan="on", log_level="warning",
+        ws_per_message_deflate=False,
+    )  # fmt: skip
+    config.load()
+    served = uvicorn.Server(config)
+    served.lifespan = config.lifespan_class(config)
+    await served.startup()
+    try:
+        port = served.servers[0].sockets[0].getsockname()[1]
+        yield f"ws://127.0.0.1:{port}{path}"
+    finally:
+        for listener in served.servers:
+            listener.close()
+        for connection in list(served.server_state.connections):
+            connection.shutdown()
+        if served.server_state.tasks:
+            await asyncio.wait(list(served.server_state.tasks), timeout=10)
+        await served.lifespan.shutdown()
 
 
 @pytest.fixture
