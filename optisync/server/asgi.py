@@ -41,9 +41,10 @@ class SyncEndpoint:
     """An ASGI app that serves a :class:`~optisync.server.SyncServer` over WebSocket.
 
     Mount it where the app wants sync: ``WebSocketRoute("/sync", endpoint)``
-    or ``Mount("/sync", endpoint)`` in Starlette, ``app.add_websocket_route(
-    "/sync", endpoint)`` or ``app.mount("/sync", endpoint)`` in FastAPI, or
-    call :meth:`serve` from the app's own WebSocket route. Pass
+    or ``Mount("/sync", endpoint)`` in Starlette;
+    ``app.add_api_websocket_route("/sync", endpoint.serve)`` or
+    ``app.mount("/sync", endpoint)`` in FastAPI; or call :meth:`serve` from
+    the app's own WebSocket route. Pass
     :meth:`lifespan` as the app's ``lifespan=`` (or enter it in the app's
     own): it opens the storage at startup and closes it at shutdown. Run as
     the whole ASGI app, it handles the lifespan protocol itself.
@@ -64,7 +65,7 @@ class SyncEndpoint:
         >>> from optisync.server.asgi import SyncEndpoint
         >>> endpoint = SyncEndpoint(SyncServer(SqliteStorage(":memory:")))
         >>> app = FastAPI(lifespan=endpoint.lifespan)
-        >>> app.add_websocket_route("/sync", endpoint)
+        >>> app.add_api_websocket_route("/sync", endpoint.serve)
     """
 
     def __init__(self, server: SyncServer) -> None:

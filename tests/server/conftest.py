@@ -91,36 +91,48 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-@pytest.fixture(params=["standalone", "asgi"])
-async def server(
-    request: pytest.FixtureRequest, database: Path, limits: Limits, authenticate: Authenticator
-) -> AsyncIterator[tuple[SyncServer, str]]:
-    """A server on loopback and its URL: the standalone one, or mounted in a Starlette app.
+TRANSPORTS = ["standalone", "asgi"]
 
-    Every test that uses it runs on both, but those marked ``standalone_only``.
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    """What serves the test's server: websockets' own (``standalone``), or uvicorn (``asgi``).
+
+    A test marked ``standalone_only(reason=...)`` skips its asgi variant.
     """
-    sync_server = SyncServer(SqliteStorage(database), limits=limits, authenticate=authenticate)
-    if request.param == "standalone":
-        async with sync_server.run(port=0) as url:
-            yield sync_server, url
-        return
     marker = request.node.get_closest_marker("standalone_only")
-    if marker is not None:
+    if request.param == "asgi" and marker is not None:
         pytest.skip(f"standalone only: {marker.kwargs['reason']}")
-    async with asgi_server(sync_server) as url:
+    return str(request.param)
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    sync_server: SyncServer, transport: str, path: str = "/sync"
+) -> AsyncIterator[str]:
+    """``sync_server`` served by ``transport`` on loopback; yields its URL."""
+    if transport == "standalone":
+        async with sync_server.run(port=0) as url:
+            yield url
+    else:
+        async with asgi_server(sync_server, path) as url:
+            yield url
+
+
+@pytest.fixture
+async def server(
+    transport: str, database: Path, limits: Limits, authenticate: Authenticator
+) -> AsyncIterator[tuple[SyncServer, str]]:
+    """A server on loopback and its URL, on each transport (the ``transport`` fixture)."""
+    sync_server = SyncServer(SqliteStorage(database), limits=limits, authenticate=authenticate)
+    async with serving(sync_server, transport) as url:
         yield sync_server, url
 
 
 @contextlib.asynccontextmanager
 async def asgi_server(sync_server: SyncServer, path: str = "/sync") -> AsyncIterator[str]:
-    """``sync_server`` mounted at ``path`` in a Starlette app under uvicorn; yields its URL.
-
-    Started and stopped through uvicorn's ``Server.startup`` and a shutdown
-    that waits for the connections' tasks (no polling): ``startup`` returns
-    once the app's lifespan ran and the socket listens.
-    """
+    """``sync_server`` mounted at ``path`` in a Starlette app under uvicorn; yields its URL."""
     pytest.importorskip("starlette", reason="the asgi extra is not installed")
-    uvicorn = pytest.importorskip("uvicorn", reason="uvicorn (the test extra) is not installed")
     from starlette.applications import Starlette
     from starlette.routing import WebSocketRoute
 
@@ -128,8 +140,21 @@ async def asgi_server(sync_server: SyncServer, path: str = "/sync") -> AsyncIter
 
     endpoint = SyncEndpoint(sync_server)
     app = Starlette(routes=[WebSocketRoute(path, endpoint)], lifespan=endpoint.lifespan)
-    # Deflate off, as the standalone server's default; no frame limit of uvicorn's
-    # own below 16 MiB: the endpoint's max_frame_bytes check is what is tested.
+    async with uvicorn_serving(app) as port:
+        yield f"ws://127.0.0.1:{port}{path}"
+
+
+@contextlib.asynccontextmanager
+async def uvicorn_serving(app: Any) -> AsyncIterator[int]:
+    """The ASGI ``app`` under uvicorn on 127.0.0.1, its lifespan run; yields its port.
+
+    Started and stopped through uvicorn's ``Server.startup`` and a shutdown
+    that waits for the connections' tasks (no polling): ``startup`` returns
+    once the app's lifespan ran and the socket listens.
+    """
+    uvicorn = pytest.importorskip("uvicorn", reason="uvicorn (the test extra) is not installed")
+    # Deflate off, as the standalone server's default; uvicorn's own frame limit
+    # left at 16 MiB: the endpoint's max_frame_bytes check is what is tested.
     config = uvicorn.Config(
         app, host="127.0.0.1", port=0, lifespan="on", log_level="warning",
         ws_per_message_deflate=False,
@@ -139,8 +164,7 @@ async def asgi_server(sync_server: SyncServer, path: str = "/sync") -> AsyncIter
     served.lifespan = config.lifespan_class(config)
     await served.startup()
     try:
-        port = served.servers[0].sockets[0].getsockname()[1]
-        yield f"ws://127.0.0.1:{port}{path}"
+        yield served.servers[0].sockets[0].getsockname()[1]
     finally:
         for listener in served.servers:
             listener.close()
