@@ -116,11 +116,18 @@ class SyncEndpoint:
         An HTTP request gets 426 (Upgrade Required).
 
         Example:
-            >>> from starlette.testclient import TestClient
+            >>> import asyncio
             >>> from optisync.server import SqliteStorage, SyncServer
             >>> from optisync.server.asgi import SyncEndpoint
             >>> endpoint = SyncEndpoint(SyncServer(SqliteStorage(":memory:")))
-            >>> TestClient(endpoint).get("/").status_code
+            >>> sent = []
+            >>> async def receive() -> dict[str, object]:
+            ...     return {"type": "http.request", "body": b""}
+            >>> async def send(message: dict[str, object]) -> None:
+            ...     sent.append(message)
+            >>> request = {"type": "http", "method": "GET", "headers": []}
+            >>> asyncio.run(endpoint(request, receive, send))
+            >>> sent[0]["status"]
             426
         """
         if scope["type"] == "websocket":

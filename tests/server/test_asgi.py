@@ -24,7 +24,7 @@ from optisync.server import (
     SyncServer,
 )
 from optisync.wire import Hello
-from tests.server.conftest import Connect, serving, uvicorn_serving
+from tests.server.conftest import serving, uvicorn_serving
 
 pytest.importorskip("starlette", reason="the asgi extra is not installed")
 fastapi = pytest.importorskip("fastapi", reason="fastapi (the test extra) is not installed")
@@ -50,13 +50,17 @@ RECORDING = Recording()
 
 @pytest.mark.parametrize("authenticate", [RECORDING])
 async def test_a_handshake_authenticator_sees_the_request_headers_cookies_and_query(
-    url: str, connect_device: Connect
+    server: tuple[SyncServer, str],
 ) -> None:
+    sync_server, url = server
     RECORDING.seen.clear()
     headers = {"Authorization": "Bearer tok", "Cookie": "session=s1; theme=dark"}
     async with connect(f"{url}?room=7&room=8", additional_headers=headers) as connection:
         await connection.send(json.dumps(HELLO))
         assert json.loads(await connection.recv())["type"] == "welcome"
+        # The connection keeps its handshake and the grant it was admitted with.
+        peer = sync_server._peers[1]
+        assert (peer.handshake, peer.grant.name) == (RECORDING.seen[0], "alice")
     [seen] = RECORDING.seen
     assert seen.bearer_token() == "tok"
     assert seen.cookies == {"session": "s1", "theme": "dark"}
