@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Final, Protocol
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
@@ -84,7 +84,10 @@ class WebsocketsConnection:
             self.handshake = Handshake(host=self.host)
         else:
             path, _, query = request.path.partition("?")
-            self.handshake = handshake_of(request.headers.raw_items(), path, query, self.host)
+            # Percent-decoded, as an ASGI scope's path is.
+            self.handshake = handshake_of(
+                request.headers.raw_items(), unquote(path), query, self.host
+            )
 
     async def receive(self) -> str | bytes:
         try:
