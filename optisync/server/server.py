@@ -31,15 +31,21 @@ from typing import Any, Final
 
 import attrs
 import msgspec
-from websockets.asyncio.server import ServerConnection, broadcast, serve
-from websockets.exceptions import ConnectionClosed
-from websockets.protocol import State
+from websockets.asyncio.server import ServerConnection, serve
 from websockets.typing import Origin
 
 from optisync.errors import InvalidArgumentError, OptisyncError
+from optisync.server._connection import Connection, ConnectionGoneError, WebsocketsConnection
 from optisync.server._memory import MemoryReleaser
 from optisync.server.protocol import canonical_json
-from optisync.server.security import Authenticator, Grant, allow_anyone
+from optisync.server.security import (
+    Authenticator,
+    AuthRefusedError,
+    Grant,
+    Handshake,
+    HandshakeAuthenticator,
+    allow_anyone,
+)
 from optisync.server.storage import Change, Storage
 from optisync.wire import (
     MAX_SAFE_INT,
@@ -81,9 +87,6 @@ _LEADING_REQUEST_ID: Final = re.compile(
 _HEAD: Final = 128
 # What a Storage has gained since the first release: checked when a server is made.
 _STORAGE_METHODS: Final = ("commit", "read", "latest_after", "head", "claim_device")
-# A frame is written at once, not queued, while the connection's transport holds
-# less unsent data than this (websockets' own write limit).
-_WRITE_AT_ONCE_BELOW: Final = 32 * 1024
 
 
 @attrs.frozen
@@ -294,7 +297,7 @@ class _Peer:
 
     def __init__(
         self,
-        connection: ServerConnection,
+        connection: Connection,
         hello: Hello,
         grant: Grant,
         limits: Limits,
@@ -303,7 +306,8 @@ class _Peer:
         self.connection = connection
         self.cut = False
         self.device_id = hello.device_id
-        self.grant = grant
+        self.grant = grant  # the grant the connection was admitted with
+        self.handshake: Handshake = connection.handshake
         self.cursor = 0  # the newest revision queued for this device
         self.bad_frames = 0  # messages in a row the server could not read
         # Live changes that arrive during the replay wait here (None: replay done).
@@ -334,8 +338,7 @@ class _Peer:
         size = len(frame)
         if self._dropped or self._queued + size > self._limit:
             return False
-        if self._queued == 0 and self._budget.fits(size) and self._keeps_up():
-            broadcast((self.connection,), frame, text=True)
+        if self._queued == 0 and self._budget.fits(size) and self.connection.write_now(frame):
             return True
         if not self._budget.reserve(self, size):
             return False
@@ -344,20 +347,6 @@ class _Peer:
             self._space.clear()
         self._queue.put_nowait(frame)
         return True
-
-    def _keeps_up(self) -> bool:
-        """Whether the connection is open and its transport holds little unsent data.
-
-        Then a frame written now goes out behind at most that little, like one
-        in flight: the bytes not counted in the budget stay within
-        ``_WRITE_AT_ONCE_BELOW`` and a frame per connection.
-        """
-        transport = self.connection.transport
-        return (
-            self.connection.state is State.OPEN
-            and transport is not None
-            and transport.get_write_buffer_size() < _WRITE_AT_ONCE_BELOW
-        )
 
     async def put(self, frame: bytes) -> None:
         """Queue a frame, waiting while the queue is half full (replay back-pressure)."""
@@ -370,7 +359,7 @@ class _Peer:
             frame = await self._queue.get()
             self._in_flight = len(frame)
             try:
-                await self.connection.send(frame, text=True)
+                await self.connection.send(frame)
             finally:
                 self._in_flight = 0
                 self._release(len(frame))
@@ -397,7 +386,10 @@ class SyncServer:
     Args:
         storage: where changes live; the server opens and closes it.
         authenticate: checks each hello (default :func:`allow_anyone`: only
-            for a server nobody else can reach).
+            for a server nobody else can reach): an :data:`Authenticator`, or
+            a :class:`HandshakeAuthenticator`, which sees the HTTP request too.
+            Either may raise :class:`AuthRefusedError`: the device gets its
+            code and message, and the connection is closed (1008).
         limits: per-connection bounds.
         allowed_origins: the ``Origin`` headers accepted; ``None`` in it admits
             clients that send none (not browsers). The default admits no web page.
@@ -421,7 +413,8 @@ class SyncServer:
 
     Run it with :meth:`run`, or embed :meth:`handler` in your own
     ``websockets.asyncio.server.serve`` after :meth:`open`, passing it
-    :meth:`serve_options`.
+    :meth:`serve_options`, or mount it in a Starlette or FastAPI app with
+    :class:`optisync.server.asgi.SyncEndpoint`.
 
     Example:
         >>> import asyncio
@@ -438,7 +431,7 @@ class SyncServer:
         self,
         storage: Storage,
         *,
-        authenticate: Authenticator = allow_anyone,
+        authenticate: Authenticator | HandshakeAuthenticator = allow_anyone,
         limits: Limits | None = None,
         allowed_origins: Sequence[str | None] = (None,),
         require_device_secret: bool = False,
@@ -588,7 +581,24 @@ class SyncServer:
             ...     await server.close()
             >>> asyncio.run(main())
         """
-        host = _host_of(connection)
+        await self.serve_connection(WebsocketsConnection(connection))
+
+    async def serve_connection(self, connection: Connection) -> None:
+        """Serve one accepted connection of any transport until it closes.
+
+        The seam between the server and what carries its frames: :meth:`handler`
+        passes websockets' connections here, and
+        :class:`optisync.server.asgi.SyncEndpoint` those of an ASGI server.
+        ``connection`` (internal, ``optisync.server._connection.Connection``)
+        receives and sends frames, closes, and tells the remote host and the
+        HTTP request that opened it.
+
+        Example:
+            >>> from optisync.server import SqliteStorage, SyncServer
+            >>> from optisync.server.asgi import SyncEndpoint
+            >>> endpoint = SyncEndpoint(SyncServer(SqliteStorage(":memory:")))  # calls it
+        """
+        host = connection.host
         address = self._addresses.setdefault(host, _Address(self._limits))
         if address.connections >= self._limits.max_connections_per_address:
             logger.info("refused a connection from %s: %s", host, _TOO_MANY_CONNECTIONS)
@@ -603,19 +613,19 @@ class SyncServer:
             self._memory.closed()
             self._schedule_prune(host, address)
 
-    async def _serve_connection(self, connection: ServerConnection, address: _Address) -> None:
+    async def _serve_connection(self, connection: Connection, address: _Address) -> None:
         peer = await self._admit(connection, address.bucket)
         if peer is None:
             return
         writer = asyncio.create_task(peer.write_forever())
         try:
             await self._serve_peer(peer, writer, address)
-        except (ConnectionClosed, _SendQueueFullError):
+        except (ConnectionGoneError, _SendQueueFullError):
             pass
         finally:
             self._forget(peer)
             writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+            with contextlib.suppress(asyncio.CancelledError, ConnectionGoneError):
                 await writer
             peer.drop()
             logger.info("%s disconnected", peer.grant.name)
@@ -639,23 +649,27 @@ class SyncServer:
         if self._peers.get(peer.device_id) is peer:
             del self._peers[peer.device_id]
 
-    async def _admit(self, connection: ServerConnection, shared: _TokenBucket) -> _Peer | None:
+    async def _admit(self, connection: Connection, shared: _TokenBucket) -> _Peer | None:
         try:
             async with asyncio.timeout(self._limits.hello_timeout):
-                frame = await connection.recv()
-        except (TimeoutError, ConnectionClosed):
+                frame = await connection.receive()
+        except (TimeoutError, ConnectionGoneError):
             await connection.close(_POLICY, "no hello")
             return None
         if not shared.take():
             # A hello starts a replay: it spends the address's budget, unread.
             logger.info("refused a connection: %s", _RATE_LIMITED)
             refused = Error(None, _RATE_LIMITED, "too many messages per second from this address")
-            with contextlib.suppress(ConnectionClosed):
-                await connection.send(encode(refused), text=True)
+            with contextlib.suppress(ConnectionGoneError):
+                await connection.send(encode(refused))
                 await connection.close(_TRY_LATER, _RATE_LIMITED)
             return None
         hello = self._decode(frame)
-        refusal = hello if isinstance(hello, Error) else await self._check_hello(hello)
+        refusal = (
+            hello
+            if isinstance(hello, Error)
+            else await self._check_hello(hello, connection.handshake)
+        )
         if refusal is None:
             assert isinstance(hello, Hello)
             grant = self._admitted[hello.device_id]
@@ -672,21 +686,21 @@ class SyncServer:
                 return None
             return peer
         logger.info("refused a connection: %s", refusal.code)
-        with contextlib.suppress(ConnectionClosed):
-            await connection.send(encode(refusal), text=True)
+        with contextlib.suppress(ConnectionGoneError):
+            await connection.send(encode(refusal))
             # The database could not check the device: like a failed welcome, retry later.
             code = _TRY_LATER if refusal.code == "unavailable" else _POLICY
             await connection.close(code, refusal.code)
         return None
 
-    async def _check_hello(self, hello: ClientMessage) -> Error | None:
+    async def _check_hello(self, hello: ClientMessage, handshake: Handshake) -> Error | None:
         if not isinstance(hello, Hello):
             return Error(hello.request_id, "bad_message", "the first message must be a hello")
         if hello.protocol != PROTOCOL_VERSION:
             return Error(None, "bad_version", f"this server speaks protocol {PROTOCOL_VERSION}")
-        grant = await self._authenticate(hello)
-        if grant is None:
-            return Error(None, "unauthorized", "the token was refused")
+        grant = await self._grant_for(hello, handshake)
+        if isinstance(grant, Error):
+            return grant
         # Checked after the await: no other hello can slip in between.
         if hello.device_id in self._peers or hello.device_id in self._admitted:
             return Error(None, "device_in_use", "another connection holds this device id")
@@ -695,6 +709,20 @@ class SyncServer:
         if refusal is not None:
             del self._admitted[hello.device_id]
         return refusal
+
+    async def _grant_for(self, hello: Hello, handshake: Handshake) -> Grant | Error:
+        """The grant for ``hello``, or the refusal the authenticator gave (None: unauthorized)."""
+        authenticate = self._authenticate
+        try:
+            if isinstance(authenticate, HandshakeAuthenticator):
+                grant = await authenticate.authenticate(hello, handshake)
+            else:
+                grant = await authenticate(hello)
+        except AuthRefusedError as refused:
+            return Error(None, refused.code, str(refused))
+        if grant is None:
+            return Error(None, "unauthorized", "the token was refused")
+        return grant
 
     async def _check_identity(self, hello: Hello) -> Error | None:
         """Refuse a hello that claims a device id it cannot prove (``device_unproven``).
@@ -760,7 +788,8 @@ class SyncServer:
         own = _TokenBucket(self._limits.messages_per_second, self._limits.burst)
         budget = _Budget(own, address.bucket)
         try:
-            async for frame in peer.connection:
+            while True:
+                frame = await peer.connection.receive()
                 if writer.done():
                     break
                 reply = await self._answer(peer, frame, budget)
@@ -942,7 +971,7 @@ class SyncServer:
                 if not peer.offer(encode(Ready(peer.cursor))):
                     await self._cut(peer, _QUEUE_FULL)
                 return
-        except (_SendQueueFullError, ConnectionClosed):
+        except (_SendQueueFullError, ConnectionGoneError):
             await self._cut(peer, _QUEUE_FULL)
         except Exception:
             # The device reconnects and replays from its cursor.
@@ -1021,7 +1050,7 @@ def _received_cost(frame: str | bytes) -> int:
 
 
 async def _close_discarding(
-    connection: ServerConnection, code: int, reason: str, pace: _TokenBucket
+    connection: Connection, code: int, reason: str, pace: _TokenBucket
 ) -> None:
     """Close, reading and dropping what the client sent meanwhile, at its address's pace.
 
@@ -1031,13 +1060,8 @@ async def _close_discarding(
     s, each such connection holding its queue all along).
     """
     closing = asyncio.create_task(connection.close(code, reason))
-    with contextlib.suppress(ConnectionClosed):
-        async for frame in connection:
+    with contextlib.suppress(ConnectionGoneError):
+        while True:
+            frame = await connection.receive()
             await pace.pace(_received_cost(frame))
     await closing
-
-
-def _host_of(connection: ServerConnection) -> str:
-    """The remote host of a connection ("" when the transport has none, a Unix socket)."""
-    remote = connection.remote_address
-    return str(remote[0]) if isinstance(remote, tuple) and remote else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -83,13 +84,95 @@ def database(tmp_path: Path) -> Path:
     return tmp_path / "server.sqlite3"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "standalone_only(reason): runs on the standalone server only (the asgi variant skips)",
+    )
+
+
+TRANSPORTS = ["standalone", "asgi"]
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    """What serves the test's server: websockets' own (``standalone``), or uvicorn (``asgi``).
+
+    A test marked ``standalone_only(reason=...)`` skips its asgi variant.
+    """
+    marker = request.node.get_closest_marker("standalone_only")
+    if request.param == "asgi" and marker is not None:
+        pytest.skip(f"standalone only: {marker.kwargs['reason']}")
+    return str(request.param)
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    sync_server: SyncServer, transport: str, path: str = "/sync"
+) -> AsyncIterator[str]:
+    """``sync_server`` served by ``transport`` on loopback; yields its URL."""
+    if transport == "standalone":
+        async with sync_server.run(port=0) as url:
+            yield url
+    else:
+        async with asgi_server(sync_server, path) as url:
+            yield url
+
+
 @pytest.fixture
 async def server(
-    database: Path, limits: Limits, authenticate: Authenticator
+    transport: str, database: Path, limits: Limits, authenticate: Authenticator
 ) -> AsyncIterator[tuple[SyncServer, str]]:
+    """A server on loopback and its URL, on each transport (the ``transport`` fixture)."""
     sync_server = SyncServer(SqliteStorage(database), limits=limits, authenticate=authenticate)
-    async with sync_server.run(port=0) as url:
+    async with serving(sync_server, transport) as url:
         yield sync_server, url
+
+
+@contextlib.asynccontextmanager
+async def asgi_server(sync_server: SyncServer, path: str = "/sync") -> AsyncIterator[str]:
+    """``sync_server`` mounted at ``path`` in a Starlette app under uvicorn; yields its URL."""
+    pytest.importorskip("starlette", reason="the asgi extra is not installed")
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+
+    from optisync.server.asgi import SyncEndpoint
+
+    endpoint = SyncEndpoint(sync_server)
+    app = Starlette(routes=[WebSocketRoute(path, endpoint)], lifespan=endpoint.lifespan)
+    async with uvicorn_serving(app) as port:
+        yield f"ws://127.0.0.1:{port}{path}"
+
+
+@contextlib.asynccontextmanager
+async def uvicorn_serving(app: Any) -> AsyncIterator[int]:
+    """The ASGI ``app`` under uvicorn on 127.0.0.1, its lifespan run; yields its port.
+
+    Started and stopped through uvicorn's ``Server.startup`` and a shutdown
+    that waits for the connections' tasks (no polling): ``startup`` returns
+    once the app's lifespan ran and the socket listens.
+    """
+    uvicorn = pytest.importorskip("uvicorn", reason="uvicorn (the test extra) is not installed")
+    # Deflate off, as the standalone server's default; uvicorn's own frame limit
+    # left at 16 MiB: the endpoint's max_frame_bytes check is what is tested.
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, lifespan="on", log_level="warning",
+        ws_per_message_deflate=False,
+    )  # fmt: skip
+    config.load()
+    served = uvicorn.Server(config)
+    served.lifespan = config.lifespan_class(config)
+    await served.startup()
+    try:
+        yield served.servers[0].sockets[0].getsockname()[1]
+    finally:
+        for listener in served.servers:
+            listener.close()
+        for connection in list(served.server_state.connections):
+            connection.shutdown()
+        if served.server_state.tasks:
+            await asyncio.wait(list(served.server_state.tasks), timeout=10)
+        await served.lifespan.shutdown()
 
 
 @pytest.fixture

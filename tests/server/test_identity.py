@@ -29,7 +29,7 @@ from optisync.outbox import Backoff, Outbox
 from optisync.persistence import JsonCodec, Persistence, open_sqlite
 from optisync.server import SqliteStorage, SyncServer
 from optisync.transport import wire_key
-from tests.server.conftest import server_process
+from tests.server.conftest import server_process, serving
 
 TOKEN = "shared-by-every-device"
 Counts = dict[str, Any]
@@ -133,8 +133,10 @@ async def test_a_forged_hello_is_refused_and_a_forged_write_ends_converged(
     assert (database_value(database, "color"), database_value(database, "size")) == ("FORGED", 3)
 
 
-async def test_a_restarted_device_proves_its_id_with_the_secret_it_saved(tmp_path: Path) -> None:
-    async with SyncServer(SqliteStorage(tmp_path / "server.sqlite3")).run(port=0) as url:
+async def test_a_restarted_device_proves_its_id_with_the_secret_it_saved(
+    tmp_path: Path, transport: str
+) -> None:
+    async with serving(SyncServer(SqliteStorage(tmp_path / "server.sqlite3")), transport) as url:
         for tap in (1, 2, 3):  # three runs of one device, from its file
             async with persisted_phone(tmp_path / "a.sqlite3", url) as a:
                 a.phone.counts.set("taps", tap)
@@ -143,9 +145,9 @@ async def test_a_restarted_device_proves_its_id_with_the_secret_it_saved(tmp_pat
 
 
 async def test_a_client_claiming_a_bound_id_with_another_secret_is_refused_for_good(
-    tmp_path: Path,
+    tmp_path: Path, transport: str
 ) -> None:
-    async with SyncServer(SqliteStorage(tmp_path / "server.sqlite3")).run(port=0) as url:
+    async with serving(SyncServer(SqliteStorage(tmp_path / "server.sqlite3")), transport) as url:
         async with persisted_phone(tmp_path / "a.sqlite3", url) as a:
             await a.client.wait_online()
             device_id = a.phone.device_id
@@ -158,9 +160,9 @@ async def test_a_client_claiming_a_bound_id_with_another_secret_is_refused_for_g
 
 
 async def test_an_older_client_without_a_secret_may_use_only_an_unbound_id(
-    tmp_path: Path,
+    tmp_path: Path, transport: str
 ) -> None:
-    async with SyncServer(SqliteStorage(tmp_path / "server.sqlite3")).run(port=0) as url:
+    async with serving(SyncServer(SqliteStorage(tmp_path / "server.sqlite3")), transport) as url:
         assert (await hello(url, 5))["type"] == "welcome"  # nothing is bound to 5
         mine = secrets.token_urlsafe(32)
         assert (await hello(url, 5, device_secret=mine))["type"] == "welcome"  # binds 5
@@ -169,10 +171,10 @@ async def test_an_older_client_without_a_secret_may_use_only_an_unbound_id(
 
 
 async def test_a_server_that_requires_secrets_refuses_a_hello_without_one(
-    tmp_path: Path,
+    tmp_path: Path, transport: str
 ) -> None:
     server = SyncServer(SqliteStorage(tmp_path / "server.sqlite3"), require_device_secret=True)
-    async with server.run(port=0) as url:
+    async with serving(server, transport) as url:
         refused = await hello(url, 5)
         assert (refused["type"], refused["code"]) == ("error", "device_unproven")
         assert "requires a device secret" in refused["message"]
@@ -180,8 +182,8 @@ async def test_a_server_that_requires_secrets_refuses_a_hello_without_one(
 
 
 @pytest.mark.parametrize("secret", ["short", "x" * 129, "has spaces in it!!", 12345678901234567])
-async def test_a_malformed_secret_is_refused_as_a_bad_field(tmp_path: Path, secret: Any) -> None:
-    async with SyncServer(SqliteStorage(":memory:")).run(port=0) as url:
+async def test_a_malformed_secret_is_refused_as_a_bad_field(transport: str, secret: Any) -> None:
+    async with serving(SyncServer(SqliteStorage(":memory:")), transport) as url:
         refused = await hello(url, 5, device_secret=secret)
         assert (refused["type"], refused["code"]) == ("error", "bad_field")
 

@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import msgspec
 import pytest
@@ -29,7 +30,7 @@ from optisync.persistence import JsonCodec, Persistence, open_sqlite
 from optisync.server import SqliteStorage, Storage, SyncServer
 from optisync.transport import SyncRequest, wire_key
 from optisync.wire import Push, entry_digest
-from tests.server.conftest import Connect, open_raw_device
+from tests.server.conftest import Connect, open_raw_device, serving
 
 Counts = dict[str, int]
 KEYS = [f"k{n}" for n in range(15)]
@@ -60,8 +61,9 @@ def restore(copy: Path, database: Path) -> None:
 class Deployment:
     """One database file, served by one server at a time behind a link a device uses."""
 
-    def __init__(self, database: Path) -> None:
+    def __init__(self, database: Path, transport: str = "standalone") -> None:
         self.database = database
+        self.transport = transport
         self.port = 0
         self.url = ""
         self.server: SyncServer | None = None
@@ -75,8 +77,12 @@ class Deployment:
     async def start(self) -> None:
         self._running = contextlib.AsyncExitStack()
         self.server = SyncServer(SqliteStorage(self.database))
-        self.url = await self._running.enter_async_context(self.server.run(port=0))
-        self.port = int(self.url.rsplit(":", 1)[1])
+        # At "/": the link's URL has no path.
+        serve = serving(self.server, self.transport, path="/")
+        self.url = await self._running.enter_async_context(serve)
+        port = urlparse(self.url).port
+        assert port is not None
+        self.port = port
 
     async def stop(self) -> None:
         assert self._running is not None
@@ -85,8 +91,8 @@ class Deployment:
 
 
 @pytest.fixture
-async def deployment(tmp_path: Path) -> AsyncIterator[Deployment]:
-    running = Deployment(tmp_path / "server.sqlite3")
+async def deployment(tmp_path: Path, transport: str) -> AsyncIterator[Deployment]:
+    running = Deployment(tmp_path / "server.sqlite3", transport)
     await running.start()
     try:
         yield running

@@ -19,14 +19,14 @@ from websockets.exceptions import ConnectionClosed
 from optisync.server import SqliteStorage, SyncServer
 from optisync.transport import wire_key
 from optisync.wire import MAX_NESTING
-from tests.server.conftest import RawDevice, open_raw_device
+from tests.server.conftest import RawDevice, open_raw_device, serving
 
 SET_7 = '{"type":"set","request_id":7,"key":%s,"value":%s,"local_revision":1}'
 
 
 @pytest.fixture
-async def memory_url() -> AsyncIterator[str]:
-    async with SyncServer(SqliteStorage(":memory:")).run(port=0) as url:
+async def memory_url(transport: str) -> AsyncIterator[str]:
+    async with serving(SyncServer(SqliteStorage(":memory:")), transport) as url:
         yield url
 
 
