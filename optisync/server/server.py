@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Final
 
@@ -39,11 +40,20 @@ from websockets.typing import Origin
 from optisync.errors import InvalidArgumentError, OptisyncError
 from optisync.server._memory import MemoryReleaser
 from optisync.server.protocol import canonical_json
-from optisync.server.security import Authenticator, Grant, allow_anyone
+from optisync.server.security import (
+    Authenticator,
+    AuthRefusedError,
+    Grant,
+    Handshake,
+    HandshakeAuthenticator,
+    allow_anyone,
+)
 from optisync.server.storage import Change, Storage
 from optisync.wire import (
     MAX_SAFE_INT,
     PROTOCOL_VERSION,
+    Auth,
+    Authed,
     ClientMessage,
     Committed,
     Error,
@@ -73,6 +83,7 @@ _NO_DATABASE: Final = "the database is unavailable"
 _BAD_FRAMES: Final = "too many bad messages in a row"
 _TOO_MANY_CONNECTIONS: Final = "too many connections from this address"
 _RATE_LIMITED: Final = "rate_limited"
+_TOKEN_EXPIRED: Final = "token_expired"
 # A refused message is not parsed: its request_id is read from its first bytes
 # when it opens the object (after "type"), as every client we know writes it.
 _LEADING_REQUEST_ID: Final = re.compile(
@@ -304,6 +315,12 @@ class _Peer:
         self.cut = False
         self.device_id = hello.device_id
         self.grant = grant
+        # The HTTP request that opened the connection: a refresh is checked with it.
+        self.handshake = Handshake()
+        # Fires at grant.expires_at (None: the grant never expires).
+        self.expiry: asyncio.TimerHandle | None = None
+        # A refused refresh: sent, then the connection is closed (code 1008).
+        self.refused: Error | None = None
         self.cursor = 0  # the newest revision queued for this device
         self.bad_frames = 0  # messages in a row the server could not read
         # Live changes that arrive during the replay wait here (None: replay done).
@@ -608,11 +625,14 @@ class SyncServer:
         if peer is None:
             return
         writer = asyncio.create_task(peer.write_forever())
+        self._schedule_expiry(peer)
         try:
             await self._serve_peer(peer, writer, address)
         except (ConnectionClosed, _SendQueueFullError):
             pass
         finally:
+            if peer.expiry is not None:
+                peer.expiry.cancel()
             self._forget(peer)
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
@@ -729,7 +749,13 @@ class SyncServer:
         reset = await self._must_reset(hello, generation, head)
         if reset:
             peer.cursor = 0
-        welcome = Welcome(generation=generation, server_revision=head, reset=reset)
+        expires_at = peer.grant.expires_at
+        welcome = Welcome(
+            generation=generation,
+            server_revision=head,
+            reset=reset,
+            expires_at=msgspec.UNSET if expires_at is None else expires_at,
+        )
         if not peer.offer(encode(welcome)):
             self._cut_soon(peer)  # all send queues are full: it replays on reconnect
         logger.info("%s connected (since %d, reset %s)", peer.grant.name, hello.since, reset)
@@ -764,6 +790,9 @@ class SyncServer:
                 if writer.done():
                     break
                 reply = await self._answer(peer, frame, budget)
+                if peer.refused is not None:
+                    await self._expel(peer, peer.refused)
+                    break
                 if not peer.offer(encode(reply)):
                     await self._cut(peer, _QUEUE_FULL)
                     break
@@ -843,6 +872,8 @@ class SyncServer:
         peer.bad_frames = 0
         if isinstance(message, Get):
             return await self._get(peer, message)
+        if isinstance(message, Auth):
+            return await self._refresh(peer, message)
         return await self._set(peer, message)
 
     async def _get(self, peer: _Peer, message: Get) -> Value | Error:
@@ -909,6 +940,96 @@ class SyncServer:
                 message.local_revision,
                 change.server_revision,
             )
+
+    # -- credentials: check, refresh, expiry -----------------------------------------
+
+    async def _authenticate_with(self, hello: Hello, handshake: Handshake) -> Grant | Error:
+        """The grant the authenticator gives, or the (unnumbered) error that refuses it.
+
+        A :class:`HandshakeAuthenticator` sees the handshake too. An
+        authenticator that fails (a key server down) refuses with
+        ``unavailable``: the device retries, it is not told its token is bad.
+        """
+        authenticate = self._authenticate
+        try:
+            if isinstance(authenticate, HandshakeAuthenticator):
+                grant = await authenticate.authenticate(hello, handshake)
+            else:
+                grant = await authenticate(hello)
+        except AuthRefusedError as error:
+            return Error(None, error.code, str(error))
+        except Exception:
+            logger.exception("the authenticator failed for device %d", hello.device_id)
+            return Error(None, "unavailable", "the server could not check the token; retry")
+        if grant is None:
+            return Error(None, "unauthorized", "the token was refused")
+        return grant
+
+    async def _refresh(self, peer: _Peer, message: Auth) -> Authed | Error:
+        """Admit fresh credentials on an open connection, for the same principal.
+
+        Checked like a hello's token, with the connection's handshake. Admitted:
+        the new grant's rights hold from the next message on, and its expiry
+        replaces the old. Refused: ``peer.refused`` is set, and the connection
+        is closed once the error is sent. An ``unavailable`` authenticator
+        refuses this refresh only: the device may try again before expiry.
+        """
+        request_id = message.request_id
+        hello = Hello(device_id=peer.device_id, since=peer.cursor, token=message.token)
+        outcome = await self._authenticate_with(hello, peer.handshake)
+        if isinstance(outcome, Error):
+            refusal = Error(request_id, outcome.code, outcome.message)
+            if outcome.code != "unavailable":
+                peer.refused = refusal
+            return refusal
+        if outcome.name != peer.grant.name:
+            peer.refused = Error(
+                request_id, "unauthorized", "the new token is for another principal"
+            )
+            return peer.refused
+        if outcome.expires_at is not None and outcome.expires_at <= time.time():
+            peer.refused = Error(request_id, _TOKEN_EXPIRED, "the new token has expired")
+            return peer.refused
+        if peer.cut:  # expired meanwhile: the close is under way
+            return Error(request_id, _TOKEN_EXPIRED, "the credentials expired before the refresh")
+        peer.grant = outcome
+        self._schedule_expiry(peer)
+        logger.info("%s refreshed its credentials", peer.grant.name)
+        return Authed(request_id, outcome.expires_at)
+
+    def _schedule_expiry(self, peer: _Peer) -> None:
+        """One timer per connection, at its grant's expiry (replaced on each refresh)."""
+        if peer.expiry is not None:
+            peer.expiry.cancel()
+            peer.expiry = None
+        expires_at = peer.grant.expires_at
+        if expires_at is not None:
+            delay = max(0.0, expires_at - time.time())
+            peer.expiry = asyncio.get_running_loop().call_later(delay, self._expire, peer)
+
+    def _expire(self, peer: _Peer) -> None:
+        """The grant expired unrefreshed: no more reads, writes or pushes; say so and close."""
+        peer.expiry = None
+        if peer.cut:
+            return
+        # Until the close completes, whatever the device sends is forbidden.
+        peer.grant = Grant(peer.grant.name, _nothing, _nothing, peer.grant.expires_at)
+        error = Error(None, _TOKEN_EXPIRED, "the credentials expired; connect with a fresh token")
+        task = asyncio.create_task(self._expel(peer, error))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _expel(self, peer: _Peer, error: Error) -> None:
+        """Send ``error`` ahead of anything queued, then close (1008, its code as the reason)."""
+        if peer.cut:
+            return
+        peer.cut = True
+        self._forget(peer)
+        peer.drop()  # pushes queued for it are replayed on its next connection
+        logger.info("%s closed: %s", peer.grant.name, error.code)
+        with contextlib.suppress(ConnectionClosed):
+            await peer.connection.send(encode(error), text=True)
+            await peer.connection.close(_POLICY, error.code)
 
     # -- replay and pushes ---------------------------------------------------------
 
@@ -1008,6 +1129,10 @@ def _push_as_sent(change: Change, device_id: int) -> Push:
         local_revision=change.local_revision if mine else 0,
         device_id=change.device_id if mine else 0,
     )
+
+
+def _nothing(key: str) -> bool:
+    return False
 
 
 def _received_cost(frame: str | bytes) -> int:
