@@ -28,7 +28,9 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from http.cookies import CookieError, SimpleCookie
 from typing import Any, Final
+from urllib.parse import parse_qsl, urlsplit
 
 import attrs
 import msgspec
@@ -455,7 +457,7 @@ class SyncServer:
         self,
         storage: Storage,
         *,
-        authenticate: Authenticator = allow_anyone,
+        authenticate: Authenticator | HandshakeAuthenticator = allow_anyone,
         limits: Limits | None = None,
         allowed_origins: Sequence[str | None] = (None,),
         require_device_secret: bool = False,
@@ -675,11 +677,13 @@ class SyncServer:
                 await connection.close(_TRY_LATER, _RATE_LIMITED)
             return None
         hello = self._decode(frame)
-        refusal = hello if isinstance(hello, Error) else await self._check_hello(hello)
+        handshake = _handshake_of(connection)
+        refusal = hello if isinstance(hello, Error) else await self._check_hello(hello, handshake)
         if refusal is None:
             assert isinstance(hello, Hello)
             grant = self._admitted[hello.device_id]
             peer = _Peer(connection, hello, grant, self._limits, self._budget)
+            peer.handshake = handshake
             del self._admitted[hello.device_id]
             self._peers[hello.device_id] = peer
             try:
@@ -699,14 +703,14 @@ class SyncServer:
             await connection.close(code, refusal.code)
         return None
 
-    async def _check_hello(self, hello: ClientMessage) -> Error | None:
+    async def _check_hello(self, hello: ClientMessage, handshake: Handshake) -> Error | None:
         if not isinstance(hello, Hello):
             return Error(hello.request_id, "bad_message", "the first message must be a hello")
         if hello.protocol != PROTOCOL_VERSION:
             return Error(None, "bad_version", f"this server speaks protocol {PROTOCOL_VERSION}")
-        grant = await self._authenticate(hello)
-        if grant is None:
-            return Error(None, "unauthorized", "the token was refused")
+        grant = await self._authenticate_with(hello, handshake)
+        if isinstance(grant, Error):
+            return grant
         # Checked after the await: no other hello can slip in between.
         if hello.device_id in self._peers or hello.device_id in self._admitted:
             return Error(None, "device_in_use", "another connection holds this device id")
@@ -1166,3 +1170,25 @@ def _host_of(connection: ServerConnection) -> str:
     """The remote host of a connection ("" when the transport has none, a Unix socket)."""
     remote = connection.remote_address
     return str(remote[0]) if isinstance(remote, tuple) and remote else ""
+
+
+def _handshake_of(connection: ServerConnection) -> Handshake:
+    """The HTTP request that opened ``connection``, as an authenticator sees it."""
+    request = connection.request
+    if request is None:
+        return Handshake(host=_host_of(connection))
+    headers: dict[str, str] = {}
+    for name, value in request.headers.raw_items():
+        name = name.lower()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    url = urlsplit(request.path)
+    cookies = SimpleCookie()
+    with contextlib.suppress(CookieError):
+        cookies.load(headers.get("cookie", ""))
+    return Handshake(
+        headers=headers,
+        query=dict(parse_qsl(url.query)),
+        cookies={name: morsel.value for name, morsel in cookies.items()},
+        path=url.path,
+        host=_host_of(connection),
+    )
