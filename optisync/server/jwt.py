@@ -214,8 +214,9 @@ class JwtAuth:
     It checks the signature, with ``algorithms`` only (never ``none``; HS256
     for a secret, RS256 and ES256 for keys by default, an HMAC algorithm never
     with a public key), ``exp`` (required), ``nbf`` and ``iat`` when present,
-    ``aud`` when ``audience`` is given and ``iss`` when ``issuer`` is, each
-    time with ``leeway`` seconds of clock skew. A refused token raises
+    ``aud`` (a token that has one is refused unless ``audience`` names it,
+    and one without is refused when ``audience`` is given) and ``iss`` when
+    ``issuer`` is given, each with ``leeway`` seconds of clock skew. A refused token raises
     :class:`~optisync.server.AuthRefusedError` whose message says what was
     wrong (never the token): ``token_expired`` for an expired one,
     ``unauthorized`` for anything else. The device gets that error and a 1008
@@ -400,7 +401,9 @@ class JwtAuth:
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=self._leeway,
-                options={"require": ["exp"], "verify_aud": self._audience is not None},
+                # pyjwt's rule, kept: a token with an `aud` is refused unless
+                # `audience` names it (a token meant for another service).
+                options={"require": ["exp"]},
             )
         except jwt.ExpiredSignatureError:
             raise AuthRefusedError("the token has expired", code="token_expired") from None

@@ -119,6 +119,11 @@ async def test_a_bad_token_is_refused_with_its_code_and_a_message_that_never_quo
     assert token not in str(error)
 
 
+async def test_a_token_for_an_audience_the_verifier_was_not_told_of_is_refused() -> None:
+    auth = JwtAuth(public_key=RSA_KEY.public_key(), issuer=ISSUER)  # no audience=
+    assert "another audience" in str(await refused(auth, signed(claims())))
+
+
 async def test_no_token_anywhere_is_refused_naming_where_to_send_one() -> None:
     error = await refused(rsa_auth(cookie="session"), None)
     assert error.code == "unauthorized"
@@ -480,17 +485,22 @@ async def closed_with(device: Device) -> tuple[list[dict[str, Any]], int | None,
 
 
 async def test_a_connection_whose_token_expires_unrefreshed_is_closed_token_expired(
-    open_device: Any,
+    database: Path,
 ) -> None:
     exp = short_exp()
-    device = await open_device(1, hs_token("alice", ALICE, exp=exp))
-    assert device.welcome["expires_at"] == exp
-    received, code, reason = await closed_with(device)
+    server = SyncServer(SqliteStorage(database), authenticate=JwtAuth(secret=SECRET, leeway=0))
+    async with server.run(port=0) as url, connect(url) as connection:
+        await connection.send(hello(hs_token("alice", ALICE, exp=exp)))
+        welcome, ready, *received = await until_closed(connection)
+    assert (welcome["expires_at"], ready["type"]) == (exp, "ready")
     assert [(m["type"], m["request_id"], m["code"]) for m in received] == [
         ("error", None, "token_expired")
     ]
-    assert (code, reason) == (1008, "token_expired")
+    assert (connection.close_code, connection.close_reason) == (1008, "token_expired")
     assert time.time() >= exp
+    # The timer fired, the close ran in a task of its own: nothing is left behind.
+    assert server.connection_count == 0
+    assert asyncio.all_tasks() == {asyncio.current_task()}
 
 
 async def test_a_refresh_keeps_the_connection_past_the_first_expiry_with_the_new_rights(
