@@ -416,7 +416,12 @@ class SyncServer:
     Args:
         storage: where changes live; the server opens and closes it.
         authenticate: checks each hello (default :func:`allow_anyone`: only
-            for a server nobody else can reach).
+            for a server nobody else can reach): an :data:`Authenticator`, or
+            a :class:`HandshakeAuthenticator` that sees the HTTP handshake too
+            (:class:`~optisync.server.jwt.JwtAuth`). It checks a device's
+            ``auth`` (a fresh token on an open connection) the same way. A
+            grant with an ``expires_at`` ends its connection then (error and
+            close reason ``token_expired``, code 1008) unless refreshed.
         limits: per-connection bounds.
         allowed_origins: the ``Origin`` headers accepted; ``None`` in it admits
             clients that send none (not browsers). The default admits no web page.
