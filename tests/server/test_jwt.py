@@ -27,8 +27,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from optisync.errors import InvalidArgumentError
-from optisync.server import AuthRefusedError, Grant, Handshake, Limits, SqliteStorage, SyncServer
+from optisync.errors import ArgumentTypeError, InvalidArgumentError
+from optisync.server import (
+    AuthRefusedError,
+    Grant,
+    Handshake,
+    Limits,
+    SqliteStorage,
+    SyncServer,
+    prefix_grant,
+)
 from optisync.server.jwt import JwksUnavailableError, JwtAuth, grant_from_sync_claim
 from optisync.wire import Hello
 
@@ -543,3 +551,32 @@ async def test_a_refresh_spends_the_rate_limit_like_any_message(open_device: Any
     token = hs_token("alice", ALICE)
     assert (await device.request("auth", token=token))["type"] == "authed"
     assert (await device.request("auth", token=token))["code"] == "rate_limited"
+
+
+async def test_a_refresh_the_authenticator_cannot_check_keeps_the_connection(
+    database: Path,
+) -> None:
+    class FailsOnRefresh:
+        calls = 0
+
+        async def authenticate(self, hello: Hello, handshake: Handshake) -> Grant:
+            self.calls += 1
+            if self.calls > 1:
+                raise RuntimeError("the identity provider is down")
+            return Grant("alice")
+
+    server = SyncServer(SqliteStorage(database), authenticate=FailsOnRefresh())
+    async with server.run(port=0) as url, connect(url) as connection:
+        device = Device(connection)
+        await connection.send(hello("t"))
+        assert [json.loads(await connection.recv())["type"] for _ in "wr"] == ["welcome", "ready"]
+        refused = await device.request("auth", token="t2")
+        assert (refused["type"], refused["code"]) == ("error", "unavailable")
+        assert await device.set("k") == "ack"  # the same connection, the old grant
+
+
+def test_prefix_grant_takes_lists_of_prefixes_not_a_string() -> None:
+    grant = prefix_grant("alice", read=(p for p in ["a/", "b/"]))
+    assert (grant.can_read("b/x"), grant.can_write("b/x")) == (True, False)
+    with pytest.raises(ArgumentTypeError, match="list of key prefixes"):
+        prefix_grant("alice", write="user/alice/")
