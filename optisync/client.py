@@ -41,6 +41,7 @@ import contextlib
 import itertools
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Hashable, Iterator
 from types import TracebackType
 from typing import Any, Final, Generic, Literal, Self, TypeVar
@@ -64,6 +65,8 @@ from optisync.errors import (
 from optisync.fields import serve
 from optisync.transport import Ack, PushListener, SyncRequest
 from optisync.wire import (
+    Auth,
+    Authed,
     ClientMessage,
     Committed,
     Error,
@@ -159,11 +162,23 @@ class ServerRefusedError(OptisyncError, RuntimeError):
     The client stops; fix the cause and create a new client.
     :meth:`SyncClient.close` and :meth:`SyncClient.wait_online` raise it.
 
+    Attributes:
+        code: the server's reason when it gave one: ``unauthorized`` (a
+            refused token, at connect or refresh), ``token_expired`` (the
+            token expired, on an open connection without a refresh, or at
+            connect), ``bad_version``, ``device_unproven`` …; None for a
+            refusal of the HTTP handshake (a bad URL).
+
     Example:
         >>> from optisync.client import ServerRefusedError
-        >>> str(ServerRefusedError("unauthorized: the token was refused"))
-        'unauthorized: the token was refused'
+        >>> error = ServerRefusedError("token_expired: the credentials expired", "token_expired")
+        >>> str(error), error.code
+        ('token_expired: the credentials expired', 'token_expired')
     """
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @attrs.frozen
@@ -232,7 +247,20 @@ class SyncClient(Generic[S]):
             it, pushes only go to :meth:`subscribe_pushes` listeners.
         get_server_revision_from_state: passed to ``server_push``; the default
             relies on the store's own record (:meth:`~optisync.Store.server_revision`).
-        token: sent in the hello for the server's authenticator.
+        token: sent in the hello for the server's authenticator: a ``str``,
+            or an ``async () -> str`` token provider, called before each
+            connection attempt and again before the token expires (see
+            ``refresh_margin``). A provider that raises is logged and the
+            attempt retried with backoff.
+        refresh_margin: when the server says the connection's credentials
+            expire (a :class:`~optisync.server.jwt.JwtAuth` token's ``exp``),
+            a client with a token provider fetches a fresh token and sends it
+            on the open connection ``refresh_margin`` seconds before (default
+            30), or halfway through the remaining lifetime when that is
+            shorter. A refused refresh stops the client
+            (:class:`ServerRefusedError`, ``code="unauthorized"``); so does a
+            connection closed at expiry (``code="token_expired"``), which a
+            plain ``str`` token always meets.
         device_secret: the secret only this device holds (16 to 128 URL-safe
             base64 characters; ``secrets.token_urlsafe(32)`` makes one), sent
             in every hello: the server binds the device id to the first one
@@ -281,7 +309,8 @@ class SyncClient(Generic[S]):
         *,
         apply_value: Callable[[S, str, Any, int], S] | None = None,
         get_server_revision_from_state: Callable[[str], int] | None = None,
-        token: str | None = None,
+        token: str | Callable[[], Awaitable[str]] | None = None,
+        refresh_margin: float = 30.0,
         device_secret: str | None = None,
         cursor: int = 0,
         generation: str = "",
@@ -295,6 +324,11 @@ class SyncClient(Generic[S]):
         self._apply_value = apply_value
         self._get_revision = get_server_revision_from_state or (lambda key: -1)
         self._token = token
+        self._refresh_margin = refresh_margin
+        self._refresher: asyncio.Task[None] | None = None
+        # The refresh awaiting its answer: its request id and future.
+        self._auth_request_id: int | None = None
+        self._authed: asyncio.Future[Authed] | None = None
         self._device_secret: str | None = None
         self._cursor = cursor
         self._generation = generation
@@ -916,6 +950,16 @@ class SyncClient(Generic[S]):
         refusals = 0
         while True:
             try:
+                token = await self._token_now()
+            except Exception as error:
+                logger.exception("the token provider failed; retrying with backoff")
+                self._failed(error)
+                if not self._reconnect:
+                    return
+                delays = delays or backoff()
+                await asyncio.sleep(next(delays))
+                continue
+            try:
                 # A cancellation mid-handshake aborts the socket (websockets does).
                 connection = await connect(self._url, max_size=_MAX_FRAME)
             except Exception as error:
@@ -926,7 +970,7 @@ class SyncClient(Generic[S]):
                 await asyncio.sleep(next(delays))
                 continue
             delays = None
-            reached = await self._serve(connection)
+            reached = await self._serve(connection, token)
             if not self._reconnect:
                 return
             # Closed before its replay (the device id still held by a dead
@@ -958,14 +1002,23 @@ class SyncClient(Generic[S]):
             error,
         )
 
-    async def _serve(self, connection: ClientConnection) -> bool:
+    async def _token_now(self) -> str | None:
+        """The token for the next hello or refresh: the ``str``, or the provider's answer."""
+        if self._token is None or isinstance(self._token, str):
+            return self._token
+        token = await self._token()
+        if not isinstance(token, str):
+            raise ArgumentTypeError(f"the token provider must return a str, got {token!r}")
+        return token
+
+    async def _serve(self, connection: ClientConnection, token: str | None) -> bool:
         """Run one connection's session; whether it got online. The socket is closed on
         every way out, cancellation included: a task cancelled at ``close()`` must not
         leave the server waiting for a close frame that never comes."""
         self._connection = connection
         push_failed = False
         try:
-            await self._session(connection)
+            await self._session(connection, token)
         except ConnectionClosed as error:
             self._last_error = error
         except _PushNotTakenError as error:
@@ -973,17 +1026,18 @@ class SyncClient(Generic[S]):
             push_failed = True  # counted as a refused attempt: the retry backs off
         finally:
             reached = self._online and not push_failed
+            self._stop_refreshing()
             self._drop()
             # A normal closure (1000) whatever the reason: ``async with connection``
             # would say 1011, "internal error", for a cancellation at close().
             await connection.close()
         return reached
 
-    async def _session(self, connection: ClientConnection) -> None:
+    async def _session(self, connection: ClientConnection, token: str | None) -> None:
         hello = Hello(
             device_id=self._store.device_id,
             since=self._cursor,
-            token=self._token,
+            token=token,
             generation=self._generation,
             # Left out when unknown: a server from before digests refuses the field.
             digest=self._digest if self._digest and self._cursor else msgspec.UNSET,
@@ -1028,6 +1082,11 @@ class SyncClient(Generic[S]):
             self._set_online(True)
         elif isinstance(message, Error) and message.request_id is None:
             self._unnumbered_error(message)
+        elif isinstance(message, Error) and message.request_id == self._auth_request_id:
+            self._refresh_refused(message)
+        elif isinstance(message, Authed):
+            if self._authed is not None and not self._authed.done():
+                self._authed.set_result(message)
         elif message.request_id is not None:
             future = self._pending.get(message.request_id)
             if future is not None and not future.done():
@@ -1038,6 +1097,13 @@ class SyncClient(Generic[S]):
         return None
 
     def _unnumbered_error(self, error: Error) -> None:
+        if error.code == "token_expired":  # at hello, or the server's expiry timer
+            raise ServerRefusedError(
+                f"the server at {self._url} closed the connection: token_expired: "
+                f"{error.message}; give the client a token provider that returns fresh "
+                "tokens (token=async () -> str) and create a new client",
+                error.code,
+            )
         # The server answers a connection's requests in order: an error it could
         # not number (a frame it could not read its request id from, such as one
         # nested too deep) answers the oldest one waiting.
@@ -1048,7 +1114,8 @@ class SyncClient(Generic[S]):
             fix = _FIXES.get(error.code, "fix the token (or the client's version)")
             raise ServerRefusedError(
                 f"the server at {self._url} refused this client for good: "
-                f"{error.code}: {error.message}; {fix} and create a new client"
+                f"{error.code}: {error.message}; {fix} and create a new client",
+                error.code,
             )
         elif not self._online:  # refused at hello (device_in_use): the client retries
             self._failed(
@@ -1060,6 +1127,8 @@ class SyncClient(Generic[S]):
             logger.warning("server error: %s %s", error.code, error.message)
 
     def _welcome(self, welcome: Welcome) -> None:
+        if not isinstance(welcome.expires_at, msgspec.UnsetType):
+            self._refresh_before(welcome.expires_at)
         if welcome.reset:
             self._set_position(0, welcome.generation, "")
             for listener in list(self._reset_listeners):
@@ -1147,6 +1216,72 @@ class SyncClient(Generic[S]):
             listener(*arguments)
         except Exception:
             logger.exception("%s failed; the client goes on", what)
+
+    # -- token refresh -------------------------------------------------------------------
+
+    def _refresh_before(self, expires_at: float | None) -> None:
+        """Send a fresh token before ``expires_at``, if a provider can make one."""
+        self._stop_refreshing()
+        connection = self._connection
+        if expires_at is None or not callable(self._token) or connection is None:
+            return
+        self._refresher = asyncio.create_task(self._refresh(connection, expires_at))
+
+    def _stop_refreshing(self) -> None:
+        if self._refresher is not None and self._refresher is not asyncio.current_task():
+            self._refresher.cancel()
+        self._refresher = None
+
+    async def _refresh(self, connection: ClientConnection, expires_at: float) -> None:
+        """Wait until ``refresh_margin`` before ``expires_at``, then send ``auth`` until admitted.
+
+        A refused token is handled as it arrives (:meth:`_refresh_refused`);
+        an ``unavailable`` or ``rate_limited`` answer, or a provider that
+        fails, is retried a little later, until the server closes at expiry.
+        """
+        remaining = expires_at - time.time()
+        await asyncio.sleep(max(remaining - self._refresh_margin, remaining / 2, 0.0))
+        while True:
+            try:
+                authed = await self._send_auth(connection)
+            except (RequestRefusedError, ArgumentTypeError) as error:
+                logger.warning("the token refresh failed (%s); retrying", error)
+            except ConnectionClosed:
+                return
+            except Exception:
+                logger.exception("the token provider failed; retrying the refresh")
+            else:
+                self._refresh_before(authed.expires_at)
+                return
+            remaining = expires_at - time.time()
+            await asyncio.sleep(max(min(1.0, remaining / 4), 0.05))
+
+    async def _send_auth(self, connection: ClientConnection) -> Authed:
+        token = await self._token_now()
+        assert token is not None  # only a provider refreshes
+        request_id = next(self._request_ids)
+        self._authed = asyncio.get_running_loop().create_future()
+        self._auth_request_id = request_id
+        message = Auth(request_id, token)
+        try:
+            await connection.send(encode(message), text=True)
+            self._traced("sent", message)
+            return await self._authed
+        finally:
+            self._authed = None
+            self._auth_request_id = None
+
+    def _refresh_refused(self, error: Error) -> None:
+        """The server answered the refresh with an error: retried later, or the end."""
+        if error.code in ("unavailable", "rate_limited"):
+            if self._authed is not None and not self._authed.done():
+                self._authed.set_exception(RequestRefusedError(error.code, error.message))
+            return
+        raise ServerRefusedError(
+            f"the server at {self._url} refused the refreshed token: {error.code}: "
+            f"{error.message}; the client stops: fix the token provider and create a new client",
+            error.code,
+        )
 
 
 class _PushNotTakenError(Exception):

@@ -41,6 +41,8 @@ __all__ = [
     "MAX_NESTING",
     "MAX_SAFE_INT",
     "PROTOCOL_VERSION",
+    "Auth",
+    "Authed",
     "ClientMessage",
     "Committed",
     "Error",
@@ -192,16 +194,61 @@ class Welcome(_Message, tag="welcome", frozen=True):
     at ``since`` is not the one its ``digest`` names. The replay then starts
     at 0 and the device should reload its state.
 
+    ``expires_at`` (left out when the connection's credentials never expire)
+    is when they do, in Unix seconds: the server closes the connection then
+    (``token_expired``) unless the device has sent a fresh token in an
+    :class:`Auth` meanwhile.
+
     Example:
-        >>> from optisync.wire import Welcome
+        >>> from optisync.wire import Welcome, encode
         >>> Welcome(generation="g1", server_revision=4, reset=False).server_revision
         4
+        >>> encode(Welcome(generation="g1", server_revision=4, reset=False, expires_at=1.5e9))[-26:]
+        b'"expires_at":1500000000.0}'
     """
 
     generation: str
     server_revision: int
     reset: bool
     protocol: int = PROTOCOL_VERSION
+    # UNSET, not None: left out unless the credentials expire, so that an older
+    # client, whose structs forbid unknown fields, sees the welcome it knows.
+    expires_at: float | msgspec.UnsetType = msgspec.UNSET
+
+
+class Auth(_Message, tag="auth", frozen=True):
+    """Client to server, on an open connection: fresh credentials, before the old ones expire.
+
+    The server checks ``token`` as it checked the hello's (with the same
+    HTTP handshake) and answers :class:`Authed`; the new credentials must
+    name the same principal. A refused token gets an ``error`` (its code
+    ``unauthorized`` or ``token_expired``) and the connection is closed
+    (code 1008).
+
+    Example:
+        >>> from optisync.wire import Auth, encode
+        >>> encode(Auth(request_id=4, token="eyJhbGciOi..."))
+        b'{"type":"auth","request_id":4,"token":"eyJhbGciOi..."}'
+    """
+
+    request_id: _Count
+    token: _Text
+
+
+class Authed(_Message, tag="authed", frozen=True):
+    """Server to client, answering :class:`Auth`: the new credentials are admitted.
+
+    From now on the connection reads and writes with the rights they grant.
+    ``expires_at`` is when they expire (Unix seconds), or None for never.
+
+    Example:
+        >>> from optisync.wire import Authed, encode
+        >>> encode(Authed(request_id=4, expires_at=None))
+        b'{"type":"authed","request_id":4,"expires_at":null}'
+    """
+
+    request_id: int
+    expires_at: float | None
 
 
 class Committed(_Message, tag="ack", frozen=True):
@@ -283,16 +330,16 @@ class Error(_Message, tag="error", frozen=True):
     message: str
 
 
-ClientMessage: TypeAlias = Hello | Set | Get
-"""A message a device sends: a hello, a write or a read.
+ClientMessage: TypeAlias = Hello | Set | Get | Auth
+"""A message a device sends: a hello, a write, a read or fresh credentials.
 
 Example:
     >>> from optisync.wire import ClientMessage, Get
     >>> Get in ClientMessage.__args__
     True
 """
-ServerMessage: TypeAlias = Welcome | Committed | Push | Ready | Value | Error
-"""A message the server sends: a welcome, an ack, a push, ready, a value or an error.
+ServerMessage: TypeAlias = Welcome | Committed | Push | Ready | Value | Error | Authed
+"""A message the server sends: a welcome, an ack, a push, ready, a value, an error or authed.
 
 Example:
     >>> from optisync.wire import Push, ServerMessage
@@ -351,7 +398,7 @@ _SIXTEEN_DIGITS: Final = b"0" * 16
 _ESCAPED_NAME: Final = re.compile(rb"\\u00[5-7]")
 _QUOTED_NAMES: Final = {
     kind: tuple(b'"%s"' % name.encode() for name in ("type", *kind.__struct_fields__))
-    for kind in (Hello, Set, Get)
+    for kind in (Hello, Set, Get, Auth)
 }
 
 

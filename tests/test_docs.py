@@ -175,6 +175,7 @@ _OTHER_MODULES = (
     "optisync.server.protocol",
     "optisync.server.postgres",
     "optisync.server.asgi",
+    "optisync.server.jwt",
     "optisync.client",
     "optisync.wire",
     "optisync.threads",

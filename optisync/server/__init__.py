@@ -24,6 +24,7 @@ from optisync.server.security import (
     Handshake,
     HandshakeAuthenticator,
     allow_anyone,
+    prefix_grant,
     require_token,
 )
 from optisync.server.server import Limits, SyncServer
@@ -42,5 +43,6 @@ __all__ = [
     "StorageUnavailableError",
     "SyncServer",
     "allow_anyone",
+    "prefix_grant",
     "require_token",
 ]

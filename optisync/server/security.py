@@ -21,12 +21,12 @@ Example:
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Protocol, TypeAlias, runtime_checkable
 
 import attrs
 
-from optisync.errors import InvalidArgumentError, OptisyncError
+from optisync.errors import ArgumentTypeError, InvalidArgumentError, OptisyncError
 from optisync.wire import Hello
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "Handshake",
     "HandshakeAuthenticator",
     "allow_anyone",
+    "prefix_grant",
     "require_token",
 ]
 
@@ -214,3 +215,60 @@ def require_token(token: str) -> Authenticator:
         return None
 
     return authenticate
+
+
+class _Prefixes:
+    """A key check: whether a key starts with one of the prefixes (shown in a repr)."""
+
+    __slots__ = ("prefixes",)
+
+    def __init__(self, prefixes: Iterable[str]) -> None:
+        self.prefixes = tuple(prefixes)
+
+    def __call__(self, key: str) -> bool:
+        return key.startswith(self.prefixes)
+
+    def __repr__(self) -> str:
+        return f"starts with one of {list(self.prefixes)!r}"
+
+
+def prefix_grant(
+    name: str,
+    *,
+    read: Iterable[str] = (),
+    write: Iterable[str] = (),
+    expires_at: float | None = None,
+) -> Grant:
+    """A :class:`Grant` to read the keys under ``read`` prefixes and write those under ``write``.
+
+    Nothing is granted by default: with no prefix, no key. Writing does not
+    imply reading: list a prefix in both for a connection that does both.
+    The prefix ``""`` matches every key. Prefixes are compared as they are,
+    so end them with a separator (``"user/alice/"``, not ``"user/alice"``,
+    which also matches ``"user/alice2/..."``).
+
+    Raises:
+        ArgumentTypeError: a prefix that is not a ``str`` (a single string
+            passed as ``read=`` is refused too: pass a list).
+
+    Example:
+        >>> from optisync.server import prefix_grant
+        >>> grant = prefix_grant("alice", read=["user/alice/", "shared/"], write=["user/alice/"])
+        >>> grant.can_read("shared/todo"), grant.can_write("shared/todo")
+        (True, False)
+        >>> grant.can_write("user/alice/todo"), grant.can_read("user/bob/todo")
+        (True, False)
+    """
+    return Grant(
+        name,
+        can_read=_Prefixes(_prefixes(read, "read")),
+        can_write=_Prefixes(_prefixes(write, "write")),
+        expires_at=expires_at,
+    )
+
+
+def _prefixes(prefixes: Iterable[str], what: str) -> list[str]:
+    listed = [] if isinstance(prefixes, str) else list(prefixes)
+    if isinstance(prefixes, str) or not all(isinstance(p, str) for p in listed):
+        raise ArgumentTypeError(f"{what}= takes a list of key prefixes (str), got {prefixes!r}")
+    return listed

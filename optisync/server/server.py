@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Final
 
@@ -50,6 +51,8 @@ from optisync.server.storage import Change, Storage
 from optisync.wire import (
     MAX_SAFE_INT,
     PROTOCOL_VERSION,
+    Auth,
+    Authed,
     ClientMessage,
     Committed,
     Error,
@@ -79,6 +82,7 @@ _NO_DATABASE: Final = "the database is unavailable"
 _BAD_FRAMES: Final = "too many bad messages in a row"
 _TOO_MANY_CONNECTIONS: Final = "too many connections from this address"
 _RATE_LIMITED: Final = "rate_limited"
+_TOKEN_EXPIRED: Final = "token_expired"
 # A refused message is not parsed: its request_id is read from its first bytes
 # when it opens the object (after "type"), as every client we know writes it.
 _LEADING_REQUEST_ID: Final = re.compile(
@@ -306,8 +310,13 @@ class _Peer:
         self.connection = connection
         self.cut = False
         self.device_id = hello.device_id
-        self.grant = grant  # the grant the connection was admitted with
+        self.grant = grant  # replaced by an admitted refresh
+        # The HTTP request that opened the connection: a refresh is checked with it.
         self.handshake: Handshake = connection.handshake
+        # Fires at grant.expires_at (None: the grant never expires).
+        self.expiry: asyncio.TimerHandle | None = None
+        # A refused refresh: sent, then the connection is closed (code 1008).
+        self.refused: Error | None = None
         self.cursor = 0  # the newest revision queued for this device
         self.bad_frames = 0  # messages in a row the server could not read
         # Live changes that arrive during the replay wait here (None: replay done).
@@ -387,9 +396,11 @@ class SyncServer:
         storage: where changes live; the server opens and closes it.
         authenticate: checks each hello (default :func:`allow_anyone`: only
             for a server nobody else can reach): an :data:`Authenticator`, or
-            a :class:`HandshakeAuthenticator`, which sees the HTTP request too.
-            Either may raise :class:`AuthRefusedError`: the device gets its
-            code and message, and the connection is closed (1008).
+            a :class:`HandshakeAuthenticator` that sees the HTTP handshake too
+            (:class:`~optisync.server.jwt.JwtAuth`). It checks a device's
+            ``auth`` (a fresh token on an open connection) the same way. A
+            grant with an ``expires_at`` ends its connection then (error and
+            close reason ``token_expired``, code 1008) unless refreshed.
         limits: per-connection bounds.
         allowed_origins: the ``Origin`` headers accepted; ``None`` in it admits
             clients that send none (not browsers). The default admits no web page.
@@ -618,11 +629,14 @@ class SyncServer:
         if peer is None:
             return
         writer = asyncio.create_task(peer.write_forever())
+        self._schedule_expiry(peer)
         try:
             await self._serve_peer(peer, writer, address)
         except (ConnectionGoneError, _SendQueueFullError):
             pass
         finally:
+            if peer.expiry is not None:
+                peer.expiry.cancel()
             self._forget(peer)
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionGoneError):
@@ -665,11 +679,8 @@ class SyncServer:
                 await connection.close(_TRY_LATER, _RATE_LIMITED)
             return None
         hello = self._decode(frame)
-        refusal = (
-            hello
-            if isinstance(hello, Error)
-            else await self._check_hello(hello, connection.handshake)
-        )
+        handshake = connection.handshake
+        refusal = hello if isinstance(hello, Error) else await self._check_hello(hello, handshake)
         if refusal is None:
             assert isinstance(hello, Hello)
             grant = self._admitted[hello.device_id]
@@ -698,7 +709,7 @@ class SyncServer:
             return Error(hello.request_id, "bad_message", "the first message must be a hello")
         if hello.protocol != PROTOCOL_VERSION:
             return Error(None, "bad_version", f"this server speaks protocol {PROTOCOL_VERSION}")
-        grant = await self._grant_for(hello, handshake)
+        grant = await self._authenticate_with(hello, handshake)
         if isinstance(grant, Error):
             return grant
         # Checked after the await: no other hello can slip in between.
@@ -709,20 +720,6 @@ class SyncServer:
         if refusal is not None:
             del self._admitted[hello.device_id]
         return refusal
-
-    async def _grant_for(self, hello: Hello, handshake: Handshake) -> Grant | Error:
-        """The grant for ``hello``, or the refusal the authenticator gave (None: unauthorized)."""
-        authenticate = self._authenticate
-        try:
-            if isinstance(authenticate, HandshakeAuthenticator):
-                grant = await authenticate.authenticate(hello, handshake)
-            else:
-                grant = await authenticate(hello)
-        except AuthRefusedError as refused:
-            return Error(None, refused.code, str(refused))
-        if grant is None:
-            return Error(None, "unauthorized", "the token was refused")
-        return grant
 
     async def _check_identity(self, hello: Hello) -> Error | None:
         """Refuse a hello that claims a device id it cannot prove (``device_unproven``).
@@ -757,7 +754,13 @@ class SyncServer:
         reset = await self._must_reset(hello, generation, head)
         if reset:
             peer.cursor = 0
-        welcome = Welcome(generation=generation, server_revision=head, reset=reset)
+        expires_at = peer.grant.expires_at
+        welcome = Welcome(
+            generation=generation,
+            server_revision=head,
+            reset=reset,
+            expires_at=msgspec.UNSET if expires_at is None else expires_at,
+        )
         if not peer.offer(encode(welcome)):
             self._cut_soon(peer)  # all send queues are full: it replays on reconnect
         logger.info("%s connected (since %d, reset %s)", peer.grant.name, hello.since, reset)
@@ -793,6 +796,9 @@ class SyncServer:
                 if writer.done():
                     break
                 reply = await self._answer(peer, frame, budget)
+                if peer.refused is not None:
+                    await self._expel(peer, peer.refused)
+                    break
                 if not peer.offer(encode(reply)):
                     await self._cut(peer, _QUEUE_FULL)
                     break
@@ -872,6 +878,8 @@ class SyncServer:
         peer.bad_frames = 0
         if isinstance(message, Get):
             return await self._get(peer, message)
+        if isinstance(message, Auth):
+            return await self._refresh(peer, message)
         return await self._set(peer, message)
 
     async def _get(self, peer: _Peer, message: Get) -> Value | Error:
@@ -938,6 +946,96 @@ class SyncServer:
                 message.local_revision,
                 change.server_revision,
             )
+
+    # -- credentials: check, refresh, expiry -----------------------------------------
+
+    async def _authenticate_with(self, hello: Hello, handshake: Handshake) -> Grant | Error:
+        """The grant the authenticator gives, or the (unnumbered) error that refuses it.
+
+        A :class:`HandshakeAuthenticator` sees the handshake too. An
+        authenticator that fails (a key server down) refuses with
+        ``unavailable``: the device retries, it is not told its token is bad.
+        """
+        authenticate = self._authenticate
+        try:
+            if isinstance(authenticate, HandshakeAuthenticator):
+                grant = await authenticate.authenticate(hello, handshake)
+            else:
+                grant = await authenticate(hello)
+        except AuthRefusedError as error:
+            return Error(None, error.code, str(error))
+        except Exception:
+            logger.exception("the authenticator failed for device %d", hello.device_id)
+            return Error(None, "unavailable", "the server could not check the token; retry")
+        if grant is None:
+            return Error(None, "unauthorized", "the token was refused")
+        return grant
+
+    async def _refresh(self, peer: _Peer, message: Auth) -> Authed | Error:
+        """Admit fresh credentials on an open connection, for the same principal.
+
+        Checked like a hello's token, with the connection's handshake. Admitted:
+        the new grant's rights hold from the next message on, and its expiry
+        replaces the old. Refused: ``peer.refused`` is set, and the connection
+        is closed once the error is sent. An ``unavailable`` authenticator
+        refuses this refresh only: the device may try again before expiry.
+        """
+        request_id = message.request_id
+        hello = Hello(device_id=peer.device_id, since=peer.cursor, token=message.token)
+        outcome = await self._authenticate_with(hello, peer.handshake)
+        if isinstance(outcome, Error):
+            refusal = Error(request_id, outcome.code, outcome.message)
+            if outcome.code != "unavailable":
+                peer.refused = refusal
+            return refusal
+        if outcome.name != peer.grant.name:
+            peer.refused = Error(
+                request_id, "unauthorized", "the new token is for another principal"
+            )
+            return peer.refused
+        if outcome.expires_at is not None and outcome.expires_at <= time.time():
+            peer.refused = Error(request_id, _TOKEN_EXPIRED, "the new token has expired")
+            return peer.refused
+        if peer.cut:  # expired meanwhile: the close is under way
+            return Error(request_id, _TOKEN_EXPIRED, "the credentials expired before the refresh")
+        peer.grant = outcome
+        self._schedule_expiry(peer)
+        logger.info("%s refreshed its credentials", peer.grant.name)
+        return Authed(request_id, outcome.expires_at)
+
+    def _schedule_expiry(self, peer: _Peer) -> None:
+        """One timer per connection, at its grant's expiry (replaced on each refresh)."""
+        if peer.expiry is not None:
+            peer.expiry.cancel()
+            peer.expiry = None
+        expires_at = peer.grant.expires_at
+        if expires_at is not None:
+            delay = max(0.0, expires_at - time.time())
+            peer.expiry = asyncio.get_running_loop().call_later(delay, self._expire, peer)
+
+    def _expire(self, peer: _Peer) -> None:
+        """The grant expired unrefreshed: no more reads, writes or pushes; say so and close."""
+        peer.expiry = None
+        if peer.cut:
+            return
+        # Until the close completes, whatever the device sends is forbidden.
+        peer.grant = Grant(peer.grant.name, _nothing, _nothing, peer.grant.expires_at)
+        error = Error(None, _TOKEN_EXPIRED, "the credentials expired; connect with a fresh token")
+        task = asyncio.create_task(self._expel(peer, error))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _expel(self, peer: _Peer, error: Error) -> None:
+        """Send ``error`` ahead of anything queued, then close (1008, its code as the reason)."""
+        if peer.cut:
+            return
+        peer.cut = True
+        self._forget(peer)
+        peer.drop()  # pushes queued for it are replayed on its next connection
+        logger.info("%s closed: %s", peer.grant.name, error.code)
+        with contextlib.suppress(ConnectionGoneError):
+            await peer.connection.send(encode(error))
+            await peer.connection.close(_POLICY, error.code)
 
     # -- replay and pushes ---------------------------------------------------------
 
@@ -1037,6 +1135,10 @@ def _push_as_sent(change: Change, device_id: int) -> Push:
         local_revision=change.local_revision if mine else 0,
         device_id=change.device_id if mine else 0,
     )
+
+
+def _nothing(key: str) -> bool:
+    return False
 
 
 def _received_cost(frame: str | bytes) -> int:
