@@ -39,6 +39,7 @@ from optisync.server import (
 )
 from optisync.server.jwt import JwksUnavailableError, JwtAuth, grant_from_sync_claim
 from optisync.wire import Hello
+from tests.server.conftest import serving
 
 SECRET = "test-secret-of-at-least-thirty-two-bytes"
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -410,11 +411,11 @@ def hs_token(sub: str, sync: dict[str, Any] | None = None, exp: float | None = N
 
 
 @pytest.fixture
-async def hs_url(database: Path, limits: Limits) -> AsyncIterator[str]:
+async def hs_url(database: Path, limits: Limits, transport: str) -> AsyncIterator[str]:
+    """A server admitting HS256 tokens, on each transport: refresh and expiry hold on both."""
     auth = JwtAuth(secret=SECRET, leeway=0)
-    async with SyncServer(SqliteStorage(database), authenticate=auth, limits=limits).run(
-        port=0
-    ) as url:
+    sync_server = SyncServer(SqliteStorage(database), authenticate=auth, limits=limits)
+    async with serving(sync_server, transport) as url:
         yield url
 
 
@@ -493,11 +494,11 @@ async def closed_with(device: Device) -> tuple[list[dict[str, Any]], int | None,
 
 
 async def test_a_connection_whose_token_expires_unrefreshed_is_closed_token_expired(
-    database: Path,
+    database: Path, transport: str
 ) -> None:
     exp = short_exp()
     server = SyncServer(SqliteStorage(database), authenticate=JwtAuth(secret=SECRET, leeway=0))
-    async with server.run(port=0) as url, connect(url) as connection:
+    async with serving(server, transport) as url, connect(url) as connection:
         await connection.send(hello(hs_token("alice", ALICE, exp=exp)))
         welcome, ready, *received = await until_closed(connection)
     assert (welcome["expires_at"], ready["type"]) == (exp, "ready")
