@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -120,7 +120,7 @@ async def open_device(
     codec: Codec[S],
     initial: S,
     *,
-    token: str | None = None,
+    token: str | Callable[[], Awaitable[str]] | None = None,
     backoff: Backoff | None = None,
     trace: Callable[[Traced], object] | None = None,
 ) -> AsyncIterator[Device[StoreT]]:
@@ -140,7 +140,9 @@ async def open_device(
         path: the device's SQLite file; made if missing.
         codec: how the state is saved (``AttrsCodec(YourState)``, ``JsonCodec()``).
         initial: the state of a new device.
-        token: the server's token, if it needs one.
+        token: the server's token, if it needs one: a ``str``, or an async
+            function returning a fresh one, called at each connect and before
+            the token expires (see :class:`~optisync.client.SyncClient`).
         backoff: the outbox's waits between attempts while the server is unreachable.
         trace: the client's ``trace``: every protocol message sent and received
             (a timeline, a debug log; see :class:`~optisync.client.Traced`).
