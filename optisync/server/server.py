@@ -40,12 +40,13 @@ from optisync.errors import InvalidArgumentError, OptisyncError
 from optisync.server._memory import MemoryReleaser
 from optisync.server.protocol import canonical_json
 from optisync.server.security import Authenticator, Grant, allow_anyone
-from optisync.server.storage import Change, Storage
+from optisync.server.storage import TOMBSTONE, Change, Storage
 from optisync.wire import (
     MAX_SAFE_INT,
     PROTOCOL_VERSION,
     ClientMessage,
     Committed,
+    Delete,
     Error,
     Get,
     Hello,
@@ -726,13 +727,34 @@ class SyncServer:
         peer.cursor = hello.since
         head = await self._storage.head()
         generation = self._storage.generation
-        reset = await self._must_reset(hello, generation, head)
+        compacted = await self._below_horizon(hello, generation, head)
+        reset = compacted or await self._must_reset(hello, generation, head)
         if reset:
             peer.cursor = 0
-        welcome = Welcome(generation=generation, server_revision=head, reset=reset)
+        welcome = Welcome(
+            generation=generation,
+            server_revision=head,
+            reset=reset,
+            compacted=True if compacted else msgspec.UNSET,
+        )
         if not peer.offer(encode(welcome)):
             self._cut_soon(peer)  # all send queues are full: it replays on reconnect
         logger.info("%s connected (since %d, reset %s)", peer.grant.name, hello.since, reset)
+
+    async def _below_horizon(self, hello: Hello, generation: str, head: int) -> bool:
+        """Whether the device's cursor is at or below the compaction horizon of this database.
+
+        Tombstones it may not have seen were dropped: it replays from 0 and
+        drops the keys that replay leaves out. (At the horizon itself, the
+        entry its digest names may be a dropped tombstone: it replays too.)
+        A storage that cannot compact has no horizon; a hello from 0 needs none.
+        """
+        horizon = getattr(self._storage, "horizon", None)
+        if hello.since == 0 or horizon is None or hello.since > head:
+            return False
+        if hello.generation not in ("", generation):
+            return False  # another database: the reset is for that
+        return bool(hello.since <= await horizon())
 
     async def _must_reset(self, hello: Hello, generation: str, head: int) -> bool:
         """Whether the device's position cannot come from this database: it must reload.
@@ -843,6 +865,8 @@ class SyncServer:
         peer.bad_frames = 0
         if isinstance(message, Get):
             return await self._get(peer, message)
+        if isinstance(message, Delete):
+            return await self._delete(peer, message)
         return await self._set(peer, message)
 
     async def _get(self, peer: _Peer, message: Get) -> Value | Error:
@@ -855,6 +879,8 @@ class SyncServer:
             return Error(message.request_id, "unavailable", "the server could not read; retry")
         if change is None:
             return Value(message.request_id, message.key, None, -1)
+        if change.deleted:
+            return Value(message.request_id, message.key, None, change.server_revision, True)
         value = msgspec.Raw(change.value)
         return Value(message.request_id, message.key, value, change.server_revision)
 
@@ -887,9 +913,33 @@ class SyncServer:
             return Error(request_id, "unavailable", "the server could not commit; retry")
         self._log_if_superseded(peer, message, value, change)
         logger.debug("%s set %r at %d", peer.grant.name, message.key, change.server_revision)
-        return Committed(request_id, message.key, msgspec.Raw(change.value), change.server_revision)
+        return _committed(request_id, change)
 
-    def _log_if_superseded(self, peer: _Peer, message: Set, value: bytes, change: Change) -> None:
+    async def _delete(self, peer: _Peer, message: Delete) -> Committed | Error:
+        """A delete: committed like a set (revision, dedupe, grants), as a tombstone."""
+        request_id = message.request_id
+        if message.device_id not in (None, peer.device_id):
+            return Error(request_id, "forbidden", "device_id is not this connection's device")
+        if not peer.grant.can_write(message.key):
+            return Error(request_id, "forbidden", "this connection may not write the key")
+        try:
+            change = await self._storage.commit(
+                message.key,
+                TOMBSTONE,
+                local_revision=message.local_revision,
+                device_id=peer.device_id,
+                deduplicate=message.device_id is not None,
+            )
+        except Exception:
+            logger.exception("delete of %r failed", message.key)
+            return Error(request_id, "unavailable", "the server could not commit; retry")
+        self._log_if_superseded(peer, message, TOMBSTONE, change)
+        logger.debug("%s deleted %r at %d", peer.grant.name, message.key, change.server_revision)
+        return _committed(request_id, change)
+
+    def _log_if_superseded(
+        self, peer: _Peer, message: Set | Delete, value: bytes, change: Change
+    ) -> None:
         if change.local_revision > message.local_revision:
             logger.info(
                 "%s sent a stale copy of %r (local revision %d): answered with its commit at %d",
@@ -1003,11 +1053,19 @@ def _push_as_sent(change: Change, device_id: int) -> Push:
     mine = change.device_id == device_id
     return Push(
         key=change.key,
-        value=msgspec.Raw(change.value),
+        value=None if change.deleted else msgspec.Raw(change.value),
         server_revision=change.server_revision,
         local_revision=change.local_revision if mine else 0,
         device_id=change.device_id if mine else 0,
+        deleted=True if change.deleted else msgspec.UNSET,
     )
+
+
+def _committed(request_id: int, change: Change) -> Committed:
+    """The ack of ``change`` (a set's, or a delete's tombstone: ``deleted``, value null)."""
+    if change.deleted:
+        return Committed(request_id, change.key, None, change.server_revision, True)
+    return Committed(request_id, change.key, msgspec.Raw(change.value), change.server_revision)
 
 
 def _received_cost(frame: str | bytes) -> int:
