@@ -104,7 +104,9 @@ _CHANGES_AFTER: Final = (
 )
 # The tombstones at or below a revision, and a compaction's statements: the rows
 # that reference them first (foreign keys), the change-log rows last.
-_TOMBSTONES: Final = "SELECT revision FROM optisync_changes WHERE value = ''::bytea AND revision <= %s"
+_TOMBSTONES: Final = (
+    "SELECT revision FROM optisync_changes WHERE value = ''::bytea AND revision <= %s"
+)
 _COMPACT: Final = (
     f"DELETE FROM optisync_device_keys WHERE revision IN ({_TOMBSTONES})",
     f"DELETE FROM optisync_keys WHERE revision IN ({_TOMBSTONES})",

@@ -817,7 +817,9 @@ def _compact(connection: sqlite3.Connection, *, through: int) -> int:
         connection.execute(
             f"DELETE FROM optisync_device_keys WHERE revision IN ({_TOMBSTONES})", (horizon,)
         )
-        connection.execute(f"DELETE FROM optisync_keys WHERE revision IN ({_TOMBSTONES})", (horizon,))
+        connection.execute(
+            f"DELETE FROM optisync_keys WHERE revision IN ({_TOMBSTONES})", (horizon,)
+        )
         dropped = connection.execute(
             "DELETE FROM optisync_changes WHERE value = X'' AND revision <= ?", (horizon,)
         ).rowcount
