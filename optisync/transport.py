@@ -116,7 +116,7 @@ DELETED: Final = Deleted()
 ``transport.send(key, DELETED, request)`` deletes ``key`` on the server (a
 tombstone, ordered against the key's sets by last write wins); a push, an
 ack or a get of a deleted key has the value ``DELETED``. Declared fields
-(:mod:`optisync.fields`) turn it into the removal of an item from the state
+(``optisync.fields``) turn it into the removal of an item from the state
 (``remove=``); it is never meant to be stored in a state. Falsy, so that
 ``if store.done[item]:`` reads a deleted item as not done.
 
