@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from optisync import DELETED, PushMetadata, PushOutcome, StateError, Store, testing
 from optisync.client import SyncClient
 from optisync.device import open_device
 from optisync.fields import SyncedMap, SyncedMapWithPush, SyncedValueWithPush, serve
-from optisync.outbox import Backoff
+from optisync.outbox import Backoff, Outbox
 from optisync.persistence import AttrsCodec
 from optisync.server import SqliteStorage, SyncServer
-from optisync.transport import Ack, SyncRequest, wire_key
+from optisync.transport import Ack, SyncRequest, store_key, wire_key
 
 
 @attrs.frozen
@@ -301,3 +304,72 @@ async def test_a_client_sends_deleted_as_a_delete_and_hears_it_pushed(tmp_path: 
             await client.caught_up()
             assert await client.get("k") == (DELETED, 2)
             assert heard == [("k", 1, PushMetadata(1, 1, 1)), ("k", DELETED, PushMetadata(2, 2, 1))]
+
+
+# -- any interleaving of sets and deletes converges ------------------------------------------
+
+ITEMS = ("milk", "eggs")
+Op = tuple[str, int, str, bool]  # (kind, device, item, done): kind is set, delete, drop or wait
+
+
+@st.composite
+def interleavings(draw: st.DrawFn) -> tuple[testing.NetworkFaults, int, list[Op]]:
+    latency = st.sampled_from([(0.0, 0.0), (0.0, 0.01), (0.001, 0.05)])
+    faults = testing.NetworkFaults(
+        request_latency=draw(latency),
+        push_latency=draw(latency),
+        duplicate_push=draw(st.sampled_from([0.0, 0.2])),
+        drop_push=draw(st.sampled_from([0.0, 0.1])),
+        reconnect_delay=(0.0, 0.05),
+        fail_before_commit=draw(st.sampled_from([0.0, 0.2])),
+        fail_after_commit=draw(st.sampled_from([0.0, 0.2])),
+    )
+    op = st.tuples(
+        st.sampled_from(["set", "set", "delete", "delete", "drop", "wait"]),
+        st.integers(1, 3),
+        st.sampled_from(ITEMS),
+        st.booleans(),
+    )
+    return faults, draw(st.integers(0, 2**16)), draw(st.lists(op, min_size=1, max_size=30))
+
+
+async def _play(faults: testing.NetworkFaults, seed: int, ops: list[Op]) -> None:
+    network = testing.SimulatedNetwork(testing.SimulatedServer(), faults=faults, seed=seed)
+    stores = {n: TodoStore(Todos(), device_id=n) for n in (1, 2, 3)}
+    links = {n: network.device(n) for n in stores}
+    for n, store in stores.items():
+        # The outbox: a write made offline waits for the link instead of failing.
+        Outbox(store, backoff=Backoff(initial=0.01, maximum=0.05, jitter=0.0))
+        serve(store, links[n])
+    async with stores[1], stores[2], stores[3]:
+        for kind, device, item, done in ops:
+            store = stores[device]
+            if kind == "set":
+                store.done.set(item, done)
+            elif kind == "delete" and item in store.state.done:
+                store.done.delete(item)
+            elif kind == "drop":
+                links[device].drop()
+            else:
+                await asyncio.sleep(0.01)
+        await network.settle()
+        latest = {str(commit.key): commit.value for commit in network.server.log}
+        items = {wire: store_key(wire) for wire in latest}
+        expected = Todos(
+            {item[1]: value for wire, value in latest.items() if value is not DELETED
+             for item in [items[wire]] if isinstance(item, tuple)}
+        )  # fmt: skip
+        assert expected.done or not latest or DELETED in latest.values()
+        assert [store.state for store in stores.values()] == [expected] * 3
+
+
+@settings(
+    max_examples=int(os.environ.get("OPTISYNC_DELETE_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(interleavings())
+def test_any_interleaving_of_sets_and_deletes_converges_to_the_server(
+    case: tuple[testing.NetworkFaults, int, list[Op]],
+) -> None:
+    testing.run(_play(*case))

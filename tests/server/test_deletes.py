@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import subprocess
 import sys
@@ -13,7 +14,17 @@ from typing import Any
 import pytest
 
 from optisync.server import Change, CompactingStorage, Grant, SyncServer
-from optisync.wire import Committed, Delete, Hello, Push, Value, decode_client, encode
+from optisync.wire import (
+    Committed,
+    Delete,
+    Hello,
+    Push,
+    Value,
+    decode_client,
+    decode_server,
+    encode,
+    entry_digest,
+)
 from tests.server.conftest import Connect, RawDevice
 from tests.server.test_contract import Backend
 
@@ -283,3 +294,21 @@ def test_the_compact_command_keeps_the_newest_revisions_tombstones(tmp_path: Pat
     refused = subprocess.run([*command, "--through", "-1"], capture_output=True, text=True)
     assert refused.returncode == 2
     assert "0 or more" in refused.stderr
+
+
+async def test_a_device_whose_cursor_is_a_tombstone_resumes_without_a_reset(
+    connect_device: Connect,
+) -> None:
+    writer, reader = await connect_device(1), await connect_device(2)
+    await writer.set("k", 1)
+    await deleted(writer, "k", local_revision=2)
+    await reader.receive_type("push")
+    tombstone = await reader.receive_type("push")
+    digest = entry_digest(decode_server(json.dumps(tombstone)))
+    assert digest != entry_digest(Push("k", None, 2, 0, 0))  # not a set of null
+    generation = reader.welcome["generation"]
+    back = await connect_device(3, since=2, generation=generation, digest=digest)
+    assert (back.welcome["reset"], back.replayed) == (False, [])
+    wrong = entry_digest(Push("k", None, 2, 0, 0))
+    restored = await connect_device(4, since=2, generation=generation, digest=wrong)
+    assert restored.welcome["reset"] is True
