@@ -71,6 +71,7 @@ _TRY_LATER: Final = 1013
 _QUEUE_FULL: Final = "send queue full"
 _BINARY: Final = "messages are JSON in text frames; this frame was binary"
 _NO_DATABASE: Final = "the database is unavailable"
+_COMPACTED: Final = "compacted past this device's position during its replay"
 _BAD_FRAMES: Final = "too many bad messages in a row"
 _TOO_MANY_CONNECTIONS: Final = "too many connections from this address"
 _RATE_LIMITED: Final = "rate_limited"
@@ -306,6 +307,9 @@ class _Peer:
         self.device_id = hello.device_id
         self.grant = grant
         self.cursor = 0  # the newest revision queued for this device
+        # The hello's position when the replay resumes from it (0: from scratch):
+        # a compaction that passes it during the replay cuts the connection.
+        self.resumed_from = hello.since
         self.bad_frames = 0  # messages in a row the server could not read
         # Live changes that arrive during the replay wait here (None: replay done).
         self.pending: list[Change] | None = []
@@ -730,7 +734,7 @@ class SyncServer:
         compacted = await self._below_horizon(hello, generation, head)
         reset = compacted or await self._must_reset(hello, generation, head)
         if reset:
-            peer.cursor = 0
+            peer.cursor = peer.resumed_from = 0
         welcome = Welcome(
             generation=generation,
             server_revision=head,
@@ -755,6 +759,17 @@ class SyncServer:
         if hello.generation not in ("", generation):
             return False  # another database: the reset is for that
         return bool(hello.since <= await horizon())
+
+    async def _compacted_past(self, peer: _Peer) -> bool:
+        """Whether a compaction has passed the position ``peer`` resumes its replay from.
+
+        Read after each replay page: a page read before the compaction
+        committed is whole, one read after it may lack a dropped tombstone.
+        """
+        horizon = getattr(self._storage, "horizon", None)
+        if peer.resumed_from == 0 or horizon is None:
+            return False
+        return bool(peer.resumed_from <= await horizon())
 
     async def _must_reset(self, hello: Hello, generation: str, head: int) -> bool:
         """Whether the device's position cannot come from this database: it must reload.
@@ -974,6 +989,12 @@ class SyncServer:
             while True:
                 async with self._replay_reads:
                     page = await self._storage.latest_after(peer.cursor, page_size)
+                    compacted = await self._compacted_past(peer)
+                if compacted:
+                    # The page may lack a dropped tombstone: send none of it. The
+                    # device's cursor stays below the horizon: it reconnects, reloads.
+                    await self._cut(peer, _COMPACTED)
+                    return
                 for change in page:
                     if peer.grant.can_read(change.key):
                         frame = self._push_frame(peer, change)

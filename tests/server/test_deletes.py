@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
-from optisync.server import Change, CompactingStorage, Grant, SyncServer
+from optisync.server import Change, CompactingStorage, Grant, SqliteStorage, SyncServer
 from optisync.wire import (
     Committed,
     Delete,
@@ -25,7 +27,7 @@ from optisync.wire import (
     encode,
     entry_digest,
 )
-from tests.server.conftest import Connect, RawDevice
+from tests.server.conftest import Connect, RawDevice, open_raw_device
 from tests.server.test_contract import Backend
 
 
@@ -312,3 +314,46 @@ async def test_a_device_whose_cursor_is_a_tombstone_resumes_without_a_reset(
     wrong = entry_digest(Push("k", None, 2, 0, 0))
     restored = await connect_device(4, since=2, generation=generation, digest=wrong)
     assert restored.welcome["reset"] is True
+
+
+class CompactsDuringTheFirstReplayPage(SqliteStorage):
+    """Runs a compaction right after the first replay page is read: the race, on purpose."""
+
+    through = 0
+
+    async def latest_after(self, revision: int, limit: int) -> list[Change]:
+        page = await super().latest_after(revision, limit)
+        if self.through:
+            through, self.through = self.through, 0
+            await self.compact(through)
+        return page
+
+
+async def test_a_compaction_during_a_replay_cuts_it_and_the_device_reloads(
+    tmp_path: Path,
+) -> None:
+    storage = CompactsDuringTheFirstReplayPage(tmp_path / "server.sqlite3")
+    async with SyncServer(storage).run(port=0) as url:
+        writer = await open_raw_device(url, 1)
+        await writer.set("a", 1)  # 1
+        await deleted(writer, "a", local_revision=2)  # 2
+        await writer.set("b", 2)  # 3
+        storage.through = 2
+        generation = writer.welcome["generation"]
+        late = RawDevice(await connect(url), 2)
+        await late.send({"type": "hello", "device_id": 2, "since": 1, "generation": generation})
+        assert (await late.receive())["reset"] is False  # the horizon was 0 at its hello
+        # Its page was read before the compaction: not sent (it could lack the tombstone).
+        with pytest.raises(ConnectionClosed) as closed:
+            await late.receive()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1013
+        again = RawDevice(await connect(url), 2)
+        await again.send({"type": "hello", "device_id": 2, "since": 1, "generation": generation})
+        again.welcome = await again.receive()
+        again.replayed = [await again.receive()]
+        assert (await again.receive())["type"] == "ready"
+        assert (again.welcome["reset"], again.welcome["compacted"]) == (True, True)
+        assert [p["key"] for p in again.replayed] == ["b"]
+        await writer.connection.close()
+        await again.connection.close()
