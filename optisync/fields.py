@@ -1174,12 +1174,14 @@ class BoundField(Generic[S, I, T]):
             >>> todos.state
             {'eggs': False}
         """
-        key = self.field.key(item)
-        self.__revisions.pop(key, None)
-        store = self.store
-        if self.field.takes_tombstone(store.state):
+        field, store = self.field, self.store
+        self.__revisions.pop(field.key(item), None)
+        if not field.takes_tombstone(store.state):
+            return
+        present = self.get(item) is not DELETED if field.deletable else item in store.state
+        if present:  # an item deleted here already is left alone: no state to emit
             deleted: Any = DELETED
-            store.emit(self.field.set(store.state, item, deleted))
+            store.emit(field.set(store.state, item, deleted))
 
     def resend(self, item: I) -> Awaitable[None]:
         """Sync the value the state shows for ``item`` again (an unsent change after a restart).
