@@ -1178,7 +1178,8 @@ class BoundField(Generic[S, I, T]):
         self.__revisions.pop(field.key(item), None)
         if not field.takes_tombstone(store.state):
             return
-        present = self.get(item) is not DELETED if field.deletable else item in store.state
+        state: Any = store.state  # a dict, when the field is not deletable
+        present = self.get(item) is not DELETED if field.deletable else item in state
         if present:  # an item deleted here already is left alone: no state to emit
             deleted: Any = DELETED
             store.emit(field.set(store.state, item, deleted))
