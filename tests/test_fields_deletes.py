@@ -373,3 +373,23 @@ def test_any_interleaving_of_sets_and_deletes_converges_to_the_server(
     case: tuple[testing.NetworkFaults, int, list[Op]],
 ) -> None:
     testing.run(_play(*case))
+
+
+def test_a_field_without_push_deletes_through_a_transport_too() -> None:
+    class Flags(Store[dict[str, bool]]):
+        on = SyncedMap[dict[str, bool], str, bool](
+            lambda s, f: s[f],
+            lambda s, f, v: {**s, f: v},
+            remove=lambda s, f: {k: v for k, v in s.items() if k != f},
+        )
+
+    async def main() -> tuple[dict[str, bool], Any]:
+        network = testing.SimulatedNetwork(testing.SimulatedServer())
+        link = network.device(1)
+        async with Flags({"dark": True, "big": False}, device_id=1) as flags:
+            serve(flags, link)
+            await flags.on.delete("dark")
+            return flags.state, await link.get(wire_key(("on", "dark")))
+
+    state, answer = testing.run(main())
+    assert (state, answer) == ({"big": False}, (DELETED, 1))
