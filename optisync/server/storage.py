@@ -138,7 +138,9 @@ class Storage(Protocol):
         """Store ``value`` for ``key`` at the next revision; return once durable.
 
         ``value`` ``b""`` is a delete: stored and paged like any value, as the
-        key's tombstone (:attr:`Change.deleted`). With ``deduplicate``, the storage remembers, in the same transaction,
+        key's tombstone (:attr:`Change.deleted`).
+
+        With ``deduplicate``, the storage remembers, in the same transaction,
         the newest ``(local_revision, revision)`` committed per ``(device_id,
         key)``. A write whose ``local_revision`` is at or below the remembered
         one is a retry (equal) or a stale retry (below): nothing is committed,
