@@ -31,8 +31,11 @@ from optisync.errors import (
 )
 from optisync.revisions import PushMetadata, PushOutcome, default_device_id, set_device_id_provider
 from optisync.store import Store
+from optisync.transport import DELETED, Deleted
 
 __all__ = [
+    "DELETED",
+    "Deleted",
     "AlreadyAttachedError",
     "ArgumentTypeError",
     "ClosedError",

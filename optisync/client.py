@@ -63,12 +63,13 @@ from optisync.errors import (
     TransportError,
 )
 from optisync.fields import serve
-from optisync.transport import Ack, PushListener, SyncRequest
+from optisync.transport import DELETED, Ack, PushListener, SyncRequest
 from optisync.wire import (
     Auth,
     Authed,
     ClientMessage,
     Committed,
+    Delete,
     Error,
     Get,
     Hello,
@@ -347,6 +348,7 @@ class SyncClient(Generic[S]):
         self._push_listeners: list[PushListener] = []
         self._position_listeners: list[Callable[[int, str], object]] = []
         self._reset_listeners: list[Callable[[], object]] = []
+        self._reset_by_compaction = False
         if on_reset is not None:
             self.subscribe_reset(on_reset)
         self._pending: dict[int, asyncio.Future[Committed | Value]] = {}
@@ -558,6 +560,22 @@ class SyncClient(Generic[S]):
             >>> unsubscribe()
         """
         return self._subscribe(self._reset_listeners, listener, "a reset listener")
+
+    @property
+    def reset_by_compaction(self) -> bool:
+        """Whether the server's latest reset came from compacting its tombstones.
+
+        Then the replay starts at 0 and a key it does not mention was
+        deleted; read it in a reset listener (:func:`optisync.fields.serve`
+        does: it removes those items instead of writing them back).
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.client import SyncClient
+            >>> SyncClient(Store(0, device_id=1), "ws://127.0.0.1:1").reset_by_compaction
+            False
+        """
+        return self._reset_by_compaction
 
     def subscribe_pushes(self, listener: PushListener) -> Callable[[], None]:
         """Call ``listener(key, value, PushMetadata)`` for every push, replayed or live.
@@ -850,12 +868,15 @@ class SyncClient(Generic[S]):
         ) -> Any:
             committed = await self._write(key, value, local_revision, device_id)
             inform_server_revision(committed.server_revision)
-            return committed.value
+            return DELETED if committed.deleted is True else committed.value
 
         return send_value_to_server
 
     async def send(self, key: str, value: Any, request: SyncRequest) -> Ack[Any]:
         """Write ``value`` at wire ``key``; return the revision and value the server committed.
+
+        ``value`` :data:`~optisync.DELETED` sends a ``delete``: the ack's value
+        is then ``DELETED``.
 
         Raises:
             ClientConnectionError: offline, or the connection dropped meanwhile.
@@ -877,10 +898,13 @@ class SyncClient(Generic[S]):
             Ack(server_revision=1, value=5)
         """
         committed = await self._write(key, value, request.local_revision, request.device_id)
-        return Ack(committed.server_revision, committed.value)
+        value = DELETED if committed.deleted is True else committed.value
+        return Ack(committed.server_revision, value)
 
     async def get(self, key: str) -> tuple[Any, int]:
         """Read ``key`` from the server: its value and revision (``(None, -1)``: never written).
+
+        A deleted key reads ``(DELETED, revision of its delete)``.
 
         Raises:
             ClientConnectionError: offline, or the connection dropped meanwhile.
@@ -902,7 +926,7 @@ class SyncClient(Generic[S]):
         request_id = next(self._request_ids)
         answer = await self._request(request_id, Get(request_id, key))
         assert isinstance(answer, Value)
-        return answer.value, answer.server_revision
+        return DELETED if answer.deleted is True else answer.value, answer.server_revision
 
     async def _write(self, key: str, value: Any, local_revision: int, device_id: int) -> Committed:
         if device_id != self._store.device_id:
@@ -911,13 +935,16 @@ class SyncClient(Generic[S]):
                 "send the device id the store passed to send_value_to_server"
             )
         request_id = next(self._request_ids)
-        answer = await self._request(
-            request_id, Set(request_id, key, value, local_revision, device_id)
+        message: Set | Delete = (
+            Delete(request_id, key, local_revision, device_id)
+            if value is DELETED
+            else Set(request_id, key, value, local_revision, device_id)
         )
+        answer = await self._request(request_id, message)
         assert isinstance(answer, Committed)
         return answer
 
-    async def _request(self, request_id: int, message: Set | Get) -> Committed | Value:
+    async def _request(self, request_id: int, message: Set | Delete | Get) -> Committed | Value:
         connection = self._connection
         if connection is None or not self._online:
             raise ClientConnectionError(
@@ -1129,6 +1156,7 @@ class SyncClient(Generic[S]):
     def _welcome(self, welcome: Welcome) -> None:
         if not isinstance(welcome.expires_at, msgspec.UnsetType):
             self._refresh_before(welcome.expires_at)
+        self._reset_by_compaction = welcome.reset and welcome.compacted is True
         if welcome.reset:
             self._set_position(0, welcome.generation, "")
             for listener in list(self._reset_listeners):
@@ -1143,11 +1171,12 @@ class SyncClient(Generic[S]):
             device_id=push.device_id,
         )
         outcome = None
+        value = DELETED if push.deleted is True else push.value
         if self._apply_value is not None:
-            outcome = self._apply_to_store(push, metadata, self._apply_value)
+            outcome = self._apply_to_store(push, value, metadata, self._apply_value)
         for listener in list(self._push_listeners):
             try:
-                taken = listener(push.key, push.value, metadata)
+                taken = listener(push.key, value, metadata)
             except Exception as error:
                 # Not taken (a store's on_change vetoed it, say): the cursor stays
                 # before it, and the connection starts over so that the replay has it.
@@ -1160,14 +1189,18 @@ class SyncClient(Generic[S]):
         return outcome
 
     def _apply_to_store(
-        self, push: Push, metadata: PushMetadata, apply_value: Callable[[S, str, Any, int], S]
+        self,
+        push: Push,
+        value: Any,
+        metadata: PushMetadata,
+        apply_value: Callable[[S, str, Any, int], S],
     ) -> PushOutcome:
         key: Hashable = push.key
         return self._store.server_push(
             key=key,
             push_metadata=metadata,
             apply_server_push_to_state=lambda state, key, revision: apply_value(
-                state, push.key, push.value, revision
+                state, push.key, value, revision
             ),
             get_server_revision_from_state=lambda key: self._get_revision(push.key),
         )

@@ -64,7 +64,16 @@ from optisync.errors import (
 )
 from optisync.revisions import PushMetadata, PushOutcome
 from optisync.store import latest_change_is_push
-from optisync.transport import Ack, Resumable, SyncRequest, Transport, store_key, wire_key
+from optisync.transport import (
+    DELETED,
+    Ack,
+    ReportsCompaction,
+    Resumable,
+    SyncRequest,
+    Transport,
+    store_key,
+    wire_key,
+)
 
 if TYPE_CHECKING:
     from optisync.store import Store
@@ -140,6 +149,8 @@ class _Field(Generic[S, I, T, B]):
     single = False
     #: Synced with ``optimistic_sync_with_push`` (True) or ``optimistic_sync``.
     with_push = False
+    #: Whether items can be deleted (a map field declared with ``remove=``).
+    deletable = False
 
     def __init__(
         self,
@@ -164,6 +175,23 @@ class _Field(Generic[S, I, T, B]):
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
+
+    def takes_tombstone(self, state: S) -> bool:
+        """Whether a delete pushed for one of this field's items can be applied to ``state``.
+
+        A deletable field can; a map field without ``remove=`` can when the
+        state is a dict (the item's key is dropped); a single value cannot.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedMap
+            >>> class Flags(Store[dict[str, bool]]):
+            ...     on = SyncedMap[dict[str, bool], str, bool](
+            ...         lambda s, f: s.get(f, False), lambda s, f, v: {**s, f: v})
+            >>> Flags.on.takes_tombstone({}), Flags.on.takes_tombstone([])
+            (True, False)
+        """
+        return self.deletable or (not self.single and isinstance(state, dict))
 
     def key(self, item: I) -> Hashable:
         """The store key of ``item``: ``(name, item)``; a single value's is its name.
@@ -222,18 +250,88 @@ def _lift_set(put: Callable[[S, T], S]) -> Callable[[S, None, T], S]:
     return lambda state, item, value: put(state, value)
 
 
+def _contains(state: Any, item: Any) -> bool:
+    try:
+        return item in state
+    except TypeError:
+        raise StateError(
+            f"a state of type {type(state).__name__} does not support `in`: give the "
+            "deletable field contains=(state, item) -> bool"
+        ) from None
+
+
+def _reads_deleted(
+    get: Callable[[S, I], T], contains: Callable[[S, I], bool]
+) -> Callable[[S, I], T]:
+    """``get`` that reads :data:`DELETED` for an item absent from the state."""
+
+    def read(state: S, item: I) -> T:
+        if contains(state, item):
+            return get(state, item)
+        deleted: Any = DELETED
+        return deleted  # type: ignore[no-any-return]
+
+    return read
+
+
+def _writes_deleted(
+    name: Callable[[], str], put: Callable[[S, I, T], S], remove: Callable[[S, I], S] | None
+) -> Callable[[S, I, T], S]:
+    """``set`` that writes :data:`DELETED` as the removal of the item.
+
+    Without ``remove``, a dict-valued state loses the item's key; any other
+    state refuses (a tombstone push for a field that cannot remove).
+    """
+
+    def write(state: S, item: I, value: T) -> S:
+        if value is not DELETED:
+            return put(state, item, value)
+        if remove is not None:
+            return remove(state, item)
+        if isinstance(state, dict):
+            without: Any = {k: v for k, v in state.items() if k != item}
+            return without  # type: ignore[no-any-return]
+        raise StateError(
+            f"the field {name()!r} cannot remove the deleted item {item!r} from a "
+            f"{type(state).__name__}: declare it with remove=(state, item) -> state"
+        )
+
+    return write
+
+
 class _MapField(_Field[S, I, T, B]):
-    """A declared collection: ``get`` and ``set`` take the item id."""
+    """A declared collection: ``get`` and ``set`` take the item id.
+
+    With ``remove=(state, item) -> state`` its items can be deleted
+    (:meth:`BoundMapWithPush.delete`, ``del store.field[item]``): an item
+    absent from the state (``contains``, by default ``item in state``) reads
+    as :data:`~optisync.DELETED`.
+    """
 
     def __init__(
         self,
         get: Callable[[S, I], T],
         set: Callable[[S, I, T], S],  # noqa: A002
         *,
+        remove: Callable[[S, I], S] | None = None,
+        contains: Callable[[S, I], bool] | None = None,
         max_follow_up_requests: int = 10_000,
         on_refused: OnRefused = "reload",
     ) -> None:
         super().__init__(get, set, max_follow_up_requests, on_refused)
+        if remove is not None and not callable(remove):
+            raise ArgumentTypeError(
+                f"remove= must be callable (state, item) -> state, got {remove!r}"
+            )
+        if contains is not None and (remove is None or not callable(contains)):
+            raise ArgumentTypeError(
+                "contains= must be callable (state, item) -> bool, and goes with remove="
+            )
+        #: Whether items can be deleted: ``remove=`` was given.
+        self.deletable = remove is not None
+        if remove is not None:
+            self.get = _reads_deleted(get, contains or _contains)
+        self.set = _writes_deleted(lambda: self.name, set, remove)
 
     def reloader(self, fn: Callable[[O, I], Awaitable[T]]) -> Callable[[O, I], Awaitable[T]]:
         """Declare how to fetch the server's value of an item after a failed sync.
@@ -325,6 +423,11 @@ class SyncedMapWithPush(_MapField[S, I, T, "BoundMapWithPush[S, I, T]"]):
     Args:
         get: ``(state, item) -> value``.
         set: ``(state, item, value) -> new state``.
+        remove: ``(state, item) -> new state`` without the item: lets items be
+            deleted (:meth:`BoundMapWithPush.delete`). Without it, a pushed
+            delete removes the item's key from a dict-valued state.
+        contains: ``(state, item) -> bool`` (with ``remove``; default
+            ``item in state``): an absent item reads as :data:`~optisync.DELETED`.
         max_follow_up_requests: as for ``optimistic_sync_with_push``.
 
     On an instance it is a :class:`BoundMapWithPush`.
@@ -800,13 +903,22 @@ def serve(store: Store[Any], transport: Transport) -> Callable[[], None]:
             return PushOutcome.STALE
         return bound.apply_push(item, value, metadata)
 
+    # Whether the last reset came from the server's compaction: the keys its
+    # replay does not mention were deleted (their tombstones dropped), so they
+    # are removed here rather than written back.
+    compacted = [False]
+
     def on_status(online: bool) -> None:
         if online:
             held.clear()
-            _write_back(store, unheard)
+            if compacted[0]:
+                _drop_deleted(store, unheard)
+            else:
+                _write_back(store, unheard)
             _reload_waiting(fields)
 
     def on_reset() -> None:
+        compacted[0] = isinstance(transport, ReportsCompaction) and transport.reset_by_compaction
         held.clear()
         held.update(
             key
@@ -840,6 +952,15 @@ def _write_back(
     for key, (bound, item) in list(unheard.items()):
         if not store.is_closed and not store.is_syncing(key):
             bound.resend(item)  # its failure, if any, reaches the store's on_error
+    unheard.clear()
+
+
+def _drop_deleted(
+    store: Store[Any], unheard: dict[Hashable, tuple[BoundField[Any, Any, Any], Any]]
+) -> None:
+    for key, (bound, item) in list(unheard.items()):
+        if not store.is_closed and not store.is_syncing(key):
+            bound.drop_deleted(item)
     unheard.clear()
 
 
@@ -1033,6 +1154,36 @@ class BoundField(Generic[S, I, T]):
         """
         self.__revisions.clear()
 
+    def drop_deleted(self, item: I) -> None:
+        """Remove ``item`` from the state, unsent: the server no longer holds it.
+
+        What :func:`serve` does, after a reset by the server's compaction, to
+        each item the replay does not mention (its tombstone was dropped). It
+        forgets the item's server revision; a field that cannot remove items
+        (:meth:`takes_tombstone`) leaves the state as it is.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedMapWithPush
+            >>> class Todos(Store[dict[str, bool]]):
+            ...     done = SyncedMapWithPush[dict[str, bool], str, bool](
+            ...         lambda s, t: s[t], lambda s, t, d: {**s, t: d},
+            ...         remove=lambda s, t: {k: v for k, v in s.items() if k != t})
+            >>> todos = Todos({"milk": True, "eggs": False})
+            >>> todos.done.drop_deleted("milk")
+            >>> todos.state
+            {'eggs': False}
+        """
+        field, store = self.field, self.store
+        self.__revisions.pop(field.key(item), None)
+        if not field.takes_tombstone(store.state):
+            return
+        state: Any = store.state  # a dict, when the field is not deletable
+        present = self.get(item) is not DELETED if field.deletable else item in state
+        if present:  # an item deleted here already is left alone: no state to emit
+            deleted: Any = DELETED
+            store.emit(field.set(store.state, item, deleted))
+
     def resend(self, item: I) -> Awaitable[None]:
         """Sync the value the state shows for ``item`` again (an unsent change after a restart).
 
@@ -1109,6 +1260,14 @@ class BoundField(Generic[S, I, T]):
             )
         field = self.field
         key = field.key(item)
+        if value is DELETED and not field.takes_tombstone(self.store.state):
+            self.store.on_error(
+                StateError(
+                    f"the field {self.name!r} got a delete of {key!r} it cannot apply: "
+                    "declare it with remove=(state, item) -> state"
+                )
+            )
+            return PushOutcome.STALE
         self.__items[key] = item
         outcome = self.store.server_push(
             key=key,
@@ -1263,6 +1422,8 @@ class BoundField(Generic[S, I, T]):
         if revision < max(self.known_revision(key), store.server_revision(key)):
             return  # a newer push is on screen already
         item = self.__items[key]
+        if value is DELETED and not self.field.takes_tombstone(store.state):
+            return  # a delete this field cannot show: nothing better to show
         if revision < 0:  # the server never held it: show what the screen showed before
             if key in self.__before:
                 store.emit(self.field.set(store.state, item, self.__before[key]))
@@ -1414,6 +1575,73 @@ class _MapShape(BoundField[S, I, T]):
             {'milk': True}
         """
         return self.sync(item, value)
+
+    def delete(self, item: I) -> Awaitable[None]:
+        """Remove ``item`` from the state at once and sync its delete, like :meth:`set`.
+
+        Optimistic and coalesced like a set: a set, a delete and a set of one
+        item while a request is in flight end as the last tap. Over a
+        transport it is a tombstone on the server, ordered against the item's
+        sets by last write wins; other devices see the item removed. A
+        ``@sender`` gets :data:`~optisync.DELETED` as the value.
+
+        Raises:
+            StateError: the field is declared without ``remove=``.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync import DELETED, Store
+            >>> from optisync.fields import SyncedMap
+            >>> class Todos(Store[dict[str, bool]]):
+            ...     done = SyncedMap[dict[str, bool], str, bool](
+            ...         lambda s, t: s[t], lambda s, t, d: {**s, t: d},
+            ...         remove=lambda s, t: {k: v for k, v in s.items() if k != t})
+            ...
+            ...     @done.sender
+            ...     async def send_done(self, todo: str, done: bool) -> None:
+            ...         print("sent", todo, done)
+            >>> async def main() -> None:
+            ...     async with Todos({"milk": True, "eggs": False}) as todos:
+            ...         synced = todos.done.delete("milk")
+            ...         print(todos.state, todos.done["milk"])  # gone before the request
+            ...         await synced
+            >>> asyncio.run(main())
+            {'eggs': False} DELETED
+            sent milk DELETED
+        """
+        if not self.field.deletable:
+            raise StateError(
+                f"the field {self.name!r} cannot delete items: declare it with "
+                "remove=(state, item) -> state"
+            )
+        deleted: Any = DELETED
+        return self.sync(item, deleted)
+
+    def __delitem__(self, item: I) -> None:
+        """``del store.field[item]``: :meth:`delete`, without waiting for the server.
+
+        A failure of the sync goes to the store's ``on_error``.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedMap
+            >>> class Todos(Store[dict[str, bool]]):
+            ...     done = SyncedMap[dict[str, bool], str, bool](
+            ...         lambda s, t: s[t], lambda s, t, d: {**s, t: d},
+            ...         remove=lambda s, t: {k: v for k, v in s.items() if k != t})
+            ...
+            ...     @done.sender
+            ...     async def send_done(self, todo: str, done: bool) -> None:
+            ...         return None
+            >>> async def main() -> None:
+            ...     async with Todos({"milk": True}) as todos:
+            ...         del todos.done["milk"]
+            ...         print(todos.state)
+            >>> asyncio.run(main())
+            {}
+        """
+        self.delete(item)
 
 
 class _ValueShape(BoundField[S, None, T]):

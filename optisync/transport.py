@@ -10,6 +10,8 @@ What a transport does, as a :class:`typing.Protocol`:
 
 * :meth:`~Transport.send` a value for a wire key with its :class:`SyncRequest`
   and get back an :class:`Ack` (the server's revision and the value it holds);
+  the value :data:`DELETED` deletes the key (a tombstone), and a push, an
+  ack or a get of a deleted key carries :data:`DELETED` as its value;
 * :meth:`~Transport.get` a key's value and revision from the server;
 * :meth:`~Transport.subscribe_pushes`: every push, replayed or live, as
   ``listener(wire_key, value, PushMetadata)``;
@@ -46,7 +48,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Hashable
-from typing import Any, Generic, Protocol, TypeAlias, TypeVar, runtime_checkable
+from typing import Any, Final, Generic, Protocol, TypeAlias, TypeVar, final, runtime_checkable
 from urllib.parse import quote, unquote
 
 import attrs
@@ -55,8 +57,11 @@ from optisync.errors import ArgumentTypeError, InvalidArgumentError
 from optisync.revisions import PushMetadata
 
 __all__ = [
+    "DELETED",
     "Ack",
+    "Deleted",
     "ProvesDevice",
+    "ReportsCompaction",
     "Resumable",
     "SyncRequest",
     "Transport",
@@ -65,6 +70,62 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+@final
+class Deleted:
+    """The type of :data:`DELETED`, the value of a deleted key; it has that one instance.
+
+    Falsy, equal only to itself, and the same object after ``copy``,
+    ``deepcopy`` and ``pickle``.
+
+    Example:
+        >>> import pickle
+        >>> from optisync.transport import DELETED, Deleted
+        >>> Deleted() is DELETED, pickle.loads(pickle.dumps(DELETED)) is DELETED, bool(DELETED)
+        (True, True, False)
+    """
+
+    __slots__ = ()
+    _instance: Deleted | None = None
+
+    def __new__(cls) -> Deleted:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "DELETED"
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __reduce__(self) -> str:
+        return "DELETED"  # pickled by name: unpickling gives this module's one instance
+
+    def __copy__(self) -> Deleted:
+        return self
+
+    def __deepcopy__(self, memo: object) -> Deleted:
+        return self
+
+
+DELETED: Final = Deleted()
+"""The value of a deleted key: what travels where a value does when a key is deleted.
+
+``transport.send(key, DELETED, request)`` deletes ``key`` on the server (a
+tombstone, ordered against the key's sets by last write wins); a push, an
+ack or a get of a deleted key has the value ``DELETED``. Declared fields
+(``optisync.fields``) turn it into the removal of an item from the state
+(``remove=``); it is never meant to be stored in a state. Falsy, so that
+``if store.done[item]:`` reads a deleted item as not done.
+
+Example:
+    >>> import optisync
+    >>> from optisync.transport import DELETED
+    >>> optisync.DELETED is DELETED, DELETED, bool(DELETED)
+    (True, DELETED, False)
+"""
 
 
 @attrs.frozen
@@ -143,6 +204,9 @@ class Transport(Protocol):
     async def send(self, key: str, value: Any, request: SyncRequest) -> Ack[Any]:
         """Write ``value`` at wire ``key``; return once the server has committed it.
 
+        ``value`` :data:`DELETED` deletes the key; the ``Ack``'s value is
+        :data:`DELETED` when the server holds a tombstone for it.
+
         Example:
             What a served field's sync sends::
 
@@ -154,6 +218,8 @@ class Transport(Protocol):
     async def get(self, key: str) -> tuple[Any, int]:
         """The server's value of wire ``key`` and its revision; ``(None, -1)``: never written.
 
+        A deleted key answers ``(DELETED, revision of the delete)``.
+
         Example:
             What a served field reloads after a refused write::
 
@@ -163,6 +229,8 @@ class Transport(Protocol):
 
     def subscribe_pushes(self, listener: PushListener) -> Callable[[], None]:
         """Call ``listener(wire_key, value, metadata)`` for every push; returns an unsubscribe.
+
+        The push of a delete has the value :data:`DELETED`.
 
         Replayed pushes (after a reconnect) are delivered the same way.
 
@@ -317,6 +385,37 @@ class Resumable(Protocol):
             Forget what the old database said::
 
                 stop = transport.subscribe_reset(lambda: print("server replaced"))
+        """
+        ...
+
+
+@runtime_checkable
+class ReportsCompaction(Protocol):
+    """A transport that says why the server reset its position (``SyncClient`` is one).
+
+    A server that compacts its tombstones resets a device whose position is
+    older than them: the replay then starts at 0 and a key it does not
+    mention was deleted. :func:`optisync.fields.serve` reads this when the
+    reset comes, and removes such items instead of writing them back (what
+    it does after a reset for a database restored from a backup).
+
+    Example:
+        >>> from optisync import Store
+        >>> from optisync.client import SyncClient
+        >>> from optisync.transport import ReportsCompaction
+        >>> client = SyncClient(Store(0, device_id=1), "ws://127.0.0.1:1")
+        >>> isinstance(client, ReportsCompaction), client.reset_by_compaction
+        (True, False)
+    """
+
+    @property
+    def reset_by_compaction(self) -> bool:
+        """Whether the latest reset came from the server's compaction (read it in a reset listener).
+
+        Example:
+            In a reset listener::
+
+                drop_unheard = transport.reset_by_compaction
         """
         ...
 

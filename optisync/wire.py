@@ -45,6 +45,7 @@ __all__ = [
     "Authed",
     "ClientMessage",
     "Committed",
+    "Delete",
     "Error",
     "Get",
     "Hello",
@@ -172,6 +173,27 @@ class Set(_Message, tag="set", frozen=True):
     device_id: _SafeInt | None = None
 
 
+class Delete(_Message, tag="delete", frozen=True):
+    """Client to server: delete ``key`` (a tombstone); answered by :class:`Committed` or an error.
+
+    A delete is a write like a :class:`Set`: it takes the next revision,
+    needs write permission, is deduplicated by ``(device_id, key,
+    local_revision)`` when it names its device, and last write wins between
+    it and the sets of the key. Its ack and its pushes carry ``deleted:
+    true`` and a null ``value``.
+
+    Example:
+        >>> from optisync.wire import Delete, encode
+        >>> encode(Delete(request_id=4, key="todo/milk", local_revision=2))
+        b'{"type":"delete","request_id":4,"key":"todo/milk","local_revision":2,"device_id":null}'
+    """
+
+    request_id: _Count
+    key: _Key
+    local_revision: _Count
+    device_id: _SafeInt | None = None
+
+
 class Get(_Message, tag="get", frozen=True):
     """Client to server: read one key; answered by :class:`Value`.
 
@@ -199,6 +221,12 @@ class Welcome(_Message, tag="welcome", frozen=True):
     (``token_expired``) unless the device has sent a fresh token in an
     :class:`Auth` meanwhile.
 
+    ``compacted`` (left out unless true) comes with ``reset`` when the
+    device's ``since`` is below the compaction horizon: tombstones it has not
+    seen were dropped, so a key the replay from 0 does not mention was
+    deleted (the device drops it, rather than writing it back as it does
+    after a restored backup).
+
     Example:
         >>> from optisync.wire import Welcome, encode
         >>> Welcome(generation="g1", server_revision=4, reset=False).server_revision
@@ -214,6 +242,7 @@ class Welcome(_Message, tag="welcome", frozen=True):
     # UNSET, not None: left out unless the credentials expire, so that an older
     # client, whose structs forbid unknown fields, sees the welcome it knows.
     expires_at: float | msgspec.UnsetType = msgspec.UNSET
+    compacted: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class Auth(_Message, tag="auth", frozen=True):
@@ -256,17 +285,23 @@ class Committed(_Message, tag="ack", frozen=True):
 
     Its ``"type"`` on the wire is ``"ack"``. (The name differs so that the one
     public ``Ack`` is ``optisync.transport.Ack``, what a transport returns.)
+    ``deleted`` is true (and ``value`` null) when the committed change is a
+    tombstone (a :class:`Delete`); it is left out otherwise, so that a peer
+    from before deletes never sees it until a delete happens.
 
     Example:
         >>> from optisync.wire import Committed, encode
         >>> encode(Committed(request_id=1, key="like", value=True, server_revision=4))
         b'{"type":"ack","request_id":1,"key":"like","value":true,"server_revision":4}'
+        >>> encode(Committed(request_id=2, key="like", value=None, server_revision=5, deleted=True))
+        b'{"type":"ack","request_id":2,"key":"like","value":null,"server_revision":5,"deleted":true}'
     """
 
     request_id: int
     key: str
     value: Any
     server_revision: int
+    deleted: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class Push(_Message, tag="push", frozen=True):
@@ -274,6 +309,8 @@ class Push(_Message, tag="push", frozen=True):
 
     Devices other than the writer receive ``device_id=0`` and
     ``local_revision=0``: they only need to know the change is not theirs.
+    ``deleted`` is true (and ``value`` null) for a tombstone: the key was
+    deleted; left out otherwise.
 
     Example:
         >>> from optisync.wire import Push
@@ -287,6 +324,7 @@ class Push(_Message, tag="push", frozen=True):
     server_revision: int
     local_revision: int
     device_id: int
+    deleted: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class Ready(_Message, tag="ready", frozen=True):
@@ -304,6 +342,9 @@ class Ready(_Message, tag="ready", frozen=True):
 class Value(_Message, tag="value", frozen=True):
     """Server to client, answering :class:`Get`: the value and revision (-1: never written).
 
+    A deleted key answers ``deleted: true``, a null ``value`` and the
+    revision of its delete (left out for a key that holds a value).
+
     Example:
         >>> from optisync.wire import Value
         >>> Value(request_id=3, key="new", value=None, server_revision=-1).value is None
@@ -314,6 +355,7 @@ class Value(_Message, tag="value", frozen=True):
     key: str
     value: Any
     server_revision: _Revision
+    deleted: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class Error(_Message, tag="error", frozen=True):
@@ -330,8 +372,8 @@ class Error(_Message, tag="error", frozen=True):
     message: str
 
 
-ClientMessage: TypeAlias = Hello | Set | Get | Auth
-"""A message a device sends: a hello, a write, a read or fresh credentials.
+ClientMessage: TypeAlias = Hello | Set | Delete | Get | Auth
+"""A message a device sends: a hello, a write (a set or a delete), a read or fresh credentials.
 
 Example:
     >>> from optisync.wire import ClientMessage, Get
@@ -398,7 +440,7 @@ _SIXTEEN_DIGITS: Final = b"0" * 16
 _ESCAPED_NAME: Final = re.compile(rb"\\u00[5-7]")
 _QUOTED_NAMES: Final = {
     kind: tuple(b'"%s"' % name.encode() for name in ("type", *kind.__struct_fields__))
-    for kind in (Hello, Set, Get, Auth)
+    for kind in (Hello, Set, Delete, Get, Auth)
 }
 
 
@@ -422,7 +464,8 @@ def entry_digest(push: Push) -> str:
     ``device_id`` in decimal and ``key``, each followed by a newline, then
     the value as the server spells it in the push (its canonical JSON:
     sorted keys, no spaces). A client in another language can hash the
-    value's text exactly as it came in the frame.
+    value's text exactly as it came in the frame. A tombstone (``deleted``)
+    hashes no value bytes at all (its null is not hashed).
 
     Example:
         >>> from optisync.wire import Push, entry_digest
@@ -431,6 +474,8 @@ def entry_digest(push: Push) -> str:
         'd7b424cb3ce2c819'
     """
     head = f"{push.server_revision}\n{push.local_revision}\n{push.device_id}\n{push.key}\n"
+    if push.deleted is True:  # no JSON text is empty: a tombstone never hashes like a value
+        return hashlib.sha256(head.encode()).hexdigest()[:16]
     # A Raw value (the server's stored bytes) is canonical already and passes as is.
     value = msgspec.json.encode(push.value, order="sorted")
     return hashlib.sha256(head.encode() + value).hexdigest()[:16]

@@ -28,12 +28,19 @@ from optisync.server.security import (
     require_token,
 )
 from optisync.server.server import Limits, SyncServer
-from optisync.server.storage import Change, SqliteStorage, Storage, StorageUnavailableError
+from optisync.server.storage import (
+    Change,
+    CompactingStorage,
+    SqliteStorage,
+    Storage,
+    StorageUnavailableError,
+)
 
 __all__ = [
     "AuthRefusedError",
     "Authenticator",
     "Change",
+    "CompactingStorage",
     "Grant",
     "Handshake",
     "HandshakeAuthenticator",

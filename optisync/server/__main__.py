@@ -1,5 +1,9 @@
 """``python -m optisync.server --database app.sqlite3 --port 8765``: run a server.
 
+``python -m optisync.server compact --database app.sqlite3 --keep 100000``
+drops the tombstones (deletes) older than the newest 100,000 revisions
+(:func:`compact_main`); run it from cron beside the server.
+
 The log goes through :mod:`logging` to stderr from a thread of its own: a
 full pipe that nobody drains drops log lines, it never stops the server.
 Without ``$OPTISYNC_SERVER_TOKEN`` it listens on loopback only, unless
@@ -34,9 +38,20 @@ from typing import TextIO
 from optisync.server._memory import use_system_malloc
 from optisync.server.security import allow_anyone, require_token
 from optisync.server.server import SyncServer
-from optisync.server.storage import SqliteStorage, Storage, StorageUnavailableError
+from optisync.server.storage import (
+    CompactingStorage,
+    SqliteStorage,
+    Storage,
+    StorageUnavailableError,
+)
 
-__all__ = ["DropReportingHandler", "DroppingQueueHandler", "main", "parse_arguments"]
+__all__ = [
+    "DropReportingHandler",
+    "DroppingQueueHandler",
+    "compact_main",
+    "main",
+    "parse_arguments",
+]
 
 TOKEN_VARIABLE = "OPTISYNC_SERVER_TOKEN"
 PROGRAM = "python -m optisync.server"
@@ -349,6 +364,80 @@ def _run(arguments: argparse.Namespace) -> None:
         listener.stop()  # the log lines so far, before any reason for failing
 
 
+_COMPACT_DESCRIPTION = """\
+Drop the tombstones (deletes) at or below a revision, and record it as the
+horizon: what keeps deletes from growing the database forever. A device
+whose position is at or below the horizon reloads (its replay starts at 0)
+the next time it connects. Safe while servers run on the same database."""
+
+
+def _parse_compact_arguments(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"{PROGRAM} compact", description=_COMPACT_DESCRIPTION)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--database", metavar="PATH", help="SQLite file (this or --postgres)")
+    where.add_argument("--postgres", metavar="DSN", help="PostgreSQL connection string")
+    through = parser.add_mutually_exclusive_group(required=True)
+    through.add_argument(
+        "--keep",
+        type=int,
+        metavar="N",
+        help="keep the tombstones of the newest N revisions; drop those before",
+    )
+    through.add_argument(
+        "--through", type=int, metavar="REV", help="drop the tombstones at or below revision REV"
+    )
+    arguments = parser.parse_args(argv)
+    if (arguments.keep if arguments.keep is not None else arguments.through) < 0:
+        parser.error("--keep and --through take a number of 0 or more")
+    if arguments.database and not Path(arguments.database).is_file():
+        parser.error(f"--database {arguments.database}: no such file")
+    return arguments
+
+
+async def _compact(arguments: argparse.Namespace) -> tuple[int, int]:
+    storage = _storage(arguments)
+    if not callable(getattr(storage, "compact", None)):  # pragma: no cover - both ship it
+        raise _CannotStartError(f"{type(storage).__name__} cannot compact")
+    compacting: CompactingStorage = storage  # type: ignore[assignment]
+    async with contextlib.AsyncExitStack() as opened:
+        await compacting.open()
+        opened.push_async_callback(compacting.close)
+        through = arguments.through
+        if through is None:
+            through = max(await compacting.head() - arguments.keep, 0)
+        dropped = await compacting.compact(through)
+        return dropped, await compacting.horizon()
+
+
+def compact_main(argv: Sequence[str]) -> int:
+    """``python -m optisync.server compact ...``: drop old tombstones; the exit status.
+
+    Prints one line: how many tombstones were dropped and the horizon now.
+
+    Example:
+        >>> import asyncio, contextlib, io, tempfile, pathlib
+        >>> from optisync.server import SqliteStorage
+        >>> from optisync.server.__main__ import compact_main
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "app.sqlite3"
+        >>> async def fill() -> None:
+        ...     async with SqliteStorage(path) as storage:
+        ...         await storage.commit("a", b"", local_revision=1, device_id=1)
+        ...         await storage.commit("b", b"1", local_revision=1, device_id=1)
+        >>> asyncio.run(fill())
+        >>> compact_main(["--database", str(path), "--keep", "1"])
+        dropped 1 tombstones; the horizon is revision 1
+        0
+    """
+    arguments = _parse_compact_arguments(argv)
+    try:
+        dropped, horizon = asyncio.run(_compact(arguments))
+    except (_CannotStartError, StorageUnavailableError, sqlite3.Error) as error:
+        print(f"{PROGRAM} compact: error: {_one_line(error)}", file=sys.stderr, flush=True)
+        return CANNOT_START
+    print(f"dropped {dropped} tombstones; the horizon is revision {horizon}", flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until interrupted; the exit status (2: it could not start).
 
@@ -361,6 +450,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["--port", "8765"])  # doctest: +SKIP
         ws://127.0.0.1:8765
     """
+    given = sys.argv[1:] if argv is None else list(argv)
+    if given[:1] == ["compact"]:
+        return compact_main(given[1:])
     arguments = parse_arguments(argv)
     try:
         _run(arguments)

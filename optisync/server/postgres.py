@@ -102,6 +102,16 @@ _CHANGES_AFTER: Final = (
     f"SELECT {_COLUMNS} FROM optisync_changes AS c "
     "WHERE c.revision > %s ORDER BY c.revision LIMIT %s"
 )
+# The tombstones at or below a revision, and a compaction's statements: the rows
+# that reference them first (foreign keys), the change-log rows last.
+_TOMBSTONES: Final = (
+    "SELECT revision FROM optisync_changes WHERE value = ''::bytea AND revision <= %s"
+)
+_COMPACT: Final = (
+    f"DELETE FROM optisync_device_keys WHERE revision IN ({_TOMBSTONES})",
+    f"DELETE FROM optisync_keys WHERE revision IN ({_TOMBSTONES})",
+    "DELETE FROM optisync_changes WHERE value = ''::bytea AND revision <= %s",
+)
 # What each connection calls itself in pg_stat_activity.
 _COMMITS: Final = "optisync-commits"
 _READS: Final = "optisync-reads"
@@ -425,6 +435,51 @@ class PostgresStorage(OpenedByAsyncWith):
         """
         rows = await self._query("SELECT revision FROM optisync_head")
         return int(str(rows[0][0])) if rows else 0
+
+    async def horizon(self) -> int:
+        """The revision through which tombstones were dropped (0: never compacted).
+
+        Example:
+            >>> from optisync.server.postgres import PostgresStorage
+            >>> PostgresStorage("dbname=app").horizon  # doctest: +ELLIPSIS
+            <bound method PostgresStorage.horizon of <...>>
+        """
+        rows = await self._query("SELECT value FROM optisync_meta WHERE name = 'horizon'")
+        return int(str(rows[0][0])) if rows else 0
+
+    async def compact(self, through_revision: int) -> int:
+        """Drop the tombstones at or below ``through_revision``; return how many.
+
+        One transaction, holding the revision counter's lock, so no commit
+        of any process runs meanwhile. See :meth:`CompactingStorage.compact
+        <optisync.server.CompactingStorage.compact>`.
+
+        Example:
+            >>> from optisync.server.postgres import PostgresStorage
+            >>> PostgresStorage("dbname=app").compact  # doctest: +ELLIPSIS
+            <bound method PostgresStorage.compact of <...>>
+        """
+        if not isinstance(through_revision, int) or through_revision < 0:
+            raise InvalidArgumentError(
+                f"through_revision must be an int of 0 or more, got {through_revision!r}"
+            )
+        async with self._connection(self._commits, "a compaction") as db, db.transaction():
+            cursor = await db.execute("SELECT revision FROM optisync_head FOR UPDATE")
+            head = await cursor.fetchone()
+            assert head is not None
+            cursor = await db.execute("SELECT value FROM optisync_meta WHERE name = 'horizon'")
+            kept = await cursor.fetchone()
+            before = 0 if kept is None else int(str(kept[0]))
+            horizon = max(min(through_revision, int(str(head[0]))), before)
+            for statement in _COMPACT:
+                cursor = await db.execute(statement, (horizon,))
+            dropped = cursor.rowcount
+            await db.execute(
+                "INSERT INTO optisync_meta (name, value) VALUES ('horizon', %s) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (str(horizon),),
+            )
+        return max(dropped, 0)
 
     async def claim_device(self, device_id: int, secret_digest: bytes | None) -> bool:
         """Bind ``device_id`` to ``secret_digest`` at its first claim; check it later.

@@ -47,7 +47,7 @@ from optisync.server.security import (
     HandshakeAuthenticator,
     allow_anyone,
 )
-from optisync.server.storage import Change, Storage
+from optisync.server.storage import TOMBSTONE, Change, Storage
 from optisync.wire import (
     MAX_SAFE_INT,
     PROTOCOL_VERSION,
@@ -55,6 +55,7 @@ from optisync.wire import (
     Authed,
     ClientMessage,
     Committed,
+    Delete,
     Error,
     Get,
     Hello,
@@ -79,6 +80,7 @@ _TRY_LATER: Final = 1013
 _QUEUE_FULL: Final = "send queue full"
 _BINARY: Final = "messages are JSON in text frames; this frame was binary"
 _NO_DATABASE: Final = "the database is unavailable"
+_COMPACTED: Final = "compacted past this device's position during its replay"
 _BAD_FRAMES: Final = "too many bad messages in a row"
 _TOO_MANY_CONNECTIONS: Final = "too many connections from this address"
 _RATE_LIMITED: Final = "rate_limited"
@@ -318,6 +320,9 @@ class _Peer:
         # A refused refresh: sent, then the connection is closed (code 1008).
         self.refused: Error | None = None
         self.cursor = 0  # the newest revision queued for this device
+        # The hello's position when the replay resumes from it (0: from scratch):
+        # a compaction that passes it during the replay cuts the connection.
+        self.resumed_from = hello.since
         self.bad_frames = 0  # messages in a row the server could not read
         # Live changes that arrive during the replay wait here (None: replay done).
         self.pending: list[Change] | None = []
@@ -751,19 +756,47 @@ class SyncServer:
         peer.cursor = hello.since
         head = await self._storage.head()
         generation = self._storage.generation
-        reset = await self._must_reset(hello, generation, head)
+        compacted = await self._below_horizon(hello, generation, head)
+        reset = compacted or await self._must_reset(hello, generation, head)
         if reset:
-            peer.cursor = 0
+            peer.cursor = peer.resumed_from = 0
         expires_at = peer.grant.expires_at
         welcome = Welcome(
             generation=generation,
             server_revision=head,
             reset=reset,
             expires_at=msgspec.UNSET if expires_at is None else expires_at,
+            compacted=True if compacted else msgspec.UNSET,
         )
         if not peer.offer(encode(welcome)):
             self._cut_soon(peer)  # all send queues are full: it replays on reconnect
         logger.info("%s connected (since %d, reset %s)", peer.grant.name, hello.since, reset)
+
+    async def _below_horizon(self, hello: Hello, generation: str, head: int) -> bool:
+        """Whether the device's cursor is at or below the compaction horizon of this database.
+
+        Tombstones it may not have seen were dropped: it replays from 0 and
+        drops the keys that replay leaves out. (At the horizon itself, the
+        entry its digest names may be a dropped tombstone: it replays too.)
+        A storage that cannot compact has no horizon; a hello from 0 needs none.
+        """
+        horizon = getattr(self._storage, "horizon", None)
+        if hello.since == 0 or horizon is None or hello.since > head:
+            return False
+        if hello.generation not in ("", generation):
+            return False  # another database: the reset is for that
+        return bool(hello.since <= await horizon())
+
+    async def _compacted_past(self, peer: _Peer) -> bool:
+        """Whether a compaction has passed the position ``peer`` resumes its replay from.
+
+        Read after each replay page: a page read before the compaction
+        committed is whole, one read after it may lack a dropped tombstone.
+        """
+        horizon = getattr(self._storage, "horizon", None)
+        if peer.resumed_from == 0 or horizon is None:
+            return False
+        return bool(peer.resumed_from <= await horizon())
 
     async def _must_reset(self, hello: Hello, generation: str, head: int) -> bool:
         """Whether the device's position cannot come from this database: it must reload.
@@ -880,6 +913,8 @@ class SyncServer:
             return await self._get(peer, message)
         if isinstance(message, Auth):
             return await self._refresh(peer, message)
+        if isinstance(message, Delete):
+            return await self._delete(peer, message)
         return await self._set(peer, message)
 
     async def _get(self, peer: _Peer, message: Get) -> Value | Error:
@@ -892,6 +927,8 @@ class SyncServer:
             return Error(message.request_id, "unavailable", "the server could not read; retry")
         if change is None:
             return Value(message.request_id, message.key, None, -1)
+        if change.deleted:
+            return Value(message.request_id, message.key, None, change.server_revision, True)
         value = msgspec.Raw(change.value)
         return Value(message.request_id, message.key, value, change.server_revision)
 
@@ -924,9 +961,33 @@ class SyncServer:
             return Error(request_id, "unavailable", "the server could not commit; retry")
         self._log_if_superseded(peer, message, value, change)
         logger.debug("%s set %r at %d", peer.grant.name, message.key, change.server_revision)
-        return Committed(request_id, message.key, msgspec.Raw(change.value), change.server_revision)
+        return _committed(request_id, change)
 
-    def _log_if_superseded(self, peer: _Peer, message: Set, value: bytes, change: Change) -> None:
+    async def _delete(self, peer: _Peer, message: Delete) -> Committed | Error:
+        """A delete: committed like a set (revision, dedupe, grants), as a tombstone."""
+        request_id = message.request_id
+        if message.device_id not in (None, peer.device_id):
+            return Error(request_id, "forbidden", "device_id is not this connection's device")
+        if not peer.grant.can_write(message.key):
+            return Error(request_id, "forbidden", "this connection may not write the key")
+        try:
+            change = await self._storage.commit(
+                message.key,
+                TOMBSTONE,
+                local_revision=message.local_revision,
+                device_id=peer.device_id,
+                deduplicate=message.device_id is not None,
+            )
+        except Exception:
+            logger.exception("delete of %r failed", message.key)
+            return Error(request_id, "unavailable", "the server could not commit; retry")
+        self._log_if_superseded(peer, message, TOMBSTONE, change)
+        logger.debug("%s deleted %r at %d", peer.grant.name, message.key, change.server_revision)
+        return _committed(request_id, change)
+
+    def _log_if_superseded(
+        self, peer: _Peer, message: Set | Delete, value: bytes, change: Change
+    ) -> None:
         if change.local_revision > message.local_revision:
             logger.info(
                 "%s sent a stale copy of %r (local revision %d): answered with its commit at %d",
@@ -1051,6 +1112,12 @@ class SyncServer:
             while True:
                 async with self._replay_reads:
                     page = await self._storage.latest_after(peer.cursor, page_size)
+                    compacted = await self._compacted_past(peer)
+                if compacted:
+                    # The page may lack a dropped tombstone: send none of it. The
+                    # device's cursor stays below the horizon: it reconnects, reloads.
+                    await self._cut(peer, _COMPACTED)
+                    return
                 for change in page:
                     if peer.grant.can_read(change.key):
                         frame = self._push_frame(peer, change)
@@ -1130,15 +1197,23 @@ def _push_as_sent(change: Change, device_id: int) -> Push:
     mine = change.device_id == device_id
     return Push(
         key=change.key,
-        value=msgspec.Raw(change.value),
+        value=None if change.deleted else msgspec.Raw(change.value),
         server_revision=change.server_revision,
         local_revision=change.local_revision if mine else 0,
         device_id=change.device_id if mine else 0,
+        deleted=True if change.deleted else msgspec.UNSET,
     )
 
 
 def _nothing(key: str) -> bool:
     return False
+
+
+def _committed(request_id: int, change: Change) -> Committed:
+    """The ack of ``change`` (a set's, or a delete's tombstone: ``deleted``, value null)."""
+    if change.deleted:
+        return Committed(request_id, change.key, None, change.server_revision, True)
+    return Committed(request_id, change.key, msgspec.Raw(change.value), change.server_revision)
 
 
 def _received_cost(frame: str | bytes) -> int:

@@ -30,21 +30,30 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self, TypeVar
+from typing import Final, Protocol, Self, TypeVar
 
 import attrs
 
 from optisync.errors import AlreadyOpenError, InvalidArgumentError, NotOpenError, OptisyncError
 
-__all__ = ["Change", "SqliteStorage", "Storage", "StorageUnavailableError"]
+__all__ = ["Change", "CompactingStorage", "SqliteStorage", "Storage", "StorageUnavailableError"]
 
 _T = TypeVar("_T")
 logger = logging.getLogger("optisync.server.storage")
 
 
+TOMBSTONE: Final = b""
+"""The stored value of a delete: no canonical JSON text is empty (see :attr:`Change.deleted`)."""
+
+
 @attrs.frozen
 class Change:
     """One committed write. ``value`` is its canonical JSON, as UTF-8 bytes.
+
+    A delete is committed like a set, with the empty value ``b""`` (no JSON
+    text is empty): a tombstone, :attr:`deleted`. A storage keeps and pages it
+    like any change (it is a key's newest change until the key is set again),
+    so that a replay tells an offline device the key is gone.
 
     Example:
         >>> from optisync.server import Change
@@ -57,6 +66,17 @@ class Change:
     value: bytes
     local_revision: int
     device_id: int
+
+    @property
+    def deleted(self) -> bool:
+        """Whether this change is a delete (a tombstone): its value is ``b""``.
+
+        Example:
+            >>> from optisync.server import Change
+            >>> Change(4, "todo/milk", b"", 2, 7).deleted, Change(3, "like", b"true", 1, 7).deleted
+            (True, False)
+        """
+        return self.value == TOMBSTONE
 
 
 class StorageUnavailableError(OptisyncError, ConnectionError):
@@ -117,6 +137,9 @@ class Storage(Protocol):
     ) -> Change:
         """Store ``value`` for ``key`` at the next revision; return once durable.
 
+        ``value`` ``b""`` is a delete: stored and paged like any value, as the
+        key's tombstone (:attr:`Change.deleted`).
+
         With ``deduplicate``, the storage remembers, in the same transaction,
         the newest ``(local_revision, revision)`` committed per ``(device_id,
         key)``. A write whose ``local_revision`` is at or below the remembered
@@ -156,6 +179,39 @@ class Storage(Protocol):
         transaction: of two processes racing, one digest wins); later calls
         are True only with the same digest (compared in constant time). None
         (an older client, no secret) is True only while no digest is kept.
+        """
+        ...
+
+
+class CompactingStorage(Storage, Protocol):
+    """A :class:`Storage` that can drop old tombstones: what keeps deletes from growing forever.
+
+    Both storages that ship (SQLite, PostgreSQL) are one. A delete is kept as
+    a tombstone so that a device offline during it learns it in its replay;
+    :meth:`compact` drops the tombstones at or below a revision (their key
+    rows, change-log rows and dedupe entries) and records that revision, the
+    *horizon*, durably. A device whose ``since`` is at or below the horizon
+    may have missed a dropped tombstone: the server answers its hello with a
+    reset (``Welcome.reset`` and ``compacted``), it replays from 0, and drops
+    the keys that replay does not mention. A server whose storage lacks
+    these methods never compacts and never resets for it.
+
+    Example:
+        >>> from optisync.server import CompactingStorage, SqliteStorage
+        >>> storage: CompactingStorage = SqliteStorage(":memory:")
+    """
+
+    async def horizon(self) -> int:
+        """The revision through which tombstones were dropped (0: never compacted)."""
+        ...
+
+    async def compact(self, through_revision: int) -> int:
+        """Drop the tombstones at or below ``through_revision``; return how many were dropped.
+
+        The horizon becomes ``through_revision`` (at most the head; it never
+        goes back), in the same transaction. A write retried from before the
+        horizon of a key whose tombstone was dropped is no longer recognised
+        as a retry: it commits again (at a new revision, last write wins).
         """
         ...
 
@@ -498,9 +554,50 @@ class SqliteStorage(OpenedByAsyncWith):
 
         def select(connection: sqlite3.Connection) -> int:
             row = connection.execute("SELECT max(revision) FROM optisync_changes").fetchone()
-            return 0 if row[0] is None else int(row[0])
+            # A compaction may have dropped the newest rows (tombstones): the
+            # horizon, at most the head when it was recorded, still counts.
+            return max(0 if row[0] is None else int(row[0]), _horizon(connection))
 
         return await self._read(select)
+
+    async def horizon(self) -> int:
+        """The revision through which tombstones were dropped (0: never compacted).
+
+        Example:
+            >>> import asyncio
+            >>> from optisync.server import SqliteStorage
+            >>> async def main() -> None:
+            ...     async with SqliteStorage(":memory:") as storage:
+            ...         print(await storage.horizon())
+            >>> asyncio.run(main())
+            0
+        """
+        return await self._read(_horizon)
+
+    async def compact(self, through_revision: int) -> int:
+        """Drop the tombstones at or below ``through_revision``; return how many.
+
+        See :meth:`CompactingStorage.compact <optisync.server.CompactingStorage.compact>`.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync.server import SqliteStorage
+            >>> async def main() -> None:
+            ...     async with SqliteStorage(":memory:") as storage:
+            ...         await storage.commit("a", b"1", local_revision=1, device_id=7)
+            ...         await storage.commit("a", b"", local_revision=2, device_id=7)  # deleted
+            ...         print(await storage.compact(2), await storage.read("a"))
+            ...         print(await storage.horizon(), await storage.head())
+            >>> asyncio.run(main())
+            1 None
+            2 2
+        """
+        if not isinstance(through_revision, int) or through_revision < 0:
+            raise InvalidArgumentError(
+                f"through_revision must be an int of 0 or more, got {through_revision!r}"
+            )
+        await self._group.drain()
+        return await self._run(functools.partial(_compact, through=through_revision))
 
     async def claim_device(self, device_id: int, secret_digest: bytes | None) -> bool:
         """Bind ``device_id`` to ``secret_digest`` at its first claim; check it later.
@@ -702,6 +799,44 @@ def _remember(connection: sqlite3.Connection, change: Change) -> None:
         "local_revision = excluded.local_revision, revision = excluded.revision",
         (change.device_id, change.key, change.local_revision, change.server_revision),
     )
+
+
+def _horizon(connection: sqlite3.Connection) -> int:
+    row = connection.execute("SELECT value FROM optisync_meta WHERE name = 'horizon'").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+# The tombstones at or below a revision: what a compaction drops.
+_TOMBSTONES = "SELECT revision FROM optisync_changes WHERE value = X'' AND revision <= ?"
+
+
+def _compact(connection: sqlite3.Connection, *, through: int) -> int:
+    """Drop the tombstones at or below ``through`` and record the horizon, in one transaction."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        row = connection.execute("SELECT max(revision) FROM optisync_changes").fetchone()
+        head = max(0 if row[0] is None else int(row[0]), _horizon(connection))
+        horizon = max(min(through, head), _horizon(connection))
+        connection.execute(
+            f"DELETE FROM optisync_device_keys WHERE revision IN ({_TOMBSTONES})", (horizon,)
+        )
+        connection.execute(
+            f"DELETE FROM optisync_keys WHERE revision IN ({_TOMBSTONES})", (horizon,)
+        )
+        dropped = connection.execute(
+            "DELETE FROM optisync_changes WHERE value = X'' AND revision <= ?", (horizon,)
+        ).rowcount
+        connection.execute(
+            "INSERT INTO optisync_meta (name, value) VALUES ('horizon', ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (str(horizon),),
+        )
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+    return int(dropped)
 
 
 def _read_or_create_generation(connection: sqlite3.Connection) -> str:

@@ -910,7 +910,10 @@ class DeviceLink:
         """Write ``value`` at wire ``key`` with ``request.local_revision``; return the server's Ack.
 
         The ``Ack`` holds the commit's server revision
-        and the value the server stores. Raises :class:`SimulatedRequestError`
+        and the value the server stores. A delete is the value
+        :data:`~optisync.DELETED`: the simulated server keeps it as the key's
+        value (a tombstone, last write wins), pushes and replays it, and
+        :meth:`get` reads it back, as a real server does. Raises :class:`SimulatedRequestError`
         (a ``ConnectionError``) when the network loses the write, before or
         after the commit, as :meth:`write` does, and when the link is
         offline: connected once, and not :attr:`online` now (after

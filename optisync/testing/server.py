@@ -62,7 +62,9 @@ class SimulatedServer:
     every subscriber (the network pushes it to every connected device, the
     writer included, so devices receive echoes of their own writes). The server
     itself never fails: failures and delays belong to
-    :class:`~optisync.testing.SimulatedNetwork`.
+    :class:`~optisync.testing.SimulatedNetwork`. A delete is a write of
+    :data:`~optisync.DELETED`: kept as the key's value (a tombstone) and
+    pushed like any other, so :meth:`value` reads ``DELETED``.
 
     Example:
         >>> from optisync.testing import SimulatedServer

@@ -51,7 +51,7 @@ MALFORMED = [
     ("{not json", "bad_json", None),
     ("[1, 2]", "bad_message", None),
     ('{"request_id": 4}', "bad_message", 4),
-    ('{"type": "delete", "request_id": 4}', "unknown_type", 4),
+    ('{"type": "drop", "request_id": 4}', "unknown_type", 4),
     ('{"type": "get", "request_id": 4}', "missing_field", 4),
     ('{"type": "get", "request_id": 4, "key": "k", "admin": true}', "unknown_field", 4),
     ('{"type": "get", "request_id": "4", "key": "k"}', "bad_field", None),
