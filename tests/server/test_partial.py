@@ -1,0 +1,238 @@
+"""Partial sync on the raw protocol: prefixes in the hello, subscribe, grants."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+
+from optisync.server import Change, Grant, SqliteStorage, SyncServer
+from optisync.wire import Hello
+from tests.server.conftest import Connect, RawDevice
+
+
+async def subscribe(device: RawDevice, prefixes: list[str], request_id: int = 100) -> list[Any]:
+    """Send a subscribe; the pushes that came before its answer, and the answer."""
+    await device.send({"type": "subscribe", "request_id": request_id, "prefixes": prefixes})
+    pushes = []
+    while (message := await device.receive())["type"] == "push":
+        pushes.append(message)
+    assert message == {
+        "type": "subscribed",
+        "request_id": request_id,
+        "server_revision": message["server_revision"],
+    }
+    return [*pushes, message]
+
+
+def keys(pushes: Iterable[dict[str, Any]]) -> list[tuple[str, int]]:
+    return [(p["key"], p["server_revision"]) for p in pushes if p["type"] == "push"]
+
+
+async def probe(device: RawDevice) -> list[tuple[str, int]]:
+    """Every push queued for the device before now (a get's answer comes after them)."""
+    device.pushes.clear()
+    await device.get("shared/probe")
+    return keys(device.pushes)
+
+
+_writers = itertools.count(1000)
+
+
+async def write(connect_device: Connect, *changes: tuple[str, object]) -> None:
+    """Write ``changes`` from a new device (it receives nothing)."""
+    writer = await connect_device(next(_writers), prefixes=[])
+    for n, (key, value) in enumerate(changes, start=1):
+        await writer.set(key, value, local_revision=n)
+
+
+async def test_a_hello_with_prefixes_replays_and_pushes_only_their_keys(
+    connect_device: Connect,
+) -> None:
+    await write(connect_device, ("a/1", 1), ("b/1", 2), ("ab", 3))
+    device = await connect_device(1, prefixes=["a/"])
+    everything = await connect_device(2)
+    nothing = await connect_device(3, prefixes=[])
+    assert keys(device.replayed) == [("a/1", 1)]
+    assert keys(everything.replayed) == [("a/1", 1), ("b/1", 2), ("ab", 3)]
+    assert nothing.replayed == []
+    await write(connect_device, ("b/2", 4), ("a/2", 5))
+    assert await probe(device) == [("a/2", 5)]
+    assert await probe(nothing) == []
+
+
+async def test_a_subscribe_brings_the_new_prefixes_keys_from_revision_zero(
+    connect_device: Connect,
+) -> None:
+    await write(connect_device, ("a/1", 1), ("b/1", 2), ("b/1", 3), ("c/1", 4))
+    device = await connect_device(1, prefixes=["a/"])
+    assert keys(device.replayed) == [("a/1", 1)]
+    answer = await subscribe(device, ["a/", "b/"])
+    assert keys(answer) == [("b/1", 3)]  # once, at its newest; a/ is not sent again
+    assert answer[-1]["server_revision"] >= 3
+    await write(connect_device, ("b/2", 5), ("c/2", 6))
+    assert [key for key, _ in await probe(device)] == ["b/2"]
+
+
+async def test_a_subscribe_that_removes_a_prefix_stops_its_pushes(connect_device: Connect) -> None:
+    device = await connect_device(1, prefixes=["a/", "b/"])
+    await write(connect_device, ("a/1", 1), ("b/1", 2))
+    assert [key for key, _ in await probe(device)] == ["a/1", "b/1"]
+    assert keys(await subscribe(device, ["b/"])) == []
+    await write(connect_device, ("a/2", 1), ("b/2", 2))
+    assert [key for key, _ in await probe(device)] == ["b/2"]
+
+
+async def test_a_prefix_added_after_live_pushes_of_other_keys_brings_its_history(
+    connect_device: Connect,
+) -> None:
+    # The device's cursor moved past b/1 (pushes of a/ keys after it): b/1 is
+    # history all the same, sent by the subscribe.
+    device = await connect_device(1, prefixes=["a/"])
+    await write(connect_device, ("b/1", 1), ("a/1", 2))
+    assert [key for key, _ in await probe(device)] == ["a/1"]
+    assert [key for key, _ in keys(await subscribe(device, ["a/", "b/"]))] == ["b/1"]
+
+
+async def test_subscribing_to_every_key_with_an_empty_prefix(connect_device: Connect) -> None:
+    await write(connect_device, ("a/1", 1), ("b/1", 2))
+    device = await connect_device(1, prefixes=[])
+    assert [key for key, _ in keys(await subscribe(device, [""]))] == ["a/1", "b/1"]
+
+
+async def test_too_many_or_bad_prefixes_are_refused_with_their_code(
+    connect_device: Connect,
+) -> None:
+    device = await connect_device(1, prefixes=["a/"])
+    many = [f"p{n}/" for n in range(65)]
+    await device.send({"type": "subscribe", "request_id": 5, "prefixes": many})
+    error = await device.receive()
+    assert (error["type"], error["code"], error["request_id"]) == ("error", "too_many_prefixes", 5)
+    await device.send({"type": "subscribe", "request_id": 6, "prefixes": ["x" * 201]})
+    assert (await device.receive())["code"] == "bad_prefix"
+    await device.send({"type": "subscribe", "request_id": 7, "prefixes": ["a\n"]})
+    assert (await device.receive())["code"] == "bad_prefix"
+
+
+async def test_a_hello_with_too_many_prefixes_is_refused(url: str) -> None:
+    async with connect(url) as connection:
+        device = RawDevice(connection, 1)
+        many = [f"p{n}/" for n in range(65)]
+        await device.send({"type": "hello", "device_id": 1, "since": 0, "prefixes": many})
+        assert (await device.receive())["code"] == "too_many_prefixes"
+
+
+# -- grants: the prefixes never widen what a device may read -----------------------
+
+
+async def only_mine(hello: Hello) -> Grant:
+    mine = f"user/{hello.device_id}/"
+    return Grant(str(hello.device_id), can_read=lambda key: key.startswith((mine, "shared/")))
+
+
+@pytest.mark.parametrize("authenticate", [only_mine])
+async def test_a_prefix_outside_the_grant_brings_nothing(connect_device: Connect) -> None:
+    await write(connect_device, ("user/2/secret", 1), ("user/1/note", 2), ("shared/x", 3))
+    device = await connect_device(1, prefixes=["user/2/"])
+    assert device.replayed == []
+    assert keys(await subscribe(device, ["user/", "shared/"])) == [
+        ("user/1/note", 2),
+        ("shared/x", 3),
+    ]
+    await write(connect_device, ("user/2/secret", 4), ("user/1/note", 5))
+    assert [key for key, _ in await probe(device)] == ["user/1/note"]
+
+
+# -- a commit racing the catch-up: delivered once -----------------------------------
+
+
+class GatedStorage(SqliteStorage):
+    """Holds one call of ``latest_after`` (by number) before or after its read."""
+
+    def __init__(self, path: Path, call: int, where: str) -> None:
+        super().__init__(path)
+        self.calls = 0
+        self.call, self.where = call, where
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def latest_after(
+        self, revision: int, limit: int, *, prefixes: Iterable[str] | None = None
+    ) -> list[Change]:
+        self.calls += 1
+        gated = self.calls == self.call
+        if gated and self.where == "before":
+            self.held.set()
+            await self.release.wait()
+        page = await super().latest_after(revision, limit, prefixes=prefixes)
+        if gated and self.where == "after":
+            self.held.set()
+            await self.release.wait()
+        return page
+
+
+@pytest.fixture
+async def gated(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[GatedStorage, str]]:
+    storage = GatedStorage(tmp_path / "gated.sqlite3", *request.param)
+    async with SyncServer(storage).run(port=0) as url:
+        yield storage, url
+
+
+async def raw_device(url: str, device_id: int, **hello: Any) -> RawDevice:
+    device = RawDevice(await connect(url), device_id)
+    await device.send({"type": "hello", "device_id": device_id, "since": 0, **hello})
+    assert (await device.receive())["type"] == "welcome"
+    while (message := await device.receive())["type"] == "push":
+        device.replayed.append(message)
+    assert message["type"] == "ready"
+    return device
+
+
+# Calls of latest_after: 1 the writer's hello replay, 2 the reader's, 3 the
+# catch-up's history, 4 and on its replay of the new scope from the cursor.
+@pytest.mark.parametrize(
+    "gated",
+    [(3, "before"), (3, "after"), (4, "before"), (4, "after")],
+    indirect=True,
+    ids=["history-before-read", "history-after-read", "replay-before-read", "replay-after-read"],
+)
+async def test_a_commit_racing_the_catch_up_is_delivered_exactly_once(
+    gated: tuple[GatedStorage, str],
+) -> None:
+    storage, url = gated
+    writer = await raw_device(url, 9, prefixes=[])
+    await writer.set("b/old", 0, local_revision=1)
+    reader = await raw_device(url, 1, prefixes=["a/"])
+    await writer.set("a/1", 1, local_revision=2)
+    await reader.send({"type": "subscribe", "request_id": 1, "prefixes": ["a/", "b/"]})
+    await storage.held.wait()
+    # Commits land while the catch-up is held: one in the new prefix, one in the old.
+    await writer.set("b/new", 2, local_revision=3)
+    await writer.set("a/2", 3, local_revision=4)
+    await writer.set("b/old", 4, local_revision=5)
+    storage.release.set()
+    received = [message async for message in _until_subscribed(reader)]
+    after = await probe(reader)
+    await writer.connection.close()
+    await reader.connection.close()
+    pushes = keys(received) + after
+    assert pushes.count(("b/new", 3)) == 1
+    assert pushes.count(("a/2", 4)) == 1
+    assert pushes.count(("b/old", 5)) == 1
+    assert ("b/old", 1) not in pushes or pushes.index(("b/old", 1)) < pushes.index(("b/old", 5))
+    assert len(pushes) == len(set(pushes))
+    live = [revision for _, revision in pushes if revision > 2]
+    assert live == sorted(live)  # pushes past the cursor arrive in revision order
+
+
+async def _until_subscribed(device: RawDevice) -> AsyncIterator[dict[str, Any]]:
+    while (message := await device.receive())["type"] != "subscribed":
+        assert message["type"] == "push", message
+        yield message
