@@ -11,9 +11,28 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 
-from optisync.server import Change, Grant, SqliteStorage, SyncServer
+from optisync.server import Change, Grant, Limits, SqliteStorage, Storage, SyncServer
+from optisync.server.security import Authenticator
 from optisync.wire import Hello
 from tests.server.conftest import Connect, RawDevice
+
+
+class PlainStorage(SqliteStorage):
+    """A storage whose latest_after cannot narrow to prefixes (one written earlier)."""
+
+    async def latest_after(self, revision: int, limit: int) -> list[Change]:  # type: ignore[override]
+        return await super().latest_after(revision, limit)
+
+
+@pytest.fixture(params=["narrowing", "plain"])
+async def server(
+    request: pytest.FixtureRequest, database: Path, limits: Limits, authenticate: Authenticator
+) -> AsyncIterator[tuple[SyncServer, str]]:
+    """Every test here twice: the storage narrows the replay itself, or the server does."""
+    storage: Storage = (SqliteStorage if request.param == "narrowing" else PlainStorage)(database)
+    sync_server = SyncServer(storage, limits=limits, authenticate=authenticate)
+    async with sync_server.run(port=0) as url:
+        yield sync_server, url
 
 
 async def subscribe(device: RawDevice, prefixes: list[str], request_id: int = 100) -> list[Any]:
