@@ -62,10 +62,8 @@ from optisync.errors import (
     TransportError,
 )
 from optisync.fields import serve
-from optisync.transport import Ack, PushListener, SyncRequest
+from optisync.transport import Ack, PushListener, SyncRequest, checked_prefixes
 from optisync.wire import (
-    MAX_KEY_CHARS,
-    MAX_PREFIXES,
     ClientMessage,
     Committed,
     Error,
@@ -506,7 +504,7 @@ class SyncClient(Generic[S]):
             >>> client.prefixes
             ('user/ada/', 'shared/')
         """
-        wanted = _checked_prefixes(prefixes)
+        wanted = checked_prefixes(prefixes)
         self._wanted = wanted
         idle = self._subscriber is None or self._subscriber.done()
         if not self._said_hello:
@@ -1273,27 +1271,6 @@ class SyncClient(Generic[S]):
 
 class _PushNotTakenError(Exception):
     """A push listener failed: this connection ends, and the next one replays the push."""
-
-
-def _checked_prefixes(prefixes: Iterable[str] | None) -> tuple[str, ...] | None:
-    if prefixes is None:
-        return None
-    if isinstance(prefixes, str):
-        raise ArgumentTypeError(f"prefixes must be a list of str, not one str: [{prefixes!r}]")
-    checked = tuple(dict.fromkeys(prefixes))
-    for prefix in checked:
-        if not isinstance(prefix, str):
-            raise ArgumentTypeError(f"a key prefix must be a str, got {prefix!r}")
-        if len(prefix) > MAX_KEY_CHARS:
-            raise InvalidArgumentError(
-                f"a key prefix holds at most {MAX_KEY_CHARS} characters, got {len(prefix)}"
-            )
-    if len(checked) > MAX_PREFIXES:
-        raise InvalidArgumentError(
-            f"a device subscribes to at most {MAX_PREFIXES} prefixes, got {len(checked)}: "
-            "use shorter prefixes that cover several"
-        )
-    return checked
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
