@@ -13,7 +13,9 @@ import pytest
 from examples.live.network import Link
 from optisync import InvalidArgumentError, Store, testing
 from optisync.client import SyncClient, Traced
+from optisync.device import open_device
 from optisync.fields import SyncedMapWithPush, SyncedValueWithPush, serve, store_fields
+from optisync.persistence import JsonCodec
 from optisync.server import Grant, SqliteStorage, SyncServer
 from optisync.transport import SubscribesByPrefix, SyncRequest
 from optisync.wire import Hello, Subscribe
@@ -315,3 +317,31 @@ def test_a_prefix_added_on_the_simulator_hands_over_what_the_link_passed() -> No
         return heard
 
     assert testing.run(main()) == [("a/y", 2), ("b/x", 3), ("b/z", 4)]
+
+
+# -- a persisted device --------------------------------------------------------------
+
+
+class SharedLikes(Store[dict[str, bool]]):
+    liked = SyncedMapWithPush[dict[str, bool], str, bool](
+        lambda state, post: state.get(post, False),
+        lambda state, post, liked: {**state, post: liked},
+        scope="shared/",
+    )
+
+
+async def test_an_opened_device_subscribes_to_its_fields_scopes_across_restarts(
+    url: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "phone.db"
+    await write(url, 9, ("user/ada/liked/x", True), ("shared/liked/a", True))
+    async with open_device(SharedLikes, url, path, JsonCodec(), {}, token="ada") as phone:
+        await phone.caught_up()
+        assert phone.client.prefixes == ("shared/",)
+        assert phone.store.state == {"a": True}
+    await write(url, 8, ("user/ada/liked/y", True), ("shared/liked/b", True))
+    async with open_device(SharedLikes, url, path, JsonCodec(), {}, token="ada") as phone:
+        received = Received(phone.client)
+        await phone.caught_up()
+        assert phone.store.state == {"a": True, "b": True}
+        assert received.keys == ["shared/liked/b"]  # from the saved cursor, in scope only
