@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 
 from optisync.server import Change, Grant, Limits, SqliteStorage, Storage, SyncServer
@@ -255,3 +257,108 @@ async def _until_subscribed(device: RawDevice) -> AsyncIterator[dict[str, Any]]:
     while (message := await device.receive())["type"] != "subscribed":
         assert message["type"] == "push", message
         yield message
+
+
+# -- any subscription change, with commits racing any read of its catch-up ---------
+
+
+class ArmedStorage(SqliteStorage):
+    """Holds the ``latest_after`` call numbered ``armed`` (before or after its read)."""
+
+    def __init__(self) -> None:
+        super().__init__(":memory:")
+        self.calls, self.armed, self.before = 0, 0, True
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def latest_after(
+        self, revision: int, limit: int, *, prefixes: Iterable[str] | None = None
+    ) -> list[Change]:
+        self.calls += 1
+        gated = self.calls == self.armed
+        if gated and self.before:
+            self.held.set()
+            await self.release.wait()
+        page = await super().latest_after(revision, limit, prefixes=prefixes)
+        if gated and not self.before:
+            self.held.set()
+            await self.release.wait()
+        return page
+
+
+KEYS = ["a/1", "a/2", "b/1", "b/2", "c/1"]
+PREFIX_SETS = st.lists(st.sampled_from(["a/", "b/", "c/", "a/1"]), max_size=3, unique=True)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    before=st.lists(st.sampled_from(KEYS), max_size=6),
+    first=PREFIX_SETS,
+    then=PREFIX_SETS,
+    held_call=st.integers(1, 3),
+    held_before_read=st.booleans(),
+    racing=st.lists(st.sampled_from(KEYS), max_size=4),
+)
+def test_a_subscribe_delivers_its_scope_once_whatever_commits_race_it(
+    before: list[str],
+    first: list[str],
+    then: list[str],
+    held_call: int,
+    held_before_read: bool,
+    racing: list[str],
+) -> None:
+    asyncio.run(
+        _subscribe_with_racing_commits(before, first, then, held_call, held_before_read, racing)
+    )
+
+
+async def _subscribe_with_racing_commits(
+    before: list[str],
+    first: list[str],
+    then: list[str],
+    held_call: int,
+    held_before_read: bool,
+    racing: list[str],
+) -> None:
+    storage = ArmedStorage()
+    async with SyncServer(storage, limits=Limits(replay_page=2)).run(port=0) as url:
+        writer = await raw_device(url, 9, prefixes=[])
+        revision = 0
+        for key in before:
+            revision += 1
+            await writer.set(key, revision, local_revision=revision)
+        reader = await raw_device(url, 1, prefixes=first)
+        pushes = keys(reader.replayed)
+        storage.armed, storage.before = storage.calls + held_call, held_before_read
+        await reader.send({"type": "subscribe", "request_id": 1, "prefixes": then})
+        collect = asyncio.create_task(_collect_until_subscribed(reader))
+        held = asyncio.create_task(storage.held.wait())
+        await asyncio.wait({collect, held}, return_when=asyncio.FIRST_COMPLETED)
+        for key in racing:  # during the catch-up if it was held, else after it
+            revision += 1
+            await writer.set(key, revision, local_revision=revision)
+        storage.release.set()
+        answered = await collect
+        held.cancel()
+        after = await probe(reader)
+        await writer.connection.close()
+        await reader.connection.close()
+        newest: dict[str, int] = {}
+        for change in await storage.latest_after(0, 100):
+            newest[change.key] = change.server_revision
+    received = pushes + keys(answered) + after
+    assert len(received) == len(set(received)), received  # nothing twice
+    in_scope = [key for key in KEYS if key.startswith(tuple(then))]
+    seen: dict[str, int] = {}
+    for key, at in received:
+        seen[key] = max(at, seen.get(key, 0))
+    for key in in_scope:
+        assert seen.get(key, 0) == newest.get(key, 0), (key, received)  # nothing missed
+    for key, _ in keys(answered):
+        assert key.startswith(tuple(then)) or key.startswith(tuple(first)), key
+    for key, _ in after:
+        assert key.startswith(tuple(then)), key  # past the answer: the new scope only
+
+
+async def _collect_until_subscribed(device: RawDevice) -> list[dict[str, Any]]:
+    return [message async for message in _until_subscribed(device)]
