@@ -545,10 +545,19 @@ class SyncClient(Generic[S]):
             >>> asyncio.run(main())
             b/y 2
         """
+        if self._closed:
+            raise self._why_stopped()
         self.use_prefixes(prefixes)
         subscriber = self._subscriber
-        if subscriber is not None:
-            await asyncio.shield(subscriber)
+        if subscriber is None:
+            return
+        try:
+            await asyncio.shield(subscriber)  # a caller cancelled leaves it running
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if subscriber.cancelled() and task is not None and not task.cancelling():
+                raise self._why_stopped() from None  # close() stopped it, not our caller
+            raise
 
     async def _subscribe_all(self) -> None:
         """Send a subscribe until the server has confirmed the prefixes wanted last."""

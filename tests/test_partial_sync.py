@@ -11,7 +11,7 @@ import attrs
 import pytest
 
 from examples.live.network import Link
-from optisync import InvalidArgumentError, Store, testing
+from optisync import ClosedError, InvalidArgumentError, Store, testing
 from optisync.client import SyncClient, Traced
 from optisync.device import open_device
 from optisync.fields import SyncedMapWithPush, SyncedValueWithPush, serve, store_fields
@@ -345,3 +345,17 @@ async def test_an_opened_device_subscribes_to_its_fields_scopes_across_restarts(
         await phone.caught_up()
         assert phone.store.state == {"a": True, "b": True}
         assert received.keys == ["shared/liked/b"]  # from the saved cursor, in scope only
+
+
+async def test_a_subscribe_waiting_when_the_client_closes_raises_closed_error(
+    tmp_path: Path,
+) -> None:
+    server = SyncServer(SqliteStorage(tmp_path / "server.sqlite3"))
+    async with server.run(port=0) as url, Link(lambda: int(url.rsplit(":", 1)[1])) as proxy:
+        client = SyncClient(Store({}, device_id=1), proxy.url, prefixes=["a/"])
+        async with client:
+            await client.wait_online()
+            proxy.down()  # offline: the subscribe waits for the reconnect
+            waiting = asyncio.create_task(client.subscribe(["b/"]))  # runs before or after close
+        with pytest.raises(ClosedError):
+            await waiting

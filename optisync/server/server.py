@@ -955,7 +955,7 @@ class SyncServer:
         pace = peer.replay_pace
         if added and pace is not None:
             peer.pending = []
-            await self._send_history(peer, added, pace)
+            await self._send_history(peer, added, old or (), pace)
             if not peer.cut:
                 await self._replay(peer, pace, announce=False)
         if peer.cut:
@@ -963,10 +963,14 @@ class SyncServer:
         logger.debug("%s subscribed to %r", peer.grant.name, new)
         return Subscribed(message.request_id, peer.cursor)
 
-    async def _send_history(self, peer: _Peer, added: tuple[str, ...], pace: _TokenBucket) -> None:
+    async def _send_history(
+        self, peer: _Peer, added: tuple[str, ...], had: tuple[str, ...], pace: _TokenBucket
+    ) -> None:
         """Push each key of ``added`` the device may read, at its newest change up to its cursor.
 
-        A key changed after the cursor is left to the replay that follows.
+        A key changed after the cursor is left to the replay that follows; a
+        key under the prefixes it ``had`` was sent already (``"a/"`` added to
+        ``"a/1"``).
         """
         upto, after, page_size = peer.cursor, 0, self._limits.replay_page
         try:
@@ -976,7 +980,12 @@ class SyncServer:
                 for change in page:
                     if change.server_revision > upto:
                         return
-                    if change.key.startswith(added) and peer.grant.can_read(change.key):
+                    key = change.key
+                    if (
+                        key.startswith(added)
+                        and not key.startswith(had)
+                        and peer.grant.can_read(key)
+                    ):
                         frame = self._push_frame(peer, change)
                         await pace.pace(len(frame))
                         await peer.put(frame)

@@ -624,10 +624,11 @@ class DeviceLink:
         self._generation = 0
         self._cursor = 0
         self._delivered: set[int] = set()
-        # Partial sync: the prefixes handed over (None: every key), and those
-        # added whose earlier commits the device still has to get.
+        # Partial sync: the prefixes handed over (None: every key); while keys
+        # newly in scope are owed, the prefixes the device had before (None:
+        # nothing owed): what is in scope now and was not then is owed.
         self._prefixes: tuple[str, ...] | None = None
-        self._owed: tuple[str, ...] = ()
+        self._had: tuple[str, ...] | None = None
         self._tokens = itertools.count()
         self._push_listeners: dict[int, PushListener] = {}
         self._status_listeners: dict[int, Callable[[bool], object]] = {}
@@ -1136,12 +1137,11 @@ class DeviceLink:
             a/x 1
             b/y 2
         """
-        new, old = checked_prefixes(prefixes), self._prefixes
-        self._prefixes = new
+        old, self._prefixes = self._prefixes, checked_prefixes(prefixes)
         if not self._ever_connected or old is None:
-            return
-        added = tuple(p for p in new or ("",) if not p.startswith(old))
-        self._owed = (*self._owed, *added)
+            return  # nothing passed yet, or every key handed over already
+        if self._had is None:
+            self._had = old
         if self._connected:
             self._hand_over_owed()
 
@@ -1164,7 +1164,9 @@ class DeviceLink:
 
     def _hand_over_owed(self) -> None:
         """Hand over each owed key's newest commit among those the link has passed."""
-        owed, generation = self._owed, self._generation
+        had, generation = self._had, self._generation
+        if had is None:
+            return
         passed = [
             commit
             for commit in self.network.server.log
@@ -1172,11 +1174,11 @@ class DeviceLink:
         ]
         newest = {commit.key: commit for commit in passed}
         for commit in sorted(newest.values(), key=lambda c: c.server_revision):
-            if self._in_scope(commit.key, owed):
-                self._deliver(commit, generation)
+            if not self._in_scope(commit.key, had):
+                self._deliver(commit, generation)  # handed over if in scope now
             if generation != self._generation or not self._connected:
                 return  # dropped: the rest is owed at the reconnect
-        self._owed = ()
+        self._had = None
 
     # -- internals ---------------------------------------------------------------
 
@@ -1213,8 +1215,7 @@ class DeviceLink:
         self._wire.trace(kind, self.device_id, self._cursor)
         for commit in self.network.server.commits_after(self._cursor):
             self._wire.send_push(self, commit, may_drop=False)
-        if self._owed:
-            self._hand_over_owed()
+        self._hand_over_owed()
         if not was_online:
             self._notify_status()
 

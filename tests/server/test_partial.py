@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 
@@ -291,6 +291,9 @@ PREFIX_SETS = st.lists(st.sampled_from(["a/", "b/", "c/", "a/1"]), max_size=3, u
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(  # a prefix that covers one the device had: its keys are not sent again
+    before=["a/1", "a/2"], first=["a/1"], then=["a/"], held_call=1, held_before_read=True, racing=[]
+)
 @given(
     before=st.lists(st.sampled_from(KEYS), max_size=6),
     first=PREFIX_SETS,
