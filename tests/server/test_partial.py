@@ -26,12 +26,21 @@ class PlainStorage(SqliteStorage):
         return await super().latest_after(revision, limit)
 
 
-@pytest.fixture(params=["narrowing", "plain"])
+@pytest.fixture(params=["narrowing", "plain", "postgres"])
+def storage(request: pytest.FixtureRequest, database: Path) -> Storage:
+    """Every test here on SQLite narrowing the replay itself, on a storage that cannot
+    (the server filters), and on PostgreSQL (when the test server is there)."""
+    if request.param == "postgres":
+        from optisync.server.postgres import PostgresStorage
+
+        return PostgresStorage(request.getfixturevalue("postgres_dsn"))
+    return (SqliteStorage if request.param == "narrowing" else PlainStorage)(database)
+
+
+@pytest.fixture
 async def server(
-    request: pytest.FixtureRequest, database: Path, limits: Limits, authenticate: Authenticator
+    storage: Storage, limits: Limits, authenticate: Authenticator
 ) -> AsyncIterator[tuple[SyncServer, str]]:
-    """Every test here twice: the storage narrows the replay itself, or the server does."""
-    storage: Storage = (SqliteStorage if request.param == "narrowing" else PlainStorage)(database)
     sync_server = SyncServer(storage, limits=limits, authenticate=authenticate)
     async with sync_server.run(port=0) as url:
         yield sync_server, url
