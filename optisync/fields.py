@@ -649,6 +649,7 @@ class StoreFields:
     def __init__(self, store: Store[Any]) -> None:
         self.store = store
         self.__by_name: dict[str, BoundField[Any, Any, Any]] | None = None
+        self.__by_scope: list[BoundField[Any, Any, Any]] | None = None
         self.__retrier: Retrier | None = None
         self.__transport: Transport | None = None
         self.__on_transport: list[Callable[[Transport], object]] = []
@@ -709,7 +710,9 @@ class StoreFields:
             >>> bound.name, item
             ('done', 'milk')
         """
-        for bound in sorted(self.by_name.values(), key=lambda b: -len(b.scope)):
+        if self.__by_scope is None:  # longest scope first, sorted once
+            self.__by_scope = sorted(self.by_name.values(), key=lambda b: -len(b.scope))
+        for bound in self.__by_scope:
             if not wire.startswith(bound.scope):
                 continue
             try:

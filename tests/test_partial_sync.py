@@ -9,6 +9,8 @@ from typing import Any
 
 import attrs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from examples.live.network import Link
 from optisync import ClosedError, InvalidArgumentError, Store, testing
@@ -359,3 +361,20 @@ async def test_a_subscribe_waiting_when_the_client_closes_raises_closed_error(
             waiting = asyncio.create_task(client.subscribe(["b/"]))  # runs before or after close
         with pytest.raises(ClosedError):
             await waiting
+
+
+_items = st.one_of(st.text(min_size=0, max_size=8), st.integers(-(10**6), 10**6))
+
+
+@given(
+    user=st.text(min_size=1, max_size=6).map(lambda u: u.replace("/", "")).filter(bool),
+    mine=_items,
+    shared=_items,
+)
+def test_every_scoped_wire_key_maps_back_to_its_field_and_item(
+    user: str, mine: str | int, shared: str | int
+) -> None:
+    store = TodoStore(user, device_id=1)
+    fields = store_fields(store)
+    assert fields.field_of_wire(store.mine.wire_key(mine)) == (store.mine, mine)  # type: ignore[arg-type]
+    assert fields.field_of_wire(store.shared.wire_key(shared)) == (store.shared, shared)  # type: ignore[arg-type]
