@@ -42,7 +42,7 @@ import itertools
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterator
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Final, Generic, Literal, Self, TypeVar
 from urllib.parse import urlsplit
@@ -63,7 +63,7 @@ from optisync.errors import (
     TransportError,
 )
 from optisync.fields import serve
-from optisync.transport import DELETED, Ack, PushListener, SyncRequest
+from optisync.transport import DELETED, Ack, PushListener, SyncRequest, checked_prefixes
 from optisync.wire import (
     Auth,
     Authed,
@@ -78,6 +78,8 @@ from optisync.wire import (
     Ready,
     ServerMessage,
     Set,
+    Subscribe,
+    Subscribed,
     Value,
     Welcome,
     decode_server,
@@ -283,6 +285,12 @@ class SyncClient(Generic[S]):
         trace: called with a :class:`Traced` for every message sent and
             received (a timeline, a debug log); an exception it raises is
             logged and ignored.
+        prefixes: receive only the keys that start with one of these (at
+            most 64, each at most 200 characters; ``[]``: none); None, every
+            key the server lets this device read. Sent in every hello;
+            change it on the open connection with :meth:`subscribe`. Takes
+            precedence over the scopes of the store's declared fields (see
+            :func:`optisync.fields.serve`).
 
     Every listener (pushes, status, position, reset) is called on the event
     loop. An exception a status, position or reset listener raises is logged
@@ -319,6 +327,7 @@ class SyncClient(Generic[S]):
         on_reset: Callable[[], object] | None = None,
         reconnect: bool = True,
         trace: Callable[[Traced], object] | None = None,
+        prefixes: Iterable[str] | None = None,
     ) -> None:
         self._store = store
         self._url = _check_url(url)
@@ -351,14 +360,22 @@ class SyncClient(Generic[S]):
         self._reset_by_compaction = False
         if on_reset is not None:
             self.subscribe_reset(on_reset)
-        self._pending: dict[int, asyncio.Future[Committed | Value]] = {}
+        self._pending: dict[int, asyncio.Future[Committed | Value | Subscribed]] = {}
         self._request_ids = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
+        # The subscription the server confirmed (what a hello carries), and the
+        # one asked for; a task sends a subscribe while they differ.
+        self._prefixes: tuple[str, ...] | None = None
+        self._wanted: tuple[str, ...] | None = None
+        self._said_hello = False
+        self._subscriber: asyncio.Task[None] | None = None
         if device_secret is not None:
             self.use_device_secret(device_secret)
         if apply_value is None:
             # The store's declared fields are sent by this client, and its pushes reach them.
             serve(store, self)
+        if prefixes is not None:
+            self.use_prefixes(prefixes)
 
     # -- what an app persists and watches ------------------------------------------
 
@@ -487,6 +504,110 @@ class SyncClient(Generic[S]):
         if self._task is not None:
             raise StateError("the client has started: give it its device secret before start()")
         self._device_secret = secret
+
+    @property
+    def prefixes(self) -> tuple[str, ...] | None:
+        """The key prefixes this client asked to receive (None: every key it may read).
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.client import SyncClient
+            >>> SyncClient(Store(0, device_id=1), "ws://h", prefixes=["shared/"]).prefixes
+            ('shared/',)
+        """
+        return self._wanted
+
+    def use_prefixes(self, prefixes: Iterable[str] | None) -> None:
+        """Receive only the keys starting with one of ``prefixes`` (None: every key).
+
+        Before the first connection it only sets what the hello carries; later
+        the subscription changes on the open connection (or once online), in
+        the background, as :meth:`subscribe` does. A replay position saved
+        by an app covers the keys it was received under: change the prefixes
+        of a resumed device through this call or :meth:`subscribe` once it
+        connected, so that the keys newly in scope are sent from revision 0.
+
+        Raises:
+            ArgumentTypeError: ``prefixes`` is a ``str``, or holds a non-``str``.
+            InvalidArgumentError: more than 64 prefixes, or one longer than
+                200 characters.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.client import SyncClient
+            >>> client = SyncClient(Store(0, device_id=1), "ws://h")
+            >>> client.use_prefixes(["user/ada/", "shared/"])
+            >>> client.prefixes
+            ('user/ada/', 'shared/')
+        """
+        wanted = checked_prefixes(prefixes)
+        self._wanted = wanted
+        idle = self._subscriber is None or self._subscriber.done()
+        if not self._said_hello:
+            self._prefixes = wanted
+        elif wanted != self._prefixes and not self._closed and idle:
+            self._subscriber = asyncio.get_running_loop().create_task(self._subscribe_all())
+            self._subscriber.add_done_callback(_log_failure)
+
+    async def subscribe(self, prefixes: Iterable[str] | None) -> None:
+        """Receive only the keys starting with one of ``prefixes``, now and after reconnects.
+
+        Returns once the server has sent every key newly in scope (from
+        revision 0: the device never had them) and confirmed; live pushes
+        follow without gap or duplicate. What the device may read still
+        bounds it. Waits until online; a drop meanwhile is retried after
+        the reconnect.
+
+        Raises:
+            RequestRefusedError: the server refused the prefixes.
+            ClosedError: the client was closed.
+
+        Example:
+            >>> import asyncio
+            >>> from optisync import Store
+            >>> from optisync.client import SyncClient
+            >>> from optisync.server import SqliteStorage, SyncServer
+            >>> from optisync.transport import SyncRequest
+            >>> async def main() -> None:
+            ...     async with SyncServer(SqliteStorage(":memory:")).run(port=0) as url:
+            ...         async with SyncClient(Store({}, device_id=1), url) as writer:
+            ...             await writer.wait_online()
+            ...             await writer.send("a/x", 1, SyncRequest("a/x", 1, 1))
+            ...             await writer.send("b/y", 2, SyncRequest("b/y", 1, 1))
+            ...         async with SyncClient(Store({}, device_id=2), url, prefixes=[]) as reader:
+            ...             reader.subscribe_pushes(lambda key, value, meta: print(key, value))
+            ...             await reader.wait_online()
+            ...             await reader.subscribe(["b/"])
+            >>> asyncio.run(main())
+            b/y 2
+        """
+        if self._closed:
+            raise self._why_stopped()
+        self.use_prefixes(prefixes)
+        subscriber = self._subscriber
+        if subscriber is None:
+            return
+        try:
+            await asyncio.shield(subscriber)  # a caller cancelled leaves it running
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if subscriber.cancelled() and task is not None and not task.cancelling():
+                raise self._why_stopped() from None  # close() stopped it, not our caller
+            raise
+
+    async def _subscribe_all(self) -> None:
+        """Send a subscribe until the server has confirmed the prefixes wanted last."""
+        while self._prefixes != self._wanted:
+            await self._until_online()
+            wanted = self._wanted
+            # "" is every key: a subscribe cannot say None.
+            prefixes = [""] if wanted is None else list(wanted)
+            request_id = next(self._request_ids)
+            try:
+                await self._request(request_id, Subscribe(request_id, prefixes))
+            except ClientConnectionError:
+                continue  # the hello after reconnecting carries the confirmed ones
+            self._prefixes = wanted
 
     def resume(self, cursor: int, generation: str, digest: str = "") -> None:
         """Start from a persisted position: the server replays what came after ``cursor``.
@@ -811,6 +932,8 @@ class SyncClient(Generic[S]):
             ClosedError
         """
         self._closed = True
+        if self._subscriber is not None:
+            self._subscriber.cancel()
         task = self._task
         if task is None:
             self._stopped = True
@@ -944,14 +1067,17 @@ class SyncClient(Generic[S]):
         assert isinstance(answer, Committed)
         return answer
 
-    async def _request(self, request_id: int, message: Set | Delete | Get) -> Committed | Value:
+    async def _request(
+        self, request_id: int, message: Set | Delete | Get | Subscribe
+    ) -> Committed | Value | Subscribed:
         connection = self._connection
         if connection is None or not self._online:
             raise ClientConnectionError(
                 f"offline: the client is not connected to {self._url}; "
                 "retry once online (see wait_online())"
             )
-        future: asyncio.Future[Committed | Value] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Committed | Value | Subscribed]
+        future = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
             await connection.send(encode(message), text=True)
@@ -1070,7 +1196,10 @@ class SyncClient(Generic[S]):
             digest=self._digest if self._digest and self._cursor else msgspec.UNSET,
             # Left out when there is none, for the same reason.
             device_secret=msgspec.UNSET if self._device_secret is None else self._device_secret,
+            # Left out for every key, for the same reason.
+            prefixes=msgspec.UNSET if self._prefixes is None else list(self._prefixes),
         )
+        self._said_hello = True
         await connection.send(encode(hello), text=True)
         self._traced("sent", hello)
         async for frame in connection:
@@ -1319,6 +1448,11 @@ class SyncClient(Generic[S]):
 
 class _PushNotTakenError(Exception):
     """A push listener failed: this connection ends, and the next one replays the push."""
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("the subscription was not changed: %s", task.exception())
 
 
 def _dropped() -> ClientConnectionError:

@@ -69,6 +69,7 @@ from optisync.transport import (
     Ack,
     ReportsCompaction,
     Resumable,
+    SubscribesByPrefix,
     SyncRequest,
     Transport,
     store_key,
@@ -141,6 +142,17 @@ class Retrier(Protocol):
 # -- the fields, as declared on the class ------------------------------------------
 
 
+def _is_scope(scope: object) -> bool:
+    return isinstance(scope, str) and (scope == "" or scope.endswith("/"))
+
+
+def _bad_scope(scope: object, where: str = "") -> str:
+    return (
+        f"a field's scope is '' or a str ending in '/' (or a function of the store "
+        f"returning one), got {scope!r}{where}"
+    )
+
+
 class _Field(Generic[S, I, T, B]):
     """What every declared field shares: its name, its lenses, its bound objects (``B``)."""
 
@@ -158,6 +170,7 @@ class _Field(Generic[S, I, T, B]):
         set: Callable[[S, I, T], S],  # noqa: A002 - reads best at the call site
         max_follow_up_requests: int,
         on_refused: OnRefused,
+        scope: str | Callable[[Any], str] = "",
     ) -> None:
         if not callable(get) or not callable(set):
             raise ArgumentTypeError("a synced field needs callable get= and set= functions")
@@ -167,6 +180,9 @@ class _Field(Generic[S, I, T, B]):
         self.set = set
         self.max_follow_up_requests = max_follow_up_requests
         self.on_refused: OnRefused = on_refused
+        if not (callable(scope) or _is_scope(scope)):
+            raise InvalidArgumentError(_bad_scope(scope))
+        self.scope = scope
         self.name = ""
         #: The ``@field.sender`` method as ``(store, item, value[, request])``; None: none declared.
         self.custom_sender: Callable[..., Awaitable[Any]] | None = None
@@ -206,6 +222,31 @@ class _Field(Generic[S, I, T, B]):
             ('on', 'dark')
         """
         return (self.name, item)
+
+    def scope_of(self, store: Any) -> str:
+        """The prefix of this field's wire keys on ``store`` (``""``: unscoped).
+
+        Raises:
+            InvalidArgumentError: the scope's function returned something other
+                than ``""`` or a ``str`` ending in ``"/"``.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedMap
+            >>> class Notes(Store[dict[str, str]]):
+            ...     text = SyncedMap[dict[str, str], str, str](
+            ...         lambda s, n: s.get(n, ""), lambda s, n, t: {**s, n: t},
+            ...         scope=lambda store: f"user/{store.user}/")
+            ...     def __init__(self, user: str) -> None:
+            ...         super().__init__({})
+            ...         self.user = user
+            >>> Notes.text.scope_of(Notes("ada"))
+            'user/ada/'
+        """
+        scope = self.scope(store) if callable(self.scope) else self.scope
+        if not _is_scope(scope):
+            raise InvalidArgumentError(_bad_scope(scope, f" (from the scope of {self.name!r})"))
+        return scope
 
     def item_of(self, key: Hashable) -> tuple[bool, I]:
         """``(True, item)`` if ``key`` is one of this field's keys, else ``(False, None)``.
@@ -317,8 +358,9 @@ class _MapField(_Field[S, I, T, B]):
         contains: Callable[[S, I], bool] | None = None,
         max_follow_up_requests: int = 10_000,
         on_refused: OnRefused = "reload",
+        scope: str | Callable[[Any], str] = "",
     ) -> None:
-        super().__init__(get, set, max_follow_up_requests, on_refused)
+        super().__init__(get, set, max_follow_up_requests, on_refused, scope)
         if remove is not None and not callable(remove):
             raise ArgumentTypeError(
                 f"remove= must be callable (state, item) -> state, got {remove!r}"
@@ -368,8 +410,9 @@ class _ValueField(_Field[S, None, T, B]):
         *,
         max_follow_up_requests: int = 10_000,
         on_refused: OnRefused = "reload",
+        scope: str | Callable[[Any], str] = "",
     ) -> None:
-        super().__init__(_lift_get(get), _lift_set(set), max_follow_up_requests, on_refused)
+        super().__init__(_lift_get(get), _lift_set(set), max_follow_up_requests, on_refused, scope)
 
     def key(self, item: None = None) -> Hashable:
         """The store key of the value: the field's name.
@@ -429,6 +472,11 @@ class SyncedMapWithPush(_MapField[S, I, T, "BoundMapWithPush[S, I, T]"]):
         contains: ``(state, item) -> bool`` (with ``remove``; default
             ``item in state``): an absent item reads as :data:`~optisync.DELETED`.
         max_follow_up_requests: as for ``optimistic_sync_with_push``.
+        scope: the prefix of the field's wire keys when a transport serves
+            it: ``""`` (none), a ``str`` ending in ``"/"`` such as
+            ``"shared/"``, or a function of the store returning one, such as
+            ``lambda store: f"user/{store.user}/"``. A store whose every
+            field has a scope receives only their keys (see :func:`serve`).
 
     On an instance it is a :class:`BoundMapWithPush`.
 
@@ -496,6 +544,11 @@ class SyncedMap(_MapField[S, I, T, "BoundMap[S, I, T]"]):
         get: ``(state, item) -> value``.
         set: ``(state, item, value) -> new state``.
         max_follow_up_requests: as for ``optimistic_sync``.
+        scope: the prefix of the field's wire keys when a transport serves
+            it: ``""`` (none), a ``str`` ending in ``"/"`` such as
+            ``"shared/"``, or a function of the store returning one, such as
+            ``lambda store: f"user/{store.user}/"``. A store whose every
+            field has a scope receives only their keys (see :func:`serve`).
 
     Example:
         >>> import asyncio
@@ -543,6 +596,11 @@ class SyncedValueWithPush(_ValueField[S, T, "BoundValueWithPush[S, T]"]):
         get: ``state -> value``.
         set: ``(state, value) -> new state``.
         max_follow_up_requests: as for ``optimistic_sync_with_push``.
+        scope: the prefix of the field's wire keys when a transport serves
+            it: ``""`` (none), a ``str`` ending in ``"/"`` such as
+            ``"shared/"``, or a function of the store returning one, such as
+            ``lambda store: f"user/{store.user}/"``. A store whose every
+            field has a scope receives only their keys (see :func:`serve`).
 
     Its sender is ``async (self, value, request) -> server revision or Ack``.
     On an instance it is a :class:`BoundValueWithPush`.
@@ -593,6 +651,11 @@ class SyncedValue(_ValueField[S, T, "BoundValue[S, T]"]):
         get: ``state -> value``.
         set: ``(state, value) -> new state``.
         max_follow_up_requests: as for ``optimistic_sync``.
+        scope: the prefix of the field's wire keys when a transport serves
+            it: ``""`` (none), a ``str`` ending in ``"/"`` such as
+            ``"shared/"``, or a function of the store returning one, such as
+            ``lambda store: f"user/{store.user}/"``. A store whose every
+            field has a scope receives only their keys (see :func:`serve`).
 
     Its sender is ``async (self, value) -> the server's value, or None``.
 
@@ -682,6 +745,7 @@ class StoreFields:
     def __init__(self, store: Store[Any]) -> None:
         self.store = store
         self.__by_name: dict[str, BoundField[Any, Any, Any]] | None = None
+        self.__by_scope: list[BoundField[Any, Any, Any]] | None = None
         self.__retrier: Retrier | None = None
         self.__transport: Transport | None = None
         self.__on_transport: list[Callable[[Transport], object]] = []
@@ -724,6 +788,55 @@ class StoreFields:
             return None, None
         found, item = bound.field.item_of(key)
         return (bound, item) if found else (None, None)
+
+    def field_of_wire(self, wire: str) -> tuple[BoundField[Any, Any, Any] | None, Any]:
+        """The bound field a wire key belongs to and its item; ``(None, None)`` for other keys.
+
+        The inverse of :meth:`BoundField.wire_key`: the field's scope, then
+        the :func:`~optisync.transport.wire_key` of its store key. Of two
+        fields that could both own the key, the one with the longer scope wins.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedMap, store_fields
+            >>> class Todos(Store[dict[str, bool]]):
+            ...     done = SyncedMap[dict[str, bool], str, bool](
+            ...         lambda s, t: s.get(t, False), lambda s, t, d: {**s, t: d}, scope="shared/")
+            >>> bound, item = store_fields(Todos({})).field_of_wire("shared/done/milk")
+            >>> bound.name, item
+            ('done', 'milk')
+        """
+        if self.__by_scope is None:  # longest scope first, sorted once
+            self.__by_scope = sorted(self.by_name.values(), key=lambda b: -len(b.scope))
+        for bound in self.__by_scope:
+            if not wire.startswith(bound.scope):
+                continue
+            try:
+                key = store_key(wire[len(bound.scope) :])
+            except InvalidArgumentError:
+                continue
+            found, item = bound.field.item_of(key)
+            if found:
+                return bound, item
+        return None, None
+
+    @property
+    def scopes(self) -> tuple[str, ...] | None:
+        """The scopes of the store's fields, or None if a field is unscoped (or none is declared).
+
+        What :func:`serve` subscribes a transport to.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedMap, store_fields
+            >>> class Todos(Store[dict[str, bool]]):
+            ...     done = SyncedMap[dict[str, bool], str, bool](
+            ...         lambda s, t: s.get(t, False), lambda s, t, d: {**s, t: d}, scope="shared/")
+            >>> store_fields(Todos({})).scopes
+            ('shared/',)
+        """
+        scopes = tuple(dict.fromkeys(bound.scope for bound in self.by_name.values()))
+        return None if not scopes or "" in scopes else scopes
 
     # -- the retrier (an outbox) ---------------------------------------------------
 
@@ -837,7 +950,12 @@ def serve(store: Store[Any], transport: Transport) -> Callable[[], None]:
     ``transport.send(wire_key(key), value, request)``, and every push the
     transport delivers for one of the fields' wire keys reaches the field
     (revisions, self-echoes and staleness as with :meth:`BoundMapWithPush.push`).
-    Pushes of keys no field declares are ignored. When the server says it
+    Pushes of keys no field declares are ignored. A field bound to a scope
+    (``scope="shared/"``) sends and receives its keys under that prefix;
+    when every field has a scope and the transport takes prefixes
+    (:class:`~optisync.transport.SubscribesByPrefix`), it is subscribed to
+    the union of the scopes, so that the device receives nothing else.
+    When the server says it
     is another database (a ``Resumable`` transport's reset: new, or restored
     from a backup), the fields forget their server revisions, so that its
     replay is applied; a key whose change is pending keeps it (its replayed
@@ -891,13 +1009,10 @@ def serve(store: Store[Any], transport: Transport) -> Callable[[], None]:
     def on_push(wire: str, value: Any, metadata: PushMetadata) -> PushOutcome | None:
         if store.is_closed:
             return None  # a transport that outlives its store: nothing to apply to
-        try:
-            key = store_key(wire)
-        except InvalidArgumentError:
-            return None  # a key no declared field made
-        bound, item = fields.field_of(key)
+        bound, item = fields.field_of_wire(wire)
         if bound is None or not bound.field.with_push:
-            return None
+            return None  # a key no declared field made
+        key = bound.key(item)
         unheard.pop(key, None)
         if key in held:
             return PushOutcome.STALE
@@ -935,6 +1050,9 @@ def serve(store: Store[Any], transport: Transport) -> Callable[[], None]:
         )
         _forget_revisions(fields)
 
+    scopes = fields.scopes
+    if scopes is not None and isinstance(transport, SubscribesByPrefix):
+        transport.use_prefixes(scopes)  # every field is scoped: only their keys
     stops = [transport.subscribe_pushes(on_push), transport.subscribe_status(on_status)]
     if isinstance(transport, Resumable):
         stops.append(transport.subscribe_reset(on_reset))
@@ -1014,6 +1132,7 @@ class BoundField(Generic[S, I, T]):
         self.__before: dict[Hashable, T] = {}
         self.__tasks: set[asyncio.Task[None]] = set()
         self.__strategy: _Strategy = _WithPush() if field.with_push else _WithoutPush()
+        self.__scope: str | None = None  # the field's scope on this store, once asked
 
     @property
     def name(self) -> str:
@@ -1042,6 +1161,36 @@ class BoundField(Generic[S, I, T]):
             ('on', 'dark-mode')
         """
         return self.field.key(item)
+
+    @property
+    def scope(self) -> str:
+        """The prefix of this field's wire keys on this store (``""``: unscoped).
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedValue
+            >>> class Theme(Store[str]):
+            ...     theme = SyncedValue[str, str](lambda s: s, lambda s, t: t, scope="prefs/")
+            >>> Theme("light").theme.scope
+            'prefs/'
+        """
+        if self.__scope is None:
+            self.__scope = self.field.scope_of(self.store)
+        return self.__scope
+
+    def wire_key(self, item: I) -> str:
+        """The key a transport sends ``item`` under: the scope, then its store key encoded.
+
+        Example:
+            >>> from optisync import Store
+            >>> from optisync.fields import SyncedMap
+            >>> class Todos(Store[dict[str, bool]]):
+            ...     done = SyncedMap[dict[str, bool], str, bool](
+            ...         lambda s, t: s.get(t, False), lambda s, t, d: {**s, t: d}, scope="shared/")
+            >>> Todos({}).done.wire_key("buy milk")
+            'shared/done/buy%20milk'
+        """
+        return self.scope + wire_key(self.field.key(item))
 
     def is_pending(self, item: I) -> bool:
         """Whether the item's latest change is still being sent (its key is syncing).
@@ -1307,7 +1456,7 @@ class BoundField(Generic[S, I, T]):
                 f"with @{self.name}.sender, or serve the store with a transport "
                 "(optisync.client.SyncClient(store, url))"
             )
-        wire = wire_key(self.field.key(item))
+        wire = self.wire_key(item)
         served = transport
 
         async def send(value: T, request: SyncRequest) -> Ack[T] | T:
@@ -1406,7 +1555,7 @@ class BoundField(Generic[S, I, T]):
         if marked is None:
             return  # reloaded already
         try:
-            value, revision = await transport.get(wire_key(key))
+            value, revision = await transport.get(self.scope + wire_key(key))
         except ConnectionError:
             return  # tried again once online
         except Exception as error:  # a refusal: nothing better to show

@@ -47,7 +47,7 @@ Example:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Final, Generic, Protocol, TypeAlias, TypeVar, final, runtime_checkable
 from urllib.parse import quote, unquote
 
@@ -63,13 +63,20 @@ __all__ = [
     "ProvesDevice",
     "ReportsCompaction",
     "Resumable",
+    "SubscribesByPrefix",
     "SyncRequest",
     "Transport",
+    "checked_prefixes",
     "store_key",
     "wire_key",
 ]
 
 T = TypeVar("T")
+
+# The server's bounds on a subscription: optisync.wire.MAX_PREFIXES and
+# MAX_KEY_CHARS (not imported: the wire needs msgspec, the core does not).
+_MAX_PREFIXES = 64
+_MAX_PREFIX_CHARS = 200
 
 
 @final
@@ -418,6 +425,88 @@ class ReportsCompaction(Protocol):
                 drop_unheard = transport.reset_by_compaction
         """
         ...
+
+
+@runtime_checkable
+class SubscribesByPrefix(Protocol):
+    """A transport that delivers only the keys under some prefixes (partial sync).
+
+    ``SyncClient`` and the simulator's ``DeviceLink`` are such transports:
+    :func:`optisync.fields.serve` subscribes a store whose every field is
+    bound to a scope to the union of their scopes. A prefix matches as a
+    plain string prefix of a wire key; what the server lets the device read
+    still bounds what arrives.
+
+    Example:
+        >>> from optisync import testing
+        >>> from optisync.transport import SubscribesByPrefix
+        >>> link = testing.SimulatedNetwork(testing.SimulatedServer()).device(1)
+        >>> isinstance(link, SubscribesByPrefix)
+        True
+    """
+
+    def use_prefixes(self, prefixes: Iterable[str] | None) -> None:
+        """Receive only the keys starting with one of ``prefixes`` (None: every key).
+
+        Before the transport connects, what it connects with; later, the
+        subscription changes in the background, keys newly in scope arriving
+        from revision 0.
+
+        Example:
+            What :func:`optisync.fields.serve` calls for scoped fields::
+
+                transport.use_prefixes(["shared/", "user/ada/"])
+        """
+        ...
+
+    async def subscribe(self, prefixes: Iterable[str] | None) -> None:
+        """As :meth:`use_prefixes`, and wait until the keys newly in scope have arrived.
+
+        Example:
+            Open a second document on the same connection::
+
+                await transport.subscribe([*transport_prefixes, "doc/42/"])
+        """
+        ...
+
+
+def checked_prefixes(prefixes: Iterable[str] | None) -> tuple[str, ...] | None:
+    """``prefixes`` as a tuple without repeats, checked against the server's bounds.
+
+    At most 64 prefixes (``optisync.wire.MAX_PREFIXES``), each at most 200
+    characters (``MAX_KEY_CHARS``). None (every key) stays None.
+
+    Raises:
+        ArgumentTypeError: ``prefixes`` is one ``str``, or holds a non-``str``.
+        InvalidArgumentError: too many prefixes, or one too long.
+
+    Example:
+        >>> from optisync.transport import checked_prefixes
+        >>> checked_prefixes(["a/", "b/", "a/"])
+        ('a/', 'b/')
+        >>> checked_prefixes("a/")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        optisync.errors.ArgumentTypeError: prefixes must be a list of str, not one str: ...
+    """
+    if prefixes is None:
+        return None
+    if isinstance(prefixes, str):
+        raise ArgumentTypeError(f"prefixes must be a list of str, not one str: [{prefixes!r}]")
+    checked = tuple(dict.fromkeys(prefixes))
+    for prefix in checked:
+        if not isinstance(prefix, str):
+            raise ArgumentTypeError(f"a key prefix must be a str, got {prefix!r}")
+        if len(prefix) > _MAX_PREFIX_CHARS:
+            raise InvalidArgumentError(
+                f"a key prefix holds at most {_MAX_PREFIX_CHARS} characters, got {len(prefix)}"
+            )
+    if len(checked) > _MAX_PREFIXES:
+        raise InvalidArgumentError(
+            f"a device subscribes to at most {_MAX_PREFIXES} prefixes, got {len(checked)}: "
+            "use shorter prefixes that cover several"
+        )
+    return checked
 
 
 # -- the key codec ---------------------------------------------------------------

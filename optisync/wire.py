@@ -39,6 +39,7 @@ from optisync.errors import OptisyncError
 __all__ = [
     "MAX_KEY_CHARS",
     "MAX_NESTING",
+    "MAX_PREFIXES",
     "MAX_SAFE_INT",
     "PROTOCOL_VERSION",
     "Auth",
@@ -54,6 +55,8 @@ __all__ = [
     "Ready",
     "ServerMessage",
     "Set",
+    "Subscribe",
+    "Subscribed",
     "Value",
     "Welcome",
     "decode_client",
@@ -101,6 +104,19 @@ Example:
     200
 """
 
+MAX_PREFIXES: Final = 64
+"""Most key prefixes one subscription (a hello's or a :class:`Subscribe`'s) may name.
+
+Each prefix is at most :data:`MAX_KEY_CHARS` characters. More prefixes are
+refused with ``too_many_prefixes``, a longer one or one holding a control
+character with ``bad_prefix``.
+
+Example:
+    >>> from optisync.wire import MAX_PREFIXES
+    >>> MAX_PREFIXES
+    64
+"""
+
 _SafeInt = Annotated[int, msgspec.Meta(ge=-MAX_SAFE_INT, le=MAX_SAFE_INT)]
 _Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_SAFE_INT)]
 _Revision = Annotated[int, msgspec.Meta(ge=-1, le=MAX_SAFE_INT)]
@@ -131,7 +147,9 @@ class Hello(_Message, tag="hello", frozen=True):
     secret only this device holds: the first hello that carries one binds the
     device id to it, and every later hello for that id must carry the same
     (``secrets.token_urlsafe(32)`` makes one; persisted devices
-    keep theirs in their snapshot). The server answers with a :class:`Welcome`, replays every
+    keep theirs in their snapshot); ``prefixes`` (optional) the key prefixes
+    the device subscribes to: left out, every key the grant allows; ``[]``,
+    none (see :class:`Subscribe`). The server answers with a :class:`Welcome`, replays every
     change after ``since`` as :class:`Push` messages and then sends :class:`Ready`.
 
     Example:
@@ -152,6 +170,8 @@ class Hello(_Message, tag="hello", frozen=True):
     digest: _Digest | msgspec.UnsetType = msgspec.UNSET
     # UNSET for the same reason: an older server refuses a field it does not know.
     device_secret: _Secret | msgspec.UnsetType = msgspec.UNSET
+    # UNSET: every key the grant allows; []: none. Checked by decode_client.
+    prefixes: list[str] | msgspec.UnsetType = msgspec.UNSET
 
 
 class Set(_Message, tag="set", frozen=True):
@@ -205,6 +225,28 @@ class Get(_Message, tag="get", frozen=True):
 
     request_id: _Count
     key: _Key
+
+
+class Subscribe(_Message, tag="subscribe", frozen=True):
+    """Client to server: from now on, receive only the keys starting with one of ``prefixes``.
+
+    It replaces the connection's subscription (the hello's ``prefixes``)
+    without reconnecting; ``[]`` receives nothing. What a device may read
+    still bounds it: a prefix outside the grant brings nothing. The server
+    first sends, as :class:`Push` messages, every key newly in scope (from
+    revision 0: the device never had them), then :class:`Subscribed`; live
+    pushes follow without gap or duplicate. At most :data:`MAX_PREFIXES`
+    prefixes of at most :data:`MAX_KEY_CHARS` characters each; a prefix
+    matches as a plain string prefix of a key (``""`` matches every key).
+
+    Example:
+        >>> from optisync.wire import Subscribe, encode
+        >>> encode(Subscribe(request_id=4, prefixes=["shared/", "user/ada/"]))
+        b'{"type":"subscribe","request_id":4,"prefixes":["shared/","user/ada/"]}'
+    """
+
+    request_id: _Count
+    prefixes: list[str]
 
 
 class Welcome(_Message, tag="welcome", frozen=True):
@@ -339,6 +381,22 @@ class Ready(_Message, tag="ready", frozen=True):
     server_revision: int
 
 
+class Subscribed(_Message, tag="subscribed", frozen=True):
+    """Server to client, answering :class:`Subscribe`: every key newly in scope was sent.
+
+    ``server_revision`` is the connection's position then: the newest
+    revision sent to the device.
+
+    Example:
+        >>> from optisync.wire import Subscribed, encode
+        >>> encode(Subscribed(request_id=4, server_revision=12))
+        b'{"type":"subscribed","request_id":4,"server_revision":12}'
+    """
+
+    request_id: int
+    server_revision: int
+
+
 class Value(_Message, tag="value", frozen=True):
     """Server to client, answering :class:`Get`: the value and revision (-1: never written).
 
@@ -372,16 +430,18 @@ class Error(_Message, tag="error", frozen=True):
     message: str
 
 
-ClientMessage: TypeAlias = Hello | Set | Delete | Get | Auth
-"""A message a device sends: a hello, a write (a set or a delete), a read or fresh credentials.
+ClientMessage: TypeAlias = Hello | Set | Delete | Get | Auth | Subscribe
+"""A message a device sends: a hello, a write (a set or a delete), a read, fresh credentials
+or a subscription.
 
 Example:
     >>> from optisync.wire import ClientMessage, Get
     >>> Get in ClientMessage.__args__
     True
 """
-ServerMessage: TypeAlias = Welcome | Committed | Push | Ready | Value | Error | Authed
-"""A message the server sends: a welcome, an ack, a push, ready, a value, an error or authed.
+ServerMessage: TypeAlias = Welcome | Committed | Push | Ready | Value | Error | Authed | Subscribed
+"""A message the server sends: a welcome, an ack, a push, ready, a value, an error, authed
+or subscribed.
 
 Example:
     >>> from optisync.wire import Push, ServerMessage
@@ -398,7 +458,8 @@ class ProtocolError(OptisyncError, ValueError):
 
     Attributes:
         code: ``bad_json``, ``bad_message``, ``unknown_type``, ``missing_field``,
-            ``unknown_field``, ``duplicate_field``, ``bad_field`` or ``too_large``.
+            ``unknown_field``, ``duplicate_field``, ``bad_field``, ``too_large``,
+            ``too_many_prefixes`` or ``bad_prefix``.
         request_id: the message's ``request_id`` when it had a valid one.
 
     Example:
@@ -440,8 +501,10 @@ _SIXTEEN_DIGITS: Final = b"0" * 16
 _ESCAPED_NAME: Final = re.compile(rb"\\u00[5-7]")
 _QUOTED_NAMES: Final = {
     kind: tuple(b'"%s"' % name.encode() for name in ("type", *kind.__struct_fields__))
-    for kind in (Hello, Set, Delete, Get, Auth)
+    for kind in (Hello, Set, Delete, Get, Auth, Subscribe)
 }
+# A prefix may end in whitespace (keys hold inner spaces); never a control character.
+_PREFIX: Final = re.compile(r"\A[^\x00-\x1f\x7f-\x9f\u2028\u2029]*\Z")
 
 
 def encode(message: ClientMessage | ServerMessage) -> bytes:
@@ -499,6 +562,8 @@ def decode_client(data: bytes | str, *, max_bytes: int = 64 * 1024) -> ClientMes
         _refuse_unsafe_integers(message.value, request_id)
     if _may_repeat_a_field(raw, _QUOTED_NAMES[type(message)]):
         _refuse_duplicate_fields(raw, request_id)
+    if isinstance(message, Hello | Subscribe):
+        _check_prefixes(message.prefixes, request_id)
     return message
 
 
@@ -581,6 +646,23 @@ def _shallow_request_id(raw: bytes) -> int | None:
 
 def _empty_all_but_request_id(string: re.Match[bytes]) -> bytes:
     return _QUOTED_REQUEST_ID if string[0] == _QUOTED_REQUEST_ID else b'""'
+
+
+def _check_prefixes(prefixes: list[str] | msgspec.UnsetType, request_id: int | None) -> None:
+    if isinstance(prefixes, msgspec.UnsetType):
+        return
+    if len(prefixes) > MAX_PREFIXES:
+        raise ProtocolError(
+            "too_many_prefixes", f"a subscription names at most {MAX_PREFIXES} prefixes", request_id
+        )
+    for prefix in prefixes:
+        if len(prefix) > MAX_KEY_CHARS or not _PREFIX.match(prefix):
+            raise ProtocolError(
+                "bad_prefix",
+                f"a prefix holds at most {MAX_KEY_CHARS} characters and no control character, "
+                f"got {prefix[:40]!r}",
+                request_id,
+            )
 
 
 def _refuse_unsafe_integers(value: Any, request_id: int | None) -> None:

@@ -40,7 +40,7 @@ import contextlib
 import logging
 import select
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Final
 
 import psycopg
@@ -55,6 +55,8 @@ from optisync.server.storage import (
     StorageUnavailableError,
     _Write,
     device_proven,
+    key_ranges,
+    ranges_condition,
 )
 
 __all__ = ["PostgresStorage"]
@@ -89,6 +91,7 @@ CREATE TABLE IF NOT EXISTS optisync_device_keys (
     PRIMARY KEY (device_id, key)
 );
 CREATE INDEX IF NOT EXISTS optisync_keys_by_revision ON optisync_keys (revision);
+CREATE INDEX IF NOT EXISTS optisync_keys_by_key_c ON optisync_keys (key COLLATE "C");
 CREATE TABLE IF NOT EXISTS optisync_devices (
     device_id bigint PRIMARY KEY,
     secret_digest bytea NOT NULL
@@ -409,19 +412,31 @@ class PostgresStorage(OpenedByAsyncWith):
         rows = await self._query(_CHANGES_AFTER, (revision, limit))
         return [_change(row) for row in rows]  # type: ignore[arg-type]
 
-    async def latest_after(self, revision: int, limit: int) -> list[Change]:
+    async def latest_after(
+        self, revision: int, limit: int, *, prefixes: Iterable[str] | None = None
+    ) -> list[Change]:
         """Up to ``limit`` keys' newest changes above ``revision``, oldest first.
+
+        With ``prefixes``, only keys that start with one of them: ranges in
+        code point order (``COLLATE "C"``, on its own index), whatever the
+        database's collation.
 
         Example:
             >>> from optisync.server.postgres import PostgresStorage
             >>> PostgresStorage("dbname=app").latest_after  # doctest: +ELLIPSIS
             <bound method PostgresStorage.latest_after of <...>>
         """
+        condition, bounds = "true", list[str]()
+        if prefixes is not None:
+            ranges = key_ranges(prefixes)
+            if not ranges:
+                return []
+            condition, bounds = ranges_condition('k.key COLLATE "C"', ranges, "%s")
         rows = await self._query(
             f"SELECT {_COLUMNS} FROM optisync_keys AS k "
             "JOIN optisync_changes AS c ON c.revision = k.revision "
-            "WHERE k.revision > %s ORDER BY k.revision LIMIT %s",
-            (revision, limit),
+            f"WHERE k.revision > %s AND ({condition}) ORDER BY k.revision LIMIT %s",
+            (revision, *bounds, limit),
         )
         return [_change(row) for row in rows]  # type: ignore[arg-type]
 

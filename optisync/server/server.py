@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 import logging
 import re
 import time
@@ -63,6 +64,8 @@ from optisync.wire import (
     Push,
     Ready,
     Set,
+    Subscribe,
+    Subscribed,
     Value,
     Welcome,
     decode_client,
@@ -319,6 +322,12 @@ class _Peer:
         self.expiry: asyncio.TimerHandle | None = None
         # A refused refresh: sent, then the connection is closed (code 1008).
         self.refused: Error | None = None
+        # The key prefixes it subscribed to (None: every key the grant allows).
+        self.prefixes = (
+            None if isinstance(hello.prefixes, msgspec.UnsetType) else (*hello.prefixes,)
+        )
+        self.replay: asyncio.Task[None] | None = None  # the hello's replay
+        self.replay_pace: _TokenBucket | None = None  # its address's replay bytes
         self.cursor = 0  # the newest revision queued for this device
         # The hello's position when the replay resumes from it (0: from scratch):
         # a compaction that passes it during the replay cuts the connection.
@@ -336,6 +345,14 @@ class _Peer:
         self._space = asyncio.Event()
         self._space.set()
         budget.peers.add(self)
+
+    def sends(self, key: str) -> bool:
+        """Whether this device gets ``key``'s pushes: subscribed to it, and allowed to read it.
+
+        The grant is read now: a token refresh may have replaced it.
+        """
+        prefixes = self.prefixes
+        return (prefixes is None or key.startswith(prefixes)) and self.grant.can_read(key)
 
     @property
     def droppable(self) -> int:
@@ -460,6 +477,7 @@ class SyncServer:
                 "earlier optisync needs them (docs/server.md, 'Your own storage')"
             )
         self._storage = storage
+        self._storage_filters = _takes_prefixes(storage)
         self._authenticate = authenticate
         self._limits = limits or Limits()
         self._origins = [None if o is None else Origin(o) for o in allowed_origins]
@@ -819,6 +837,7 @@ class SyncServer:
 
     async def _serve_peer(self, peer: _Peer, writer: asyncio.Task[None], address: _Address) -> None:
         replay = asyncio.create_task(self._replay(peer, address.replay_bytes))
+        peer.replay, peer.replay_pace = replay, address.replay_bytes
         self._tasks.add(replay)
         replay.add_done_callback(self._tasks.discard)
         own = _TokenBucket(self._limits.messages_per_second, self._limits.burst)
@@ -915,6 +934,8 @@ class SyncServer:
             return await self._refresh(peer, message)
         if isinstance(message, Delete):
             return await self._delete(peer, message)
+        if isinstance(message, Subscribe):
+            return await self._subscribe(peer, message)
         return await self._set(peer, message)
 
     async def _get(self, peer: _Peer, message: Get) -> Value | Error:
@@ -1100,7 +1121,80 @@ class SyncServer:
 
     # -- replay and pushes ---------------------------------------------------------
 
-    async def _replay(self, peer: _Peer, pace: _TokenBucket) -> None:
+    async def _subscribe(self, peer: _Peer, message: Subscribe) -> Subscribed | Error:
+        """Replace the subscription; send every key newly in scope, then answer.
+
+        The catch-up of a prefix added runs with live changes held in
+        ``pending``, as a hello's replay does: first each key of the added
+        prefixes at its newest change up to the cursor (history the device
+        never had, all at or below what it has seen), then a replay of the
+        whole new scope from the cursor, in revision order, then ``pending``
+        (what was already sent is skipped by the cursor). So the device's
+        cursor only ever covers changes of its scope that it has received.
+        """
+        replay = peer.replay
+        if replay is not None and not replay.done():
+            await asyncio.wait({replay})  # one replay at a time: the hello's first
+        if peer.cut or peer.pending is not None:
+            return Error(message.request_id, "unavailable", "the connection is closing")
+        new, old = (*dict.fromkeys(message.prefixes),), peer.prefixes
+        added = () if old is None else tuple(p for p in new if not p.startswith(old))
+        peer.prefixes = new
+        pace = peer.replay_pace
+        if added and pace is not None:
+            peer.pending = []
+            await self._send_history(peer, added, old or (), pace)
+            if not peer.cut:
+                await self._replay(peer, pace, announce=False)
+        if peer.cut:
+            return Error(message.request_id, "unavailable", "the connection is closing")
+        logger.debug("%s subscribed to %r", peer.grant.name, new)
+        return Subscribed(message.request_id, peer.cursor)
+
+    async def _send_history(
+        self, peer: _Peer, added: tuple[str, ...], had: tuple[str, ...], pace: _TokenBucket
+    ) -> None:
+        """Push each key of ``added`` the device may read, at its newest change up to its cursor.
+
+        A key changed after the cursor is left to the replay that follows; a
+        key under the prefixes it ``had`` was sent already (``"a/"`` added to
+        ``"a/1"``).
+        """
+        upto, after, page_size = peer.cursor, 0, self._limits.replay_page
+        try:
+            while True:
+                async with self._replay_reads:
+                    page = await self._latest(after, page_size, added)
+                for change in page:
+                    if change.server_revision > upto:
+                        return
+                    key = change.key
+                    if (
+                        key.startswith(added)
+                        and not key.startswith(had)
+                        and peer.grant.can_read(key)
+                    ):
+                        frame = self._push_frame(peer, change)
+                        await pace.pace(len(frame))
+                        await peer.put(frame)
+                    after = change.server_revision
+                if len(page) < page_size:
+                    return
+        except (_SendQueueFullError, ConnectionGoneError):
+            await self._cut(peer, _QUEUE_FULL)
+        except Exception:
+            logger.exception("catch-up for %s failed", peer.grant.name)
+            await self._cut(peer, _NO_DATABASE)
+
+    async def _latest(
+        self, after: int, limit: int, prefixes: tuple[str, ...] | None
+    ) -> list[Change]:
+        """A page of ``latest_after``, narrowed to ``prefixes`` by the storage when it can."""
+        if prefixes is None or not self._storage_filters:
+            return await self._storage.latest_after(after, limit)
+        return await self._storage.latest_after(after, limit, prefixes=prefixes)  # type: ignore[call-arg]
+
+    async def _replay(self, peer: _Peer, pace: _TokenBucket, *, announce: bool = True) -> None:
         # Last write wins: each key changed since the cursor once, at its newest
         # change, so a replay costs what the keys hold, not the whole log. Its
         # last change is the head, so the device's cursor ends there. put()
@@ -1111,7 +1205,7 @@ class SyncServer:
         try:
             while True:
                 async with self._replay_reads:
-                    page = await self._storage.latest_after(peer.cursor, page_size)
+                    page = await self._latest(peer.cursor, page_size, peer.prefixes)
                     compacted = await self._compacted_past(peer)
                 if compacted:
                     # The page may lack a dropped tombstone: send none of it. The
@@ -1119,7 +1213,7 @@ class SyncServer:
                     await self._cut(peer, _COMPACTED)
                     return
                 for change in page:
-                    if peer.grant.can_read(change.key):
+                    if peer.sends(change.key):
                         frame = self._push_frame(peer, change)
                         await pace.pace(len(frame))
                         await peer.put(frame)
@@ -1133,7 +1227,7 @@ class SyncServer:
                 pending, peer.pending = peer.pending or [], None
                 for change in pending:
                     self._push_to(peer, change)
-                if not peer.offer(encode(Ready(peer.cursor))):
+                if announce and not peer.offer(encode(Ready(peer.cursor))):
                     await self._cut(peer, _QUEUE_FULL)
                 return
         except (_SendQueueFullError, ConnectionGoneError):
@@ -1148,7 +1242,7 @@ class SyncServer:
         # by all their queues (a fan-out of 60 KB to 2,000 devices holds 60 KB).
         others = _SharedPush(change)
         for peer in list(self._peers.values()):
-            if not peer.grant.can_read(change.key):
+            if not peer.sends(change.key):
                 continue
             if peer.pending is not None:
                 if len(peer.pending) >= self._limits.replay_page:
@@ -1242,3 +1336,12 @@ async def _close_discarding(
             frame = await connection.receive()
             await pace.pace(_received_cost(frame))
     await closing
+
+
+def _takes_prefixes(storage: Storage) -> bool:
+    """Whether ``storage.latest_after`` narrows a page to key prefixes itself."""
+    try:
+        parameters = inspect.signature(storage.latest_after).parameters
+    except (TypeError, ValueError):
+        return False
+    return "prefixes" in parameters

@@ -26,7 +26,7 @@ import hmac
 import logging
 import sqlite3
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -164,6 +164,13 @@ class Storage(Protocol):
         What a replay needs under last-write-wins: each key changed since
         ``revision`` once, at its newest value. The last one of a page is the
         next page's ``revision``; the last one of all is the head.
+
+        A storage may also take a keyword argument ``prefixes`` (a sequence
+        of strings, or None for every key): then it returns only keys that
+        start with one of them, and the server asks it for a subscribed
+        device's replay (the SQLite and PostgreSQL storages do, on an
+        index). A storage without it still serves subscriptions: the server
+        filters its pages itself.
         """
         ...
 
@@ -251,6 +258,68 @@ _LATEST_AFTER = (
     "JOIN optisync_changes AS c ON c.revision = k.revision "
     "WHERE k.revision > ? ORDER BY k.revision LIMIT ?"
 )
+_LATEST_IN_RANGES = (
+    f"SELECT {_COLUMNS} FROM optisync_keys AS k "
+    "JOIN optisync_changes AS c ON c.revision = k.revision "
+    "WHERE k.revision > ? AND ({ranges}) ORDER BY k.revision LIMIT ?"
+)
+# The highest code point: a prefix ending in it has no successor at that position.
+_LAST_CHAR = 0x10FFFF
+
+
+def key_ranges(prefixes: Iterable[str]) -> list[tuple[str, str | None]]:
+    """The ``[low, high)`` ranges of keys starting with one of ``prefixes`` (high None: no end).
+
+    In code point order (SQLite's BINARY collation, PostgreSQL's ``"C"``), a
+    key starts with ``p`` exactly when ``p <= key < successor(p)``: a range
+    an index on the key answers. Prefixes another one covers are dropped;
+    ``""`` covers every key.
+
+    Example:
+        >>> from optisync.server.storage import key_ranges
+        >>> key_ranges(["user/ada/", "shared/", "user/ada/notes/"])
+        [('shared/', 'shared0'), ('user/ada/', 'user/ada0')]
+        >>> key_ranges([""])
+        [('', None)]
+    """
+    kept: list[str] = []
+    for prefix in sorted(set(prefixes)):
+        if not kept or not prefix.startswith(kept[-1]):
+            kept.append(prefix)
+    return [(prefix, _successor(prefix)) for prefix in kept]
+
+
+def _successor(prefix: str) -> str | None:
+    """The least string greater than every string starting with ``prefix``; None: none."""
+    stripped = prefix.rstrip(chr(_LAST_CHAR))
+    if not stripped:
+        return None
+    following = ord(stripped[-1]) + 1
+    if 0xD800 <= following <= 0xDFFF:  # surrogates are no characters of UTF-8 text
+        following = 0xE000
+    return stripped[:-1] + chr(following)
+
+
+def ranges_condition(
+    column: str, ranges: list[tuple[str, str | None]], placeholder: str
+) -> tuple[str, list[str]]:
+    """The SQL condition ``column`` lies in one of ``ranges``, and its parameters.
+
+    Example:
+        >>> from optisync.server.storage import ranges_condition
+        >>> ranges_condition("k.key", [("a/", "a0"), ("z", None)], "?")
+        ('k.key >= ? AND k.key < ? OR k.key >= ?', ['a/', 'a0', 'z'])
+    """
+    terms: list[str] = []
+    parameters: list[str] = []
+    for low, high in ranges:
+        if high is None:
+            terms.append(f"{column} >= {placeholder}")
+            parameters.append(low)
+        else:
+            terms.append(f"{column} >= {placeholder} AND {column} < {placeholder}")
+            parameters += [low, high]
+    return " OR ".join(terms), parameters
 
 
 class OpenedByAsyncWith:
@@ -517,8 +586,13 @@ class SqliteStorage(OpenedByAsyncWith):
 
         return await self._read(select)
 
-    async def latest_after(self, revision: int, limit: int) -> list[Change]:
+    async def latest_after(
+        self, revision: int, limit: int, *, prefixes: Iterable[str] | None = None
+    ) -> list[Change]:
         """Up to ``limit`` keys' newest changes above ``revision``, oldest first.
+
+        With ``prefixes``, only keys that start with one of them (a range on
+        the key's index per prefix; ``[]``: none).
 
         Example:
             >>> import asyncio
@@ -532,9 +606,19 @@ class SqliteStorage(OpenedByAsyncWith):
             >>> asyncio.run(main())
             [('a', 3), ('b', 4)]
         """
+        parameters: list[object]
+        if prefixes is None:
+            statement, parameters = _LATEST_AFTER, [revision, limit]
+        else:
+            ranges = key_ranges(prefixes)
+            if not ranges:
+                return []
+            condition, bounds = ranges_condition("k.key", ranges, "?")
+            statement = _LATEST_IN_RANGES.format(ranges=condition)
+            parameters = [revision, *bounds, limit]
 
         def select(connection: sqlite3.Connection) -> list[Change]:
-            rows = connection.execute(_LATEST_AFTER, (revision, limit)).fetchall()
+            rows = connection.execute(statement, parameters).fetchall()
             return [_change(row) for row in rows]
 
         return await self._read(select)

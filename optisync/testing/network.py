@@ -29,7 +29,7 @@ from optisync.errors import (
 )
 from optisync.store import Store
 from optisync.testing.server import Commit, SimulatedServer
-from optisync.transport import Ack, PushListener, SyncRequest
+from optisync.transport import Ack, PushListener, SyncRequest, checked_prefixes
 
 __all__ = [
     "DeviceLink",
@@ -624,6 +624,11 @@ class DeviceLink:
         self._generation = 0
         self._cursor = 0
         self._delivered: set[int] = set()
+        # Partial sync: the prefixes handed over (None: every key); while keys
+        # newly in scope are owed, the prefixes the device had before (None:
+        # nothing owed): what is in scope now and was not then is owed.
+        self._prefixes: tuple[str, ...] | None = None
+        self._had: tuple[str, ...] | None = None
         self._tokens = itertools.count()
         self._push_listeners: dict[int, PushListener] = {}
         self._status_listeners: dict[int, Callable[[bool], object]] = {}
@@ -1107,6 +1112,77 @@ class DeviceLink:
                 if waiter in self._progress:
                     self._progress.remove(waiter)
 
+    # -- partial sync --------------------------------------------------------------
+
+    def use_prefixes(self, prefixes: Iterable[str] | None) -> None:
+        """Hand over only the pushes of keys starting with one of ``prefixes`` (None: all).
+
+        As the server does for ``SyncClient``: a ``str`` key matches a prefix
+        as a plain string prefix (any other key only with None), the cursor
+        moves past the commits not handed over, and a prefix added once the
+        link has connected brings its keys' newest commits the device has
+        passed, at once (at the reconnect, if the link is down). Raises
+        :class:`~optisync.InvalidArgumentError` or
+        :class:`~optisync.ArgumentTypeError` for prefixes a server would refuse.
+
+        Example:
+            >>> from optisync import testing
+            >>> async def main() -> None:
+            ...     network = testing.SimulatedNetwork(testing.SimulatedServer())
+            ...     phone, laptop = network.device(1), network.device(2)
+            ...     phone.use_prefixes(["a/"])
+            ...     _ = phone.subscribe_pushes(lambda key, value, meta: print(key, value))
+            ...     _ = await laptop.write("a/x", 1, local_revision=1)
+            ...     _ = await laptop.write("b/y", 2, local_revision=1)
+            ...     await network.settle()
+            ...     phone.use_prefixes(["a/", "b/"])
+            >>> testing.run(main())
+            a/x 1
+            b/y 2
+        """
+        old, self._prefixes = self._prefixes, checked_prefixes(prefixes)
+        if not self._ever_connected or old is None:
+            return  # nothing passed yet, or every key handed over already
+        if self._had is None:
+            self._had = old
+        if self._connected:
+            self._hand_over_owed()
+
+    async def subscribe(self, prefixes: Iterable[str] | None) -> None:
+        """As :meth:`use_prefixes` (the keys newly in scope are handed over before it returns).
+
+        Example:
+            >>> from optisync import testing
+            >>> async def main() -> None:
+            ...     link = testing.SimulatedNetwork(testing.SimulatedServer()).device(1)
+            ...     await link.subscribe(["shared/"])
+            >>> testing.run(main())
+        """
+        self.use_prefixes(prefixes)
+
+    def _in_scope(self, key: Hashable, prefixes: tuple[str, ...] | None) -> bool:
+        if prefixes is None:
+            return True
+        return isinstance(key, str) and key.startswith(prefixes)
+
+    def _hand_over_owed(self) -> None:
+        """Hand over each owed key's newest commit among those the link has passed."""
+        had, generation = self._had, self._generation
+        if had is None:
+            return
+        passed = [
+            commit
+            for commit in self.network.server.log
+            if commit.server_revision <= self._cursor or commit.server_revision in self._delivered
+        ]
+        newest = {commit.key: commit for commit in passed}
+        for commit in sorted(newest.values(), key=lambda c: c.server_revision):
+            if not self._in_scope(commit.key, had):
+                self._deliver(commit, generation)  # handed over if in scope now
+            if generation != self._generation or not self._connected:
+                return  # dropped: the rest is owed at the reconnect
+        self._had = None
+
     # -- internals ---------------------------------------------------------------
 
     def _check_open(self) -> None:
@@ -1142,6 +1218,7 @@ class DeviceLink:
         self._wire.trace(kind, self.device_id, self._cursor)
         for commit in self.network.server.commits_after(self._cursor):
             self._wire.send_push(self, commit, may_drop=False)
+        self._hand_over_owed()
         if not was_online:
             self._notify_status()
 
@@ -1170,6 +1247,8 @@ class DeviceLink:
 
     def _hand_over(self, commit: Commit) -> None:
         """Give ``commit`` to the handler, then to each push listener, in order."""
+        if not self._in_scope(commit.key, self._prefixes):
+            return  # outside the subscription: passed, not handed over
         if self._on_push is not None:
             self._on_push(commit)
         # A listener's key is a wire key: a str for every write made with send().

@@ -271,6 +271,54 @@ async def test_latest_after_pages_each_keys_newest_change_in_revision_order(
         assert len(await storage.changes_after(0, 10)) == 7  # the log is whole
 
 
+async def test_latest_after_narrowed_to_prefixes_keeps_each_keys_newest_in_order(
+    backend: Backend,
+) -> None:
+    async with backend.opened() as (storage, _):
+        # Neighbours of the prefixes in code point order: "a/" < "a/b" < "a0" < "a\u00e9".
+        keys = [
+            "a/1",
+            "b",
+            "a0",
+            "a/b/2",
+            "a/1",
+            "a\u00e9/x",
+            "ab",
+            "\u00e9t\u00e9/1",
+            "a/\U0010ffff",
+        ]
+        for n, key in enumerate(keys, start=1):
+            await storage.commit(key, b"%d" % n, local_revision=n, device_id=7)
+
+        async def latest(revision: int, limit: int, prefixes: list[str]) -> list[tuple[str, int]]:
+            page = await storage.latest_after(revision, limit, prefixes=prefixes)  # type: ignore[call-arg]
+            return [(c.key, c.server_revision) for c in page]
+
+        a_slash = [("a/b/2", 4), ("a/1", 5), ("a/\U0010ffff", 9)]
+        assert await latest(0, 10, ["a/"]) == a_slash
+        assert await latest(0, 2, ["a/"]) == a_slash[:2]
+        assert await latest(5, 10, ["a/"]) == [("a/\U0010ffff", 9)]
+        # A prefix another covers adds nothing; several are one page in revision order.
+        assert await latest(0, 10, ["a/", "a/b/", "\u00e9t\u00e9/"]) == [
+            *a_slash[:2],
+            ("\u00e9t\u00e9/1", 8),
+            a_slash[2],
+        ]
+        assert await latest(0, 10, ["a\u00e9"]) == [("a\u00e9/x", 6)]
+        assert await latest(0, 10, ["a/\U0010ffff"]) == [("a/\U0010ffff", 9)]
+        assert await latest(0, 10, ["a"]) == [
+            ("a0", 3),
+            ("a/b/2", 4),
+            ("a/1", 5),
+            ("a\u00e9/x", 6),
+            ("ab", 7),
+            ("a/\U0010ffff", 9),
+        ]
+        assert await latest(0, 10, []) == []
+        assert len(await latest(0, 10, [""])) == 8  # every key
+        assert await latest(0, 10, ["zz"]) == []
+
+
 async def test_without_deduplicate_every_write_commits(backend: Backend) -> None:
     async with backend.opened() as (storage, _):
         for _ in range(2):
