@@ -26,8 +26,9 @@ import contextlib
 import hashlib
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import msgspec
@@ -60,6 +61,9 @@ from optisync.wire import (
     entry_digest,
 )
 
+if TYPE_CHECKING:  # prometheus_client is imported only by a server given metrics
+    from optisync.server.metrics import ServerMetrics
+
 __all__ = ["Limits", "SyncServer"]
 
 logger: Final = logging.getLogger("optisync.server")
@@ -84,6 +88,12 @@ _STORAGE_METHODS: Final = ("commit", "read", "latest_after", "head", "claim_devi
 # A frame is written at once, not queued, while the connection's transport holds
 # less unsent data than this (websockets' own write limit).
 _WRITE_AT_ONCE_BELOW: Final = 32 * 1024
+# The metrics' label for each reason the server closes a connection for.
+_CLOSE_LABELS: Final = {
+    _QUEUE_FULL: "send_queue_full",
+    _NO_DATABASE: "unavailable",
+    _BAD_FRAMES: "bad_frames",
+}
 
 
 @attrs.frozen
@@ -306,6 +316,7 @@ class _Peer:
         self.grant = grant
         self.cursor = 0  # the newest revision queued for this device
         self.bad_frames = 0  # messages in a row the server could not read
+        self.close_reason = "disconnected"  # unless the server closes it: a metrics label
         # Live changes that arrive during the replay wait here (None: replay done).
         self.pending: list[Change] | None = []
         self.pending_overflow = False
@@ -409,6 +420,9 @@ class SyncServer:
             Off by default: with typical small JSON values it costs more CPU
             per commit (about a fifth, measured on loopback) than it saves
             bytes; turn it on for large, compressible values over slow links.
+        metrics: where to count connections, commits, latencies, replays and
+            refusals (:class:`optisync.server.metrics.ServerMetrics`, the
+            ``metrics`` extra). None: no metrics work at all.
 
     Raises:
         InvalidArgumentError: ``storage`` lacks a method a server needs (one
@@ -443,6 +457,7 @@ class SyncServer:
         allowed_origins: Sequence[str | None] = (None,),
         require_device_secret: bool = False,
         compression: bool = False,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         missing = [name for name in _STORAGE_METHODS if not callable(getattr(storage, name, None))]
         if missing:
@@ -465,7 +480,8 @@ class SyncServer:
         # One replay page read at a time: a commit waits behind one at most, not
         # behind every replay in progress (the storage serves calls in order).
         self._replay_reads = asyncio.Lock()
-        storage.on_commit = self._publish
+        self._metrics = metrics
+        storage.on_commit = self._publish if metrics is None else self._publish_measured
 
     @property
     def storage(self) -> Storage:
@@ -592,6 +608,8 @@ class SyncServer:
         address = self._addresses.setdefault(host, _Address(self._limits))
         if address.connections >= self._limits.max_connections_per_address:
             logger.info("refused a connection from %s: %s", host, _TOO_MANY_CONNECTIONS)
+            if self._metrics is not None:
+                self._metrics.connection_refused("too_many_connections")
             await connection.close(_TRY_LATER, _TOO_MANY_CONNECTIONS)
             return
         address.connections += 1
@@ -619,6 +637,8 @@ class SyncServer:
                 await writer
             peer.drop()
             logger.info("%s disconnected", peer.grant.name)
+            if self._metrics is not None:
+                self._metrics.connection_closed(peer.close_reason)
 
     def _schedule_prune(self, host: str, address: _Address) -> None:
         """Forget an address without connections once its bucket is full again."""
@@ -644,11 +664,15 @@ class SyncServer:
             async with asyncio.timeout(self._limits.hello_timeout):
                 frame = await connection.recv()
         except (TimeoutError, ConnectionClosed):
+            if self._metrics is not None:
+                self._metrics.connection_refused("no_hello")
             await connection.close(_POLICY, "no hello")
             return None
         if not shared.take():
             # A hello starts a replay: it spends the address's budget, unread.
             logger.info("refused a connection: %s", _RATE_LIMITED)
+            if self._metrics is not None:
+                self._metrics.connection_refused(_RATE_LIMITED)
             refused = Error(None, _RATE_LIMITED, "too many messages per second from this address")
             with contextlib.suppress(ConnectionClosed):
                 await connection.send(encode(refused), text=True)
@@ -668,10 +692,16 @@ class SyncServer:
                 logger.exception("welcome of %s failed", peer.grant.name)
                 self._forget(peer)
                 peer.drop()
+                if self._metrics is not None:
+                    self._metrics.connection_refused("unavailable")
                 await connection.close(_TRY_LATER, _NO_DATABASE)
                 return None
+            if self._metrics is not None:
+                self._metrics.connection_accepted()
             return peer
         logger.info("refused a connection: %s", refusal.code)
+        if self._metrics is not None:
+            self._metrics.connection_refused(refusal.code)
         with contextlib.suppress(ConnectionClosed):
             await connection.send(encode(refusal), text=True)
             # The database could not check the device: like a failed welcome, retry later.
@@ -764,11 +794,14 @@ class SyncServer:
                 if writer.done():
                     break
                 reply = await self._answer(peer, frame, budget)
+                if self._metrics is not None and isinstance(reply, Error):
+                    self._metrics.frame_refused(reply.code)
                 if not peer.offer(encode(reply)):
                     await self._cut(peer, _QUEUE_FULL)
                     break
                 if peer.bad_frames >= self._limits.max_bad_frames:
                     logger.warning("%s closed: %s", peer.grant.name, _BAD_FRAMES)
+                    peer.close_reason = _CLOSE_LABELS[_BAD_FRAMES]
                     self._forget(peer)
                     await _close_discarding(
                         peer.connection, _POLICY, _BAD_FRAMES, address.received_bytes
@@ -796,6 +829,7 @@ class SyncServer:
         if peer.cut:
             return False
         peer.cut = True
+        peer.close_reason = _CLOSE_LABELS.get(reason, reason)
         # Forget it at once: no more pushes pile up, and the device may reconnect.
         self._forget(peer)
         peer.drop()
@@ -859,6 +893,7 @@ class SyncServer:
         return Value(message.request_id, message.key, value, change.server_revision)
 
     async def _set(self, peer: _Peer, message: Set) -> Committed | Error:
+        started = time.perf_counter()
         request_id = message.request_id
         if message.device_id not in (None, peer.device_id):
             return Error(request_id, "forbidden", "device_id is not this connection's device")
@@ -885,6 +920,8 @@ class SyncServer:
             # The database is unreachable or refused: the device will retry.
             logger.exception("commit of %r failed", message.key)
             return Error(request_id, "unavailable", "the server could not commit; retry")
+        if self._metrics is not None:
+            self._metrics.committed(time.perf_counter() - started)
         self._log_if_superseded(peer, message, value, change)
         logger.debug("%s set %r at %d", peer.grant.name, message.key, change.server_revision)
         return Committed(request_id, message.key, msgspec.Raw(change.value), change.server_revision)
@@ -920,6 +957,9 @@ class SyncServer:
         # more than send_buffer_bytes of a connection's memory. ``pace`` spreads
         # the replays of one address over time past their burst.
         page_size = self._limits.replay_page
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.replay_started()
         try:
             while True:
                 async with self._replay_reads:
@@ -929,6 +969,8 @@ class SyncServer:
                         frame = self._push_frame(peer, change)
                         await pace.pace(len(frame))
                         await peer.put(frame)
+                        if metrics is not None:
+                            metrics.replayed(1, len(frame))
                     peer.cursor = change.server_revision
                 if len(page) == page_size:
                     continue
@@ -964,6 +1006,18 @@ class SyncServer:
                     peer.pending.append(change)
             else:
                 self._push_to(peer, change, others)
+
+    def _publish_measured(self, change: Change) -> None:
+        """``_publish``, timed for the metrics' ``fan_out_seconds``.
+
+        Its end is when the last reader's frame was written to its transport
+        or queued (or, in a replay, held for after it): the time one change
+        takes to leave, not its wait behind the changes of its batch before it.
+        """
+        started = time.perf_counter()
+        self._publish(change)
+        if self._metrics is not None:
+            self._metrics.fanned_out(time.perf_counter() - started)
 
     def _push_to(self, peer: _Peer, change: Change, others: _SharedPush | None = None) -> None:
         if change.server_revision <= peer.cursor:

@@ -1,0 +1,284 @@
+"""Prometheus metrics for :class:`~optisync.server.SyncServer`: ``pip install "optisync[metrics]"``.
+
+Pass a :class:`ServerMetrics` as ``SyncServer(..., metrics=...)``; a server
+without one imports nothing from ``prometheus_client`` and does no metrics
+work. Expose the registry with ``python -m optisync.server --metrics-port``,
+prometheus-client's ``start_http_server``, or :meth:`ServerMetrics.asgi_app`
+mounted in a Starlette or FastAPI app (docs/server.md, "Metrics").
+
+Example:
+    >>> from prometheus_client import CollectorRegistry
+    >>> from optisync.server.metrics import ServerMetrics
+    >>> registry = CollectorRegistry()
+    >>> metrics = ServerMetrics(registry)
+    >>> metrics.frame_refused("rate_limited")
+    >>> registry.get_sample_value("optisync_frames_refused_total", {"reason": "rate_limited"})
+    1.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import make_asgi_app as _make_asgi_app
+
+__all__ = ["ServerMetrics"]
+
+# A SQLite commit takes a fraction of a millisecond to a few; a slow disk or a
+# remote PostgreSQL, tens. The buckets resolve both ends.
+COMMIT_BUCKETS: Final = (
+    0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+)  # fmt: skip
+# Handing one change to every reader costs microseconds a reader.
+FAN_OUT_BUCKETS: Final = (
+    0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 1.0,
+)  # fmt: skip
+# Shown at 0 from the start, so that a rate over them exists before the first one.
+_FRAME_REASONS: Final = (
+    "rate_limited", "bad_json", "bad_field", "bad_message", "too_large", "forbidden",
+    "unavailable",
+)  # fmt: skip
+_REFUSAL_REASONS: Final = (
+    "too_many_connections", "no_hello", "rate_limited", "bad_message", "bad_json", "bad_field",
+    "too_large", "bad_version", "unauthorized", "device_in_use", "device_unproven",
+    "unavailable",
+)  # fmt: skip
+_CLOSE_REASONS: Final = ("disconnected", "bad_frames", "send_queue_full", "unavailable")
+
+
+class ServerMetrics:
+    """The Prometheus metrics of one :class:`~optisync.server.SyncServer`.
+
+    Give it to one server: ``SyncServer(storage, metrics=ServerMetrics())``.
+    The server calls its methods where things happen; an app never needs to.
+
+    Args:
+        registry: where the metrics are registered; default prometheus-client's
+            global ``REGISTRY`` (what ``start_http_server`` and
+            ``make_asgi_app`` serve by default). A registry holds one set of
+            these names: give each further server a registry of its own, or
+            another ``namespace``.
+        namespace: the prefix of every metric name.
+
+    The metrics (``optisync_`` being the namespace):
+
+    * ``optisync_connections_open``: devices connected, past their hello.
+    * ``optisync_connections_accepted_total``: hellos accepted.
+    * ``optisync_connections_refused_total{reason}``: connections closed before
+      or at their hello, by the error code sent (``unauthorized``,
+      ``device_in_use``, ...), or ``too_many_connections`` and ``no_hello``.
+    * ``optisync_connections_closed_total{reason}``: accepted connections gone:
+      ``disconnected`` (the device closed, the network failed, the server
+      stopped, a frame over ``max_frame_bytes``), ``bad_frames``,
+      ``send_queue_full``, ``unavailable`` (a replay's storage read failed).
+    * ``optisync_frames_refused_total{reason}``: messages answered with an
+      ``error``, by its code (``rate_limited``, ``bad_json``, ``too_large``,
+      ``bad_message``, ``bad_field``, ``forbidden``, ``unavailable``).
+    * ``optisync_commits_total`` and the histogram
+      ``optisync_commit_latency_seconds``: sets acknowledged with a commit,
+      and the time from the server taking the set up (decoded, in its
+      connection's turn) to its storage returning the durable commit (group
+      commit wait included).
+    * ``optisync_fan_out_seconds``: for each change the storage hands over,
+      the time from that hand-over (right after the commit) until its push
+      frame was written to, or queued for, every connected device allowed to
+      read it. A queued frame is counted as handed over: its later write to
+      a slow device is not in it.
+    * ``optisync_replays_total``, ``optisync_replayed_keys_total``,
+      ``optisync_replayed_bytes_total``: replays started after a hello, and
+      the push frames (keys) and their bytes queued by them.
+
+    Example:
+        >>> import asyncio
+        >>> from prometheus_client import CollectorRegistry
+        >>> from optisync.server import SqliteStorage, SyncServer
+        >>> from optisync.server.metrics import ServerMetrics
+        >>> registry = CollectorRegistry()
+        >>> server = SyncServer(SqliteStorage(":memory:"), metrics=ServerMetrics(registry))
+        >>> async def main() -> None:
+        ...     async with server.run(port=0):
+        ...         pass
+        >>> asyncio.run(main())
+        >>> registry.get_sample_value("optisync_connections_open")
+        0.0
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, namespace: str = "optisync"
+    ) -> None:
+        self.registry: Final = REGISTRY if registry is None else registry
+        self.namespace: Final = namespace
+        made: dict[str, Any] = {"namespace": namespace, "registry": self.registry}
+        self._open = Gauge("connections_open", "Devices connected, past their hello.", **made)
+        self._accepted = Counter("connections_accepted", "Hellos accepted.", **made)
+        self._refused = _labelled(
+            "connections_refused",
+            "Connections closed before or at their hello, by reason.",
+            _REFUSAL_REASONS,
+            made,
+        )
+        self._closed = _labelled(
+            "connections_closed", "Accepted connections gone, by reason.", _CLOSE_REASONS, made
+        )
+        self._frames_refused = _labelled(
+            "frames_refused", "Messages answered with an error, by its code.", _FRAME_REASONS, made
+        )
+        self._commits = Counter("commits", "Sets acknowledged with a commit.", **made)
+        self._commit_latency = Histogram(
+            "commit_latency_seconds",
+            "From the server taking a set up to its storage returning the durable commit.",
+            buckets=COMMIT_BUCKETS,
+            **made,
+        )
+        self._fan_out = Histogram(
+            "fan_out_seconds",
+            "From a commit handed over by the storage to its push written to, "
+            "or queued for, every connected reader.",
+            buckets=FAN_OUT_BUCKETS,
+            **made,
+        )
+        self._replays = Counter("replays", "Replays started after a hello.", **made)
+        self._replayed_keys = Counter("replayed_keys", "Push frames queued by replays.", **made)
+        self._replayed_bytes = Counter("replayed_bytes", "Bytes queued by replays.", **made)
+
+    def asgi_app(self) -> Callable[..., Any]:
+        """An ASGI app serving this registry in Prometheus' text format, to mount at ``/metrics``.
+
+        Example:
+            >>> from prometheus_client import CollectorRegistry
+            >>> from starlette.applications import Starlette
+            >>> from starlette.routing import Mount
+            >>> from optisync.server.metrics import ServerMetrics
+            >>> metrics = ServerMetrics(CollectorRegistry())
+            >>> app = Starlette(routes=[Mount("/metrics", app=metrics.asgi_app())])
+        """
+        app: Callable[..., Any] = _make_asgi_app(self.registry)
+        return app
+
+    # -- what the server reports -------------------------------------------------------
+
+    def connection_accepted(self) -> None:
+        """A hello was accepted: one more open connection.
+
+        Example:
+            >>> from prometheus_client import CollectorRegistry
+            >>> from optisync.server.metrics import ServerMetrics
+            >>> metrics = ServerMetrics(CollectorRegistry())
+            >>> metrics.connection_accepted()
+            >>> metrics.registry.get_sample_value("optisync_connections_open")
+            1.0
+        """
+        self._accepted.inc()
+        self._open.inc()
+
+    def connection_refused(self, reason: str) -> None:
+        """A connection was closed before or at its hello, for ``reason``.
+
+        Example:
+            >>> from prometheus_client import CollectorRegistry
+            >>> from optisync.server.metrics import ServerMetrics
+            >>> metrics = ServerMetrics(CollectorRegistry())
+            >>> metrics.connection_refused("unauthorized")
+            >>> metrics.registry.get_sample_value(
+            ...     "optisync_connections_refused_total", {"reason": "unauthorized"}
+            ... )
+            1.0
+        """
+        self._refused.labels(reason).inc()
+
+    def connection_closed(self, reason: str) -> None:
+        """An accepted connection is gone, for ``reason``: one fewer open connection.
+
+        Example:
+            >>> from prometheus_client import CollectorRegistry
+            >>> from optisync.server.metrics import ServerMetrics
+            >>> metrics = ServerMetrics(CollectorRegistry())
+            >>> metrics.connection_accepted()
+            >>> metrics.connection_closed("disconnected")
+            >>> metrics.registry.get_sample_value("optisync_connections_open")
+            0.0
+        """
+        self._closed.labels(reason).inc()
+        self._open.dec()
+
+    def frame_refused(self, reason: str) -> None:
+        """A message was answered with an error whose code is ``reason``.
+
+        Example:
+            >>> from prometheus_client import CollectorRegistry
+            >>> from optisync.server.metrics import ServerMetrics
+            >>> metrics = ServerMetrics(CollectorRegistry())
+            >>> metrics.frame_refused("bad_json")
+            >>> metrics.registry.get_sample_value(
+            ...     "optisync_frames_refused_total", {"reason": "bad_json"}
+            ... )
+            1.0
+        """
+        self._frames_refused.labels(reason).inc()
+
+    def committed(self, seconds: float) -> None:
+        """A set was acknowledged with a commit, ``seconds`` after the server took it up.
+
+        Example:
+            >>> from prometheus_client import CollectorRegistry
+            >>> from optisync.server.metrics import ServerMetrics
+            >>> metrics = ServerMetrics(CollectorRegistry())
+            >>> metrics.committed(0.002)
+            >>> metrics.registry.get_sample_value("optisync_commit_latency_seconds_count")
+            1.0
+        """
+        self._commits.inc()
+        self._commit_latency.observe(seconds)
+
+    def fanned_out(self, seconds: float) -> None:
+        """A change's pushes were written or queued for every reader, ``seconds`` after its commit.
+
+        Example:
+            >>> from prometheus_client import CollectorRegistry
+            >>> from optisync.server.metrics import ServerMetrics
+            >>> metrics = ServerMetrics(CollectorRegistry())
+            >>> metrics.fanned_out(0.0001)
+            >>> metrics.registry.get_sample_value("optisync_fan_out_seconds_count")
+            1.0
+        """
+        self._fan_out.observe(seconds)
+
+    def replay_started(self) -> None:
+        """A device's replay began.
+
+        Example:
+            >>> from prometheus_client import CollectorRegistry
+            >>> from optisync.server.metrics import ServerMetrics
+            >>> metrics = ServerMetrics(CollectorRegistry())
+            >>> metrics.replay_started()
+            >>> metrics.registry.get_sample_value("optisync_replays_total")
+            1.0
+        """
+        self._replays.inc()
+
+    def replayed(self, keys: int, size: int) -> None:
+        """A replay queued ``keys`` push frames of ``size`` bytes in all.
+
+        Example:
+            >>> from prometheus_client import CollectorRegistry
+            >>> from optisync.server.metrics import ServerMetrics
+            >>> metrics = ServerMetrics(CollectorRegistry())
+            >>> metrics.replayed(2, 150)
+            >>> metrics.registry.get_sample_value("optisync_replayed_bytes_total")
+            150.0
+        """
+        self._replayed_keys.inc(keys)
+        self._replayed_bytes.inc(size)
+
+
+def _labelled(
+    name: str, documentation: str, reasons: Sequence[str], made: dict[str, Any]
+) -> Counter:
+    """A counter by ``reason``, each of ``reasons`` shown at 0 from the start."""
+    counter = Counter(name, documentation, ["reason"], **made)
+    for reason in reasons:
+        counter.labels(reason)
+    return counter
