@@ -38,8 +38,8 @@ FAN_OUT_BUCKETS: Final = (
 )  # fmt: skip
 # Shown at 0 from the start, so that a rate over them exists before the first one.
 _FRAME_REASONS: Final = (
-    "rate_limited", "bad_json", "bad_field", "bad_message", "too_large", "forbidden",
-    "unavailable",
+    "rate_limited", "bad_json", "bad_field", "bad_message", "missing_field", "unknown_field",
+    "unknown_type", "too_large", "forbidden", "unavailable",
 )  # fmt: skip
 _REFUSAL_REASONS: Final = (
     "too_many_connections", "no_hello", "rate_limited", "bad_message", "bad_json", "bad_field",
@@ -76,7 +76,8 @@ class ServerMetrics:
       ``send_queue_full``, ``unavailable`` (a replay's storage read failed).
     * ``optisync_frames_refused_total{reason}``: messages answered with an
       ``error``, by its code (``rate_limited``, ``bad_json``, ``too_large``,
-      ``bad_message``, ``bad_field``, ``forbidden``, ``unavailable``).
+      ``bad_message``, ``bad_field``, ``missing_field``, ``unknown_field``,
+      ``unknown_type``, ``forbidden``, ``unavailable``).
     * ``optisync_commits_total`` and the histogram
       ``optisync_commit_latency_seconds``: sets acknowledged with a commit,
       and the time from the server taking the set up (decoded, in its
