@@ -115,16 +115,16 @@ class ServerMetrics:
         made: dict[str, Any] = {"namespace": namespace, "registry": self.registry}
         self._open = Gauge("connections_open", "Devices connected, past their hello.", **made)
         self._accepted = Counter("connections_accepted", "Hellos accepted.", **made)
-        self._refused = _labelled(
+        self._refused = _ByReason(
             "connections_refused",
             "Connections closed before or at their hello, by reason.",
             _REFUSAL_REASONS,
             made,
         )
-        self._closed = _labelled(
+        self._closed = _ByReason(
             "connections_closed", "Accepted connections gone, by reason.", _CLOSE_REASONS, made
         )
-        self._frames_refused = _labelled(
+        self._frames_refused = _ByReason(
             "frames_refused", "Messages answered with an error, by its code.", _FRAME_REASONS, made
         )
         self._commits = Counter("commits", "Sets acknowledged with a commit.", **made)
@@ -188,7 +188,7 @@ class ServerMetrics:
             ... )
             1.0
         """
-        self._refused.labels(reason).inc()
+        self._refused.inc(reason)
 
     def connection_closed(self, reason: str) -> None:
         """An accepted connection is gone, for ``reason``: one fewer open connection.
@@ -202,7 +202,7 @@ class ServerMetrics:
             >>> metrics.registry.get_sample_value("optisync_connections_open")
             0.0
         """
-        self._closed.labels(reason).inc()
+        self._closed.inc(reason)
         self._open.dec()
 
     def frame_refused(self, reason: str) -> None:
@@ -218,7 +218,7 @@ class ServerMetrics:
             ... )
             1.0
         """
-        self._frames_refused.labels(reason).inc()
+        self._frames_refused.inc(reason)
 
     def committed(self, seconds: float) -> None:
         """A set was acknowledged with a commit, ``seconds`` after the server took it up.
@@ -275,11 +275,21 @@ class ServerMetrics:
         self._replayed_bytes.inc(size)
 
 
-def _labelled(
-    name: str, documentation: str, reasons: Sequence[str], made: dict[str, Any]
-) -> Counter:
-    """A counter by ``reason``, each of ``reasons`` shown at 0 from the start."""
-    counter = Counter(name, documentation, ["reason"], **made)
-    for reason in reasons:
-        counter.labels(reason)
-    return counter
+class _ByReason:
+    """A counter by ``reason``, each of ``reasons`` shown at 0 from the start.
+
+    Each reason's child is kept: ``labels()`` costs more than the increment,
+    and a flood of refused frames counts one per frame.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, reasons: Sequence[str], made: dict[str, Any]
+    ) -> None:
+        self._counter = Counter(name, documentation, ["reason"], **made)
+        self._children = {reason: self._counter.labels(reason) for reason in reasons}
+
+    def inc(self, reason: str) -> None:
+        child = self._children.get(reason)
+        if child is None:
+            child = self._children[reason] = self._counter.labels(reason)
+        child.inc()
