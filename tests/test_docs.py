@@ -174,6 +174,7 @@ _OTHER_MODULES = (
     "optisync.server",
     "optisync.server.protocol",
     "optisync.server.postgres",
+    "optisync.server.metrics",
     "optisync.client",
     "optisync.wire",
     "optisync.threads",
