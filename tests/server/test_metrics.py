@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from optisync.server import Limits, SqliteStorage, SyncServer, require_token
+from optisync.server import Change, Limits, SqliteStorage, SyncServer, require_token
 from optisync.server.metrics import ServerMetrics
 from tests.server.conftest import RawDevice, open_raw_device, server_process
 
@@ -137,10 +137,13 @@ async def test_commits_replays_and_refused_frames_are_counted_exactly(
         reader = await open_raw_device(url, 2)
         for n in range(10):
             await writer.set(f"key{n}", n)
-        # Six refused frames, 14 gets, then past the burst of 20: 3 rate limited.
+        # Nine refused frames, 11 gets, then past the burst of 20: 3 rate limited.
         for frame in (
             "{not json",
             '{"type": "get", "request_id": 1}',
+            '{"type": "gte", "request_id": 4}',
+            '{"type": "get", "request_id": 5, "key": "k", "extra": 1}',
+            '{"type": "get", "request_id": 6, "key": 5}',
             json.dumps({"type": "hello", "device_id": 2, "since": 0}),
             '{"type": "get", "request_id": 2, "key": "' + "x" * 5000 + '"}',
             json.dumps(
@@ -150,11 +153,12 @@ async def test_commits_replays_and_refused_frames_are_counted_exactly(
         ):  # fmt: skip
             await reader.send(frame)
         await reader.connection.send(b"binary")
-        for n in range(17):
+        for n in range(14):
             await reader.send({"type": "get", "request_id": 10 + n, "key": "key0"})
         assert await answers(reader, 23) == [
-            "bad_json", "missing_field", "bad_message", "too_large", "forbidden", "bad_message",
-            *["value"] * 14, *["rate_limited"] * 3,
+            "bad_json", "missing_field", "unknown_type", "unknown_field", "bad_field",
+            "bad_message", "too_large", "forbidden", "bad_message",
+            *["value"] * 11, *["rate_limited"] * 3,
         ]  # fmt: skip
         sizes = await replay_sizes(url, 3)
         await writer.connection.close()
@@ -166,8 +170,8 @@ async def test_commits_replays_and_refused_frames_are_counted_exactly(
     assert metrics.value("commit_latency_seconds_sum") > 0
     assert metrics.value("fan_out_seconds_count") == 10
     assert metrics.by_reason("frames_refused") == {
-        "bad_json": 1, "missing_field": 1, "bad_message": 2, "too_large": 1, "forbidden": 1,
-        "rate_limited": 3,
+        "bad_json": 1, "missing_field": 1, "unknown_type": 1, "unknown_field": 1, "bad_field": 1,
+        "bad_message": 2, "too_large": 1, "forbidden": 1, "rate_limited": 3,
     }  # fmt: skip
     assert metrics.value("connections_accepted_total") == 3
     assert metrics.by_reason("connections_closed") == {"disconnected": 3}
@@ -244,6 +248,57 @@ async def test_a_hello_past_the_address_burst_is_counted_as_refused_rate_limited
         await metrics.until(lambda: metrics.value("connections_open") == 0)
     assert metrics.by_reason("connections_refused") == {"rate_limited": 1}
     assert metrics.value("connections_accepted_total") == 2
+
+
+async def test_a_connection_cut_at_its_welcome_is_counted_closed_send_queue_full(
+    tmp_path: Path, metrics: WatchedMetrics
+) -> None:
+    async with serve(tmp_path, metrics, Limits(send_buffer_bytes=10)) as url:  # < a welcome
+        async with connect(url) as connection:
+            await connection.send(json.dumps({"type": "hello", "device_id": 1, "since": 0}))
+            assert await closed_by_server(connection) == "send queue full"
+        await metrics.until(lambda: metrics.value("connections_open") == 0)
+    assert metrics.value("connections_accepted_total") == 1
+    assert metrics.by_reason("connections_closed") == {"send_queue_full": 1}
+
+
+class FailingStorage(SqliteStorage):
+    """A storage whose replay reads and commits fail while ``failing`` is set."""
+
+    failing = True
+
+    async def latest_after(self, revision: int, limit: int) -> list[Change]:
+        if self.failing:
+            raise OSError("the disk is gone")
+        return await super().latest_after(revision, limit)
+
+    async def commit(self, key: str, value: bytes, **options: Any) -> Change:
+        if self.failing:
+            raise OSError("the disk is gone")
+        return await super().commit(key, value, **options)
+
+
+async def test_storage_failures_are_counted_unavailable(
+    tmp_path: Path, metrics: WatchedMetrics, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = FailingStorage(tmp_path / "server.sqlite3")
+    async with SyncServer(storage, metrics=metrics).run(port=0) as url:
+        async with connect(url) as connection:
+            await connection.send(json.dumps({"type": "hello", "device_id": 1, "since": 0}))
+            assert await closed_by_server(connection) == "the database is unavailable"
+        await metrics.until(lambda: metrics.value("connections_open") == 0)
+        storage.failing = False
+        device = await open_raw_device(url, 2)
+        storage.failing = True
+        await device.send({"type": "set", "request_id": 1, "key": "k", "value": 1,
+                           "local_revision": 1})  # fmt: skip
+        assert await answers(device, 1) == ["unavailable"]
+        await device.connection.close()
+        await metrics.until(lambda: metrics.value("connections_open") == 0)
+    assert metrics.by_reason("connections_closed") == {"unavailable": 1, "disconnected": 1}
+    assert metrics.by_reason("frames_refused") == {"unavailable": 1}
+    assert metrics.value("commits_total") == 0
+    assert "replay for device 1 failed" in caplog.text  # the logs still say what happened
 
 
 # -- exposure --------------------------------------------------------------------------
