@@ -18,11 +18,19 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, Final
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Final, cast
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from prometheus_client import make_asgi_app as _make_asgi_app
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString as _untyped_go_float
 
 __all__ = ["ServerMetrics"]
 
@@ -46,6 +54,8 @@ _REFUSAL_REASONS: Final = (
     "too_large", "bad_version", "unauthorized", "device_in_use", "device_unproven",
     "unavailable",
 )  # fmt: skip
+# How prometheus-client writes a bucket's bound ("+Inf", "2e-05", "0.001").
+_go_float: Final = cast(Callable[[float], str], _untyped_go_float)
 _CLOSE_REASONS: Final = ("disconnected", "bad_frames", "send_queue_full", "unavailable")
 
 
@@ -127,20 +137,10 @@ class ServerMetrics:
         self._frames_refused = _ByReason(
             "frames_refused", "Messages answered with an error, by its code.", _FRAME_REASONS, made
         )
-        self._commits = Counter("commits", "Sets acknowledged with a commit.", **made)
-        self._commit_latency = Histogram(
-            "commit_latency_seconds",
-            "From the server taking a set up to its storage returning the durable commit.",
-            buckets=COMMIT_BUCKETS,
-            **made,
-        )
-        self._fan_out = Histogram(
-            "fan_out_seconds",
-            "From a commit handed over by the storage to its push written to, "
-            "or queued for, every connected reader.",
-            buckets=FAN_OUT_BUCKETS,
-            **made,
-        )
+        # Observed once or twice a commit: plain numbers, read at scrape time.
+        self._commit_latency = _Timings(COMMIT_BUCKETS)
+        self._fan_out = _Timings(FAN_OUT_BUCKETS)
+        self.registry.register(_PerCommit(namespace, self._commit_latency, self._fan_out))
         self._replays = Counter("replays", "Replays started after a hello.", **made)
         self._replayed_keys = Counter("replayed_keys", "Push frames queued by replays.", **made)
         self._replayed_bytes = Counter("replayed_bytes", "Bytes queued by replays.", **made)
@@ -231,7 +231,6 @@ class ServerMetrics:
             >>> metrics.registry.get_sample_value("optisync_commit_latency_seconds_count")
             1.0
         """
-        self._commits.inc()
         self._commit_latency.observe(seconds)
 
     def fanned_out(self, seconds: float) -> None:
@@ -293,3 +292,59 @@ class _ByReason:
         if child is None:
             child = self._children[reason] = self._counter.labels(reason)
         child.inc()
+
+
+class _Timings:
+    """A histogram kept as plain numbers: an observation is a bisect and two additions.
+
+    prometheus-client's ``Histogram`` takes a lock per call, several times the
+    cost; these are written by the event loop's thread only and read at
+    scrape time (a scrape may see an observation's bucket without its sum).
+    """
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last: above every bound
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+    def family(self, name: str, documentation: str) -> tuple[HistogramMetricFamily, int]:
+        """The histogram as Prometheus shows it, and its count of observations."""
+        counts, total = list(self.counts), self.sum  # one copy: buckets and count agree
+        cumulative, buckets = 0, []
+        for bound, count in zip((*self.bounds, float("inf")), counts, strict=True):
+            cumulative += count
+            buckets.append((_go_float(bound), float(cumulative)))
+        family = HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=total)
+        return family, cumulative
+
+
+class _PerCommit(Collector):
+    """The metrics observed at each commit, built from :class:`_Timings` at scrape time."""
+
+    def __init__(self, namespace: str, commit: _Timings, fan_out: _Timings) -> None:
+        self._prefix = f"{namespace}_" if namespace else ""
+        self._commit = commit
+        self._fan_out = fan_out
+
+    def collect(self) -> Iterator[Metric]:
+        latency, count = self._commit.family(
+            f"{self._prefix}commit_latency_seconds",
+            "From the server taking a set up to its storage returning the durable commit.",
+        )
+        yield CounterMetricFamily(
+            f"{self._prefix}commits", "Sets acknowledged with a commit.", value=count
+        )
+        yield latency
+        fan_out, _ = self._fan_out.family(
+            f"{self._prefix}fan_out_seconds",
+            "From a commit handed over by the storage to its push written to, "
+            "or queued for, every connected reader.",
+        )
+        yield fan_out
+
+    def describe(self) -> Iterator[Metric]:
+        return self.collect()  # the names, for the registry's check against duplicates

@@ -5,7 +5,8 @@ Loopback only. The load is server_limits.py's: 10 writers, each waiting for
 its ack before its next write, every write pushed to all 10. Rounds alternate
 (without, with, without, ...), each on a fresh server process and database,
 so that a machine busier at one moment skews both sides alike; the table
-gives the median of each side and the ratio of the medians.
+gives the median of each side, the ratio of the medians, and the median of
+each round's own ratio (its two runs ran back to back).
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ async def measure(rounds: int, writes: int) -> None:
     print(f"| without metrics | {rate_off:,.0f} | {cpu_off:,.0f} µs |")
     print(f"| with metrics | {rate_on:,.0f} | {cpu_on:,.0f} µs |")
     print(f"| with / without | {rate_on / rate_off:.3f} | {cpu_on / cpu_off:.3f} |")
+    paired_rate = statistics.median(
+        on / off for on, off in zip(rates["on"], rates["off"], strict=True)
+    )
+    paired_cpu = statistics.median(on / off for on, off in zip(cpu["on"], cpu["off"], strict=True))
+    print(f"| with / without, median of each round's pair | {paired_rate:.3f} | {paired_cpu:.3f} |")
     spread = {side: f"{min(v):,.0f}-{max(v):,.0f}" for side, v in rates.items()}
     print(f"\ncommits/s range: without {spread['off']}, with {spread['on']}")
     work = metrics_work_per_commit()

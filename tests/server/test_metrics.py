@@ -391,3 +391,26 @@ def test_a_server_without_metrics_works_and_loads_no_prometheus_client() -> None
         check=True,
     )
     assert result.stdout.split() == ["push", "ack", "False"]
+
+
+def test_an_observation_on_a_bound_is_counted_in_that_bound_s_bucket() -> None:
+    metrics = ServerMetrics(CollectorRegistry())
+    for seconds in (0.001, 0.0011, 100.0):
+        metrics.committed(seconds)
+
+    def bucket(le: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "optisync_commit_latency_seconds_bucket", {"le": le}
+        )
+
+    assert (bucket("0.0005"), bucket("0.001"), bucket("0.0025"), bucket("+Inf")) == (0, 1, 2, 3)
+    assert metrics.registry.get_sample_value("optisync_commit_latency_seconds_sum") == 100.0021
+    assert metrics.registry.get_sample_value("optisync_commits_total") == 3
+
+
+def test_one_registry_refuses_a_second_set_of_the_same_names() -> None:
+    registry = CollectorRegistry()
+    ServerMetrics(registry)
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        ServerMetrics(registry)
+    ServerMetrics(registry, namespace="second")  # another namespace: another set
