@@ -176,6 +176,7 @@ _OTHER_MODULES = (
     "optisync.server.postgres",
     "optisync.server.asgi",
     "optisync.server.jwt",
+    "optisync.server.metrics",
     "optisync.client",
     "optisync.wire",
     "optisync.threads",

@@ -33,7 +33,7 @@ import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from optisync.server._memory import use_system_malloc
 from optisync.server.security import allow_anyone, require_token
@@ -44,6 +44,9 @@ from optisync.server.storage import (
     Storage,
     StorageUnavailableError,
 )
+
+if TYPE_CHECKING:
+    from optisync.server.metrics import ServerMetrics
 
 __all__ = [
     "DropReportingHandler",
@@ -197,6 +200,18 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(default: off)",
     )
     parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics over HTTP at /metrics on this port, 0 for any free "
+        "one (logged); needs the metrics extra (default: no metrics)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address the metrics listen on (default: %(default)s)",
+    )
+    parser.add_argument(
         "--insecure",
         action="store_true",
         help=f"listen on a host that is not loopback without ${TOKEN_VARIABLE}: anyone who "
@@ -305,16 +320,55 @@ def _why_it_cannot_start(arguments: argparse.Namespace, error: Exception) -> str
     return None
 
 
+def _metrics(arguments: argparse.Namespace) -> ServerMetrics | None:
+    if arguments.metrics_port is None:
+        return None
+    try:
+        from optisync.server.metrics import ServerMetrics
+    except ImportError as error:
+        raise _CannotStartError(
+            f'--metrics-port needs prometheus-client: pip install "optisync[metrics]" ({error})'
+        ) from error
+    return ServerMetrics()  # prometheus-client's global registry: its process metrics too
+
+
+def _serve_metrics(
+    metrics: ServerMetrics,
+    arguments: argparse.Namespace,
+    running: contextlib.AsyncExitStack[bool | None],
+) -> str:
+    """Serve ``/metrics`` from a thread of its own until ``running`` closes; its URL.
+
+    A scrape takes the GIL for a moment: it never waits for the event loop.
+    """
+    from prometheus_client import start_http_server
+
+    host, port = arguments.metrics_host, arguments.metrics_port
+    try:
+        listener, thread = start_http_server(port, host, metrics.registry)
+    except OSError as error:
+        problem = _why_it_cannot_listen(host, port, error)
+        problem = problem.replace("--port", "--metrics-port").replace("--host", "--metrics-host")
+        raise _CannotStartError(f"metrics: {problem}") from error
+    running.callback(thread.join)
+    running.callback(listener.server_close)
+    running.callback(listener.shutdown)
+    bound = listener.server_address[1]
+    return f"http://{host}:{bound}/metrics"
+
+
 async def _serve(arguments: argparse.Namespace, token: str | None) -> None:
     storage = _storage(arguments)  # first: it says when the PostgreSQL driver is missing
     if arguments.postgres:
         await _check_postgres(arguments.postgres)
+    metrics = _metrics(arguments)
     server = SyncServer(
         storage,
         authenticate=require_token(token) if token else allow_anyone,
         allowed_origins=[None, *arguments.allow_origin],
         require_device_secret=arguments.require_device_secret,
         compression=arguments.compression,
+        metrics=metrics,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -333,6 +387,8 @@ async def _serve(arguments: argparse.Namespace, token: str | None) -> None:
             if problem is None:
                 raise
             raise _CannotStartError(problem) from error
+        if metrics is not None:
+            log.info("metrics on %s", _serve_metrics(metrics, arguments, running))
         if not token and not _is_loopback(arguments.host):
             log.warning(
                 "no $%s (--insecure): anyone who reaches %s may connect", TOKEN_VARIABLE, url

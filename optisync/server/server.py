@@ -29,7 +29,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import msgspec
@@ -73,6 +73,9 @@ from optisync.wire import (
     entry_digest,
 )
 
+if TYPE_CHECKING:  # prometheus_client is imported only by a server given metrics
+    from optisync.server.metrics import ServerMetrics
+
 __all__ = ["Limits", "SyncServer"]
 
 logger: Final = logging.getLogger("optisync.server")
@@ -96,6 +99,12 @@ _LEADING_REQUEST_ID: Final = re.compile(
 _HEAD: Final = 128
 # What a Storage has gained since the first release: checked when a server is made.
 _STORAGE_METHODS: Final = ("commit", "read", "latest_after", "head", "claim_device")
+# The metrics' label for each reason the server closes a connection for.
+_CLOSE_LABELS: Final = {
+    _QUEUE_FULL: "send_queue_full",
+    _NO_DATABASE: "unavailable",
+    _BAD_FRAMES: "bad_frames",
+}
 
 
 @attrs.frozen
@@ -333,6 +342,7 @@ class _Peer:
         # a compaction that passes it during the replay cuts the connection.
         self.resumed_from = hello.since
         self.bad_frames = 0  # messages in a row the server could not read
+        self.close_reason = "disconnected"  # unless the server closes it: a metrics label
         # Live changes that arrive during the replay wait here (None: replay done).
         self.pending: list[Change] | None = []
         self.pending_overflow = False
@@ -434,6 +444,9 @@ class SyncServer:
             Off by default: with typical small JSON values it costs more CPU
             per commit (about a fifth, measured on loopback) than it saves
             bytes; turn it on for large, compressible values over slow links.
+        metrics: where to count connections, commits, latencies, replays and
+            refusals (:class:`optisync.server.metrics.ServerMetrics`, the
+            ``metrics`` extra). None: no metrics work at all.
 
     Raises:
         InvalidArgumentError: ``storage`` lacks a method a server needs (one
@@ -469,6 +482,7 @@ class SyncServer:
         allowed_origins: Sequence[str | None] = (None,),
         require_device_secret: bool = False,
         compression: bool = False,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         missing = [name for name in _STORAGE_METHODS if not callable(getattr(storage, name, None))]
         if missing:
@@ -492,7 +506,8 @@ class SyncServer:
         # One replay page read at a time: a commit waits behind one at most, not
         # behind every replay in progress (the storage serves calls in order).
         self._replay_reads = asyncio.Lock()
-        storage.on_commit = self._publish
+        self._metrics = metrics
+        storage.on_commit = self._publish if metrics is None else self._publish_measured
 
     @property
     def storage(self) -> Storage:
@@ -636,6 +651,8 @@ class SyncServer:
         address = self._addresses.setdefault(host, _Address(self._limits))
         if address.connections >= self._limits.max_connections_per_address:
             logger.info("refused a connection from %s: %s", host, _TOO_MANY_CONNECTIONS)
+            if self._metrics is not None:
+                self._metrics.connection_refused("too_many_connections")
             await connection.close(_TRY_LATER, _TOO_MANY_CONNECTIONS)
             return
         address.connections += 1
@@ -666,6 +683,8 @@ class SyncServer:
                 await writer
             peer.drop()
             logger.info("%s disconnected", peer.grant.name)
+            if self._metrics is not None:
+                self._metrics.connection_closed(peer.close_reason)
 
     def _schedule_prune(self, host: str, address: _Address) -> None:
         """Forget an address without connections once its bucket is full again."""
@@ -691,11 +710,15 @@ class SyncServer:
             async with asyncio.timeout(self._limits.hello_timeout):
                 frame = await connection.receive()
         except (TimeoutError, ConnectionGoneError):
+            if self._metrics is not None:
+                self._metrics.connection_refused("no_hello")
             await connection.close(_POLICY, "no hello")
             return None
         if not shared.take():
             # A hello starts a replay: it spends the address's budget, unread.
             logger.info("refused a connection: %s", _RATE_LIMITED)
+            if self._metrics is not None:
+                self._metrics.connection_refused(_RATE_LIMITED)
             refused = Error(None, _RATE_LIMITED, "too many messages per second from this address")
             with contextlib.suppress(ConnectionGoneError):
                 await connection.send(encode(refused))
@@ -716,10 +739,16 @@ class SyncServer:
                 logger.exception("welcome of %s failed", peer.grant.name)
                 self._forget(peer)
                 peer.drop()
+                if self._metrics is not None:
+                    self._metrics.connection_refused("unavailable")
                 await connection.close(_TRY_LATER, _NO_DATABASE)
                 return None
+            if self._metrics is not None:
+                self._metrics.connection_accepted()
             return peer
         logger.info("refused a connection: %s", refusal.code)
+        if self._metrics is not None:
+            self._metrics.connection_refused(refusal.code)
         with contextlib.suppress(ConnectionGoneError):
             await connection.send(encode(refusal))
             # The database could not check the device: like a failed welcome, retry later.
@@ -848,6 +877,8 @@ class SyncServer:
                 if writer.done():
                     break
                 reply = await self._answer(peer, frame, budget)
+                if self._metrics is not None and isinstance(reply, Error):
+                    self._metrics.frame_refused(reply.code)
                 if peer.refused is not None:
                     await self._expel(peer, peer.refused)
                     break
@@ -856,6 +887,7 @@ class SyncServer:
                     break
                 if peer.bad_frames >= self._limits.max_bad_frames:
                     logger.warning("%s closed: %s", peer.grant.name, _BAD_FRAMES)
+                    peer.close_reason = _CLOSE_LABELS[_BAD_FRAMES]
                     self._forget(peer)
                     await _close_discarding(
                         peer.connection, _POLICY, _BAD_FRAMES, address.received_bytes
@@ -883,6 +915,7 @@ class SyncServer:
         if peer.cut:
             return False
         peer.cut = True
+        peer.close_reason = _CLOSE_LABELS.get(reason, reason)
         # Forget it at once: no more pushes pile up, and the device may reconnect.
         self._forget(peer)
         peer.drop()
@@ -954,21 +987,42 @@ class SyncServer:
         return Value(message.request_id, message.key, value, change.server_revision)
 
     async def _set(self, peer: _Peer, message: Set) -> Committed | Error:
-        request_id = message.request_id
-        if message.device_id not in (None, peer.device_id):
-            return Error(request_id, "forbidden", "device_id is not this connection's device")
-        if not peer.grant.can_write(message.key):
-            return Error(request_id, "forbidden", "this connection may not write the key")
+        started = time.perf_counter()
+        refusal = self._refuse_write(peer, message)
+        if refusal is not None:
+            return refusal
         try:
             value = canonical_json(message.value)
         except (msgspec.EncodeError, UnicodeEncodeError):
-            return Error(request_id, "bad_field", "set.value is not JSON")
+            return Error(message.request_id, "bad_field", "set.value is not JSON")
         if len(value) > self._limits.max_message_bytes:
-            return Error(request_id, "too_large", "the value is too large")
+            return Error(message.request_id, "too_large", "the value is too large")
+        return await self._commit(peer, message, value, started)
+
+    async def _delete(self, peer: _Peer, message: Delete) -> Committed | Error:
+        """A delete: committed like a set (revision, dedupe, grants), as a tombstone."""
+        started = time.perf_counter()
+        refusal = self._refuse_write(peer, message)
+        if refusal is not None:
+            return refusal
+        return await self._commit(peer, message, TOMBSTONE, started)
+
+    def _refuse_write(self, peer: _Peer, message: Set | Delete) -> Error | None:
+        if message.device_id not in (None, peer.device_id):
+            return Error(
+                message.request_id, "forbidden", "device_id is not this connection's device"
+            )
+        if not peer.grant.can_write(message.key):
+            return Error(message.request_id, "forbidden", "this connection may not write the key")
+        return None
+
+    async def _commit(
+        self, peer: _Peer, message: Set | Delete, value: bytes, started: float
+    ) -> Committed | Error:
         try:
-            # A set naming its device is deduplicated: its retry (same device, key
-            # and local revision) or a stale copy (a lower local revision) gets the
-            # ack of the device's newest commit of the key and commits nothing.
+            # A write naming its device is deduplicated: its retry (same device,
+            # key and local revision) or a stale copy (a lower local revision) gets
+            # the ack of the device's newest commit of the key and commits nothing.
             change = await self._storage.commit(
                 message.key,
                 value,
@@ -979,32 +1033,12 @@ class SyncServer:
         except Exception:
             # The database is unreachable or refused: the device will retry.
             logger.exception("commit of %r failed", message.key)
-            return Error(request_id, "unavailable", "the server could not commit; retry")
+            return Error(message.request_id, "unavailable", "the server could not commit; retry")
+        if self._metrics is not None:
+            self._metrics.committed(time.perf_counter() - started)
         self._log_if_superseded(peer, message, value, change)
-        logger.debug("%s set %r at %d", peer.grant.name, message.key, change.server_revision)
-        return _committed(request_id, change)
-
-    async def _delete(self, peer: _Peer, message: Delete) -> Committed | Error:
-        """A delete: committed like a set (revision, dedupe, grants), as a tombstone."""
-        request_id = message.request_id
-        if message.device_id not in (None, peer.device_id):
-            return Error(request_id, "forbidden", "device_id is not this connection's device")
-        if not peer.grant.can_write(message.key):
-            return Error(request_id, "forbidden", "this connection may not write the key")
-        try:
-            change = await self._storage.commit(
-                message.key,
-                TOMBSTONE,
-                local_revision=message.local_revision,
-                device_id=peer.device_id,
-                deduplicate=message.device_id is not None,
-            )
-        except Exception:
-            logger.exception("delete of %r failed", message.key)
-            return Error(request_id, "unavailable", "the server could not commit; retry")
-        self._log_if_superseded(peer, message, TOMBSTONE, change)
-        logger.debug("%s deleted %r at %d", peer.grant.name, message.key, change.server_revision)
-        return _committed(request_id, change)
+        logger.debug("%s wrote %r at %d", peer.grant.name, message.key, change.server_revision)
+        return _committed(message.request_id, change)
 
     def _log_if_superseded(
         self, peer: _Peer, message: Set | Delete, value: bytes, change: Change
@@ -1202,6 +1236,9 @@ class SyncServer:
         # more than send_buffer_bytes of a connection's memory. ``pace`` spreads
         # the replays of one address over time past their burst.
         page_size = self._limits.replay_page
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.replay_started()
         try:
             while True:
                 async with self._replay_reads:
@@ -1217,6 +1254,8 @@ class SyncServer:
                         frame = self._push_frame(peer, change)
                         await pace.pace(len(frame))
                         await peer.put(frame)
+                        if metrics is not None:
+                            metrics.replayed(1, len(frame))
                     peer.cursor = change.server_revision
                 if len(page) == page_size:
                     continue
@@ -1252,6 +1291,18 @@ class SyncServer:
                     peer.pending.append(change)
             else:
                 self._push_to(peer, change, others)
+
+    def _publish_measured(self, change: Change) -> None:
+        """``_publish``, timed for the metrics' ``fan_out_seconds``.
+
+        Its end is when the last reader's frame was written to its transport
+        or queued (or, in a replay, held for after it): the time one change
+        takes to leave, not its wait behind the changes of its batch before it.
+        """
+        started = time.perf_counter()
+        self._publish(change)
+        if self._metrics is not None:
+            self._metrics.fanned_out(time.perf_counter() - started)
 
     def _push_to(self, peer: _Peer, change: Change, others: _SharedPush | None = None) -> None:
         if change.server_revision <= peer.cursor:
