@@ -36,11 +36,11 @@ __all__ = ["ServerMetrics"]
 
 # A SQLite commit takes a fraction of a millisecond to a few; a slow disk or a
 # remote PostgreSQL, tens. The buckets resolve both ends.
-COMMIT_BUCKETS: Final = (
+_COMMIT_BUCKETS: Final = (
     0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 )  # fmt: skip
 # Handing one change to every reader costs microseconds a reader.
-FAN_OUT_BUCKETS: Final = (
+_FAN_OUT_BUCKETS: Final = (
     0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
     0.25, 1.0,
 )  # fmt: skip
@@ -54,9 +54,9 @@ _REFUSAL_REASONS: Final = (
     "too_large", "bad_version", "unauthorized", "device_in_use", "device_unproven",
     "unavailable",
 )  # fmt: skip
+_CLOSE_REASONS: Final = ("disconnected", "bad_frames", "send_queue_full", "unavailable")
 # How prometheus-client writes a bucket's bound ("+Inf", "2e-05", "0.001").
 _go_float: Final = cast(Callable[[float], str], _untyped_go_float)
-_CLOSE_REASONS: Final = ("disconnected", "bad_frames", "send_queue_full", "unavailable")
 
 
 class ServerMetrics:
@@ -71,6 +71,10 @@ class ServerMetrics:
             ``make_asgi_app`` serve by default). A registry holds one set of
             these names: give each further server a registry of its own, or
             another ``namespace``.
+        namespace: the prefix of every metric name.
+
+    Attributes:
+        registry: the registry the metrics are in: what to serve.
         namespace: the prefix of every metric name.
 
     The metrics (``optisync_`` being the namespace):
@@ -138,8 +142,8 @@ class ServerMetrics:
             "frames_refused", "Messages answered with an error, by its code.", _FRAME_REASONS, made
         )
         # Observed once or twice a commit: plain numbers, read at scrape time.
-        self._commit_latency = _Timings(COMMIT_BUCKETS)
-        self._fan_out = _Timings(FAN_OUT_BUCKETS)
+        self._commit_latency = _Timings(_COMMIT_BUCKETS)
+        self._fan_out = _Timings(_FAN_OUT_BUCKETS)
         self.registry.register(_PerCommit(namespace, self._commit_latency, self._fan_out))
         self._replays = Counter("replays", "Replays started after a hello.", **made)
         self._replayed_keys = Counter("replayed_keys", "Push frames queued by replays.", **made)
@@ -336,7 +340,7 @@ class _PerCommit(Collector):
             "From the server taking a set up to its storage returning the durable commit.",
         )
         yield CounterMetricFamily(
-            f"{self._prefix}commits", "Sets acknowledged with a commit.", value=count
+            f"{self._prefix}commits", "Sets acknowledged with a commit.", value=float(count)
         )
         yield latency
         fan_out, _ = self._fan_out.family(

@@ -7,19 +7,29 @@ its ack before its next write, every write pushed to all 10. Rounds alternate
 so that a machine busier at one moment skews both sides alike; the table
 gives the median of each side, the ratio of the medians, and the median of
 each round's own ratio (its two runs ran back to back).
+
+``--instructions``: the same load on a server under valgrind's callgrind,
+which counts the user-space instructions of the server's threads while the
+load runs (its start and imports left out): a count a busy machine does not
+skew, unlike CPU time. Group-commit batches still vary from run to run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import glob
+import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import timeit
+from pathlib import Path
 
-from server_limits import WRITERS, commit_load, process
+from server_limits import WRITERS, commit_load, open_device, process, write_many
 
 SERVER = r"""
 import asyncio, logging, sys
@@ -91,9 +101,63 @@ async def measure(rounds: int, writes: int) -> None:
           f"{work / cpu_off:.1%} of the CPU per commit without metrics")  # fmt: skip
 
 
+def callgrind(option: str, *values: str) -> None:
+    """Tell the callgrind running the server (the only one) to do ``option``."""
+    subprocess.run(["callgrind_control", option, *values], check=True, capture_output=True)
+
+
+def counted_instructions(pattern: str) -> int:
+    """The total instructions of callgrind's dumps matching ``pattern``, which it removes."""
+    totals = [0]
+    for path in glob.glob(pattern):  # the dump, and an empty file: the server is killed
+        lines = Path(path).read_text().splitlines()
+        totals += [int(line.split()[1]) for line in lines if line.startswith("totals:")]
+        os.remove(path)
+    return max(totals)
+
+
+async def instructions_per_commit(folder: str, side: str, writes: int) -> float:
+    """User-space instructions the server executes per commit, counted by callgrind."""
+    out = f"{folder}/callgrind.{side}{time.monotonic_ns()}"
+    command = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+               f"--callgrind-out-file={out}.%p", sys.executable, "-c", SERVER,
+               f"{folder}/{side}{time.monotonic_ns()}.sqlite3", side]  # fmt: skip
+    with process(command) as (server, url):
+        devices = [await open_device(url, n) for n in range(1, WRITERS + 1)]
+        callgrind("--instr", "on", str(server.pid))
+        await asyncio.gather(*(write_many(d, n, writes) for n, d in enumerate(devices, 1)))
+        callgrind("--instr", "off", str(server.pid))
+        callgrind("--dump", str(server.pid))
+    return counted_instructions(f"{out}.*") / (WRITERS * writes)
+
+
+async def count_instructions(rounds: int, writes: int) -> None:
+    counts: dict[str, list[float]] = {"off": [], "on": []}
+    with tempfile.TemporaryDirectory() as folder:
+        for r in range(rounds):
+            for side in ("off", "on") if r % 2 == 0 else ("on", "off"):
+                counts[side].append(await instructions_per_commit(folder, side, writes))
+    print(f"{WRITERS} writers, {writes} writes each, {rounds} alternating rounds under callgrind\n")
+    print("| server | instructions per commit (median) | range |")
+    print("|---|---|---|")
+    for side, label in (("off", "without metrics"), ("on", "with metrics")):
+        values = counts[side]
+        print(f"| {label} | {statistics.median(values):,.0f} "
+              f"| {min(values):,.0f}-{max(values):,.0f} |")  # fmt: skip
+    ratio = statistics.median(counts["on"]) / statistics.median(counts["off"])
+    print(f"| with / without | {ratio:.4f} | |")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--writes", type=int, default=300, help="per writer, per round")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count instructions under valgrind's callgrind instead")  # fmt: skip
     options = parser.parse_args()
-    asyncio.run(measure(options.rounds, options.writes))
+    if not options.instructions:
+        asyncio.run(measure(options.rounds, options.writes))
+    elif shutil.which("callgrind_control") is None:
+        sys.exit("--instructions needs valgrind (apt-get install valgrind)")
+    else:
+        asyncio.run(count_instructions(options.rounds, options.writes))

@@ -414,3 +414,18 @@ def test_one_registry_refuses_a_second_set_of_the_same_names() -> None:
     with pytest.raises(ValueError, match="Duplicated timeseries"):
         ServerMetrics(registry)
     ServerMetrics(registry, namespace="second")  # another namespace: another set
+
+
+def test_metrics_port_without_prometheus_client_fails_in_one_line(tmp_path: Path) -> None:
+    program = (
+        "import sys; sys.modules['prometheus_client'] = None  # as if not installed\n"
+        "from optisync.server.__main__ import main\n"
+        f"sys.exit(main(['--database', {str(tmp_path / 'db.sqlite3')!r}, '--port', '0', "
+        "'--metrics-port', '0']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=BOUND
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert 'pip install "optisync[metrics]"' in line
