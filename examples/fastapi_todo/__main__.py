@@ -91,6 +91,7 @@ async def main(port: int) -> None:
         finally:
             server.should_exit = True
             await serving
+            listener.close()
 
 
 if __name__ == "__main__":
