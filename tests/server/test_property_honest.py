@@ -3,7 +3,7 @@ every device ends with the database's values, no acknowledged write is lost, non
 
 Each device is a served declared-field store from ``open_device`` (its own SQLite file)
 that reaches an in-process ``SyncServer(SqliteStorage(file))`` through a ``Link`` the steps
-can cut. The default run plays ``OPTISYNC_PROPERTY_EXAMPLES`` examples (60; raise it to
+can cut. The default run plays ``OPTISYNC_PROPERTY_EXAMPLES`` examples (25, CI 200; raise it to
 search harder) per property, derandomized so that CI replays the same ones.
 
 With restores, a key the restored database lacks (a backup older than its last write) is
@@ -41,7 +41,7 @@ Counts = dict[str, int]
 DEVICES = 3
 KEYS = ("a", "b", "c")
 FIELD = "counts"
-EXAMPLES = int(os.environ.get("OPTISYNC_PROPERTY_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("OPTISYNC_PROPERTY_EXAMPLES", "25"))
 WAIT = 30.0  # every wait is bounded: a hang fails the example instead of the run
 
 
