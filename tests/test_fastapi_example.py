@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ pytest.importorskip("uvicorn", reason="the examples extra (uvicorn) is not insta
 import jwt
 from websockets.asyncio.client import ClientConnection, connect
 
+from examples.fastapi_todo.__main__ import commits_counted
 from examples.fastapi_todo.app import AUDIENCE, ISSUER
 from examples.fastapi_todo.lists import log_in, open_lists, sync_url
 from optisync import Store
@@ -225,24 +225,13 @@ async def test_a_refreshed_token_keeps_the_connection_past_the_first_ones_expiry
 
 
 async def test_metrics_count_the_commits_made(base_url: str, tmp_path: Path) -> None:
-    before = await _commits(base_url)
+    before = await commits_counted(base_url)
     async with open_lists(base_url, "bob", "builder", str(tmp_path / "bob2.sqlite3")) as bob:
         for n in range(3):
             await bob.store.mine.set(f"m{n}", f"task {n}")
         await bob.store.mine.delete("m0")
         await bob.caught_up()
-    assert await _commits(base_url) == before + 4
-
-
-async def _commits(base_url: str) -> float:
-    def scrape() -> str:
-        with urllib.request.urlopen(base_url + "/metrics/", timeout=10) as response:
-            return str(response.read().decode())
-
-    for line in (await asyncio.to_thread(scrape)).splitlines():
-        if line.startswith("optisync_commits_total "):
-            return float(line.split()[1])
-    raise AssertionError("no optisync_commits_total on /metrics")
+    assert await commits_counted(base_url) == before + 4
 
 
 def test_the_demo_runs_as_a_module() -> None:
