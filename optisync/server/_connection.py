@@ -15,6 +15,8 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterable
 from typing import Final, Protocol
 from urllib.parse import parse_qsl, unquote
@@ -34,8 +36,14 @@ _WRITE_AT_ONCE_BELOW: Final = 32 * 1024
 class ConnectionGoneError(OptisyncError, ConnectionError):
     """The connection is closed: nothing more can be read from it or sent to it.
 
-    Internal: the server catches it and forgets the connection.
+    Internal: the server catches it and forgets the connection. ``code`` is
+    the close code the connection was closed with by this side, when it was
+    (1009: a frame over the limit), else None.
     """
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class Connection(Protocol):
@@ -70,6 +78,13 @@ class Connection(Protocol):
         """Write ``frame`` at once if the connection keeps up; False to have it queued instead."""
         ...
 
+    async def hold(self, seconds: float) -> None:
+        """Wait ``seconds`` before the server reads anything, ending early if the peer closes.
+
+        A frame that arrives meanwhile stays for :meth:`receive`.
+        """
+        ...
+
 
 class WebsocketsConnection:
     """A connection of websockets' own server (``websockets.asyncio.server``)."""
@@ -93,7 +108,8 @@ class WebsocketsConnection:
         try:
             return await self._connection.recv()
         except ConnectionClosed as closed:
-            raise ConnectionGoneError(str(closed)) from None
+            code = closed.sent.code if closed.sent is not None else None
+            raise ConnectionGoneError(str(closed), code=code) from None
 
     async def send(self, frame: bytes) -> None:
         try:
@@ -103,6 +119,11 @@ class WebsocketsConnection:
 
     async def close(self, code: int, reason: str) -> None:
         await self._connection.close(code, reason)
+
+    async def hold(self, seconds: float) -> None:
+        # websockets reads a close frame (and answers it) while nobody reads the data.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._connection.wait_closed()), seconds)
 
     def write_now(self, frame: bytes) -> bool:
         """Write at once while the connection is open and its transport holds little unsent data.

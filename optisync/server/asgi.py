@@ -17,12 +17,13 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Final
 
 from starlette.responses import PlainTextResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from optisync.server._connection import ConnectionGoneError, handshake_of
@@ -35,6 +36,8 @@ __all__ = ["SyncEndpoint"]
 _NORMAL: Final = 1000
 _POLICY: Final = 1008
 _TOO_BIG: Final = 1009
+# Messages a held connection's receive() keeps (connection.hold).
+_HELD_AT_MOST: Final = 8
 
 
 class SyncEndpoint:
@@ -196,6 +199,7 @@ class _StarletteConnection:
         self._websocket = websocket
         self._max_frame_bytes = max_frame_bytes
         self._closed = False  # a close was sent, or the client's received
+        self._held: list[Message] = []  # messages read while holding, for receive()
         client = websocket.client
         self.host = client.host if client is not None else ""
         headers = [
@@ -209,7 +213,7 @@ class _StarletteConnection:
         if self._closed:
             raise ConnectionGoneError("the connection is closed")
         try:
-            message = await self._websocket.receive()
+            message = self._held.pop(0) if self._held else await self._websocket.receive()
         except RuntimeError as error:  # a receive after the disconnect
             self._closed = True
             raise ConnectionGoneError(str(error)) from None
@@ -221,8 +225,31 @@ class _StarletteConnection:
             frame = message.get("bytes") or b""
         if self._too_large(frame):
             await self.close(_TOO_BIG, "message too big")
-            raise ConnectionGoneError("message too big")
+            raise ConnectionGoneError("message too big", code=_TOO_BIG)
         return frame
+
+    async def hold(self, seconds: float) -> None:
+        # ASGI tells a close only by a receive: what arrives meanwhile is kept for
+        # receive() (a few messages; past them, the rest waits in the ASGI server).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while len(self._held) < _HELD_AT_MOST:
+            receiving = asyncio.ensure_future(self._websocket.receive())
+            done, _ = await asyncio.wait({receiving}, timeout=max(0.0, deadline - loop.time()))
+            if not done:
+                receiving.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RuntimeError, WebSocketDisconnect):
+                    await receiving
+                return
+            try:
+                message = receiving.result()
+            except (RuntimeError, WebSocketDisconnect):
+                self._closed = True
+                return
+            self._held.append(message)
+            if message["type"] == "websocket.disconnect":
+                return
+        await asyncio.sleep(max(0.0, deadline - loop.time()))
 
     def _too_large(self, frame: str | bytes) -> bool:
         limit = self._max_frame_bytes

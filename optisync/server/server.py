@@ -83,6 +83,7 @@ logger: Final = logging.getLogger("optisync.server")
 # Close codes (RFC 6455): 1008 policy violation, 1013 try again later.
 _POLICY: Final = 1008
 _TRY_LATER: Final = 1013
+_TOO_BIG: Final = 1009
 _QUEUE_FULL: Final = "send queue full"
 _BINARY: Final = "messages are JSON in text frames; this frame was binary"
 _NO_DATABASE: Final = "the database is unavailable"
@@ -99,6 +100,8 @@ _LEADING_REQUEST_ID: Final = re.compile(
 _HEAD: Final = 128
 # What a Storage has gained since the first release: checked when a server is made.
 _STORAGE_METHODS: Final = ("commit", "read", "latest_after", "head", "claim_device")
+# A connection closed for abuse is held against its address this long (seconds).
+_STRIKE_MEMORY: Final = 60.0
 # The metrics' label for each reason the server closes a connection for.
 _CLOSE_LABELS: Final = {
     _QUEUE_FULL: "send_queue_full",
@@ -156,6 +159,15 @@ class Limits:
             replay sends each key changed since the device's cursor once, at
             its newest value).
         hello_timeout: seconds a new connection has to send its hello.
+        abuse_penalty_seconds: how long a new connection from an address waits,
+            unread, after one of its connections was closed for abuse
+            (``max_bad_frames`` in a row, or a frame over ``max_frame_bytes``);
+            doubled at each further such close within a minute, up to
+            ``max_abuse_penalty_seconds``. A flooder that reconnects at once
+            then costs the server one connection per penalty, not a handshake,
+            a hello and its storage reads per few frames; connections already
+            open, and other addresses, are not slowed. 0: no penalty.
+        max_abuse_penalty_seconds: the longest such wait.
 
     Example:
         >>> from optisync.server import Limits
@@ -179,6 +191,8 @@ class Limits:
     total_send_buffer_bytes: int = 256 * 1024 * 1024
     replay_page: int = 500
     hello_timeout: float = 10.0
+    abuse_penalty_seconds: float = 0.05
+    max_abuse_penalty_seconds: float = 10.0
 
 
 class _TokenBucket:
@@ -227,6 +241,11 @@ class _Address:
 
     def __init__(self, limits: Limits) -> None:
         self.connections = 0
+        self.strikes = 0  # its connections closed for abuse, in a row of them
+        self.penalty_until = 0.0  # loop time until which a new connection waits
+        self.last_strike = -_STRIKE_MEMORY
+        self._penalty = limits.abuse_penalty_seconds
+        self._max_penalty = limits.max_abuse_penalty_seconds
         self.bucket = _TokenBucket(limits.address_messages_per_second, limits.address_burst)
         self.replay_bytes = _TokenBucket(
             limits.address_replay_bytes_per_second, limits.address_replay_burst_bytes
@@ -235,9 +254,27 @@ class _Address:
             limits.address_receive_bytes_per_second, limits.address_receive_burst_bytes
         )
 
+    def strike(self) -> None:
+        """One of its connections was closed for abuse: new ones wait, longer each time."""
+        if self._penalty <= 0:
+            return
+        now = asyncio.get_running_loop().time()
+        if now - self.last_strike > _STRIKE_MEMORY:
+            self.strikes = 0
+        self.strikes += 1
+        self.last_strike = now
+        penalty = min(self._max_penalty, self._penalty * 2 ** min(self.strikes - 1, 30))
+        self.penalty_until = max(self.penalty_until, now + penalty)
+
+    def penalty(self) -> float:
+        """Seconds a connection opened now waits before it is read (0: none)."""
+        return max(0.0, self.penalty_until - asyncio.get_running_loop().time())
+
     def seconds_until_full(self) -> float | None:
-        """How long until both buckets are full again (None: never)."""
+        """How long until both buckets are full again and its strikes are forgotten."""
+        remembered = self.last_strike + _STRIKE_MEMORY - asyncio.get_running_loop().time()
         waits = [
+            max(0.0, remembered),
             self.bucket.seconds_until_full(),
             self.replay_bytes.seconds_until_full(),
             self.received_bytes.seconds_until_full(),
@@ -658,6 +695,11 @@ class SyncServer:
         address.connections += 1
         self._memory.opened()
         try:
+            penalty = address.penalty()
+            if penalty > 0:
+                # Its address flooded: this connection waits, its hello unread
+                # (it still counts against max_connections_per_address).
+                await connection.hold(penalty)
             await self._serve_connection(connection, address)
         finally:
             address.connections -= 1
@@ -672,7 +714,10 @@ class SyncServer:
         self._schedule_expiry(peer)
         try:
             await self._serve_peer(peer, writer, address)
-        except (ConnectionGoneError, _SendQueueFullError):
+        except ConnectionGoneError as gone:
+            if gone.code == _TOO_BIG:
+                address.strike()  # a frame over max_frame_bytes, refused by its header
+        except _SendQueueFullError:
             pass
         finally:
             if peer.expiry is not None:
@@ -700,6 +745,8 @@ class SyncServer:
             return
         if address.seconds_until_full() == 0.0:
             del self._addresses[host]
+        else:  # woken a little early (the loop's clock resolution): look again then
+            self._schedule_prune(host, address)
 
     def _forget(self, peer: _Peer) -> None:
         if self._peers.get(peer.device_id) is peer:
@@ -889,6 +936,7 @@ class SyncServer:
                     logger.warning("%s closed: %s", peer.grant.name, _BAD_FRAMES)
                     peer.close_reason = _CLOSE_LABELS[_BAD_FRAMES]
                     self._forget(peer)
+                    address.strike()
                     await _close_discarding(
                         peer.connection, _POLICY, _BAD_FRAMES, address.received_bytes
                     )

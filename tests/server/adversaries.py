@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -32,11 +33,17 @@ async def close(connection: ClientConnection) -> None:
 
 
 async def open_device(
-    url: str, device_id: int, *, source: str, since: int = 0
+    url: str,
+    device_id: int,
+    *,
+    source: str,
+    since: int = 0,
+    hello_sent: Callable[[], object] = lambda: None,
 ) -> tuple[ClientConnection, list[str]]:
     """A device from ``source`` past its welcome and replay; the frames of its replay."""
     connection = await connect(url, local_addr=(source, 0), compression=None, max_size=None)
     await connection.send(json.dumps({"type": "hello", "device_id": device_id, "since": since}))
+    hello_sent()
     welcome = json.loads(await connection.recv())
     if welcome["type"] != "welcome":
         await connection.close()
@@ -148,8 +155,22 @@ class Flood:
         junk``: 120 KB ones; ``dodge``: a valid get after each 9 bad ones,
         never 20 bad in a row.
         """
+        # A flooding address's new connections wait unread (the server's abuse
+        # penalty): an attacker whose hello is out is under way, held there, and
+        # the phase may end while it waits.
+        opening = asyncio.create_task(
+            open_device(url, device_id, source=ATTACKER, hello_sent=lambda: attack.under_way(index))
+        )
+        stopping = asyncio.create_task(attack.stop.wait())
+        await asyncio.wait({opening, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not opening.done():
+            opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                await opening
+            return
         try:
-            connection, _ = await open_device(url, device_id, source=ATTACKER)
+            connection, _ = opening.result()
         except (ConnectionClosed, ConnectionRefusedError):  # refused: rate limited
             attack.under_way(index)
             self.answers["refused hello"] = self.answers.get("refused hello", 0) + 1

@@ -6,6 +6,7 @@ of them: each test sets them low enough to show.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -84,6 +85,36 @@ async def test_bad_frames_in_a_row_close_the_connection_1008(connect_device: Con
     assert [code for code, _ in await answers(device, 4)] == ["missing_field"] * 4
     await device.connection.send(b"binary")
     assert await closed_by_server(device.connection) == (1008, "too many bad messages in a row")
+
+
+@pytest.mark.parametrize("limits", [Limits(max_bad_frames=3, abuse_penalty_seconds=600)])
+@pytest.mark.parametrize("abuse", ["bad frames", "a frame over the limit"])
+async def test_after_a_close_for_abuse_new_connections_of_that_address_wait_unread(
+    connect_device: Connect, url: str, abuse: str
+) -> None:
+    flooder = await connect_device(1)
+    if abuse == "bad frames":
+        for n in range(3):
+            await flooder.send(BAD_GET % n)
+        expected = (1008, "too many bad messages in a row")
+    else:
+        await flooder.connection.send("x" * (Limits().max_frame_bytes + 1))
+        expected = (1009, "")
+    code, reason = await closed_by_server(flooder.connection)
+    assert (code, reason[: len(expected[1])]) == expected
+    # Its address reconnects: the hello waits, unread, for the penalty.
+    held = await connect(url)
+    await held.send(json.dumps({"type": "hello", "device_id": 2, "since": 0}))
+    waiting = asyncio.ensure_future(held.recv())
+    # Another address is served meanwhile, hello to ready.
+    other = await connect(url, local_addr=("127.0.0.2", 0))
+    await other.send(json.dumps({"type": "hello", "device_id": 3, "since": 0}))
+    assert json.loads(await other.recv())["type"] == "welcome"
+    assert json.loads(await other.recv())["type"] == "ready"
+    assert not waiting.done()  # 600 s of penalty: nothing for the flooder's address yet
+    waiting.cancel()
+    await held.close()
+    await other.close()
 
 
 async def test_a_message_over_the_size_limit_is_refused_before_it_is_parsed(
