@@ -25,6 +25,7 @@ from optisync.server.security import (
     HandshakeAuthenticator,
     allow_anyone,
     prefix_grant,
+    read_prefixes,
     require_token,
 )
 from optisync.server.server import Limits, SyncServer
@@ -51,5 +52,6 @@ __all__ = [
     "SyncServer",
     "allow_anyone",
     "prefix_grant",
+    "read_prefixes",
     "require_token",
 ]

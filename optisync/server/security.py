@@ -37,6 +37,7 @@ __all__ = [
     "HandshakeAuthenticator",
     "allow_anyone",
     "prefix_grant",
+    "read_prefixes",
     "require_token",
 ]
 
@@ -265,6 +266,25 @@ def prefix_grant(
         can_write=_Prefixes(_prefixes(write, "write")),
         expires_at=expires_at,
     )
+
+
+def read_prefixes(grant: Grant) -> tuple[str, ...] | None:
+    """The key prefixes ``grant`` may read, if :func:`prefix_grant` made it (None otherwise).
+
+    The server reads it when a device refreshes its credentials: a prefix
+    the new grant adds brings that prefix's keys to the device at once. A
+    grant of functions of your own says nothing it can compare: its newly
+    readable keys arrive with their next change, or on the next connection.
+
+    Example:
+        >>> from optisync.server import Grant, prefix_grant, read_prefixes
+        >>> read_prefixes(prefix_grant("ada", read=["user/ada/", "team/"]))
+        ('user/ada/', 'team/')
+        >>> read_prefixes(Grant("ada")) is None
+        True
+    """
+    can_read = grant.can_read
+    return can_read.prefixes if isinstance(can_read, _Prefixes) else None
 
 
 def _prefixes(prefixes: Iterable[str], what: str) -> list[str]:

@@ -47,6 +47,7 @@ from optisync.server.security import (
     Handshake,
     HandshakeAuthenticator,
     allow_anyone,
+    read_prefixes,
 )
 from optisync.server.storage import TOMBSTONE, Change, Storage
 from optisync.wire import (
@@ -1162,10 +1163,25 @@ class SyncServer:
             return peer.refused
         if peer.cut:  # expired meanwhile: the close is under way
             return Error(request_id, _TOKEN_EXPIRED, "the credentials expired before the refresh")
-        peer.grant = outcome
+        before, peer.grant = peer.grant, outcome
         self._schedule_expiry(peer)
         logger.info("%s refreshed its credentials", peer.grant.name)
+        await self._catch_up_widened(peer, before)
         return Authed(request_id, outcome.expires_at)
+
+    async def _catch_up_widened(self, peer: _Peer, before: Grant) -> None:
+        """Send the keys a refreshed grant lets the device read that the old one did not.
+
+        Known only for grants of prefixes (:func:`prefix_grant`, the JWT
+        claims): a prefix the new grant adds brings its keys at once. With
+        grants of other functions, those keys arrive with their next change.
+        """
+        old, new = read_prefixes(before), read_prefixes(peer.grant)
+        if old is None or new is None:
+            return
+        added = tuple(prefix for prefix in new if not prefix.startswith(old))
+        if added and await self._replayed(peer):
+            await self._catch_up(peer, added, before.can_read)
 
     def _schedule_expiry(self, peer: _Peer) -> None:
         """One timer per connection, at its grant's expiry (replaced on each refresh)."""
@@ -1214,48 +1230,66 @@ class SyncServer:
         (what was already sent is skipped by the cursor). So the device's
         cursor only ever covers changes of its scope that it has received.
         """
-        replay = peer.replay
-        if replay is not None and not replay.done():
-            await asyncio.wait({replay})  # one replay at a time: the hello's first
-        if peer.cut or peer.pending is not None:
+        if not await self._replayed(peer):
             return Error(message.request_id, "unavailable", "the connection is closing")
         new, old = (*dict.fromkeys(message.prefixes),), peer.prefixes
         added = () if old is None else tuple(p for p in new if not p.startswith(old))
         peer.prefixes = new
-        pace = peer.replay_pace
-        if added and pace is not None:
-            peer.pending = []
-            await self._send_history(peer, added, old or (), pace)
-            if not peer.cut:
-                await self._replay(peer, pace, announce=False)
+        if added:
+            had = old or ()
+            await self._catch_up(peer, added, lambda key: key.startswith(had))
         if peer.cut:
             return Error(message.request_id, "unavailable", "the connection is closing")
         logger.debug("%s subscribed to %r", peer.grant.name, new)
         return Subscribed(message.request_id, peer.cursor)
 
-    async def _send_history(
-        self, peer: _Peer, added: tuple[str, ...], had: tuple[str, ...], pace: _TokenBucket
-    ) -> None:
-        """Push each key of ``added`` the device may read, at its newest change up to its cursor.
+    async def _replayed(self, peer: _Peer) -> bool:
+        """Wait for the hello's replay (one at a time); False if the connection is closing."""
+        replay = peer.replay
+        if replay is not None and not replay.done():
+            await asyncio.wait({replay})
+        return not peer.cut and peer.pending is None
 
-        A key changed after the cursor is left to the replay that follows; a
-        key under the prefixes it ``had`` was sent already (``"a/"`` added to
-        ``"a/1"``).
+    async def _catch_up(
+        self, peer: _Peer, prefixes: tuple[str, ...], had: Callable[[str], bool]
+    ) -> None:
+        """Send the keys under ``prefixes`` newly in the device's scope, live changes held.
+
+        First each such key the device now receives (its subscription and
+        grant) and did not before (``had``) at its newest change up to the
+        cursor, then a replay from the cursor, then the changes held meanwhile
+        (what was already sent is skipped by the cursor): nothing missed, nothing
+        twice, and the cursor only ever covers changes the device received.
+        """
+        pace = peer.replay_pace
+        if pace is None:
+            return
+        peer.pending = []
+        await self._send_history(peer, prefixes, had, pace)
+        if not peer.cut:
+            await self._replay(peer, pace, announce=False)
+
+    async def _send_history(
+        self,
+        peer: _Peer,
+        prefixes: tuple[str, ...],
+        had: Callable[[str], bool],
+        pace: _TokenBucket,
+    ) -> None:
+        """Push the keys under ``prefixes`` the device now receives and ``had`` not, to its cursor.
+
+        A key changed after the cursor is left to the replay that follows.
         """
         upto, after, page_size = peer.cursor, 0, self._limits.replay_page
         try:
             while True:
                 async with self._replay_reads:
-                    page = await self._latest(after, page_size, added)
+                    page = await self._latest(after, page_size, prefixes)
                 for change in page:
                     if change.server_revision > upto:
                         return
                     key = change.key
-                    if (
-                        key.startswith(added)
-                        and not key.startswith(had)
-                        and peer.grant.can_read(key)
-                    ):
+                    if key.startswith(prefixes) and not had(key) and peer.sends(key):
                         frame = self._push_frame(peer, change)
                         await pace.pace(len(frame))
                         await peer.put(frame)

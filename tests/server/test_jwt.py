@@ -581,3 +581,23 @@ def test_prefix_grant_takes_lists_of_prefixes_not_a_string() -> None:
     assert (grant.can_read("b/x"), grant.can_write("b/x")) == (True, False)
     with pytest.raises(ArgumentTypeError, match="list of key prefixes"):
         prefix_grant("alice", write="user/alice/")
+
+
+async def test_a_refresh_that_widens_the_grant_brings_the_newly_readable_keys_at_once(
+    open_device: Any,
+) -> None:
+    bob = await open_device(2, hs_token("bob", BOB))
+    assert [await bob.set("user/bob/b"), await bob.set("shared/s")] == ["ack", "ack"]
+    alice = await open_device(1, hs_token("alice", ALICE))
+    assert sorted(alice.replayed) == ["shared/s"]
+    # The same grant again: nothing new to send.
+    again = await alice.request("auth", token=hs_token("alice", ALICE))
+    assert (again["type"], alice.pushed) == ("authed", [])
+    # A grant that adds Bob's prefix: his key arrives before the authed answer.
+    wider = {"read": [*ALICE["read"], "user/bob/"], "write": ALICE["write"]}
+    widened = await alice.request("auth", token=hs_token("alice", wider))
+    assert (widened["type"], alice.pushed) == ("authed", ["user/bob/b"])
+    # And live from then on, each once.
+    assert await bob.set("user/bob/c") == "ack"
+    assert await alice.get("user/bob/c") == "value"
+    assert alice.pushed == ["user/bob/b", "user/bob/c"]
