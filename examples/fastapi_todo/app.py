@@ -6,7 +6,7 @@ server enforces it on every path (get, set, delete, replay, push, subscribe).
 
 Run it on its own with uvicorn::
 
-    OPTISYNC_TODO_SECRET=change-me uvicorn examples.fastapi_todo.app:app --port 8000
+    OPTISYNC_TODO_SECRET=<32 random bytes or more> uvicorn examples.fastapi_todo.app:app --port 8000
 """
 
 from __future__ import annotations
