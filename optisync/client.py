@@ -337,8 +337,7 @@ class SyncClient(Generic[S]):
         self._refresh_margin = refresh_margin
         self._refresher: asyncio.Task[None] | None = None
         # The refresh awaiting its answer: its request id and future.
-        self._auth_request_id: int | None = None
-        self._authed: asyncio.Future[Authed] | None = None
+        self._auth_request_id: int | None = None  # the refresh's auth, while in flight
         self._device_secret: str | None = None
         self._cursor = cursor
         self._generation = generation
@@ -360,7 +359,7 @@ class SyncClient(Generic[S]):
         self._reset_by_compaction = False
         if on_reset is not None:
             self.subscribe_reset(on_reset)
-        self._pending: dict[int, asyncio.Future[Committed | Value | Subscribed]] = {}
+        self._pending: dict[int, asyncio.Future[Committed | Value | Subscribed | Authed]] = {}
         self._request_ids = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
         # The subscription the server confirmed (what a hello carries), and the
@@ -1076,7 +1075,18 @@ class SyncClient(Generic[S]):
                 f"offline: the client is not connected to {self._url}; "
                 "retry once online (see wait_online())"
             )
-        future: asyncio.Future[Committed | Value | Subscribed]
+        answer = await self._request_on(connection, request_id, message)
+        assert not isinstance(answer, Authed)  # only an auth is answered so
+        return answer
+
+    async def _request_on(
+        self,
+        connection: ClientConnection,
+        request_id: int,
+        message: Set | Delete | Get | Subscribe | Auth,
+    ) -> Committed | Value | Subscribed | Authed:
+        """Send ``message`` on ``connection``; its answer, or its error raised."""
+        future: asyncio.Future[Committed | Value | Subscribed | Authed]
         future = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
@@ -1238,11 +1248,12 @@ class SyncClient(Generic[S]):
             self._set_online(True)
         elif isinstance(message, Error) and message.request_id is None:
             self._unnumbered_error(message)
-        elif isinstance(message, Error) and message.request_id == self._auth_request_id:
+        elif (
+            isinstance(message, Error)
+            and message.request_id == self._auth_request_id
+            and message.code not in _REFRESH_RETRIED
+        ):
             self._refresh_refused(message)
-        elif isinstance(message, Authed):
-            if self._authed is not None and not self._authed.done():
-                self._authed.set_result(message)
         elif message.request_id is not None:
             future = self._pending.get(message.request_id)
             if future is not None and not future.done():
@@ -1408,7 +1419,7 @@ class SyncClient(Generic[S]):
                 authed = await self._send_auth(connection)
             except (RequestRefusedError, ArgumentTypeError) as error:
                 logger.warning("the token refresh failed (%s); retrying", error)
-            except ConnectionClosed:
+            except ClientConnectionError:  # the connection dropped
                 return
             except Exception:
                 logger.exception("the token provider failed; retrying the refresh")
@@ -1422,28 +1433,25 @@ class SyncClient(Generic[S]):
         token = await self._token_now()
         assert token is not None  # only a provider refreshes
         request_id = next(self._request_ids)
-        self._authed = asyncio.get_running_loop().create_future()
         self._auth_request_id = request_id
-        message = Auth(request_id, token)
         try:
-            await connection.send(encode(message), text=True)
-            self._traced("sent", message)
-            return await self._authed
+            answer = await self._request_on(connection, request_id, Auth(request_id, token))
         finally:
-            self._authed = None
             self._auth_request_id = None
+        assert isinstance(answer, Authed)  # the server answers an auth so, or with an error
+        return answer
 
     def _refresh_refused(self, error: Error) -> None:
-        """The server answered the refresh with an error: retried later, or the end."""
-        if error.code in ("unavailable", "rate_limited"):
-            if self._authed is not None and not self._authed.done():
-                self._authed.set_exception(RequestRefusedError(error.code, error.message))
-            return
+        """The server refused the refreshed token for good: the client stops."""
         raise ServerRefusedError(
             f"the server at {self._url} refused the refreshed token: {error.code}: "
             f"{error.message}; the client stops: fix the token provider and create a new client",
             error.code,
         )
+
+
+# A refresh answered with these is sent again a little later (RequestRefusedError).
+_REFRESH_RETRIED: Final = ("unavailable", "rate_limited")
 
 
 class _PushNotTakenError(Exception):
