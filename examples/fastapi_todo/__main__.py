@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 from examples.fastapi_todo.app import create_app
 from examples.fastapi_todo.lists import ListsStore, open_lists
@@ -43,10 +44,10 @@ async def commits_counted(base_url: str) -> float:
         with urllib.request.urlopen(base_url + "/metrics/", timeout=10) as response:
             return str(response.read().decode())
 
-    text = await asyncio.to_thread(scrape)
-    for line in text.splitlines():
-        if line.startswith("optisync_commits_total "):
-            return float(line.split()[1])
+    for family in text_string_to_metric_families(await asyncio.to_thread(scrape)):
+        for sample in family.samples:
+            if sample.name == "optisync_commits_total":
+                return float(sample.value)
     raise RuntimeError("no optisync_commits_total in /metrics")
 
 
