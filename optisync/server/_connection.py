@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+import struct
+from collections.abc import Iterable, Sequence
 from typing import Final, Protocol
 from urllib.parse import parse_qsl, unquote
 
-from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
@@ -74,8 +75,20 @@ class Connection(Protocol):
         """Close with ``code`` and ``reason``; does nothing once closed, never raises."""
         ...
 
-    def write_now(self, frame: bytes) -> bool:
-        """Write ``frame`` at once if the connection keeps up; False to have it queued instead."""
+    def keeps_up(self, pending: int) -> bool:
+        """Whether frames may be written at once, ``pending`` bytes of them already waiting.
+
+        True while the connection is open and its transport holds little
+        unsent data; False to have frames queued instead.
+        """
+        ...
+
+    def write_now(self, frames: Sequence[bytes]) -> None:
+        """Write ``frames`` (UTF-8 JSON, each a text frame) at once, in one write.
+
+        Only frames that :meth:`keeps_up` admitted; nothing is written once
+        the connection is closed (its reader learns that on its own).
+        """
         ...
 
     async def hold(self, seconds: float) -> None:
@@ -125,23 +138,53 @@ class WebsocketsConnection:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._connection.wait_closed()), seconds)
 
-    def write_now(self, frame: bytes) -> bool:
-        """Write at once while the connection is open and its transport holds little unsent data.
+    def keeps_up(self, pending: int) -> bool:
+        """Open, and its transport plus ``pending`` hold less than ``_WRITE_AT_ONCE_BELOW``.
 
-        Then a frame written now goes out behind at most that little, like one
-        in flight: the bytes not counted in the send budget stay within
+        Then frames written now go out behind at most that little, like one in
+        flight: the bytes not counted in the send budget stay within
         ``_WRITE_AT_ONCE_BELOW`` and a frame per connection.
         """
         connection = self._connection
         transport = connection.transport
-        if (
+        return (
             connection.state is State.OPEN
+            and connection.send_in_progress is None
             and transport is not None
-            and transport.get_write_buffer_size() < _WRITE_AT_ONCE_BELOW
-        ):
-            broadcast((connection,), frame, text=True)
-            return True
-        return False
+            and transport.get_write_buffer_size() + pending < _WRITE_AT_ONCE_BELOW
+        )
+
+    def write_now(self, frames: Sequence[bytes]) -> None:
+        """One ``transport.write`` for all ``frames``: one system call, one wake-up of the reader.
+
+        Without an extension (permessage-deflate is off by default) a server's
+        text frame is a header and the payload, unmasked and the same for every
+        reader, so it is framed here; with one, or with websockets' debug log
+        on (it logs each frame it sends), websockets frames each.
+        """
+        connection = self._connection
+        if connection.state is not State.OPEN or connection.send_in_progress is not None:
+            return
+        protocol = connection.protocol
+        if protocol.extensions or protocol.debug:
+            for frame in frames:
+                protocol.send_text(frame)
+            connection.transport.write(b"".join(protocol.data_to_send()))
+            return
+        parts: list[bytes] = []
+        for frame in frames:
+            parts.append(_text_header(len(frame)))
+            parts.append(frame)
+        connection.transport.write(b"".join(parts))
+
+
+def _text_header(length: int) -> bytes:
+    """The header of an unmasked, final text frame of ``length`` bytes (RFC 6455, 5.2)."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 1 << 16:
+        return struct.pack("!BBH", 0x81, 126, length)
+    return struct.pack("!BBQ", 0x81, 127, length)
 
 
 def handshake_of(headers: Iterable[tuple[str, str]], path: str, query: str, host: str) -> Handshake:

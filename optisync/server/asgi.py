@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Final
 
 from starlette.responses import PlainTextResponse
@@ -190,7 +190,7 @@ class SyncEndpoint:
 class _StarletteConnection:
     """A Starlette WebSocket, accepted, as the server's connection.
 
-    Nothing is written synchronously (:meth:`write_now` is always False):
+    Nothing is written synchronously (:meth:`keeps_up` is always False):
     ASGI has no write that bypasses the server's queue, so every frame goes
     through the connection's send queue and writer task.
     """
@@ -274,5 +274,8 @@ class _StarletteConnection:
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):
             await self._websocket.close(code, reason)
 
-    def write_now(self, frame: bytes) -> bool:
+    def keeps_up(self, pending: int) -> bool:
         return False
+
+    def write_now(self, frames: Sequence[bytes]) -> None:
+        raise AssertionError("keeps_up is always False: nothing is written at once")

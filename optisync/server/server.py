@@ -328,6 +328,27 @@ class _SendBudget:
         self.queued = 0
         self.peers: set[_Peer] = set()
         self._cut = cut
+        self._unflushed: list[_Peer] = []
+
+    def flush_soon(self, peer: _Peer) -> None:
+        """Have ``peer``'s gathered frames written once this event loop turn ends.
+
+        One callback for every connection written to in the turn, run a turn
+        later: after the tasks this turn woke have run (a batch's pushes are
+        offered, then its writers are woken and each adds its ack).
+        """
+        if not self._unflushed:
+            loop = asyncio.get_running_loop()
+            loop.call_soon(loop.call_soon, self._flush)
+        self._unflushed.append(peer)
+
+    def _flush(self) -> None:
+        peers, self._unflushed = self._unflushed, []
+        for peer in peers:
+            try:
+                peer.flush()
+            except Exception:  # a transport's own failure: its reader sees the connection end
+                logger.exception("writing to %s failed", peer.grant.name)
 
     def fits(self, size: int) -> bool:
         """Whether ``size`` more bytes fit now, without cutting anyone."""
@@ -388,6 +409,9 @@ class _Peer:
         self._budget = budget
         self._dropped = False
         self._queued = 0  # bytes queued and in flight, counted in the budget too
+        # Frames to write at once at the end of this event loop turn (see offer).
+        self._out: list[bytes] = []
+        self._out_bytes = 0
         self._in_flight = 0
         self._queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._space = asyncio.Event()
@@ -411,21 +435,40 @@ class _Peer:
         """Send or queue a frame without waiting; False when the queue, or all queues, are full.
 
         A connection that keeps up (nothing queued, little unsent in its
-        transport) gets the frame written at once, with no queue and no task
-        switch; one that lags gets it queued, in order, for its writer task.
+        transport) gets the frame with the others it is given in this turn of
+        the event loop, in one write at the turn's end, with no queue and no
+        task switch: a batch's pushes and the writer's ack leave together. One
+        that lags gets it queued, in order, for its writer task.
         """
         size = len(frame)
-        if self._dropped or self._queued + size > self._limit:
+        if self._dropped or self._queued + self._out_bytes + size > self._limit:
             return False
-        if self._queued == 0 and self._budget.fits(size) and self.connection.write_now(frame):
+        if (
+            self._queued == 0
+            and self._budget.fits(size)
+            and self.connection.keeps_up(self._out_bytes)
+        ):
+            if not self._out:
+                self._budget.flush_soon(self)
+            self._out.append(frame)
+            self._out_bytes += size
             return True
         if not self._budget.reserve(self, size):
             return False
+        if self._out:
+            self.flush()  # what was gathered goes first: the writer task sends the rest after
         self._queued += size
         if self._queued > self._limit // 2:
             self._space.clear()
         self._queue.put_nowait(frame)
         return True
+
+    def flush(self) -> None:
+        """Write the frames :meth:`offer` gathered this turn, in one write."""
+        frames = self._out
+        self._out, self._out_bytes = [], 0
+        if frames and not self._dropped:
+            self.connection.write_now(frames)
 
     async def put(self, frame: bytes) -> None:
         """Queue a frame, waiting while the queue is half full (replay back-pressure)."""
@@ -448,6 +491,7 @@ class _Peer:
         uncounted when its write ends."""
         self._dropped = True
         self._budget.peers.discard(self)
+        self._out, self._out_bytes = [], 0
         while not self._queue.empty():
             self._release(len(self._queue.get_nowait()))
         self._space.set()  # a waiting replay wakes and finds the queue closed

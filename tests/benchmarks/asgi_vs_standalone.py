@@ -21,7 +21,8 @@ from tests.benchmarks.server_limits import WRITERS, commit_load, fan_out, proces
 
 LIMITS = (
     "Limits(max_connections_per_address=100_000, address_messages_per_second=1e9, "
-    "address_burst=10**9, messages_per_second=1e9, burst=10**9)"
+    "address_burst=10**9, messages_per_second=1e9, burst=10**9, "
+    "address_receive_bytes_per_second=0)"
 )
 
 STANDALONE = f"""

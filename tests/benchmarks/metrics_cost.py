@@ -41,7 +41,8 @@ async def main(where, with_metrics):
         from optisync.server.metrics import ServerMetrics
         metrics = ServerMetrics()
     limits = Limits(max_connections_per_address=100_000, address_messages_per_second=1e9,
-                    address_burst=10**9, messages_per_second=1e9, burst=10**9)
+                    address_burst=10**9, messages_per_second=1e9, burst=10**9,
+                    address_receive_bytes_per_second=0)
     server = SyncServer(SqliteStorage(where), limits=limits, metrics=metrics)
     async with server.run(port=0) as url:
         print(url, flush=True)

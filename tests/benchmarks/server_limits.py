@@ -38,11 +38,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from websockets.asyncio.client import ClientConnection, connect
 
 ROOT = Path(__file__).resolve().parents[2]
 WRITERS = 10
+_P = TypeVar("_P")
 
 # A server with no library: it speaks just enough of the protocol for the load
 # (hello -> welcome, ready; set -> a push to every connection, then the ack).
@@ -116,7 +118,8 @@ async def main(kind, where):
     else:
         storage = SqliteStorage(where)
     limits = Limits(max_connections_per_address=100_000, address_messages_per_second=1e9,
-                    address_burst=10**9, messages_per_second=1e9, burst=10**9)
+                    address_burst=10**9, messages_per_second=1e9, burst=10**9,
+                    address_receive_bytes_per_second=0)
     async with SyncServer(storage, limits=limits).run(port=0) as url:
         print(url, flush=True)
         await asyncio.Future()
@@ -160,11 +163,51 @@ async def write_many(connection: ClientConnection, device: int, writes: int) -> 
             pass  # the pushes of everyone's writes
 
 
+def postgres_cpu_seconds() -> float:
+    """User + system CPU time so far of every PostgreSQL process on this machine."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            name = stat.read_text().split(" (", 1)[1].split(")", 1)[0]
+            if name == "postgres":
+                total += cpu_seconds(int(stat.parent.name))
+    return total
+
+
+def busy_cpu_seconds() -> float:
+    """CPU time all processes of the machine used so far (/proc/stat, less idle and iowait)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """User + system CPU time of this process (the load generator) so far."""
+    times = os.times()
+    return times.user + times.system
+
+
 async def commit_load(url: str, pid: int, writes: int) -> tuple[float, float]:
     """(commits/s, CPU seconds of the server per commit) with WRITERS writers."""
-    cpu = cpu_seconds(pid)
-    rate = await spread_load([url], writes)
-    return rate, (cpu_seconds(pid) - cpu) / (WRITERS * writes)
+    spent = await commit_load_spent(url, pid, writes)
+    return spent["rate"], spent["server"]
+
+
+async def commit_load_spent(url: str, pid: int, writes: int) -> dict[str, float]:
+    """commits/s, and CPU seconds per commit of the server, the load, PostgreSQL and the rest.
+
+    "other" is every other process of the machine: what the ratios must
+    share the cores with (another job running makes a round count for less).
+    """
+
+    def probe() -> tuple[float, float, float, float]:
+        return cpu_seconds(pid), own_cpu_seconds(), postgres_cpu_seconds(), busy_cpu_seconds()
+
+    rate, (before, after) = await _spread_load([url], writes, probe)
+    server, load, database, busy = (a - b for a, b in zip(after, before, strict=True))
+    commits = WRITERS * writes
+    other = max(busy - server - load - database, 0.0)
+    return {"rate": rate, "server": server / commits, "load": load / commits,
+            "database": database / commits, "other": other / commits}  # fmt: skip
 
 
 async def fan_out(url: str, devices: int, writes: int = 20) -> tuple[float, float]:
@@ -182,14 +225,24 @@ async def arrival(listener: ClientConnection, value: int, sent: float) -> float:
 
 async def spread_load(urls: list[str], writes: int) -> float:
     """commits/s of WRITERS writers spread over the servers at ``urls`` (round robin)."""
+    rate, _ = await _spread_load(urls, writes, lambda: ())
+    return rate
+
+
+async def _spread_load(
+    urls: list[str], writes: int, probe: Callable[[], _P]
+) -> tuple[float, tuple[_P, _P]]:
+    """commits/s, and ``probe()`` just before the first write and just after the last ack."""
     base = int(time.time_ns() % 10**9) * 100  # fresh device ids each round
     devices = [await open_device(urls[n % len(urls)], base + n) for n in range(1, WRITERS + 1)]
+    before = probe()
     started = time.perf_counter()
     await asyncio.gather(*(write_many(d, base + n, writes) for n, d in enumerate(devices, 1)))
     elapsed = time.perf_counter() - started
+    after = probe()
     for device in devices:
         await device.close()
-    return WRITERS * writes / elapsed
+    return WRITERS * writes / elapsed, (before, after)
 
 
 async def spread_fan_out(urls: list[str], devices: int, writes: int = 20) -> tuple[float, float]:
@@ -309,11 +362,22 @@ def best(samples: list[float], *, lower: bool = False) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
 
 
+def spent_row(name: str, runs: list[dict[str, float]]) -> str:
+    """A row of the CPU table: the round with the highest rate, each share in µs per commit."""
+    run = max(runs, key=lambda r: r["rate"])
+    total = run["server"] + run["load"] + run["database"]
+    return (f"| {name} | {run['rate']:,.0f} | {run['server'] * 1e6:.0f} µs "
+            f"| {run['load'] * 1e6:.0f} µs | {run['database'] * 1e6:.0f} µs "
+            f"| {total * 1e6:.0f} µs | {total * run['rate']:.2f} "
+            f"| {run['other'] * run['rate']:.2f} |")  # fmt: skip
+
+
 async def measure(rounds: int, writes: int, sizes: list[int], compression: str) -> None:
     dsn = os.environ.get("OPTISYNC_TEST_POSTGRES_DSN")
     server_rates: dict[str, list[float]] = {}
     server_cpu: dict[str, list[float]] = {}
     limits: dict[str, list[float]] = {}
+    spent: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as folder:
         back_ends = {"SQLite": ["--database", f"{folder}/server.sqlite3"]}
         if dsn:
@@ -321,14 +385,16 @@ async def measure(rounds: int, writes: int, sizes: list[int], compression: str) 
         for r in range(rounds):  # interleaved: each round measures every side once
             for name, arguments in back_ends.items():
                 with process(optisync_server(*arguments)) as (running, url):
-                    rate, cpu = await commit_load(url, running.pid, writes)
-                server_rates.setdefault(name, []).append(rate)
-                server_cpu.setdefault(name, []).append(cpu * 1e6)
+                    run = await commit_load_spent(url, running.pid, writes)
+                server_rates.setdefault(name, []).append(run["rate"])
+                server_cpu.setdefault(name, []).append(run["server"] * 1e6)
+                spent.setdefault(f"optisync + {name}", []).append(run)
             for mode in ("send", "broadcast"):
                 with process(bare_server(mode, compression)) as (running, url):
-                    rate, cpu = await commit_load(url, running.pid, writes)
-                limits.setdefault(f"bare {mode} commits/s", []).append(rate)
-                limits.setdefault(f"bare {mode} CPU", []).append(cpu * 1e6)
+                    run = await commit_load_spent(url, running.pid, writes)
+                limits.setdefault(f"bare {mode} commits/s", []).append(run["rate"])
+                limits.setdefault(f"bare {mode} CPU", []).append(run["server"] * 1e6)
+                spent.setdefault(f"bare websockets server, {mode}", []).append(run)
             raw = f"{folder}/raw{r}.sqlite3"
             limits.setdefault("sqlite 1", []).append(raw_sqlite(raw, writes, 1))
             limits.setdefault("sqlite 10", []).append(raw_sqlite(raw, writes // 10 or 1, 10))
@@ -361,6 +427,14 @@ async def measure(rounds: int, writes: int, sizes: list[int], compression: str) 
     if dsn:
         print(f"| raw psycopg, one statement per transaction | {best(limits['pg 1'])} txn/s | |")
         print(f"| raw psycopg, 10 statements per transaction | {best(limits['pg 10'])} rows/s | |")
+    print()
+    print("Where the cores go, in the round with the highest rate (CPU per commit of the")
+    print("server process, of this load generator, of PostgreSQL's processes; cores busy")
+    print(f"= their total x commits/s, of {os.cpu_count()}; other = the rest of the machine):\n")
+    print("| server | commits/s | server | load | database | total | cores busy | other |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, runs in spent.items():
+        print(spent_row(name, runs))
     print()
     sqlite_rate = max(server_rates["SQLite"])
     print(f"SQLite: {sqlite_rate / max(limits['sqlite 1']):.2f}x raw 1-row transactions")
