@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable
 from typing import Final, Protocol
 from urllib.parse import parse_qsl, unquote
@@ -78,10 +77,11 @@ class Connection(Protocol):
         """Write ``frame`` at once if the connection keeps up; False to have it queued instead."""
         ...
 
-    async def hold(self, seconds: float) -> None:
+    async def hold(self, seconds: float) -> bool:
         """Wait ``seconds`` before the server reads anything, ending early if the peer closes.
 
-        A frame that arrives meanwhile stays for :meth:`receive`.
+        A frame that arrives meanwhile stays for :meth:`receive`. False when the
+        peer closed the connection (it may have before the call), True otherwise.
         """
         ...
 
@@ -120,10 +120,13 @@ class WebsocketsConnection:
     async def close(self, code: int, reason: str) -> None:
         await self._connection.close(code, reason)
 
-    async def hold(self, seconds: float) -> None:
+    async def hold(self, seconds: float) -> bool:
         # websockets reads a close frame (and answers it) while nobody reads the data.
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(asyncio.shield(self._connection.wait_closed()), seconds)
+        except TimeoutError:
+            return True
+        return False
 
     def write_now(self, frame: bytes) -> bool:
         """Write at once while the connection is open and its transport holds little unsent data.
