@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import struct
 from collections.abc import Iterable, Sequence
 from typing import Final, Protocol
@@ -91,10 +90,11 @@ class Connection(Protocol):
         """
         ...
 
-    async def hold(self, seconds: float) -> None:
+    async def hold(self, seconds: float) -> bool:
         """Wait ``seconds`` before the server reads anything, ending early if the peer closes.
 
-        A frame that arrives meanwhile stays for :meth:`receive`.
+        A frame that arrives meanwhile stays for :meth:`receive`. False when the
+        peer closed the connection (it may have before the call), True otherwise.
         """
         ...
 
@@ -133,10 +133,13 @@ class WebsocketsConnection:
     async def close(self, code: int, reason: str) -> None:
         await self._connection.close(code, reason)
 
-    async def hold(self, seconds: float) -> None:
+    async def hold(self, seconds: float) -> bool:
         # websockets reads a close frame (and answers it) while nobody reads the data.
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(asyncio.shield(self._connection.wait_closed()), seconds)
+        except TimeoutError:
+            return True
+        return False
 
     def keeps_up(self, pending: int) -> bool:
         """Open, and its transport plus ``pending`` hold less than ``_WRITE_AT_ONCE_BELOW``.

@@ -228,28 +228,33 @@ class _StarletteConnection:
             raise ConnectionGoneError("message too big", code=_TOO_BIG)
         return frame
 
-    async def hold(self, seconds: float) -> None:
+    async def hold(self, seconds: float) -> bool:
         # ASGI tells a close only by a receive: what arrives meanwhile is kept for
         # receive() (a few messages; past them, the rest waits in the ASGI server).
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
-        while len(self._held) < _HELD_AT_MOST:
+        while len(self._held) < _HELD_AT_MOST and not self._gone():
             receiving = asyncio.ensure_future(self._websocket.receive())
             done, _ = await asyncio.wait({receiving}, timeout=max(0.0, deadline - loop.time()))
             if not done:
                 receiving.cancel()
                 with contextlib.suppress(asyncio.CancelledError, RuntimeError, WebSocketDisconnect):
                     await receiving
-                return
+                return True
             try:
                 message = receiving.result()
             except (RuntimeError, WebSocketDisconnect):
                 self._closed = True
-                return
+                return False
             self._held.append(message)
-            if message["type"] == "websocket.disconnect":
-                return
+        if self._gone():
+            return False
         await asyncio.sleep(max(0.0, deadline - loop.time()))
+        return True
+
+    def _gone(self) -> bool:
+        """Whether the client closed: told by a receive, maybe one held for later."""
+        return self._closed or any(m["type"] == "websocket.disconnect" for m in self._held)
 
     def _too_large(self, frame: str | bytes) -> bool:
         limit = self._max_frame_bytes

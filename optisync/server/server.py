@@ -164,10 +164,15 @@ class Limits:
             unread, after one of its connections was closed for abuse
             (``max_bad_frames`` in a row, or a frame over ``max_frame_bytes``);
             doubled at each further such close within a minute, up to
-            ``max_abuse_penalty_seconds``. A flooder that reconnects at once
-            then costs the server one connection per penalty, not a handshake,
-            a hello and its storage reads per few frames; connections already
-            open, and other addresses, are not slowed. 0: no penalty.
+            ``max_abuse_penalty_seconds``. Past it, for that minute, the
+            address's new connections are read one at a time, in the order
+            they came, a penalty apart (one that closes while it waits has
+            spent its turn), and its open connections lose the receive burst:
+            what they send is read at ``address_receive_bytes_per_second``
+            past one frame's worth. A flooder that reconnects at once then
+            costs the server one connection per penalty, not a handshake, a
+            hello and its storage reads per few frames, and its other
+            connections a trickle; other addresses are not slowed. 0: no penalty.
         max_abuse_penalty_seconds: the longest such wait.
 
     Example:
@@ -223,6 +228,11 @@ class _TokenBucket:
             return 0.0
         return missing / self._rate if self._rate > 0 else None
 
+    def cap(self, tokens: float) -> None:
+        """Keep at most ``tokens`` of the burst (a smaller burst from now on)."""
+        self._refill()
+        self._tokens = min(self._tokens, tokens)
+
     async def pace(self, amount: int) -> None:
         """Spend ``amount`` tokens, into debt if need be, and wait until it is repaid."""
         if self._rate <= 0:
@@ -244,8 +254,12 @@ class _Address:
         self.connections = 0
         self.strikes = 0  # its connections closed for abuse, in a row of them
         self.penalty_until = 0.0  # loop time until which a new connection waits
+        self.next_turn = 0.0  # loop time of the next connection's turn, while struck
         self.last_strike = -_STRIKE_MEMORY
         self._penalty = limits.abuse_penalty_seconds
+        # While it has strikes, what its connections send gets this much of a
+        # burst at most (one frame's worth): the rest is read at the sustained pace.
+        self._struck_burst = limits.max_frame_bytes
         self._max_penalty = limits.max_abuse_penalty_seconds
         self.bucket = _TokenBucket(limits.address_messages_per_second, limits.address_burst)
         self.replay_bytes = _TokenBucket(
@@ -264,12 +278,42 @@ class _Address:
             self.strikes = 0
         self.strikes += 1
         self.last_strike = now
-        penalty = min(self._max_penalty, self._penalty * 2 ** min(self.strikes - 1, 30))
-        self.penalty_until = max(self.penalty_until, now + penalty)
+        self.penalty_until = max(self.penalty_until, now + self._current_penalty())
+        self.received_bytes.cap(self._struck_burst)
 
-    def penalty(self) -> float:
-        """Seconds a connection opened now waits before it is read (0: none)."""
-        return max(0.0, self.penalty_until - asyncio.get_running_loop().time())
+    def _current_penalty(self) -> float:
+        """The penalty of its latest strike: doubled at each strike, up to the longest."""
+        doublings = min(max(self.strikes - 1, 0), 30)
+        return min(self._max_penalty, self._penalty * 2.0**doublings)
+
+    def struck(self) -> bool:
+        """Whether one of its connections was closed for abuse within the strike memory."""
+        return asyncio.get_running_loop().time() - self.last_strike <= _STRIKE_MEMORY
+
+    async def read_paced(self, frame: str | bytes) -> None:
+        """Spend the receive budget on ``frame``, waiting past the burst (see ``Limits``).
+
+        An address with strikes has lost its burst: its open connections too are
+        read at the sustained pace, beyond one frame's worth.
+        """
+        if self.struck():
+            self.received_bytes.cap(self._struck_burst)
+        await self.received_bytes.pace(_received_cost(frame))
+
+    def turn(self) -> float:
+        """Seconds until a connection opened now may be read (0: at once); it takes that turn.
+
+        A penalty holds every new connection until it ends; past it, an
+        address with strikes has its connections read one at a time,
+        ``abuse_penalty_seconds`` apart, in the order they came: those that
+        waited out a penalty together do not all start at once.
+        """
+        now = asyncio.get_running_loop().time()
+        start = max(now, self.penalty_until)
+        if self.struck():
+            start = max(start, self.next_turn)
+            self.next_turn = start + self._current_penalty()
+        return start - now
 
     def seconds_until_full(self) -> float | None:
         """How long until both buckets are full again and its strikes are forgotten."""
@@ -740,11 +784,15 @@ class SyncServer:
         address.connections += 1
         self._memory.opened()
         try:
-            penalty = address.penalty()
-            if penalty > 0:
-                # Its address flooded: this connection waits, its hello unread
-                # (it still counts against max_connections_per_address).
-                await connection.hold(penalty)
+            # Its address flooded: this connection waits, its hello unread (it
+            # still counts against max_connections_per_address), for its turn;
+            # again if a strike meanwhile started a new penalty.
+            penalty_until, wait = address.penalty_until, address.turn()
+            while wait > 0:
+                if not await connection.hold(wait):
+                    break  # closed meanwhile, its turn spent: _admit finds it gone
+                struck_again = address.penalty_until > penalty_until
+                penalty_until, wait = address.penalty_until, address.turn() if struck_again else 0.0
             await self._serve_connection(connection, address)
         finally:
             address.connections -= 1
@@ -982,13 +1030,11 @@ class SyncServer:
                     peer.close_reason = _CLOSE_LABELS[_BAD_FRAMES]
                     self._forget(peer)
                     address.strike()
-                    await _close_discarding(
-                        peer.connection, _POLICY, _BAD_FRAMES, address.received_bytes
-                    )
+                    await _close_discarding(peer.connection, _POLICY, _BAD_FRAMES, address)
                     break
                 # Past the address's burst, read on only at its pace: unread
                 # frames back up in websockets' queue, then in the sender's socket.
-                await address.received_bytes.pace(_received_cost(frame))
+                await address.read_paced(frame)
         finally:
             replay.cancel()
 
@@ -1498,7 +1544,7 @@ def _received_cost(frame: str | bytes) -> int:
 
 
 async def _close_discarding(
-    connection: Connection, code: int, reason: str, pace: _TokenBucket
+    connection: Connection, code: int, reason: str, address: _Address
 ) -> None:
     """Close, reading and dropping what the client sent meanwhile, at its address's pace.
 
@@ -1511,7 +1557,7 @@ async def _close_discarding(
     with contextlib.suppress(ConnectionGoneError):
         while True:
             frame = await connection.receive()
-            await pace.pace(_received_cost(frame))
+            await address.read_paced(frame)
     await closing
 
 

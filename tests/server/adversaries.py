@@ -42,18 +42,24 @@ async def open_device(
 ) -> tuple[ClientConnection, list[str]]:
     """A device from ``source`` past its welcome and replay; the frames of its replay."""
     connection = await connect(url, local_addr=(source, 0), compression=None, max_size=None)
-    await connection.send(json.dumps({"type": "hello", "device_id": device_id, "since": since}))
-    hello_sent()
-    welcome = json.loads(await connection.recv())
-    if welcome["type"] != "welcome":
-        await connection.close()
-        raise ConnectionRefusedError(welcome)
-    replay: list[str] = []
-    while True:
-        frame = str(await connection.recv())
-        if json.loads(frame)["type"] == "ready":
-            return connection, replay
-        replay.append(frame)
+    try:
+        await connection.send(json.dumps({"type": "hello", "device_id": device_id, "since": since}))
+        hello_sent()
+        welcome = json.loads(await connection.recv())
+        if welcome["type"] != "welcome":
+            await connection.close()
+            raise ConnectionRefusedError(welcome)
+        replay: list[str] = []
+        while True:
+            frame = str(await connection.recv())
+            if json.loads(frame)["type"] == "ready":
+                return connection, replay
+            replay.append(frame)
+    except asyncio.CancelledError:
+        # Stopped while the server holds it: end it, as every attacker's
+        # connection ends with its phase (else it stays open, held, unread).
+        connection.transport.abort()
+        raise
 
 
 class Attack:

@@ -326,7 +326,11 @@ async def test_a_flood_of_bad_and_junk_frames_is_refused_closed_and_the_honest_p
     with served(tmp_path / "db.sqlite3") as server:
         began = time.perf_counter()
         async with Attackers.run("flood", server.url, 6) as attackers:
-            idle, attacked, seconds = await idle_and_attacked(Honest(server.url), attackers)
+            # 1,600 samples of each: the p99 is the 16th slowest, not the 4th, so
+            # that it is not the few samples of the attack's first contact alone.
+            idle, attacked, seconds = await idle_and_attacked(
+                Honest(server.url), attackers, rounds=32, samples=50
+            )
             seen = await attackers.report()
         wall = time.perf_counter() - began
     closes = {(code, reason): n for code, reason, n in seen["closes"]}
@@ -343,29 +347,35 @@ async def test_a_flood_of_bad_and_junk_frames_is_refused_closed_and_the_honest_p
         answered=answered,
         **{code.replace(" ", "_"): count for code, count in seen["answers"].items()},
         closed_1008=closes.get((1008, "too many bad messages in a row"), 0),
+        samples=len(attacked),
         idle_p99_ms=p99(idle) * 1000,
         attacked_p99_ms=p99(attacked) * 1000,
+        idle_max_ms=max(idle) * 1000,
+        attacked_max_ms=max(attacked) * 1000,
     )
     # Every connection the server closed, it closed for its bad frames, after
     # at most max_bad_frames of them were answered, or for a frame over the
-    # frame limit, unread.
+    # frame limit, unread. (Bad-frame closes are fewer than before: once the
+    # address is struck, what its connections send is read at the address's
+    # sustained pace, and a connection that waited for its turn may see its
+    # phase end before its 20th bad frame is read.)
     bad_frames = (1008, "too many bad messages in a row")
     too_big = (1009, "frame with 1000000 bytes exceeds limit of 131072 bytes")
-    assert set(closes) == {bad_frames, too_big}, closes
+    assert set(closes) <= {bad_frames, too_big}, closes
+    assert too_big in closes, closes
     assert max(seen["bad_answers_per_connection"]) <= BAD_FRAMES
     # Read at the address's pace: each frame counts at least 2 KiB against a
     # burst of 8 MiB and 2 MiB a second (Limits): 4,096 frames, then 1,024 a
     # second. The flood waits in the attackers' sockets, unread, unanswered.
     assert answered <= 4_096 + 1_024 * wall
-    if p99(attacked) > 2 * p99(idle):
-        # Known, not yet fixed: each attacked phase opens with six new
-        # connections (handshakes) and, until the address's abuse penalty has
-        # grown past a phase, a short flood before the first closes; those
-        # first milliseconds hold the few slowest honest samples. Since the
-        # penalty, the flooders send about 1,000-4,000 frames in the whole run
-        # (before: hundreds of thousands) and the ratio was 1.6-4.2x in 4 runs
-        # (before: 2.2-5.9x).
-        pytest.xfail(f"honest p99 {p99(attacked) / p99(idle):.1f}x idle under the flood")
+    # The slowest honest samples come from the attack's first contact: six
+    # connections of an address with no strike yet, read at full speed until
+    # the first close for abuse. From then on its new connections wait for
+    # their turn, one per penalty, and its open ones are read at the address's
+    # sustained pace. Measured in 16 runs: 0.5-1.6x (30-55 frames of the
+    # attackers read in a run); before the turns and the lost burst, 0.7-2.4x
+    # over 1,600 samples and 1.6-4.2x over 400.
+    assert p99(attacked) <= 2 * p99(idle)
 
 
 # -- resources -----------------------------------------------------------------------

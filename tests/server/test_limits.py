@@ -117,6 +117,68 @@ async def test_after_a_close_for_abuse_new_connections_of_that_address_wait_unre
     await other.close()
 
 
+async def strike(flooder: RawDevice) -> None:
+    """Three bad frames (``max_bad_frames=3``): closed for abuse, its address struck."""
+    for n in range(3):
+        await flooder.send(BAD_GET % n)
+    assert await closed_by_server(flooder.connection) == (1008, "too many bad messages in a row")
+
+
+async def hello_only(url: str, device_id: int) -> ClientConnection:
+    connection = await connect(url)
+    await connection.send(json.dumps({"type": "hello", "device_id": device_id, "since": 0}))
+    return connection
+
+
+@pytest.mark.parametrize("limits", [Limits(max_bad_frames=3, abuse_penalty_seconds=0.2)])
+async def test_past_the_penalty_a_struck_address_has_its_connections_read_one_at_a_time(
+    connect_device: Connect, url: str
+) -> None:
+    await strike(await connect_device(1))
+    first, second = await hello_only(url, 2), await hello_only(url, 3)
+    waiting = asyncio.ensure_future(second.recv())
+    assert json.loads(await first.recv())["type"] == "welcome"  # once the penalty ran out
+    assert not waiting.done()  # its turn is a penalty after the first's
+    assert json.loads(await waiting)["type"] == "welcome"
+    await first.close()
+    await second.close()
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        Limits(
+            max_bad_frames=3,
+            max_message_bytes=1024,
+            max_frame_bytes=2048,  # a struck address keeps one frame's worth of burst
+            address_receive_bytes_per_second=8192,
+            abuse_penalty_seconds=600,
+        )
+    ],
+)
+async def test_after_a_close_for_abuse_the_open_connections_of_the_address_lose_its_burst(
+    connect_device: Connect, url: str
+) -> None:
+    neighbour = await connect_device(1)
+    for n in range(5):  # within the address's burst (8 MiB): read at once
+        await neighbour.send({"type": "get", "request_id": n, "key": "k"})
+    assert await answers(neighbour, 5) == [("value", n) for n in range(5)]
+    await strike(await connect_device(2))
+    for n in range(5, 8):
+        await neighbour.send({"type": "get", "request_id": n, "key": "k"})
+    # The frame's worth, then the sustained pace: the next 2 KiB take 0.25 s.
+    assert await answers(neighbour, 2) == [("value", 5), ("value", 6)]
+    third = asyncio.ensure_future(neighbour.receive())
+    # Another address is served meanwhile, hello to ready.
+    other = await connect(url, local_addr=("127.0.0.2", 0))
+    await other.send(json.dumps({"type": "hello", "device_id": 3, "since": 0}))
+    assert json.loads(await other.recv())["type"] == "welcome"
+    assert json.loads(await other.recv())["type"] == "ready"
+    assert not third.done()
+    third.cancel()
+    await other.close()
+
+
 async def test_a_message_over_the_size_limit_is_refused_before_it_is_parsed(
     connect_device: Connect, monkeypatch: pytest.MonkeyPatch
 ) -> None:
