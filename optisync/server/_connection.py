@@ -74,18 +74,18 @@ class Connection(Protocol):
         """Close with ``code`` and ``reason``; does nothing once closed, never raises."""
         ...
 
-    def keeps_up(self, pending: int) -> bool:
-        """Whether frames may be written at once, ``pending`` bytes of them already waiting.
+    def room(self) -> int:
+        """How many bytes of frames may be written at once now; 0 to have frames queued instead.
 
-        True while the connection is open and its transport holds little
-        unsent data; False to have frames queued instead.
+        More than 0 while the connection is open and its transport holds
+        little unsent data.
         """
         ...
 
     def write_now(self, frames: Sequence[bytes]) -> None:
         """Write ``frames`` (UTF-8 JSON, each a text frame) at once, in one write.
 
-        Only frames that :meth:`keeps_up` admitted; nothing is written once
+        Only as many as :meth:`room` allowed; nothing is written once
         the connection is closed (its reader learns that on its own).
         """
         ...
@@ -141,8 +141,8 @@ class WebsocketsConnection:
             return True
         return False
 
-    def keeps_up(self, pending: int) -> bool:
-        """Open, and its transport plus ``pending`` hold less than ``_WRITE_AT_ONCE_BELOW``.
+    def room(self) -> int:
+        """``_WRITE_AT_ONCE_BELOW`` less what its transport holds, while it is open.
 
         Then frames written now go out behind at most that little, like one in
         flight: the bytes not counted in the send budget stay within
@@ -150,12 +150,13 @@ class WebsocketsConnection:
         """
         connection = self._connection
         transport = connection.transport
-        return (
-            connection.state is State.OPEN
-            and connection.send_in_progress is None
-            and transport is not None
-            and transport.get_write_buffer_size() + pending < _WRITE_AT_ONCE_BELOW
-        )
+        if (
+            connection.state is not State.OPEN
+            or connection.send_in_progress is not None
+            or transport is None
+        ):
+            return 0
+        return _WRITE_AT_ONCE_BELOW - transport.get_write_buffer_size()
 
     def write_now(self, frames: Sequence[bytes]) -> None:
         """One ``transport.write`` for all ``frames``: one system call, one wake-up of the reader.

@@ -190,7 +190,7 @@ class SyncEndpoint:
 class _StarletteConnection:
     """A Starlette WebSocket, accepted, as the server's connection.
 
-    Nothing is written synchronously (:meth:`keeps_up` is always False):
+    Nothing is written synchronously (:meth:`room` is always 0):
     ASGI has no write that bypasses the server's queue, so every frame goes
     through the connection's send queue and writer task.
     """
@@ -279,8 +279,8 @@ class _StarletteConnection:
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):
             await self._websocket.close(code, reason)
 
-    def keeps_up(self, pending: int) -> bool:
-        return False
+    def room(self) -> int:
+        return 0
 
     def write_now(self, frames: Sequence[bytes]) -> None:
-        raise AssertionError("keeps_up is always False: nothing is written at once")
+        raise AssertionError("room is always 0: nothing is written at once")

@@ -456,6 +456,7 @@ class _Peer:
         # Frames to write at once at the end of this event loop turn (see offer).
         self._out: list[bytes] = []
         self._out_bytes = 0
+        self._room = 0  # what the connection could take at once when _out was started
         self._in_flight = 0
         self._queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._space = asyncio.Event()
@@ -487,16 +488,16 @@ class _Peer:
         size = len(frame)
         if self._dropped or self._queued + self._out_bytes + size > self._limit:
             return False
-        if (
-            self._queued == 0
-            and self._budget.fits(size)
-            and self.connection.keeps_up(self._out_bytes)
-        ):
+        if self._queued == 0 and self._budget.fits(size):
             if not self._out:
-                self._budget.flush_soon(self)
-            self._out.append(frame)
-            self._out_bytes += size
-            return True
+                # Read once per turn: until the flush nothing is written to it.
+                self._room = self.connection.room()
+            if self._out_bytes < self._room:
+                if not self._out:
+                    self._budget.flush_soon(self)
+                self._out.append(frame)
+                self._out_bytes += size
+                return True
         if not self._budget.reserve(self, size):
             return False
         if self._out:
