@@ -91,8 +91,10 @@ asyncio.run(main())
 
 
 @contextlib.contextmanager
-def process(command: list[str]) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+def process(
+    command: list[str], **extra_environment: str
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), **extra_environment}
     with subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=environment
     ) as running:
@@ -154,13 +156,19 @@ async def open_device(url: str, device_id: int) -> ClientConnection:
     return connection
 
 
+# An ack as the optisync server and the bare one (json.dumps) write it.
+_ACK = (b'{"type":"ack"', b'{"type": "ack"')
+
+
 async def write_many(connection: ClientConnection, device: int, writes: int) -> None:
     for n in range(1, writes + 1):
         request = {"type": "set", "request_id": n, "key": f"load:{device}:{n % 5}", "value": n,
                    "local_revision": n, "device_id": device}  # fmt: skip
         await connection.send(json.dumps(request))
-        while json.loads(await connection.recv())["type"] != "ack":
-            pass  # the pushes of everyone's writes
+        # Every frame is read; the pushes of everyone's writes are not parsed:
+        # the load generator shares the cores with the server it measures.
+        while not (await connection.recv(decode=False)).startswith(_ACK):
+            pass
 
 
 def postgres_cpu_seconds() -> float:
@@ -379,12 +387,18 @@ async def measure(rounds: int, writes: int, sizes: list[int], compression: str) 
     limits: dict[str, list[float]] = {}
     spent: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as folder:
-        back_ends = {"SQLite": ["--database", f"{folder}/server.sqlite3"]}
+        # The CLI runs with PYTHONMALLOC=malloc (memory goes back to the system
+        # after a crowd leaves, at a CPU cost): measured beside the default.
+        sqlite = ["--database", f"{folder}/server.sqlite3"]
+        back_ends: dict[str, tuple[list[str], dict[str, str]]] = {
+            "SQLite": (sqlite, {}),
+            "SQLite, PYTHONMALLOC=malloc": (sqlite, {"PYTHONMALLOC": "malloc"}),
+        }
         if dsn:
-            back_ends["PostgreSQL"] = ["--postgres", dsn]
+            back_ends["PostgreSQL"] = (["--postgres", dsn], {})
         for r in range(rounds):  # interleaved: each round measures every side once
-            for name, arguments in back_ends.items():
-                with process(optisync_server(*arguments)) as (running, url):
+            for name, (arguments, environment) in back_ends.items():
+                with process(optisync_server(*arguments), **environment) as (running, url):
                     run = await commit_load_spent(url, running.pid, writes)
                 server_rates.setdefault(name, []).append(run["rate"])
                 server_cpu.setdefault(name, []).append(run["server"] * 1e6)
