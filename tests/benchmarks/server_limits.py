@@ -44,6 +44,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 ROOT = Path(__file__).resolve().parents[2]
 WRITERS = 10
+WARM_UP = 50  # writes per writer before each measure: a new process's first ones are slow
 _P = TypeVar("_P")
 
 # A server with no library: it speaks just enough of the protocol for the load
@@ -399,12 +400,14 @@ async def measure(rounds: int, writes: int, sizes: list[int], compression: str) 
         for r in range(rounds):  # interleaved: each round measures every side once
             for name, (arguments, environment) in back_ends.items():
                 with process(optisync_server(*arguments), **environment) as (running, url):
+                    await spread_load([url], WARM_UP)
                     run = await commit_load_spent(url, running.pid, writes)
                 server_rates.setdefault(name, []).append(run["rate"])
                 server_cpu.setdefault(name, []).append(run["server"] * 1e6)
                 spent.setdefault(f"optisync + {name}", []).append(run)
             for mode in ("send", "broadcast"):
                 with process(bare_server(mode, compression)) as (running, url):
+                    await spread_load([url], WARM_UP)
                     run = await commit_load_spent(url, running.pid, writes)
                 limits.setdefault(f"bare {mode} commits/s", []).append(run["rate"])
                 limits.setdefault(f"bare {mode} CPU", []).append(run["server"] * 1e6)
@@ -472,7 +475,7 @@ async def measure(rounds: int, writes: int, sizes: list[int], compression: str) 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--writes", type=int, default=200, help="per writer, per round")
+    parser.add_argument("--writes", type=int, default=500, help="per writer, per round")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 100, 1000])
     parser.add_argument("--compression", choices=["off", "deflate"], default="off",
                         help="the bare server's (match the optisync server's)")  # fmt: skip
