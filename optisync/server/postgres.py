@@ -3,8 +3,8 @@
 Commits are grouped: the writes that arrive while a transaction commits go
 together in the next one, sent as one pipeline (one round trip): a lock on
 the one-row revision counter (so revisions are gap-free and in commit order),
-one statement per write (its dedupe check, revision, change, key), and one
-``pg_notify`` for the batch. The process hands its own changes to its server
+one statement for the whole batch (its dedupe checks, revisions, changes,
+keys), and one ``pg_notify``. The process hands its own changes to its server
 without reading them back. Each process LISTENs on a connection of its own
 and, on another process's notification, reads the log after the last
 revision it has seen and hands each change to its server in order. LISTEN
@@ -43,6 +43,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Final
 
+import attrs
 import psycopg
 import psycopg.sql
 from psycopg_pool import AsyncConnectionPool
@@ -362,29 +363,33 @@ class PostgresStorage(OpenedByAsyncWith):
         its snapshot once the lock is held). The second reads what other
         processes committed since this one last handed a change over (a page
         at most), so the batch needs no read of its own to keep revision
-        order. Each write is one statement: dedupe check, revision, change,
-        key and remembered write together.
+        order. The third writes the whole batch (:data:`_WRITE_BATCH`), or,
+        when the batch holds two deduplicated writes of one device and key
+        (the later must see the earlier), one statement per write.
         """
-        since = self._last_seen
+        since, together = self._last_seen, _each_device_key_once(batch)
         async with self._connection(self._commits, "a commit") as db:
             self._remember_backend(db.info.backend_pid)
             async with db.pipeline(), db.transaction():
                 head = await db.execute("SELECT revision FROM optisync_head FOR UPDATE")
                 # What other processes committed since this one's last handed change.
                 missed = await db.execute(_CHANGES_AFTER, (since, _PAGE))
-                written = [await db.execute(_WRITE, _parameters(write)) for write in batch]
+                if together:
+                    written = [await db.execute(_WRITE_BATCH, _batch_parameters(batch))]
+                else:
+                    written = [await db.execute(_WRITE, _parameters(write)) for write in batch]
                 await db.execute(_NOTIFY, (self._channel,))
             before = await head.fetchone()
             others = [_change(row) for row in await missed.fetchall()]  # type: ignore[arg-type]
-            rows = [await cursor.fetchone() for cursor in written]
+            rows = [row for cursor in written for row in await cursor.fetchall()]
         assert before is not None
-        changes = [_change(row[:5]) for row in rows if row is not None]  # type: ignore[arg-type]
-        new = [change for change, row in zip(changes, rows, strict=True) if row and row[5]]
+        results = _results(batch, rows) if together else _one_by_one(rows)
+        new = [change for change, fresh in results if fresh]
         # Hand over the commits of other processes before ours, then ours, without
         # reading either back. Should a read still be needed and fail, the LISTEN
         # side catches up; only this batch's writes report the failure.
         await self._hand_over(int(str(before[0])), others, new)
-        return changes
+        return [change for change, _ in results]
 
     async def read(self, key: str) -> Change | None:
         """The newest change of ``key``, or None.
@@ -624,6 +629,47 @@ SELECT {_COLUMNS}, false
 FROM prior JOIN optisync_changes AS c ON c.revision = prior.revision
 WHERE prior.local_revision >= %(local_revision)s
 """
+# A whole batch in one statement, when no two of its deduplicated writes share a
+# device and key (each is checked against what earlier transactions remembered).
+# A write whose device remembers a local revision of the key at or above its own
+# gets that remembered change (false); the others (true) take the revisions after
+# the head, in batch order, the counter moves once, and each key and remembered
+# write takes the batch's newest (ON CONFLICT cannot touch a row twice).
+_WRITE_BATCH: Final = """
+WITH batch AS (
+    SELECT * FROM unnest(
+        %(keys)s::text[], %(values)s::bytea[], %(local_revisions)s::bigint[],
+        %(device_ids)s::bigint[], %(deduplicates)s::boolean[]
+    ) WITH ORDINALITY AS b (key, value, local_revision, device_id, deduplicate, position)
+), checked AS (
+    SELECT b.*, d.revision AS prior FROM batch AS b
+    LEFT JOIN optisync_device_keys AS d
+    ON b.deduplicate AND d.device_id = b.device_id AND d.key = b.key
+    AND d.local_revision >= b.local_revision
+), fresh AS (
+    SELECT c.*, h.revision + row_number() OVER (ORDER BY c.position) AS revision
+    FROM checked AS c CROSS JOIN optisync_head AS h WHERE c.prior IS NULL
+), bumped AS (
+    UPDATE optisync_head SET revision = (SELECT max(revision) FROM fresh)
+    WHERE EXISTS (SELECT 1 FROM fresh)
+), written AS (
+    INSERT INTO optisync_changes (revision, key, value, local_revision, device_id)
+    SELECT revision, key, value, local_revision, device_id FROM fresh
+), keyed AS (
+    INSERT INTO optisync_keys (key, revision)
+    SELECT DISTINCT ON (key) key, revision FROM fresh ORDER BY key, revision DESC
+    ON CONFLICT (key) DO UPDATE SET revision = excluded.revision
+), remembered AS (
+    INSERT INTO optisync_device_keys (device_id, key, local_revision, revision)
+    SELECT device_id, key, local_revision, revision FROM fresh WHERE deduplicate
+    ON CONFLICT (device_id, key) DO UPDATE
+    SET local_revision = excluded.local_revision, revision = excluded.revision
+)
+SELECT position, revision, NULL::bytea, NULL::bigint, true FROM fresh
+UNION ALL
+SELECT c.position, p.revision, p.value, p.local_revision, false
+FROM checked AS c JOIN optisync_changes AS p ON p.revision = c.prior
+"""
 # Once per batch, after its writes: the head is the batch's last revision.
 _NOTIFY: Final = "SELECT pg_notify(%s, (SELECT revision FROM optisync_head)::text)"
 
@@ -636,6 +682,44 @@ def _parameters(write: _Write) -> dict[str, object]:
         "device_id": write.device_id,
         "deduplicate": write.deduplicate,
     }
+
+
+def _each_device_key_once(batch: list[_Write]) -> bool:
+    """Whether no two deduplicated writes of ``batch`` share a device and key."""
+    pairs = [(write.device_id, write.key) for write in batch if write.deduplicate]
+    return len(set(pairs)) == len(pairs)
+
+
+def _batch_parameters(batch: list[_Write]) -> dict[str, object]:
+    return {
+        "keys": [write.key for write in batch],
+        "values": [write.value for write in batch],
+        "local_revisions": [write.local_revision for write in batch],
+        "device_ids": [write.device_id for write in batch],
+        "deduplicates": [write.deduplicate for write in batch],
+    }
+
+
+def _results(batch: list[_Write], rows: list[tuple[object, ...]]) -> list[tuple[Change, bool]]:
+    """Each write's change and whether it is new, from :data:`_WRITE_BATCH`'s rows."""
+    results: dict[int, tuple[Change, bool]] = {}
+    for position, revision, value, local_revision, fresh in rows:
+        write = batch[int(str(position)) - 1]
+        change = Change(
+            int(str(revision)), write.key, write.value, write.local_revision, write.device_id
+        )
+        if not fresh:  # the device's remembered change of the key
+            assert isinstance(value, bytes | memoryview)  # a bytea column
+            change = attrs.evolve(
+                change, value=bytes(value), local_revision=int(str(local_revision))
+            )
+        results[int(str(position))] = (change, bool(fresh))
+    return [results[position] for position in range(1, len(batch) + 1)]
+
+
+def _one_by_one(rows: list[tuple[object, ...]]) -> list[tuple[Change, bool]]:
+    """Each write's change and whether it is new, from one :data:`_WRITE` row per write."""
+    return [(_change(row[:5]), bool(row[5])) for row in rows]  # type: ignore[arg-type]
 
 
 # -- one commit's statements (inside its transaction) -------------------------------
