@@ -1,10 +1,13 @@
 """A :class:`~optisync.server.Storage` in PostgreSQL, for several server processes.
 
 Commits are grouped: the writes that arrive while a transaction commits go
-together in the next one, sent as one pipeline (one round trip): a lock on
-the one-row revision counter (so revisions are gap-free and in commit order),
-one statement for the whole batch (its dedupe checks, revisions, changes,
-keys), and one ``pg_notify``. The process hands its own changes to its server
+together in the next one, in one call of a function the storage creates
+(one statement, one round trip): a lock on the one-row revision counter (so
+revisions are gap-free and in commit order), one statement for the whole
+batch (its dedupe checks, revisions, changes, keys), and one ``pg_notify``.
+(A batch holding two copies of one deduplicated write goes one statement
+per write instead, in a pipeline: the later copy must see the earlier.)
+The process hands its own changes to its server
 without reading them back. Each process LISTENs on a connection of its own
 and, on another process's notification, reads the log after the last
 revision it has seen and hands each change to its server in order. LISTEN
@@ -43,7 +46,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Final
 
-import attrs
 import psycopg
 import psycopg.sql
 from psycopg_pool import AsyncConnectionPool
@@ -98,6 +100,81 @@ CREATE TABLE IF NOT EXISTS optisync_devices (
     secret_digest bytea NOT NULL
 );
 """
+# A batch in one statement, so one round trip and no transaction block (the
+# call is its own transaction): the counter's lock first, then each later
+# statement takes its snapshot once the lock is held (a VOLATILE function's
+# statements take one each), so it sees every commit made before. Rows: the
+# head before the batch (part 0); what other processes committed after
+# ``since``, a page at most (1); then each write by its position in the batch:
+# its new revision (2), or, for a write whose device remembers a local revision
+# of the key at or above its own, that remembered change (3). The new writes
+# take the revisions after the head in batch order; the counter moves once;
+# each key and remembered write takes the batch's newest (ON CONFLICT cannot
+# touch a row twice in one statement, and no two deduplicated writes of one
+# device and key come here: the later must see the earlier). The name carries
+# a version: processes of another version keep their own.
+_COMMIT_FUNCTION: Final = """
+CREATE OR REPLACE FUNCTION optisync_commit_batch_1(
+    since bigint, page integer, channel text, batch_keys text[], batch_values bytea[],
+    batch_local_revisions bigint[], batch_device_ids bigint[], batch_deduplicates boolean[]
+) RETURNS TABLE (
+    part integer, ordinal bigint, revision bigint, key text, value bytea,
+    local_revision bigint, device_id bigint
+) LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+DECLARE
+    before bigint;
+BEGIN
+    SELECT h.revision INTO before FROM optisync_head AS h FOR UPDATE;
+    RETURN QUERY
+    SELECT 0, NULL::bigint, before, NULL::text, NULL::bytea, NULL::bigint, NULL::bigint;
+    RETURN QUERY
+    SELECT 1, NULL::bigint, c.revision, c.key, c.value, c.local_revision, c.device_id
+    FROM optisync_changes AS c WHERE c.revision > since ORDER BY c.revision LIMIT page;
+    RETURN QUERY
+    WITH batch AS (
+        SELECT * FROM unnest(
+            batch_keys, batch_values, batch_local_revisions, batch_device_ids, batch_deduplicates
+        ) WITH ORDINALITY AS b (key, value, local_revision, device_id, deduplicate, ordinal)
+    ), checked AS (
+        SELECT b.*, d.revision AS prior FROM batch AS b
+        LEFT JOIN optisync_device_keys AS d
+        ON b.deduplicate AND d.device_id = b.device_id AND d.key = b.key
+        AND d.local_revision >= b.local_revision
+    ), fresh AS (
+        SELECT c.*, before + row_number() OVER (ORDER BY c.ordinal) AS revision
+        FROM checked AS c WHERE c.prior IS NULL
+    ), bumped AS (
+        UPDATE optisync_head SET revision = (SELECT max(f.revision) FROM fresh AS f)
+        WHERE EXISTS (SELECT 1 FROM fresh)
+    ), written AS (
+        INSERT INTO optisync_changes (revision, key, value, local_revision, device_id)
+        SELECT f.revision, f.key, f.value, f.local_revision, f.device_id FROM fresh AS f
+    ), keyed AS (
+        INSERT INTO optisync_keys (key, revision)
+        SELECT DISTINCT ON (f.key) f.key, f.revision FROM fresh AS f
+        ORDER BY f.key, f.revision DESC
+        ON CONFLICT (key) DO UPDATE SET revision = excluded.revision
+    ), remembered AS (
+        INSERT INTO optisync_device_keys (device_id, key, local_revision, revision)
+        SELECT f.device_id, f.key, f.local_revision, f.revision FROM fresh AS f
+        WHERE f.deduplicate
+        ON CONFLICT (device_id, key) DO UPDATE
+        SET local_revision = excluded.local_revision, revision = excluded.revision
+    )
+    SELECT 2, f.ordinal, f.revision, NULL::text, NULL::bytea, NULL::bigint, NULL::bigint
+    FROM fresh AS f
+    UNION ALL
+    SELECT 3, c.ordinal, p.revision, NULL::text, p.value, p.local_revision, NULL::bigint
+    FROM checked AS c JOIN optisync_changes AS p ON p.revision = c.prior;
+    PERFORM pg_notify(channel, (SELECT h.revision FROM optisync_head AS h)::text);
+END
+$$
+"""
+_COMMIT_BATCH: Final = (
+    "SELECT * FROM optisync_commit_batch_1(%s, %s, %s, %s::text[], %s::bytea[], "
+    "%s::bigint[], %s::bigint[], %s::boolean[])"
+)
 # Any fixed number: it keeps two processes from creating the tables at once.
 _SCHEMA_LOCK: Final = 0x0951_7C
 _COLUMNS: Final = "c.revision, c.key, c.value, c.local_revision, c.device_id"
@@ -163,7 +240,7 @@ class PostgresStorage(OpenedByAsyncWith):
             connection (the database down) before it fails.
         max_batch: group commit: the writes that arrive while a batch
             commits go together, up to this many, in the next transaction,
-            sent as one pipeline (one round trip); each keeps its own revision.
+            in one round trip; each keeps its own revision.
 
     Example:
         >>> from optisync.server.postgres import PostgresStorage
@@ -295,6 +372,7 @@ class PostgresStorage(OpenedByAsyncWith):
         async with self._connection(self._commits, "open") as db, db.transaction():
             await db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             await db.execute(_SCHEMA)
+            await db.execute(_COMMIT_FUNCTION)
             await db.execute(
                 "INSERT INTO optisync_meta (name, value) VALUES ('generation', %s) "
                 "ON CONFLICT DO NOTHING",
@@ -355,40 +433,26 @@ class PostgresStorage(OpenedByAsyncWith):
             self._own_backends.add(pid)
 
     async def _commit_batch(self, batch: list[_Write]) -> list[Change]:
-        """Commit ``batch`` in one transaction and one round trip (a pipeline); hand it over.
+        """Commit ``batch`` in one transaction and one round trip; hand it over.
 
-        The first statement locks the revision counter, so the batch's
-        revisions follow the head it returns with no gap, and every later
-        statement sees every commit made before (READ COMMITTED: each takes
-        its snapshot once the lock is held). The second reads what other
-        processes committed since this one last handed a change over (a page
-        at most), so the batch needs no read of its own to keep revision
-        order. The third writes the whole batch (:data:`_WRITE_BATCH`), or,
-        when the batch holds two deduplicated writes of one device and key
-        (the later must see the earlier), one statement per write.
+        The batch also reads what other processes committed since this one
+        last handed a change over (a page at most), so it needs no read of
+        its own to keep revision order. A batch with two deduplicated writes
+        of one device and key (the later must see the earlier) goes one
+        statement per write, in a pipeline; any other goes in one call.
         """
-        since, together = self._last_seen, _each_device_key_once(batch)
+        since = self._last_seen
         async with self._connection(self._commits, "a commit") as db:
             self._remember_backend(db.info.backend_pid)
-            async with db.pipeline(), db.transaction():
-                head = await db.execute("SELECT revision FROM optisync_head FOR UPDATE")
-                # What other processes committed since this one's last handed change.
-                missed = await db.execute(_CHANGES_AFTER, (since, _PAGE))
-                if together:
-                    written = [await db.execute(_WRITE_BATCH, _batch_parameters(batch))]
-                else:
-                    written = [await db.execute(_WRITE, _parameters(write)) for write in batch]
-                await db.execute(_NOTIFY, (self._channel,))
-            before = await head.fetchone()
-            others = [_change(row) for row in await missed.fetchall()]  # type: ignore[arg-type]
-            rows = [row for cursor in written for row in await cursor.fetchall()]
-        assert before is not None
-        results = _results(batch, rows) if together else _one_by_one(rows)
+            if _each_device_key_once(batch):
+                before, others, results = await _commit_together(db, batch, since, self._channel)
+            else:
+                before, others, results = await _commit_one_by_one(db, batch, since, self._channel)
         new = [change for change, fresh in results if fresh]
         # Hand over the commits of other processes before ours, then ours, without
         # reading either back. Should a read still be needed and fail, the LISTEN
         # side catches up; only this batch's writes report the failure.
-        await self._hand_over(int(str(before[0])), others, new)
+        await self._hand_over(before, others, new)
         return [change for change, _ in results]
 
     async def read(self, key: str) -> Change | None:
@@ -597,7 +661,7 @@ class PostgresStorage(OpenedByAsyncWith):
                 delay = min(delay * 2, 5.0)
 
 
-# -- a batch's statements (one pipeline, one transaction) ---------------------------
+# -- a batch's statements (one transaction, one round trip) -------------------------
 
 # One write: the dedupe check, its revision, change, key and remembered write,
 # in one statement. Returns the new change (last column true) or, for a retry
@@ -629,47 +693,6 @@ SELECT {_COLUMNS}, false
 FROM prior JOIN optisync_changes AS c ON c.revision = prior.revision
 WHERE prior.local_revision >= %(local_revision)s
 """
-# A whole batch in one statement, when no two of its deduplicated writes share a
-# device and key (each is checked against what earlier transactions remembered).
-# A write whose device remembers a local revision of the key at or above its own
-# gets that remembered change (false); the others (true) take the revisions after
-# the head, in batch order, the counter moves once, and each key and remembered
-# write takes the batch's newest (ON CONFLICT cannot touch a row twice).
-_WRITE_BATCH: Final = """
-WITH batch AS (
-    SELECT * FROM unnest(
-        %(keys)s::text[], %(values)s::bytea[], %(local_revisions)s::bigint[],
-        %(device_ids)s::bigint[], %(deduplicates)s::boolean[]
-    ) WITH ORDINALITY AS b (key, value, local_revision, device_id, deduplicate, position)
-), checked AS (
-    SELECT b.*, d.revision AS prior FROM batch AS b
-    LEFT JOIN optisync_device_keys AS d
-    ON b.deduplicate AND d.device_id = b.device_id AND d.key = b.key
-    AND d.local_revision >= b.local_revision
-), fresh AS (
-    SELECT c.*, h.revision + row_number() OVER (ORDER BY c.position) AS revision
-    FROM checked AS c CROSS JOIN optisync_head AS h WHERE c.prior IS NULL
-), bumped AS (
-    UPDATE optisync_head SET revision = (SELECT max(revision) FROM fresh)
-    WHERE EXISTS (SELECT 1 FROM fresh)
-), written AS (
-    INSERT INTO optisync_changes (revision, key, value, local_revision, device_id)
-    SELECT revision, key, value, local_revision, device_id FROM fresh
-), keyed AS (
-    INSERT INTO optisync_keys (key, revision)
-    SELECT DISTINCT ON (key) key, revision FROM fresh ORDER BY key, revision DESC
-    ON CONFLICT (key) DO UPDATE SET revision = excluded.revision
-), remembered AS (
-    INSERT INTO optisync_device_keys (device_id, key, local_revision, revision)
-    SELECT device_id, key, local_revision, revision FROM fresh WHERE deduplicate
-    ON CONFLICT (device_id, key) DO UPDATE
-    SET local_revision = excluded.local_revision, revision = excluded.revision
-)
-SELECT position, revision, NULL::bytea, NULL::bigint, true FROM fresh
-UNION ALL
-SELECT c.position, p.revision, p.value, p.local_revision, false
-FROM checked AS c JOIN optisync_changes AS p ON p.revision = c.prior
-"""
 # Once per batch, after its writes: the head is the batch's last revision.
 _NOTIFY: Final = "SELECT pg_notify(%s, (SELECT revision FROM optisync_head)::text)"
 
@@ -690,36 +713,59 @@ def _each_device_key_once(batch: list[_Write]) -> bool:
     return len(set(pairs)) == len(pairs)
 
 
-def _batch_parameters(batch: list[_Write]) -> dict[str, object]:
-    return {
-        "keys": [write.key for write in batch],
-        "values": [write.value for write in batch],
-        "local_revisions": [write.local_revision for write in batch],
-        "device_ids": [write.device_id for write in batch],
-        "deduplicates": [write.deduplicate for write in batch],
-    }
+_Committed = tuple[int, list[Change], list[tuple[Change, bool]]]
 
 
-def _results(batch: list[_Write], rows: list[tuple[object, ...]]) -> list[tuple[Change, bool]]:
-    """Each write's change and whether it is new, from :data:`_WRITE_BATCH`'s rows."""
-    results: dict[int, tuple[Change, bool]] = {}
-    for position, revision, value, local_revision, fresh in rows:
-        write = batch[int(str(position)) - 1]
-        change = Change(
-            int(str(revision)), write.key, write.value, write.local_revision, write.device_id
-        )
-        if not fresh:  # the device's remembered change of the key
-            assert isinstance(value, bytes | memoryview)  # a bytea column
-            change = attrs.evolve(
-                change, value=bytes(value), local_revision=int(str(local_revision))
-            )
-        results[int(str(position))] = (change, bool(fresh))
-    return [results[position] for position in range(1, len(batch) + 1)]
+async def _commit_together(
+    db: _Connection, batch: list[_Write], since: int, channel: str
+) -> _Committed:
+    """The head before, others' changes after ``since``, each write's change and whether new."""
+    cursor = await db.execute(
+        _COMMIT_BATCH,
+        (
+            since,
+            _PAGE,
+            channel,
+            [write.key for write in batch],
+            [write.value for write in batch],
+            [write.local_revision for write in batch],
+            [write.device_id for write in batch],
+            [write.deduplicate for write in batch],
+        ),
+    )
+    before, others, results = 0, list[Change](), dict[int, tuple[Change, bool]]()
+    for part, position, revision, *rest in await cursor.fetchall():
+        if part == 0:
+            before = int(str(revision))
+        elif part == 1:
+            others.append(_change((revision, *rest)))  # type: ignore[arg-type]
+        else:
+            write = batch[int(str(position)) - 1]
+            value, local_revision = write.value, write.local_revision
+            if part == 3:  # the device's remembered change of the key
+                value, local_revision = _digest(rest[1]), int(str(rest[2]))
+            change = Change(int(str(revision)), write.key, value, local_revision, write.device_id)
+            results[int(str(position))] = (change, part == 2)
+    return before, others, [results[position] for position in range(1, len(batch) + 1)]
 
 
-def _one_by_one(rows: list[tuple[object, ...]]) -> list[tuple[Change, bool]]:
-    """Each write's change and whether it is new, from one :data:`_WRITE` row per write."""
-    return [(_change(row[:5]), bool(row[5])) for row in rows]  # type: ignore[arg-type]
+async def _commit_one_by_one(
+    db: _Connection, batch: list[_Write], since: int, channel: str
+) -> _Committed:
+    """As :func:`_commit_together`, one statement per write (each sees the ones before)."""
+    # The counter's lock first: each later statement takes its snapshot once it
+    # is held (READ COMMITTED), so it sees every commit made before.
+    async with db.pipeline(), db.transaction():
+        head = await db.execute("SELECT revision FROM optisync_head FOR UPDATE")
+        missed = await db.execute(_CHANGES_AFTER, (since, _PAGE))
+        written = [await db.execute(_WRITE, _parameters(write)) for write in batch]
+        await db.execute(_NOTIFY, (channel,))
+    before = await head.fetchone()
+    assert before is not None
+    others = [_change(row) for row in await missed.fetchall()]  # type: ignore[arg-type]
+    rows = [await cursor.fetchone() for cursor in written]
+    results = [(_change(row[:5]), bool(row[5])) for row in rows if row is not None]  # type: ignore[arg-type]
+    return int(str(before[0])), others, results
 
 
 # -- one commit's statements (inside its transaction) -------------------------------
