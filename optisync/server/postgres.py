@@ -111,8 +111,10 @@ CREATE TABLE IF NOT EXISTS optisync_devices (
 # take the revisions after the head in batch order; the counter moves once;
 # each key and remembered write takes the batch's newest (ON CONFLICT cannot
 # touch a row twice in one statement, and no two deduplicated writes of one
-# device and key come here: the later must see the earlier). The name carries
-# a version: processes of another version keep their own.
+# device and key come here: the later must see the earlier). Its statements keep
+# one plan each: planning the batch's anew at each call (PostgreSQL's choice for
+# the first calls of a session, and as it judges after) costs more than the
+# writes. The name carries a version: processes of another version keep their own.
 _COMMIT_FUNCTION: Final = """
 CREATE OR REPLACE FUNCTION optisync_commit_batch_1(
     since bigint, page integer, channel text, batch_keys text[], batch_values bytea[],
@@ -120,7 +122,7 @@ CREATE OR REPLACE FUNCTION optisync_commit_batch_1(
 ) RETURNS TABLE (
     part integer, ordinal bigint, revision bigint, key text, value bytea,
     local_revision bigint, device_id bigint
-) LANGUAGE plpgsql VOLATILE AS $$
+) LANGUAGE plpgsql VOLATILE SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
     before bigint;
