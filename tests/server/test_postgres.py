@@ -177,6 +177,53 @@ async def test_random_batches_commit_as_sqlite_commits_them_one_by_one(
     assert {together for size, together in batch_paths if size > 1} == {True, False}
 
 
+async def test_keys_and_values_of_any_characters_and_bytes_commit_in_one_statement(
+    postgres_dsn: str, batch_paths: list[tuple[int, bool]]
+) -> None:
+    keys = ['a,"b"', "{c}", "d\\e", "NULL", "", " f ", "\u00e9t\u00e9/\U0010ffff"]
+    values = [bytes(range(256)), b"", b'"{,}"\\', b"\x00", b"NULL", b"x" * 10_000, b"\xff"]
+    async with PostgresStorage(postgres_dsn) as storage:
+        changes = await asyncio.gather(
+            *(
+                storage.commit(key, value, local_revision=1, device_id=1, deduplicate=True)
+                for key, value in zip(keys, values, strict=True)
+            )
+        )
+        assert batch_paths == [(7, True)]
+        assert [(c.key, c.value) for c in changes] == list(zip(keys, values, strict=True))
+        assert [(c.key, c.value) for c in await storage.changes_after(0, 10)] == list(
+            zip(keys, values, strict=True)
+        )
+        for key, value in zip(keys, values, strict=True):  # each remembered, byte for byte
+            retried = await storage.commit(
+                key, b"?", local_revision=1, device_id=1, deduplicate=True
+            )
+            assert retried.value == value
+
+
+async def test_copies_of_one_write_queued_on_the_counter_in_two_processes_commit_once(
+    postgres_dsn: str,
+) -> None:
+    async with (
+        PostgresStorage(postgres_dsn) as one,
+        PostgresStorage(postgres_dsn) as two,
+        _admin(postgres_dsn) as admin,
+    ):
+        async with _holding(postgres_dsn, "SELECT 1 FROM optisync_head FOR UPDATE"):
+            copies = [
+                asyncio.ensure_future(
+                    storage.commit("k", b"1", local_revision=1, device_id=7, deduplicate=True)
+                )
+                for storage in (one, two)
+            ]
+            # Both batches wait on the counter's lock, their checks not yet made.
+            while len(await _pids(admin, WAITING_ON_A_LOCK % "optisync-commits")) < 2:
+                pass  # each poll is a round trip to PostgreSQL
+        first, second = await asyncio.gather(*copies)
+        assert first == second
+        assert await one.head() == 1
+
+
 # -- connections PostgreSQL closes -------------------------------------------------
 
 
