@@ -105,8 +105,8 @@ CREATE TABLE IF NOT EXISTS optisync_devices (
 # statement takes its snapshot once the lock is held (a VOLATILE function's
 # statements take one each), so it sees every commit made before. Rows: the
 # head before the batch (part 0); what other processes committed after
-# ``since``, a page at most (1); then each write by its position in the batch:
-# its new revision (2), or, for a write whose device remembers a local revision
+# ``since``, a page at most (1); then each write by its place in the batch:
+# its new revision (2) or, for a write whose device remembers a local revision
 # of the key at or above its own, that remembered change (3). The new writes
 # take the revisions after the head in batch order; the counter moves once;
 # each key and remembered write takes the batch's newest (ON CONFLICT cannot
@@ -114,7 +114,9 @@ CREATE TABLE IF NOT EXISTS optisync_devices (
 # device and key come here: the later must see the earlier). Its statements keep
 # one plan each: planning the batch's anew at each call (PostgreSQL's choice for
 # the first calls of a session, and as it judges after) costs more than the
-# writes. The name carries a version: processes of another version keep their own.
+# writes. The result's column names are the tables' too: in its statements a bare
+# name is the column (use_column). The name carries a version: processes of
+# another version keep their own.
 _COMMIT_FUNCTION: Final = """
 CREATE OR REPLACE FUNCTION optisync_commit_batch_1(
     since bigint, page integer, channel text, batch_keys text[], batch_values bytea[],
@@ -221,7 +223,7 @@ async def _closed_while_idle(connection: _Connection) -> None:
     raise psycopg.OperationalError("PostgreSQL closed this connection while it was idle")
 
 
-def _digest(cell: object) -> bytes:
+def _bytea(cell: object) -> bytes:
     assert isinstance(cell, bytes | memoryview)  # a bytea column
     return bytes(cell)
 
@@ -583,7 +585,7 @@ class PostgresStorage(OpenedByAsyncWith):
             rows = await self._query(
                 "SELECT secret_digest FROM optisync_devices WHERE device_id = %s", (device_id,)
             )
-            return device_proven(_digest(rows[0][0]) if rows else None, None)
+            return device_proven(_bytea(rows[0][0]) if rows else None, None)
         async with self._connection(self._commits, "a device claim") as db, db.transaction():
             await db.execute(
                 "INSERT INTO optisync_devices (device_id, secret_digest) VALUES (%s, %s) "
@@ -594,7 +596,7 @@ class PostgresStorage(OpenedByAsyncWith):
                 "SELECT secret_digest FROM optisync_devices WHERE device_id = %s", (device_id,)
             )
             row = await cursor.fetchone()
-        return device_proven(None if row is None else _digest(row[0]), secret_digest)
+        return device_proven(None if row is None else _bytea(row[0]), secret_digest)
 
     # -- LISTEN --------------------------------------------------------------------
 
@@ -736,19 +738,19 @@ async def _commit_together(
         ),
     )
     before, others, results = 0, list[Change](), dict[int, tuple[Change, bool]]()
-    for part, position, revision, *rest in await cursor.fetchall():
+    for part, ordinal, revision, *rest in await cursor.fetchall():
         if part == 0:
             before = int(str(revision))
         elif part == 1:
             others.append(_change((revision, *rest)))  # type: ignore[arg-type]
         else:
-            write = batch[int(str(position)) - 1]
+            write = batch[int(str(ordinal)) - 1]
             value, local_revision = write.value, write.local_revision
             if part == 3:  # the device's remembered change of the key
-                value, local_revision = _digest(rest[1]), int(str(rest[2]))
+                value, local_revision = _bytea(rest[1]), int(str(rest[2]))
             change = Change(int(str(revision)), write.key, value, local_revision, write.device_id)
-            results[int(str(position))] = (change, part == 2)
-    return before, others, [results[position] for position in range(1, len(batch) + 1)]
+            results[int(str(ordinal))] = (change, part == 2)
+    return before, others, [results[ordinal] for ordinal in range(1, len(batch) + 1)]
 
 
 async def _commit_one_by_one(
@@ -768,53 +770,3 @@ async def _commit_one_by_one(
     rows = [await cursor.fetchone() for cursor in written]
     results = [(_change(row[:5]), bool(row[5])) for row in rows if row is not None]  # type: ignore[arg-type]
     return int(str(before[0])), others, results
-
-
-# -- one commit's statements (inside its transaction) -------------------------------
-
-
-async def _insert(
-    db: _Connection, key: str, value: bytes, local_revision: int, device_id: int
-) -> Change:
-    # The row lock on the counter orders commits: revision order is commit order.
-    cursor = await db.execute("UPDATE optisync_head SET revision = revision + 1 RETURNING revision")
-    row = await cursor.fetchone()
-    assert row is not None
-    revision = int(str(row[0]))
-    await db.execute(
-        "INSERT INTO optisync_changes (revision, key, value, local_revision, device_id) "
-        "VALUES (%s, %s, %s, %s, %s)",
-        (revision, key, value, local_revision, device_id),
-    )
-    await db.execute(
-        "INSERT INTO optisync_keys (key, revision) VALUES (%s, %s) "
-        "ON CONFLICT (key) DO UPDATE SET revision = excluded.revision",
-        (key, revision),
-    )
-    return Change(revision, key, value, local_revision, device_id)
-
-
-async def _remembered(db: _Connection, device_id: int, key: str) -> Change | None:
-    """The newest commit of ``key`` by ``device_id`` among its deduplicated writes."""
-    # The counter's row lock first (every commit takes it), then the read in a
-    # statement of its own: under READ COMMITTED its snapshot is taken once the
-    # lock is held, so it sees the commit of the transaction that held it last.
-    # (A join under FOR UPDATE would re-read only the locked row, not the join.)
-    await db.execute("SELECT revision FROM optisync_head FOR UPDATE")
-    cursor = await db.execute(
-        f"SELECT {_COLUMNS} FROM optisync_device_keys AS d "
-        "JOIN optisync_changes AS c ON c.revision = d.revision "
-        "WHERE d.device_id = %s AND d.key = %s",
-        (device_id, key),
-    )
-    row = await cursor.fetchone()
-    return None if row is None else _change(row)  # type: ignore[arg-type]
-
-
-async def _remember(db: _Connection, change: Change) -> None:
-    await db.execute(
-        "INSERT INTO optisync_device_keys (device_id, key, local_revision, revision) "
-        "VALUES (%s, %s, %s, %s) ON CONFLICT (device_id, key) DO UPDATE SET "
-        "local_revision = excluded.local_revision, revision = excluded.revision",
-        (change.device_id, change.key, change.local_revision, change.server_revision),
-    )
