@@ -1,10 +1,13 @@
 """A :class:`~optisync.server.Storage` in PostgreSQL, for several server processes.
 
 Commits are grouped: the writes that arrive while a transaction commits go
-together in the next one, sent as one pipeline (one round trip): a lock on
-the one-row revision counter (so revisions are gap-free and in commit order),
-one statement per write (its dedupe check, revision, change, key), and one
-``pg_notify`` for the batch. The process hands its own changes to its server
+together in the next one, in one call of a function the storage creates
+(one statement, one round trip): a lock on the one-row revision counter (so
+revisions are gap-free and in commit order), one statement for the whole
+batch (its dedupe checks, revisions, changes, keys), and one ``pg_notify``.
+(A batch holding two copies of one deduplicated write goes one statement
+per write instead, in a pipeline: the later copy must see the earlier.)
+The process hands its own changes to its server
 without reading them back. Each process LISTENs on a connection of its own
 and, on another process's notification, reads the log after the last
 revision it has seen and hands each change to its server in order. LISTEN
@@ -97,6 +100,85 @@ CREATE TABLE IF NOT EXISTS optisync_devices (
     secret_digest bytea NOT NULL
 );
 """
+# A batch in one statement, so one round trip and no transaction block (the
+# call is its own transaction): the counter's lock first, then each later
+# statement takes its snapshot once the lock is held (a VOLATILE function's
+# statements take one each), so it sees every commit made before. Rows: the
+# head before the batch (part 0); what other processes committed after
+# ``since``, a page at most (1); then each write by its place in the batch:
+# its new revision (2) or, for a write whose device remembers a local revision
+# of the key at or above its own, that remembered change (3). The new writes
+# take the revisions after the head in batch order; the counter moves once;
+# each key and remembered write takes the batch's newest (ON CONFLICT cannot
+# touch a row twice in one statement, and no two deduplicated writes of one
+# device and key come here: the later must see the earlier). Its statements keep
+# one plan each: planning the batch's anew at each call (PostgreSQL's choice for
+# the first calls of a session, and as it judges after) costs more than the
+# writes. The result's column names are the tables' too: in its statements a bare
+# name is the column (use_column). The name carries a version: processes of
+# another version keep their own.
+_COMMIT_FUNCTION: Final = """
+CREATE OR REPLACE FUNCTION optisync_commit_batch_1(
+    since bigint, page integer, channel text, batch_keys text[], batch_values bytea[],
+    batch_local_revisions bigint[], batch_device_ids bigint[], batch_deduplicates boolean[]
+) RETURNS TABLE (
+    part integer, ordinal bigint, revision bigint, key text, value bytea,
+    local_revision bigint, device_id bigint
+) LANGUAGE plpgsql VOLATILE SET plan_cache_mode = force_generic_plan AS $$
+#variable_conflict use_column
+DECLARE
+    before bigint;
+BEGIN
+    SELECT h.revision INTO before FROM optisync_head AS h FOR UPDATE;
+    RETURN QUERY
+    SELECT 0, NULL::bigint, before, NULL::text, NULL::bytea, NULL::bigint, NULL::bigint;
+    RETURN QUERY
+    SELECT 1, NULL::bigint, c.revision, c.key, c.value, c.local_revision, c.device_id
+    FROM optisync_changes AS c WHERE c.revision > since ORDER BY c.revision LIMIT page;
+    RETURN QUERY
+    WITH batch AS (
+        SELECT * FROM unnest(
+            batch_keys, batch_values, batch_local_revisions, batch_device_ids, batch_deduplicates
+        ) WITH ORDINALITY AS b (key, value, local_revision, device_id, deduplicate, ordinal)
+    ), checked AS (
+        SELECT b.*, d.revision AS prior FROM batch AS b
+        LEFT JOIN optisync_device_keys AS d
+        ON b.deduplicate AND d.device_id = b.device_id AND d.key = b.key
+        AND d.local_revision >= b.local_revision
+    ), fresh AS (
+        SELECT c.*, before + row_number() OVER (ORDER BY c.ordinal) AS revision
+        FROM checked AS c WHERE c.prior IS NULL
+    ), bumped AS (
+        UPDATE optisync_head SET revision = (SELECT max(f.revision) FROM fresh AS f)
+        WHERE EXISTS (SELECT 1 FROM fresh)
+    ), written AS (
+        INSERT INTO optisync_changes (revision, key, value, local_revision, device_id)
+        SELECT f.revision, f.key, f.value, f.local_revision, f.device_id FROM fresh AS f
+    ), keyed AS (
+        INSERT INTO optisync_keys (key, revision)
+        SELECT DISTINCT ON (f.key) f.key, f.revision FROM fresh AS f
+        ORDER BY f.key, f.revision DESC
+        ON CONFLICT (key) DO UPDATE SET revision = excluded.revision
+    ), remembered AS (
+        INSERT INTO optisync_device_keys (device_id, key, local_revision, revision)
+        SELECT f.device_id, f.key, f.local_revision, f.revision FROM fresh AS f
+        WHERE f.deduplicate
+        ON CONFLICT (device_id, key) DO UPDATE
+        SET local_revision = excluded.local_revision, revision = excluded.revision
+    )
+    SELECT 2, f.ordinal, f.revision, NULL::text, NULL::bytea, NULL::bigint, NULL::bigint
+    FROM fresh AS f
+    UNION ALL
+    SELECT 3, c.ordinal, p.revision, NULL::text, p.value, p.local_revision, NULL::bigint
+    FROM checked AS c JOIN optisync_changes AS p ON p.revision = c.prior;
+    PERFORM pg_notify(channel, (SELECT h.revision FROM optisync_head AS h)::text);
+END
+$$
+"""
+_COMMIT_BATCH: Final = (
+    "SELECT * FROM optisync_commit_batch_1(%s, %s, %s, %s::text[], %s::bytea[], "
+    "%s::bigint[], %s::bigint[], %s::boolean[])"
+)
 # Any fixed number: it keeps two processes from creating the tables at once.
 _SCHEMA_LOCK: Final = 0x0951_7C
 _COLUMNS: Final = "c.revision, c.key, c.value, c.local_revision, c.device_id"
@@ -141,7 +223,7 @@ async def _closed_while_idle(connection: _Connection) -> None:
     raise psycopg.OperationalError("PostgreSQL closed this connection while it was idle")
 
 
-def _digest(cell: object) -> bytes:
+def _bytea(cell: object) -> bytes:
     assert isinstance(cell, bytes | memoryview)  # a bytea column
     return bytes(cell)
 
@@ -162,7 +244,7 @@ class PostgresStorage(OpenedByAsyncWith):
             connection (the database down) before it fails.
         max_batch: group commit: the writes that arrive while a batch
             commits go together, up to this many, in the next transaction,
-            sent as one pipeline (one round trip); each keeps its own revision.
+            in one round trip; each keeps its own revision.
 
     Example:
         >>> from optisync.server.postgres import PostgresStorage
@@ -294,6 +376,7 @@ class PostgresStorage(OpenedByAsyncWith):
         async with self._connection(self._commits, "open") as db, db.transaction():
             await db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             await db.execute(_SCHEMA)
+            await db.execute(_COMMIT_FUNCTION)
             await db.execute(
                 "INSERT INTO optisync_meta (name, value) VALUES ('generation', %s) "
                 "ON CONFLICT DO NOTHING",
@@ -354,37 +437,27 @@ class PostgresStorage(OpenedByAsyncWith):
             self._own_backends.add(pid)
 
     async def _commit_batch(self, batch: list[_Write]) -> list[Change]:
-        """Commit ``batch`` in one transaction and one round trip (a pipeline); hand it over.
+        """Commit ``batch`` in one transaction and one round trip; hand it over.
 
-        The first statement locks the revision counter, so the batch's
-        revisions follow the head it returns with no gap, and every later
-        statement sees every commit made before (READ COMMITTED: each takes
-        its snapshot once the lock is held). The second reads what other
-        processes committed since this one last handed a change over (a page
-        at most), so the batch needs no read of its own to keep revision
-        order. Each write is one statement: dedupe check, revision, change,
-        key and remembered write together.
+        The batch also reads what other processes committed since this one
+        last handed a change over (a page at most), so it needs no read of
+        its own to keep revision order. A batch with two deduplicated writes
+        of one device and key (the later must see the earlier) goes one
+        statement per write, in a pipeline; any other goes in one call.
         """
         since = self._last_seen
         async with self._connection(self._commits, "a commit") as db:
             self._remember_backend(db.info.backend_pid)
-            async with db.pipeline(), db.transaction():
-                head = await db.execute("SELECT revision FROM optisync_head FOR UPDATE")
-                # What other processes committed since this one's last handed change.
-                missed = await db.execute(_CHANGES_AFTER, (since, _PAGE))
-                written = [await db.execute(_WRITE, _parameters(write)) for write in batch]
-                await db.execute(_NOTIFY, (self._channel,))
-            before = await head.fetchone()
-            others = [_change(row) for row in await missed.fetchall()]  # type: ignore[arg-type]
-            rows = [await cursor.fetchone() for cursor in written]
-        assert before is not None
-        changes = [_change(row[:5]) for row in rows if row is not None]  # type: ignore[arg-type]
-        new = [change for change, row in zip(changes, rows, strict=True) if row and row[5]]
+            if _each_device_key_once(batch):
+                before, others, results = await _commit_together(db, batch, since, self._channel)
+            else:
+                before, others, results = await _commit_one_by_one(db, batch, since, self._channel)
+        new = [change for change, fresh in results if fresh]
         # Hand over the commits of other processes before ours, then ours, without
         # reading either back. Should a read still be needed and fail, the LISTEN
         # side catches up; only this batch's writes report the failure.
-        await self._hand_over(int(str(before[0])), others, new)
-        return changes
+        await self._hand_over(before, others, new)
+        return [change for change, _ in results]
 
     async def read(self, key: str) -> Change | None:
         """The newest change of ``key``, or None.
@@ -512,7 +585,7 @@ class PostgresStorage(OpenedByAsyncWith):
             rows = await self._query(
                 "SELECT secret_digest FROM optisync_devices WHERE device_id = %s", (device_id,)
             )
-            return device_proven(_digest(rows[0][0]) if rows else None, None)
+            return device_proven(_bytea(rows[0][0]) if rows else None, None)
         async with self._connection(self._commits, "a device claim") as db, db.transaction():
             await db.execute(
                 "INSERT INTO optisync_devices (device_id, secret_digest) VALUES (%s, %s) "
@@ -523,7 +596,7 @@ class PostgresStorage(OpenedByAsyncWith):
                 "SELECT secret_digest FROM optisync_devices WHERE device_id = %s", (device_id,)
             )
             row = await cursor.fetchone()
-        return device_proven(None if row is None else _digest(row[0]), secret_digest)
+        return device_proven(None if row is None else _bytea(row[0]), secret_digest)
 
     # -- LISTEN --------------------------------------------------------------------
 
@@ -592,7 +665,7 @@ class PostgresStorage(OpenedByAsyncWith):
                 delay = min(delay * 2, 5.0)
 
 
-# -- a batch's statements (one pipeline, one transaction) ---------------------------
+# -- a batch's statements (one transaction, one round trip) -------------------------
 
 # One write: the dedupe check, its revision, change, key and remembered write,
 # in one statement. Returns the new change (last column true) or, for a retry
@@ -638,51 +711,62 @@ def _parameters(write: _Write) -> dict[str, object]:
     }
 
 
-# -- one commit's statements (inside its transaction) -------------------------------
+def _each_device_key_once(batch: list[_Write]) -> bool:
+    """Whether no two deduplicated writes of ``batch`` share a device and key."""
+    pairs = [(write.device_id, write.key) for write in batch if write.deduplicate]
+    return len(set(pairs)) == len(pairs)
 
 
-async def _insert(
-    db: _Connection, key: str, value: bytes, local_revision: int, device_id: int
-) -> Change:
-    # The row lock on the counter orders commits: revision order is commit order.
-    cursor = await db.execute("UPDATE optisync_head SET revision = revision + 1 RETURNING revision")
-    row = await cursor.fetchone()
-    assert row is not None
-    revision = int(str(row[0]))
-    await db.execute(
-        "INSERT INTO optisync_changes (revision, key, value, local_revision, device_id) "
-        "VALUES (%s, %s, %s, %s, %s)",
-        (revision, key, value, local_revision, device_id),
-    )
-    await db.execute(
-        "INSERT INTO optisync_keys (key, revision) VALUES (%s, %s) "
-        "ON CONFLICT (key) DO UPDATE SET revision = excluded.revision",
-        (key, revision),
-    )
-    return Change(revision, key, value, local_revision, device_id)
+_Committed = tuple[int, list[Change], list[tuple[Change, bool]]]
 
 
-async def _remembered(db: _Connection, device_id: int, key: str) -> Change | None:
-    """The newest commit of ``key`` by ``device_id`` among its deduplicated writes."""
-    # The counter's row lock first (every commit takes it), then the read in a
-    # statement of its own: under READ COMMITTED its snapshot is taken once the
-    # lock is held, so it sees the commit of the transaction that held it last.
-    # (A join under FOR UPDATE would re-read only the locked row, not the join.)
-    await db.execute("SELECT revision FROM optisync_head FOR UPDATE")
+async def _commit_together(
+    db: _Connection, batch: list[_Write], since: int, channel: str
+) -> _Committed:
+    """The head before, others' changes after ``since``, each write's change and whether new."""
     cursor = await db.execute(
-        f"SELECT {_COLUMNS} FROM optisync_device_keys AS d "
-        "JOIN optisync_changes AS c ON c.revision = d.revision "
-        "WHERE d.device_id = %s AND d.key = %s",
-        (device_id, key),
+        _COMMIT_BATCH,
+        (
+            since,
+            _PAGE,
+            channel,
+            [write.key for write in batch],
+            [write.value for write in batch],
+            [write.local_revision for write in batch],
+            [write.device_id for write in batch],
+            [write.deduplicate for write in batch],
+        ),
     )
-    row = await cursor.fetchone()
-    return None if row is None else _change(row)  # type: ignore[arg-type]
+    before, others, results = 0, list[Change](), dict[int, tuple[Change, bool]]()
+    for part, ordinal, revision, *rest in await cursor.fetchall():
+        if part == 0:
+            before = int(str(revision))
+        elif part == 1:
+            others.append(_change((revision, *rest)))  # type: ignore[arg-type]
+        else:
+            write = batch[int(str(ordinal)) - 1]
+            value, local_revision = write.value, write.local_revision
+            if part == 3:  # the device's remembered change of the key
+                value, local_revision = _bytea(rest[1]), int(str(rest[2]))
+            change = Change(int(str(revision)), write.key, value, local_revision, write.device_id)
+            results[int(str(ordinal))] = (change, part == 2)
+    return before, others, [results[ordinal] for ordinal in range(1, len(batch) + 1)]
 
 
-async def _remember(db: _Connection, change: Change) -> None:
-    await db.execute(
-        "INSERT INTO optisync_device_keys (device_id, key, local_revision, revision) "
-        "VALUES (%s, %s, %s, %s) ON CONFLICT (device_id, key) DO UPDATE SET "
-        "local_revision = excluded.local_revision, revision = excluded.revision",
-        (change.device_id, change.key, change.local_revision, change.server_revision),
-    )
+async def _commit_one_by_one(
+    db: _Connection, batch: list[_Write], since: int, channel: str
+) -> _Committed:
+    """As :func:`_commit_together`, one statement per write (each sees the ones before)."""
+    # The counter's lock first: each later statement takes its snapshot once it
+    # is held (READ COMMITTED), so it sees every commit made before.
+    async with db.pipeline(), db.transaction():
+        head = await db.execute("SELECT revision FROM optisync_head FOR UPDATE")
+        missed = await db.execute(_CHANGES_AFTER, (since, _PAGE))
+        written = [await db.execute(_WRITE, _parameters(write)) for write in batch]
+        await db.execute(_NOTIFY, (channel,))
+    before = await head.fetchone()
+    assert before is not None
+    others = [_change(row) for row in await missed.fetchall()]  # type: ignore[arg-type]
+    rows = [await cursor.fetchone() for cursor in written]
+    results = [(_change(row[:5]), bool(row[5])) for row in rows if row is not None]  # type: ignore[arg-type]
+    return int(str(before[0])), others, results

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,8 +13,9 @@ import pytest
 from psycopg import sql
 from websockets.exceptions import ConnectionClosed
 
+import optisync.server.postgres as postgres_module
 from optisync import AlreadyOpenError
-from optisync.server import Change, SyncServer
+from optisync.server import Change, SqliteStorage, SyncServer
 from optisync.server.postgres import PostgresStorage
 from tests.server.conftest import RawDevice, open_raw_device, server_process
 
@@ -89,6 +91,137 @@ async def test_after_a_listen_connection_drops_the_log_after_the_last_seen_is_re
         await seen.reach(3)
         assert seen.revisions == [1, 2, 3]
         assert deaf.reconnects >= 1
+
+
+# -- a batch in one statement ---------------------------------------------------------
+
+
+@pytest.fixture
+def batch_paths(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
+    """Each batch PostgresStorage commits: its size, and whether it went in one statement."""
+    paths: list[tuple[int, bool]] = []
+    together = postgres_module._each_device_key_once
+
+    def recording(batch: list[Any]) -> bool:
+        paths.append((len(batch), together(batch)))
+        return paths[-1][1]
+
+    monkeypatch.setattr(postgres_module, "_each_device_key_once", recording)
+    return paths
+
+
+async def test_one_statement_commits_new_writes_and_answers_retried_and_stale_ones(
+    postgres_dsn: str, batch_paths: list[tuple[int, bool]]
+) -> None:
+    once: dict[str, Any] = {"deduplicate": True}
+    async with PostgresStorage(postgres_dsn) as storage:
+        handed: list[int] = []
+        storage.on_commit = lambda change: handed.append(change.server_revision)
+        first = await storage.commit("a", b"1", local_revision=5, device_id=1, **once)
+        await storage.commit("b", b"1", local_revision=2, device_id=1, **once)
+        batch_paths.clear()
+        changes = await asyncio.gather(
+            storage.commit("a", b"1", local_revision=5, device_id=1, **once),  # a retry
+            storage.commit("b", b"", local_revision=3, device_id=1, **once),  # a delete: 3
+            storage.commit("c", b"1", local_revision=1, device_id=3),  # not remembered: 4
+            storage.commit("a", b"2", local_revision=1, device_id=2, **once),  # 5
+            storage.commit("b", b"3", local_revision=4, device_id=2, **once),  # 6
+            storage.commit("c", b"2", local_revision=2, device_id=2, **once),  # 7
+            storage.commit("d", b"1", local_revision=9, device_id=3, **once),  # stale: 8
+        )
+        assert batch_paths == [(7, True)]  # one batch, in one statement
+        assert changes[0] == first
+        assert [c.server_revision for c in changes[1:]] == [3, 4, 5, 6, 7, 8]
+        assert changes[1] == Change(3, "b", b"", 3, 1)
+        assert handed == list(range(1, 9))  # each new change once, in order
+        # Each key holds its newest write; each device its newest write of a key.
+        assert [(c.key, c.server_revision) for c in await storage.latest_after(0, 10)] == [
+            ("a", 5),
+            ("b", 6),
+            ("c", 7),
+            ("d", 8),
+        ]
+        assert await storage.commit("b", b"1", local_revision=2, device_id=1, **once) == changes[1]
+        assert await storage.commit("d", b"0", local_revision=8, device_id=3, **once) == changes[6]
+        assert await storage.head() == 8
+
+
+async def test_random_batches_commit_as_sqlite_commits_them_one_by_one(
+    postgres_dsn: str, batch_paths: list[tuple[int, bool]]
+) -> None:
+    """Copies, stale writes, deletes and shared keys in one batch: the same answers as SQLite."""
+    draw = random.Random(19)
+    async with PostgresStorage(postgres_dsn) as tested, SqliteStorage(":memory:") as model:
+        handed: dict[str, list[Change]] = {"tested": [], "model": []}
+        tested.on_commit = handed["tested"].append
+        model.on_commit = handed["model"].append
+        for _ in range(40):
+            batch = [
+                {
+                    "key": draw.choice("abc"),
+                    "value": draw.choice([b"", b"1", b"2"]),  # b"": a delete
+                    "local_revision": draw.randint(1, 6),
+                    "device_id": draw.randint(1, 3),
+                    "deduplicate": draw.random() < 0.8,
+                }
+                for _ in range(draw.randint(1, 8))
+            ]
+            got, expected = await asyncio.gather(
+                asyncio.gather(*(tested.commit(**write) for write in batch)),
+                asyncio.gather(*(model.commit(**write) for write in batch)),
+            )
+            assert got == expected
+        assert handed["tested"] == handed["model"]
+        assert await tested.latest_after(0, 100) == await model.latest_after(0, 100)
+    # Both ways of committing a batch were taken, with several writes each.
+    assert {together for size, together in batch_paths if size > 1} == {True, False}
+
+
+async def test_keys_and_values_of_any_characters_and_bytes_commit_in_one_statement(
+    postgres_dsn: str, batch_paths: list[tuple[int, bool]]
+) -> None:
+    keys = ['a,"b"', "{c}", "d\\e", "NULL", "", " f ", "\u00e9t\u00e9/\U0010ffff"]
+    values = [bytes(range(256)), b"", b'"{,}"\\', b"\x00", b"NULL", b"x" * 10_000, b"\xff"]
+    async with PostgresStorage(postgres_dsn) as storage:
+        changes = await asyncio.gather(
+            *(
+                storage.commit(key, value, local_revision=1, device_id=1, deduplicate=True)
+                for key, value in zip(keys, values, strict=True)
+            )
+        )
+        assert batch_paths == [(7, True)]
+        assert [(c.key, c.value) for c in changes] == list(zip(keys, values, strict=True))
+        assert [(c.key, c.value) for c in await storage.changes_after(0, 10)] == list(
+            zip(keys, values, strict=True)
+        )
+        for key, value in zip(keys, values, strict=True):  # each remembered, byte for byte
+            retried = await storage.commit(
+                key, b"?", local_revision=1, device_id=1, deduplicate=True
+            )
+            assert retried.value == value
+
+
+async def test_copies_of_one_write_queued_on_the_counter_in_two_processes_commit_once(
+    postgres_dsn: str,
+) -> None:
+    async with (
+        PostgresStorage(postgres_dsn) as one,
+        PostgresStorage(postgres_dsn) as two,
+        _admin(postgres_dsn) as admin,
+    ):
+        async with _holding(postgres_dsn, "SELECT 1 FROM optisync_head FOR UPDATE"):
+            copies = [
+                asyncio.ensure_future(
+                    storage.commit("k", b"1", local_revision=1, device_id=7, deduplicate=True)
+                )
+                for storage in (one, two)
+            ]
+            # Both batches wait on the counter's lock, their checks not yet made.
+            while len(await _pids(admin, WAITING_ON_A_LOCK % "optisync-commits")) < 2:
+                pass  # each poll is a round trip to PostgreSQL
+        first, second = await asyncio.gather(*copies)
+        assert first == second
+        assert await one.head() == 1
 
 
 # -- connections PostgreSQL closes -------------------------------------------------
