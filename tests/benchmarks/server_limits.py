@@ -368,7 +368,12 @@ def raw_psycopg(dsn: str, transactions: int, rows_per_transaction: int) -> float
 
 
 def best(samples: list[float], *, lower: bool = False) -> str:
+    """The best of the rounds, then their median: "5,081 (4,930)"."""
     value = min(samples) if lower else max(samples)
+    return f"{_figure(value)} ({_figure(statistics.median(samples))})"
+
+
+def _figure(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
 
 
@@ -432,6 +437,7 @@ async def measure(rounds: int, writes: int, sizes: list[int], compression: str) 
     print(f"{WRITERS} writers, {writes} writes each, best of {rounds} interleaved rounds; "
           f"bare server compression {compression}; {os.cpu_count()} cores, Python "
           f"{sys.version.split()[0]}\n")  # fmt: skip
+    print("Best of the rounds, their median in brackets:\n")
     print("| measure | rate | CPU per commit |")
     print("|---|---|---|")
     for name in server_rates:
