@@ -296,7 +296,7 @@ class _Address:
         An address with strikes has lost its burst: its open connections too are
         read at the sustained pace, beyond one frame's worth.
         """
-        if self.struck():
+        if self.strikes and self.struck():  # never struck: no clock read on every frame
             self.received_bytes.cap(self._struck_burst)
         await self.received_bytes.pace(_received_cost(frame))
 

@@ -197,8 +197,8 @@ def own_cpu_seconds() -> float:
 
 async def commit_load(url: str, pid: int, writes: int) -> tuple[float, float]:
     """(commits/s, CPU seconds of the server per commit) with WRITERS writers."""
-    spent = await commit_load_spent(url, pid, writes)
-    return spent["rate"], spent["server"]
+    rate, (before, after) = await _spread_load([url], writes, lambda: cpu_seconds(pid))
+    return rate, (after - before) / (WRITERS * writes)
 
 
 async def commit_load_spent(url: str, pid: int, writes: int) -> dict[str, float]:
