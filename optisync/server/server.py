@@ -1031,6 +1031,9 @@ class SyncServer:
                     peer.close_reason = _CLOSE_LABELS[_BAD_FRAMES]
                     self._forget(peer)
                     address.strike()
+                    # The answers gathered this turn, the last bad frame's too, go
+                    # out ahead of the close frame (a lagging queue's are dropped).
+                    peer.flush()
                     await _close_discarding(peer.connection, _POLICY, _BAD_FRAMES, address)
                     break
                 # Past the address's burst, read on only at its pace: unread

@@ -87,6 +87,16 @@ async def test_bad_frames_in_a_row_close_the_connection_1008(connect_device: Con
     assert await closed_by_server(device.connection) == (1008, "too many bad messages in a row")
 
 
+@pytest.mark.parametrize("limits", [Limits(max_bad_frames=3)])
+async def test_every_bad_frame_is_answered_before_the_1008_close(connect_device: Connect) -> None:
+    """The answers to the frames that closed it, the last one's too, go out ahead of the close."""
+    device = await connect_device(1)
+    for n in range(3):  # sent at once: the server reads and answers them in one turn
+        await device.send(BAD_GET % n)
+    assert await answers(device, 3) == [("missing_field", n) for n in range(3)]
+    assert await closed_by_server(device.connection) == (1008, "too many bad messages in a row")
+
+
 @pytest.mark.parametrize("limits", [Limits(max_bad_frames=3, abuse_penalty_seconds=600)])
 @pytest.mark.parametrize("abuse", ["bad frames", "a frame over the limit"])
 async def test_after_a_close_for_abuse_new_connections_of_that_address_wait_unread(
