@@ -38,6 +38,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from optisync.server import Limits
+from tests.server import adversaries
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"),
@@ -138,17 +139,10 @@ def incompressible(length: int, seed: int) -> str:
 async def open_device(
     url: str, device_id: int, *, source: str = HONEST, since: int = 0
 ) -> tuple[ClientConnection, list[str]]:
-    """A device from ``source`` past its welcome and replay; the frames of its replay."""
-    connection = await connect(url, local_addr=(source, 0), compression=None, max_size=None)
-    await connection.send(json.dumps({"type": "hello", "device_id": device_id, "since": since}))
-    welcome = json.loads(await connection.recv())
-    assert welcome["type"] == "welcome", welcome
-    replay: list[str] = []
-    while True:
-        frame = str(await connection.recv())
-        if json.loads(frame)["type"] == "ready":
-            return connection, replay
-        replay.append(frame)
+    """A device from ``source`` (the honest one's address unless told) past its welcome
+    and replay; the frames of its replay. A device refused its welcome fails the test.
+    """
+    return await adversaries.open_device(url, device_id, source=source, since=since)
 
 
 async def reply(connection: ClientConnection, kind: str) -> dict[str, Any]:
