@@ -263,7 +263,9 @@ class Device:
         self.coalesced: list[CycleRecord] = []
         self.callers: list[Caller] = []
         self.injected: list[InjectedFault] = []
-        self.tainted: set[Hashable] = set()
+        # Per key, the cycles that failed and whose own reload has not put the
+        # server's value back yet: the app refreshes a key while any is left.
+        self.tainted: dict[Hashable, set[int]] = {}
         self.reloading: Counter[Hashable] = Counter()
         self.in_flight_revision: dict[Hashable, int] = {}
         self.violations: list[str] = []
@@ -430,10 +432,10 @@ class Device:
                 self.events += 1
                 self.superseded[key] = self.events
                 # No reload will put the server's value back: a refresh will.
-                self.tainted.add(key)
+                self.tainted.setdefault(key, set()).add(cycle.number)
             self._hook("on_finish")
             if error is None:
-                self.tainted.discard(key)
+                self.tainted.pop(key, None)
                 cycle.on_finish_completed = True
                 return None
             self.reloading[key] += 1
@@ -442,7 +444,9 @@ class Device:
                 commit = await self.link.read(key)
             finally:
                 self.reloading[key] -= 1
-            self.tainted.discard(key)
+            # Only this cycle's failure is repaired: another that failed while
+            # this reload was on its way (its on_finish raised) still needs one.
+            self._untaint(key, cycle.number)
             cycle.on_finish_completed = True
             return self._reloaded(store, key, commit)
 
@@ -456,6 +460,12 @@ class Device:
             apply_server_response_to_state=apply_response,
             on_finish=on_finish,
         )
+
+    def _untaint(self, key: Hashable, number: int) -> None:
+        cycles = self.tainted.get(key, set())
+        cycles.discard(number)
+        if not cycles:
+            self.tainted.pop(key, None)
 
     def _reloaded(self, store: KVStore, key: Hashable, commit: Commit | None) -> KVState | None:
         """What the app's on_finish does with a reload after a failure (seed: reload)."""
@@ -509,7 +519,7 @@ class Device:
         cut_short: set[Hashable] = {
             key for key in KEYS if old.is_syncing(key) or self.reloading[key]
         }
-        cut_short |= self.tainted
+        cut_short |= self.tainted.keys()
         self.store = KVStore(self.number, old.state)
         self.store.subscribe(self._listener)
         self.retired.append(old)
@@ -519,7 +529,7 @@ class Device:
             self.events += 1
             self.superseded[key] = self.events
             await self.refresh(key)
-            self.tainted.discard(key)
+            self.tainted.pop(key, None)
 
     def _phases(self) -> list[str]:
         phases = []

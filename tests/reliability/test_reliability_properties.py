@@ -101,6 +101,36 @@ def test_every_scenario_converges_and_keeps_every_property(scenario: Scenario) -
     assert not problems, "\n".join(problems)
 
 
+def test_a_tap_that_fails_while_an_earlier_failures_reload_is_on_its_way_is_refreshed() -> None:
+    """Found by OPTISYNC_SEED=2177513774, shrunk: the app's bookkeeping, not the store's.
+
+    Tap 1 fails at once and its on_finish starts a reload; tap 2 (the key is
+    free) is lost by the network and its on_finish raises, so the app must
+    refresh the key. The first reload then ends, and the store rightly drops
+    what it read (the key was tapped since). That reload once cleared the
+    app's note that the key needed a refresh: the device kept "1.2", which
+    the server never had.
+    """
+    scenario = Scenario(
+        seed=1,
+        devices=2,
+        faults=NetworkFaults(request_latency=(0.0, 0.01), fail_before_commit=0.2),
+        script=(
+            Tap(1, "a", False),
+            Wait(0.0),
+            Tap(1, "a", False),
+            Tap(1, "b", False),
+            Tap(2, "b", False),
+        ),
+        callback_faults=(
+            CallbackFault(1, "send_value_to_server", 1),
+            CallbackFault(1, "on_finish", 2),
+        ),
+    )
+    problems = run_scenario(scenario)
+    assert not problems, "\n".join(problems)
+
+
 def _drawn_with(run: int) -> list[Scenario]:
     drawn: list[Scenario] = []
 
